@@ -1,0 +1,1 @@
+"""Stage 1: PyTorch checkpoint -> ONNX (installed as ffx.export)."""

@@ -1,0 +1,86 @@
+"""The `ffx` command line: a lazy Click group over one module per command.
+
+Commands are imported only when run, so `ffx predict` on a Jetson never imports torch, and
+`ffx --help` is instant. Each command module in ffx/commands/ parses options and calls one
+library function; errors the user can fix arrive as FfxError and leave as one line on stderr
+with exit code 2 (1 for a failed accuracy gate), never as a traceback.
+"""
+
+import importlib
+import importlib.util
+import json
+import sys
+
+import click
+
+from ffx import __version__
+from ffx.errors import FfxError
+
+COMMANDS = {
+    "export": ("ffx.commands.export", "PyTorch checkpoint -> ONNX with metadata and a parity check."),
+    "calibrate": ("ffx.commands.calibrate", "FP32 ONNX -> INT8 (Q/DQ) or FP16 ONNX for TensorRT."),
+    "build-engine": ("ffx.commands.build_engine", "ONNX -> TensorRT / TensorRT-RTX engine + sidecar."),
+    "verify": ("ffx.commands.verify", "Accuracy gate: candidate vs reference on labelled images."),
+    "bench": ("ffx.commands.bench", "Latency and throughput of engines, ONNX models, checkpoints."),
+    "predict": ("ffx.commands.predict", "Top-k classes for images."),
+    "inspect": ("ffx.commands.inspect", "Show what an ONNX model or engine contains."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [name for name in COMMANDS if _module_exists(COMMANDS[name][0])]
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not _module_exists(COMMANDS[name][0]):
+            return None
+        return importlib.import_module(COMMANDS[name][0]).command
+
+    def format_commands(self, ctx, formatter):
+        # Short help without importing every command module (and torch with them).
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FfxError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no partial output was written.", err=True)
+            ctx.exit(130)
+
+
+def _module_exists(module_name):
+    return importlib.util.find_spec(module_name) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ffx")
+def cli():
+    """ffx: take a feed-forward-only vision transformer from a PyTorch checkpoint to a fast,
+    verified TensorRT engine.
+
+    \b
+    The flow:
+      ffx export --checkpoint model.pth -o model.onnx
+      ffx calibrate model.onnx --data calib_images/ -o model.int8.onnx
+      ffx build-engine model.int8.onnx -o model.engine
+      ffx verify model.engine --reference model.pth --data val/
+      ffx bench model.pth model.onnx model.int8.onnx
+    """
+
+
+def print_json(obj):
+    """The one JSON object (or list) a `--json` command prints on stdout."""
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def warn(message):
+    click.echo(f"Warning: {message}", err=True)
+
+
+def main():
+    sys.exit(cli.main(prog_name="ffx"))

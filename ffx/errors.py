@@ -1,0 +1,23 @@
+"""Errors a user can act on, and the exit codes the CLI maps them to.
+
+Library code raises these; the Click layer turns them into a one-line message and an exit
+code. Anything else that escapes is a bug in ffx and keeps its traceback.
+"""
+
+
+class FfxError(Exception):
+    """Bad input or an environment problem the user can fix: exit code 2."""
+
+    exit_code = 2
+
+
+class GateFailed(FfxError):
+    """An accuracy or parity gate failed: exit code 1."""
+
+    exit_code = 1
+
+
+class BackendUnavailable(FfxError):
+    """A required optional backend (TensorRT, pycuda, ...) is not installed or has no GPU."""
+
+    exit_code = 2
