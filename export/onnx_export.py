@@ -1,0 +1,190 @@
+"""PyTorch network -> ONNX: a fixed-size, dynamic-batch graph that TensorRT builds as is.
+
+The graph has one input `images` [batch, C, H, W] and one output `logits` [batch, classes],
+opset >= 17 so LayerNorm stays the fused `LayerNormalization` op (a decomposed LayerNorm
+overflows in FP16), no Dropout and no Resize: the position-embedding resize the original code
+does on every forward is computed once here and stored as a constant.
+"""
+
+import contextlib
+import dataclasses
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from ffx import __version__
+from ffx.artifacts import sha256_bytes, sha256_file, write_bytes_atomic
+from ffx.errors import FfxError, GateFailed
+from ffx.metadata import set_onnx_metadata
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+MIN_OPSET = 17
+# Parity gate: |onnx - torch| <= ATOL + RTOL * max|torch| over all logits.
+PARITY_ATOL = 1e-4
+PARITY_RTOL = 1e-4
+
+
+class _FoldedPositions(torch.nn.Module):
+    """The network with its (1, T, E) position embedding precomputed as a constant buffer."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        grid = model.config.grid
+        with torch.no_grad():
+            self.register_buffer("pos_embed", model.pos_encoding.token_embedding(grid, grid).detach().clone())
+
+    def forward(self, images):
+        return self.model(images, pos_embed=self.pos_embed)
+
+
+@dataclasses.dataclass
+class ExportReport:
+    output: str
+    arch: str
+    parameters: int
+    opset: int
+    input_shape: list
+    max_abs_diff: float
+    max_rel_diff: float
+    check_images: int
+    sha256: str
+    seconds: float
+    weights: str
+
+
+def export_onnx(resolved, output, opset=MIN_OPSET, source_path=None, check_images_dir=None):
+    """Export `resolved` (from `resolve_model`) to `output`; raise GateFailed if ONNX Runtime
+    does not reproduce PyTorch. Nothing is written unless every check passes."""
+    if opset < MIN_OPSET:
+        raise FfxError(f"--opset {opset}: ffx needs opset >= {MIN_OPSET} for the fused LayerNormalization op")
+    started = time.perf_counter()
+    model, config = resolved.model, resolved.config
+    graph = _trace_to_onnx(_FoldedPositions(model).eval(), config, opset)
+    info = {
+        "arch": resolved.arch,
+        "config": config.to_dict(),
+        "num_classes": config.num_classes,
+        "preprocess": resolved.preprocess.to_dict(),
+        "class_names": resolved.class_names,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "precision": "fp32",
+        "weights": resolved.weights,
+        "source_sha256": sha256_file(source_path) if source_path else None,
+        "source_file": Path(source_path).name if source_path else None,
+        "ffx_version": __version__,
+    }
+    set_onnx_metadata(graph, info)
+    _check_graph(graph)
+    data = graph.SerializeToString()
+
+    inputs = _parity_inputs(config, resolved.preprocess, check_images_dir)
+    max_abs, max_rel = _parity(model, data, inputs)
+    if not max_abs <= PARITY_ATOL + PARITY_RTOL * max_rel[1]:
+        raise GateFailed(
+            f"parity check failed: ONNX Runtime differs from PyTorch by up to {max_abs:.3g} "
+            f"(tolerance {PARITY_ATOL + PARITY_RTOL * max_rel[1]:.3g}); {output} was not written"
+        )
+    write_bytes_atomic(output, data)
+    return ExportReport(
+        output=str(output),
+        arch=resolved.arch,
+        parameters=sum(p.numel() for p in model.parameters()),
+        opset=opset,
+        input_shape=["batch", config.in_chans, config.img_size, config.img_size],
+        max_abs_diff=max_abs,
+        max_rel_diff=max_rel[0],
+        check_images=len(inputs[-1]) if check_images_dir else 0,
+        sha256=sha256_bytes(data),
+        seconds=time.perf_counter() - started,
+        weights=resolved.weights,
+    )
+
+
+def _trace_to_onnx(module, config, opset):
+    # Batch 2 as the example: batch 1 would let torch.export specialize the batch dimension.
+    example = torch.zeros(2, config.in_chans, config.img_size, config.img_size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    # The exporter narrates on stdout and warns about its own internals; keep the CLI clean.
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [logger.level for logger in quiet]
+    try:
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={"images": {0: batch}},
+                opset_version=opset,
+                dynamo=True,
+                optimize=True,  # onnxscript's optimizer: constant folding, dead-code removal
+                verbose=False,
+            )
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+    graph = program.model_proto
+    # Fixed H and W, symbolic batch named "batch" on both ends.
+    graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    graph.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    graph.producer_name = "ffx"
+    graph.producer_version = __version__
+    return graph
+
+
+def _check_graph(graph):
+    forbidden = {"Resize", "Dropout", "Pow"} & {node.op_type for node in graph.graph.node}
+    if forbidden:
+        raise RuntimeError(f"exported graph contains {sorted(forbidden)}; the export path is broken")
+    onnx.checker.check_model(graph, full_check=True)  # full_check runs strict shape inference too
+    inferred = onnx.shape_inference.infer_shapes(graph, strict_mode=True)
+    output_shape = inferred.graph.output[0].type.tensor_type.shape.dim
+    if len(output_shape) != 2:
+        raise RuntimeError(f"exported graph's output has rank {len(output_shape)}, expected 2")
+
+
+def _parity_inputs(config, preprocess, check_images_dir):
+    generator = np.random.default_rng(0)
+    shape = (config.in_chans, config.img_size, config.img_size)
+    batches = [generator.standard_normal((n, *shape), dtype=np.float32) for n in (1, 3)]
+    if check_images_dir:
+        from ffx.images import UnreadableImage, find_images, load_image
+
+        paths = find_images(check_images_dir)[:32]
+        arrays = []
+        for path in paths:
+            with contextlib.suppress(UnreadableImage):
+                arrays.append(load_image(path, preprocess))
+        if not arrays:
+            raise FfxError(f"--check-images {check_images_dir}: no readable images found")
+        batches.append(np.stack(arrays))
+    return batches
+
+
+def _parity(model, onnx_bytes, batches):
+    """(max abs diff, (max rel diff, max |torch logit|)) between PyTorch and ONNX Runtime."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    max_abs = max_rel = max_ref = 0.0
+    for batch in batches:
+        with torch.no_grad():
+            expected = model(torch.from_numpy(batch)).numpy()
+        actual = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        diff = np.abs(actual.astype(np.float64) - expected)
+        max_abs = max(max_abs, float(diff.max()))
+        max_rel = max(max_rel, float((diff / (np.abs(expected) + 1e-6)).max()))
+        max_ref = max(max_ref, float(np.abs(expected).max()))
+    return max_abs, (max_rel, max_ref)

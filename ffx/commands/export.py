@@ -1,0 +1,48 @@
+import dataclasses
+
+import click
+
+from ffx.cli import print_json, warn
+from ffx.export.onnx_export import MIN_OPSET
+
+
+@click.command("export")
+@click.option("--arch", help="Registered architecture: ff_tiny, ff_base, ff_large (or linear_*). Inferred from the checkpoint when omitted.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="DeiT training checkpoint, state dict or .safetensors.")
+@click.option("--ema", is_flag=True, help="Use the checkpoint's model_ema weights instead of model.")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Classifier size when it differs from the architecture's.")
+@click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=MIN_OPSET, show_default=True, help="ONNX opset (>= 17 keeps LayerNorm fused).")
+@click.option("--check-images", type=click.Path(file_okay=False), help="Also compare ONNX Runtime and PyTorch on up to 32 real images from this folder.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX model.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+def command(arch, checkpoint, ema, num_classes, opset, check_images, output, as_json):
+    """Export a feed-forward-only ViT to ONNX, with metadata and a parity check.
+
+    The graph has a dynamic batch and a fixed image size, carries its preprocessing and class
+    names, and is written only if ONNX Runtime reproduces PyTorch (exit 1 otherwise).
+
+    \b
+    Examples:
+      ffx export --checkpoint linear-tiny-checkpoint.pth -o tiny.onnx
+      ffx export --arch ff_base --checkpoint ft.pth --num-classes 10 -o base10.onnx
+      ffx export --arch ff_tiny -o random_tiny.onnx --json     # random weights, to try the flow
+    """
+    from ffx.export.checkpoint import resolve_model
+    from ffx.export.onnx_export import export_onnx
+
+    if ema and not checkpoint:
+        raise click.UsageError("--ema needs --checkpoint")
+    if not checkpoint:
+        warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
+    resolved = resolve_model(arch, checkpoint, use_ema=ema, num_classes=num_classes)
+    report = export_onnx(resolved, output, opset=opset, source_path=checkpoint, check_images_dir=check_images)
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
+    click.echo(
+        f"{report.output}: {report.arch}, {report.parameters:,} parameters, opset {report.opset}, "
+        f"input {report.input_shape}"
+    )
+    checked = "random inputs" + (f" and {report.check_images} images" if report.check_images else "")
+    click.echo(f"parity vs PyTorch on {checked}: max abs diff {report.max_abs_diff:.2e}, max rel diff {report.max_rel_diff:.2e}")
+    click.echo(f"sha256 {report.sha256}  ({report.seconds:.1f} s)")

@@ -1,0 +1,92 @@
+"""Images in, network input out: the one preprocessing implementation every stage uses.
+
+The transform is DeiT/timm evaluation: RGB, resize the shorter side to `resize` with the
+configured interpolation, center crop to the network input, scale to [0, 1], normalize. Its
+parameters always come from the model's `ffx` metadata (`ffx.metadata.Preprocess`).
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from ffx.errors import FfxError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+_PIL_INTERPOLATION = {
+    "bicubic": Image.BICUBIC,
+    "bilinear": Image.BILINEAR,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
+}
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded (empty, truncated, not an image)."""
+
+
+def is_image_file(path):
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def find_images(folder):
+    """All image files under `folder`, recursively, sorted; stray files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FfxError(f"{folder}: not a directory")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def load_rgb(path):
+    """Decode `path` to an 8-bit RGB PIL image, converting the awkward modes the way PIL's
+    `convert("RGB")` (and so torchvision's reference pipeline) does."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grayscale: scale to 8 bits instead of clipping at 255.
+                array = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if array.max() > 255 else 255.0
+                img = Image.fromarray(np.round(array / peak * 255.0).astype(np.uint8), "L")
+            elif img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+                # Composite on white rather than letting transparent pixels become black noise.
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, rgba)
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"{path}: {e}") from None
+
+
+def preprocess_image(img, preprocess):
+    """PIL RGB image -> float32 array (C, H, W), normalized, ready for the network."""
+    _, height, width = preprocess.input_size
+    interpolation = _PIL_INTERPOLATION.get(preprocess.interpolation)
+    if interpolation is None:
+        raise FfxError(f"unsupported interpolation {preprocess.interpolation!r}")
+    w, h = img.size
+    # Resize the shorter side to `resize`, keeping the aspect ratio (torchvision's int truncation).
+    if w <= h:
+        new_w, new_h = preprocess.resize, int(preprocess.resize * h / w)
+    else:
+        new_w, new_h = int(preprocess.resize * w / h), preprocess.resize
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), interpolation)
+    top = int(round((new_h - height) / 2.0))
+    left = int(round((new_w - width) / 2.0))
+    if top < 0 or left < 0:
+        raise FfxError(f"resize {preprocess.resize} is smaller than the crop {height}x{width}")
+    img = img.crop((left, top, left + width, top + height))
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    array = (array - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def load_image(path, preprocess):
+    """Decode and preprocess one file; raises UnreadableImage for a broken file."""
+    return preprocess_image(load_rgb(path), preprocess)
