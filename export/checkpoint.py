@@ -178,11 +178,16 @@ def resolve_model(arch=None, checkpoint=None, use_ema=False, num_classes=None, s
     if preprocess.input_size[1:] != (config.img_size, config.img_size):
         raise FfxError(f"preprocessing crops to {preprocess.input_size[1:]} but the network takes {config.img_size}x{config.img_size}")
 
-    torch.manual_seed(seed)
-    model = FFVisionTransformer(config)
-    if loaded is not None:
+    if loaded is None:
+        torch.manual_seed(seed)
+        model = FFVisionTransformer(config)
+    else:
+        # Build on the meta device (no initialisation work) and adopt the checkpoint's tensors.
+        with torch.device("meta"):
+            model = FFVisionTransformer(config)
         check_state_dict(loaded.state_dict, model.state_dict(), name)
-        model.load_state_dict({k: v.float() for k, v in loaded.state_dict.items()}, strict=True)
+        weights = {k: v.float().contiguous() for k, v in loaded.state_dict.items()}
+        model.load_state_dict(weights, strict=True, assign=True)
     model.eval()
 
     class_names = loaded.extras.get("class_names") if loaded is not None else None

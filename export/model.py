@@ -59,8 +59,8 @@ class LearnedPositionalEncoding(nn.Module):
         super().__init__()
         self.pos_embed = nn.Parameter(torch.zeros(1, config.embed_dim, config.pos_grid, config.pos_grid))
         self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_pos_embed, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_pos_embed, std=0.02)
 
     def token_embedding(self, grid_h, grid_w):
         """(1, 1 + grid_h * grid_w, E): the cls position followed by the flattened patch grid."""
@@ -80,7 +80,7 @@ class FFVisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(LinearBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.embed_dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(config.embed_dim, config.num_classes)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
     def forward(self, x, pos_embed=None):
@@ -97,8 +97,10 @@ class FFVisionTransformer(nn.Module):
 
 
 def _init_weights(module):
+    # The original uses trunc_normal_(std=.02) with its default bounds of +-2 (absolute), i.e.
+    # +-100 standard deviations: the same distribution as normal_, which is much faster.
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.normal_(module.weight, std=0.02)
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)

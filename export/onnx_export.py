@@ -149,8 +149,7 @@ def _check_graph(graph):
     if forbidden:
         raise RuntimeError(f"exported graph contains {sorted(forbidden)}; the export path is broken")
     onnx.checker.check_model(graph, full_check=True)  # full_check runs strict shape inference too
-    inferred = onnx.shape_inference.infer_shapes(graph, strict_mode=True)
-    output_shape = inferred.graph.output[0].type.tensor_type.shape.dim
+    output_shape = graph.graph.output[0].type.tensor_type.shape.dim
     if len(output_shape) != 2:
         raise RuntimeError(f"exported graph's output has rank {len(output_shape)}, expected 2")
 
@@ -177,7 +176,11 @@ def _parity(model, onnx_bytes, batches):
     """(max abs diff, (max rel diff, max |torch logit|)) between PyTorch and ONNX Runtime."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    # Basic (constant folding, redundancy removal) is enough to run the graph as written; the
+    # extended fusions only cost session-creation time here.
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     max_abs = max_rel = max_ref = 0.0
     for batch in batches:
         with torch.no_grad():
