@@ -1,0 +1,53 @@
+"""The package layout the project relies on: stage folders installed under ffx.*, and a stage
+importing only from earlier stages or ffx/ (so the runtime never drags in export's torch)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_ORDER = ["export", "calib", "runtime"]
+
+
+def imported_modules(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+@pytest.mark.parametrize("stage", STAGE_ORDER)
+def test_stage_imports_only_earlier_stages(stage):
+    later = {f"ffx.{s}" for s in STAGE_ORDER[STAGE_ORDER.index(stage) + 1:]}
+    offending = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in (ROOT / stage).rglob("*.py")
+        for module in imported_modules(path)
+        if any(module == s or module.startswith(s + ".") for s in later)
+    ]
+    assert not offending, offending
+
+
+def test_shared_package_does_not_import_stages_except_the_cli():
+    stages = tuple(f"ffx.{s}" for s in STAGE_ORDER)
+    offending = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in (ROOT / "ffx").rglob("*.py")
+        if "commands" not in path.parts
+        for module in imported_modules(path)
+        if module.startswith(stages)
+    ]
+    assert not offending, offending
+
+
+def test_stage_folders_are_installed_under_ffx():
+    import ffx.calib
+    import ffx.export
+    import ffx.runtime
+
+    assert Path(ffx.export.__file__).parent == ROOT / "export"
+    assert Path(ffx.calib.__file__).parent == ROOT / "calib"
+    assert Path(ffx.runtime.__file__).parent == ROOT / "runtime"
