@@ -1,0 +1,67 @@
+import dataclasses
+
+import click
+
+from ffx.cli import print_json, warn
+from ffx.errors import FfxError
+from ffx.runtime.bench import UNSTABLE_CV
+
+
+def parse_batches(text):
+    try:
+        batches = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise FfxError(f"--batch {text!r}: give comma-separated sizes such as 1,8,32") from None
+    if not batches or min(batches) < 1:
+        raise FfxError(f"--batch {text!r}: sizes must be positive")
+    return batches
+
+
+@click.command("bench")
+@click.argument("targets", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--batch", "batch_text", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8,32.")
+@click.option("--iterations", type=click.IntRange(min=5), default=50, show_default=True, help="Timed calls per measurement.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls first.")
+@click.option("--max-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Stop a measurement early after this long (at least 5 calls).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx targets.")
+@click.option("--cuda-graph", is_flag=True, help="Engines: replay a captured CUDA graph instead of enqueuing each call.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
+def command(targets, batch_text, iterations, warmup, max_seconds, provider, cuda_graph, as_json):
+    """Latency and throughput of engines, ONNX models and checkpoints, side by side.
+
+    Per target and batch size: warm-up calls, then timed end-to-end calls on a random-normal
+    batch (p50/p90/p99 latency, images/s). A warning flags timings whose coefficient of
+    variation exceeds 10%.
+
+    \b
+    Examples:
+      ffx bench model.pth model.onnx model.int8.onnx --batch 1,8
+      ffx bench model.engine --batch 1,8,32 --cuda-graph --json
+    """
+    from ffx.runtime.bench import bench
+
+    batches = parse_batches(batch_text)
+    echo_row = None if as_json else _row_printer()
+    results = bench(targets, batches, iterations=iterations, warmup=warmup, max_seconds=max_seconds,
+                    provider=provider, cuda_graph=cuda_graph, on_result=echo_row, on_skip=warn)
+    for result in results:
+        if not result.stable:
+            warn(f"{result.target} batch {result.batch}: timings vary (CV {result.cv:.0%} > {UNSTABLE_CV:.0%}); "
+                 "close other programs or raise --iterations")
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in results])
+
+
+def _row_printer():
+    header = f"{'target':<28} {'backend':<16} {'precision':<9} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'images/s':>10} {'CV':>5}"
+    state = {"printed": False}
+
+    def echo(result):
+        if not state["printed"]:
+            click.echo(header)
+            state["printed"] = True
+        target = result.target if len(result.target) <= 28 else "..." + result.target[-25:]
+        click.echo(f"{target:<28} {result.backend:<16} {result.precision:<9} {result.batch:>5} {result.p50_ms:>9.2f} "
+                   f"{result.p90_ms:>9.2f} {result.p99_ms:>9.2f} {result.images_per_s:>10.1f} {result.cv:>5.0%}")
+
+    return echo

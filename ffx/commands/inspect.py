@@ -1,0 +1,107 @@
+import click
+
+from ffx.cli import print_json
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--no-load", is_flag=True, help="Engines: only read the sidecar, never load the engine on a GPU.")
+@click.option("--layers", is_flag=True, help="Engines: print TensorRT's per-layer information (needs a GPU).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+def command(path, no_load, layers, as_json):
+    """Show what an ONNX model, an engine or a checkpoint contains.
+
+    ONNX: inputs, opset, op histogram, Q/DQ count, precision, ffx metadata. Engine: the sidecar
+    (how, where and from what it was built), whether it fits this machine and, where it can be
+    loaded, TensorRT's engine inspector per layer.
+
+    \b
+    Examples:
+      ffx inspect model.int8.onnx
+      ffx inspect model.engine --layers
+    """
+    from ffx.runtime.inspection import inspect_file
+
+    info = inspect_file(path, load_engine=not no_load)
+    if as_json:
+        print_json(info)
+        return
+    {"onnx": _print_onnx, "engine": _print_engine, "checkpoint": _print_checkpoint}[info["kind"]](info, layers)
+
+
+def _metadata_lines(metadata):
+    if not metadata:
+        return ["ffx metadata: none (not exported by ffx)"]
+    names = metadata.get("class_names")
+    shown = {k: v for k, v in metadata.items() if k not in ("class_names", "config", "preprocess", "calibration")}
+    lines = ["ffx metadata: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items()) if v is not None)]
+    if metadata.get("preprocess"):
+        p = metadata["preprocess"]
+        lines.append(f"preprocess: resize {p.get('resize')} {p.get('interpolation')}, crop {p.get('input_size')}, "
+                     f"mean {p.get('mean')}, std {p.get('std')}")
+    if names:
+        lines.append(f"classes: {len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    if metadata.get("calibration"):
+        lines.append(f"calibration: {metadata['calibration']}")
+    return lines
+
+
+def _print_onnx(info, _layers):
+    click.echo(f"{info['path']}: ONNX, {info['bytes'] / (1 << 20):.1f} MiB, {info['precision']}, "
+               f"{info['parameters']:,} weights, opset {info['opset']}, producer {info['producer'] or '?'}")
+    for tensor in info["inputs"]:
+        click.echo(f"input  {tensor['name']} {tensor['shape']} {tensor['dtype']}")
+    for tensor in info["outputs"]:
+        click.echo(f"output {tensor['name']} {tensor['shape']} {tensor['dtype']}")
+    click.echo(f"{info['nodes']} nodes: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
+    click.echo(f"Q/DQ nodes: {info['qdq_nodes']}" + (
+        f" (quantized inputs of: {', '.join(f'{op} {n}' for op, n in info['quantized_inputs_of'].items())})"
+        if info["quantized_inputs_of"] else ""))
+    click.echo("initializers: " + ", ".join(f"{dtype} {n}" for dtype, n in info["initializer_dtypes"].items()))
+    if info["calibration_manifest"]:
+        click.echo(f"calibration manifest: {info['calibration_manifest']}")
+    for line in _metadata_lines(info["metadata"]):
+        click.echo(line)
+
+
+def _print_engine(info, layers):
+    from ffx.runtime.sidecar import describe_build
+
+    sidecar = info["sidecar"]
+    click.echo(f"{info['path']}: TensorRT plan, {info['bytes'] / (1 << 20):.1f} MiB, sha256 {info['sha256'][:16]}...")
+    if not sidecar:
+        click.echo("no sidecar: where and how it was built is unknown")
+    else:
+        profile = sidecar.get("profile") or {}
+        click.echo(f"built by {describe_build(sidecar)}, {sidecar.get('precision')}, in {sidecar.get('build_seconds')} s "
+                   f"at {sidecar.get('built_at')} (ffx {sidecar.get('ffx_version')})")
+        click.echo(f"profile {profile.get('input')}: min {profile.get('min')} opt {profile.get('opt')} max {profile.get('max')}")
+        onnx_entry = sidecar.get("onnx") or {}
+        click.echo(f"from {onnx_entry.get('file')} (sha256 {str(onnx_entry.get('sha256'))[:16]}...)")
+        if sidecar.get("calibration_manifest"):
+            click.echo(f"calibration manifest {sidecar['calibration_manifest'].get('file')}")
+        if info["sidecar_matches_engine"] is False:
+            click.echo("WARNING: the sidecar describes a different engine file (sha256 differs): rebuild both")
+        click.echo(f"on this machine: {info.get('compatibility')}")
+        for line in _metadata_lines(sidecar.get("metadata")):
+            click.echo(line)
+    if info["layers"] is not None:
+        entries = info["layers"].get("Layers", [])
+        click.echo(f"{len(entries)} layers (TensorRT engine inspector)")
+        if layers:
+            for layer in entries:
+                if isinstance(layer, dict):
+                    click.echo(f"  {layer.get('Name')}: {layer.get('LayerType')} {layer.get('TacticName', '')}")
+                else:
+                    click.echo(f"  {layer}")
+    else:
+        click.echo(f"layers: unavailable ({info['layers_unavailable']})")
+
+
+def _print_checkpoint(info, _layers):
+    click.echo(f"{info['path']}: PyTorch checkpoint, {info['arch']}, {info['parameters']:,} parameters, "
+               f"weights from {info['weights']}")
+    config = info["config"]
+    click.echo("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    for line in _metadata_lines(info["metadata"]):
+        click.echo(line)

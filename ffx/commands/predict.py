@@ -1,0 +1,32 @@
+import dataclasses
+
+import click
+
+from ffx.cli import print_json, warn
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
+def command(model, images, topk, provider, as_json):
+    """Top-k classes for IMAGES (files or folders) with MODEL (engine, ONNX or checkpoint).
+
+    Preprocessing and class names come from the model's metadata.
+
+    \b
+    Examples:
+      ffx predict model.engine cat.jpg dog.jpg
+      ffx predict model.onnx photos/ --topk 3 --json
+    """
+    from ffx.runtime.predict import predict
+
+    predictions = predict(model, images, topk=topk, provider=provider, on_skip=warn)
+    if as_json:
+        print_json([dataclasses.asdict(p) for p in predictions])
+        return
+    for prediction in predictions:
+        ranked = "  ".join(f"{row['name']} {row['probability']:.1%}" for row in prediction.top)
+        click.echo(f"{prediction.image}: {ranked}")

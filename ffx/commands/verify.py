@@ -1,0 +1,67 @@
+import click
+
+from ffx.cli import print_json, warn
+from ffx.errors import GateFailed
+from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
+
+
+@click.command("verify")
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.option("--reference", required=True, type=click.Path(dir_okay=False), help="Model to compare against: usually the PyTorch checkpoint or the FP32 ONNX.")
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="Labelled images: one folder per class.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use a seeded random sample of N images (all classes).")
+@click.option("--max-top1-drop", type=float, default=DEFAULT_MAX_TOP1_DROP, show_default=True, help="Fail (exit 1) when the candidate's top-1 is lower by more than this many points.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+def command(candidate, reference, data, limit, max_top1_drop, batch_size, provider, as_json):
+    """Accuracy gate: CANDIDATE vs --reference on the same labelled, preprocessed images.
+
+    Each model is an engine, an ONNX model or a checkpoint. Reports top-1/top-5 of both, the
+    top-1 drop with a paired 95% confidence interval, top-1 agreement, logit cosine similarity
+    and max abs error, and the classes that lost most. Exit 0: passed, 1: the drop exceeds
+    --max-top1-drop, 2: bad input.
+
+    \b
+    Examples:
+      ffx verify model.engine --reference model.pth --data val/
+      ffx verify model.int8.onnx --reference model.onnx --data val/ --limit 500 --json
+    """
+    from ffx.runtime.verify import verify
+
+    report = verify(candidate, reference, data, limit=limit, max_top1_drop=max_top1_drop,
+                    batch_size=batch_size, provider=provider, progress=None if not as_json else False)
+    for message in report.warnings:
+        warn(message)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        _print_report(report)
+    if not report.passed:
+        raise GateFailed(
+            f"top-1 dropped by {report.top1_drop:.2f} points (limit {report.max_top1_drop:g}): "
+            f"{report.candidate['path']} fails against {report.reference['path']}"
+        )
+
+
+def _print_report(report):
+    ref, cand = report.reference, report.candidate
+    low, high = report.top1_drop_ci95
+    width = max(len(ref["path"]), len(cand["path"]), 9)
+    click.echo(f"{report.images} images ({report.seconds:.1f} s)")
+    click.echo(f"  {'':<10} {'model':<{width}}  {'backend':<16} {'precision':<9} {'top-1':>7} {'top-5':>7}")
+    for label, row in (("reference", ref), ("candidate", cand)):
+        click.echo(f"  {label:<10} {row['path']:<{width}}  {row['backend']:<16} {row['precision']:<9} "
+                   f"{row['top1']:6.2f}% {row['top5']:6.2f}%")
+    click.echo(f"top-1 drop {report.top1_drop:+.2f} points (95% CI {low:+.2f} to {high:+.2f}; "
+               f"{report.discordant['reference_only']} images right only in the reference, "
+               f"{report.discordant['candidate_only']} only in the candidate)")
+    click.echo(f"top-1 agreement {report.agreement:.2f}%, logit cosine mean {report.logit_cosine_mean:.5f} "
+               f"(min {report.logit_cosine_min:.5f}), max abs error {report.max_abs_error:.3g}")
+    if report.classes_lost:
+        lost = ", ".join(f"{row['name']} -{row['lost']} ({row['reference_top1']:.0f}% -> {row['candidate_top1']:.0f}%)"
+                         for row in report.classes_lost)
+        click.echo(f"classes that lost most: {lost}")
+    verdict = "PASSED" if report.passed else "FAILED"
+    click.echo(f"{verdict}: top-1 drop {report.top1_drop:+.2f} <= {report.max_top1_drop:g} points" if report.passed
+               else f"{verdict}: top-1 drop {report.top1_drop:+.2f} > {report.max_top1_drop:g} points")

@@ -1,0 +1,100 @@
+"""Latency and throughput of engines, ONNX models and checkpoints, measured side by side.
+
+Each (target, batch) pair gets warm-up runs (TensorRT-RTX compiles kernels on first use, ONNX
+Runtime and PyTorch allocate), then timed end-to-end `infer` calls on one random-normal batch:
+host-to-device copy, compute and copy back for engines, the whole session call for ONNX Runtime.
+Random input is fine for timing: the network has no data-dependent control flow.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+
+from ffx.runtime.runner import open_runner
+
+UNSTABLE_CV = 0.10  # coefficient of variation above which timings are flagged as unstable
+
+
+@dataclasses.dataclass
+class BenchResult:
+    target: str
+    backend: str
+    precision: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    images_per_s: float
+    cv: float  # standard deviation / mean of the per-call latency
+    iterations: int
+    warmup: int
+    stable: bool
+
+
+def latency_stats(seconds, batch):
+    """Percentiles (ms), throughput and coefficient of variation of per-call timings."""
+    ms = np.asarray(seconds, np.float64) * 1000.0
+    mean = float(ms.mean())
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": mean,
+        "min_ms": float(ms.min()),
+        "images_per_s": batch * 1000.0 / float(np.median(ms)),
+        "cv": float(ms.std() / mean) if mean > 0 else 0.0,
+    }
+
+
+def bench_runner(runner, batch, iterations=50, warmup=5, max_seconds=10.0, seed=0):
+    """Time `runner.infer` on one batch; stops after `iterations` calls or `max_seconds` (at
+    least 5 calls). The runner must be active."""
+    images = np.random.default_rng(seed).standard_normal((batch, *runner.input_shape), dtype=np.float32)
+    for _ in range(warmup):
+        runner.infer(images)
+    timings = []
+    deadline = time.perf_counter() + max_seconds
+    while len(timings) < iterations and (len(timings) < 5 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        runner.infer(images)
+        timings.append(time.perf_counter() - start)
+    stats = latency_stats(timings, batch)
+    return BenchResult(
+        target=str(runner.path),
+        backend=runner.backend,
+        precision=runner.precision,
+        batch=batch,
+        iterations=len(timings),
+        warmup=warmup,
+        stable=stats["cv"] <= UNSTABLE_CV,
+        **stats,
+    )
+
+
+def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, provider="cpu", cuda_graph=False,
+          on_result=None, on_skip=None):
+    """BenchResults for every target and batch. Targets are opened one at a time (only one
+    model's memory in use). A batch beyond an engine's profile is skipped via `on_skip(message)`."""
+    runners = [open_runner(t, provider=provider, cuda_graph=cuda_graph) for t in targets]
+    for runner in runners:  # fail before measuring anything when one target cannot run here
+        runner.check_available()
+    results = []
+    for runner in runners:
+        with runner:
+            for batch in batches:
+                if runner.max_batch is not None and runner.fixed_batch is None and batch > runner.max_batch:
+                    if on_skip:
+                        on_skip(f"{runner.name}: batch {batch} is beyond its profile (max {runner.max_batch}); skipped")
+                    continue
+                if runner.fixed_batch and batch != runner.fixed_batch:
+                    if on_skip:
+                        on_skip(f"{runner.name}: the graph's batch is fixed at {runner.fixed_batch}; batch {batch} skipped")
+                    continue
+                result = bench_runner(runner, batch, iterations=iterations, warmup=warmup, max_seconds=max_seconds)
+                results.append(result)
+                if on_result:
+                    on_result(result)
+    return results

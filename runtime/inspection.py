@@ -1,0 +1,149 @@
+"""What an ONNX model, an engine or a checkpoint contains: `ffx inspect`."""
+
+import collections
+from pathlib import Path
+
+import onnx
+
+from ffx.artifacts import sha256_file
+from ffx.errors import BackendUnavailable, FfxError
+from ffx.metadata import onnx_metadata
+from ffx.runtime.onnx_model import QDQ_OPS, calibration_manifest_path, graph_precision, load_onnx, op_histogram
+from ffx.runtime.runner import runner_kind
+from ffx.runtime.sidecar import compatibility_problem, read_sidecar, sidecar_path
+
+
+def inspect_file(path, load_engine=True):
+    """A JSON-able dict describing `path`; `load_engine=False` never touches a GPU."""
+    path = Path(path)
+    kind = runner_kind(path)
+    if not path.is_file():
+        raise FfxError(f"{path}: no such file")
+    if kind == "onnx":
+        return inspect_onnx(path)
+    if kind == "engine":
+        return inspect_engine(path, load_engine)
+    return inspect_checkpoint(path)
+
+
+def _tensor_info(value_info):
+    tensor = value_info.type.tensor_type
+    shape = [d.dim_param or d.dim_value if (d.dim_param or d.HasField("dim_value")) else "?" for d in tensor.shape.dim]
+    return {"name": value_info.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+
+
+def inspect_onnx(path):
+    model = load_onnx(path)
+    initializer_names = {init.name for init in model.graph.initializer}
+    dtypes = collections.Counter(onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name for init in model.graph.initializer)
+    parameters = 0
+    for init in model.graph.initializer:
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        parameters += count
+    ops = op_histogram(model)
+    metadata = onnx_metadata(model)
+    manifest = calibration_manifest_path(path, metadata)
+    return {
+        "kind": "onnx",
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "ir_version": model.ir_version,
+        "opset": {(entry.domain or "ai.onnx"): entry.version for entry in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [_tensor_info(v) for v in model.graph.input if v.name not in initializer_names],
+        "outputs": [_tensor_info(v) for v in model.graph.output],
+        "nodes": len(model.graph.node),
+        "ops": ops,
+        "qdq_nodes": sum(ops.get(op, 0) for op in QDQ_OPS),
+        "quantized_inputs_of": _quantized_consumers(model),
+        "precision": graph_precision(model),
+        "initializer_dtypes": dict(dtypes),
+        "parameters": parameters,
+        "calibration_manifest": str(manifest) if manifest else None,
+        "metadata": metadata,
+    }
+
+
+def _quantized_consumers(model):
+    """{op type: count} of nodes that read a DequantizeLinear output: what INT8 actually covers."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    counts = collections.Counter(
+        node.op_type for node in model.graph.node
+        if node.op_type not in QDQ_OPS and any(name in dequantized for name in node.input)
+    )
+    return dict(counts.most_common())
+
+
+def inspect_engine(path, load_engine=True):
+    sidecar = read_sidecar(path)
+    info = {
+        "kind": "engine",
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "sidecar_file": str(sidecar_path(path)) if sidecar else None,
+        "sidecar": sidecar,
+        "sidecar_matches_engine": None,
+        "loadable_here": None,
+        "layers": None,
+        "layers_unavailable": None,
+    }
+    if sidecar:
+        recorded = (sidecar.get("engine") or {}).get("sha256")
+        info["sidecar_matches_engine"] = recorded == info["sha256"] if recorded else None
+        info["compatibility"] = engine_compatibility_here(sidecar)
+    if not load_engine:
+        info["layers_unavailable"] = "not loaded (--no-load)"
+        return info
+    from ffx.runtime.engine import EngineRunner
+
+    runner = EngineRunner(path)
+    try:
+        with runner:
+            info["loadable_here"] = True
+            info["layers"] = runner.layer_information()
+    except BackendUnavailable as e:
+        info["layers_unavailable"] = str(e)
+    except FfxError as e:
+        info["loadable_here"] = False
+        info["layers_unavailable"] = str(e)
+    return info
+
+
+def inspect_checkpoint(path):
+    from ffx.runtime.pytorch import CheckpointRunner
+
+    runner = CheckpointRunner(path)
+    model = runner.resolved.model
+    return {
+        "kind": "checkpoint",
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "arch": runner.resolved.arch,
+        "config": runner.resolved.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights": runner.resolved.weights,
+        "metadata": runner.metadata,
+    }
+
+
+def engine_compatibility_here(sidecar):
+    """One sentence on whether the engine fits this machine, without loading it."""
+    from ffx.runtime.cuda import current_gpu
+    from ffx.tensorrt import available_backend
+
+    try:
+        backend = available_backend(sidecar.get("backend", "auto"))
+    except BackendUnavailable as e:
+        return str(e)
+    gpu = current_gpu()
+    problem = compatibility_problem(sidecar, backend.name, backend.version, gpu)
+    if problem:
+        return problem
+    if gpu is None:
+        return f"{backend} matches the engine; no CUDA GPU visible here to check the architecture"
+    return f"compatible with {backend} on {gpu.name} ({gpu.compute_capability})"

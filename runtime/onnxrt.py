@@ -1,0 +1,76 @@
+"""ONNX Runtime runner: the exact graph TensorRT builds from, on the CPU (int8 and float16
+kernels included) or on a GPU through the CUDA or TensorRT execution provider."""
+
+from ffx.errors import BackendUnavailable, FfxError
+from ffx.metadata import onnx_metadata
+from ffx.runtime.onnx_model import load_onnx, model_precision
+from ffx.runtime.runner import ONNX_PROVIDERS, Runner
+
+_PROVIDER_NAMES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path, provider="cpu", threads=None):
+        super().__init__(path)
+        if provider not in ONNX_PROVIDERS:
+            raise FfxError(f"unknown ONNX Runtime provider {provider!r}; choose {', '.join(ONNX_PROVIDERS)}")
+        self.provider = provider
+        self.threads = threads
+        model = load_onnx(self.path)
+        self.metadata = onnx_metadata(model) or {}
+        self.precision = model_precision(model)
+        graph_inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
+        if len(graph_inputs) != 1:
+            raise FfxError(f"{self.path}: expected one input, found {len(graph_inputs)}")
+        dims = graph_inputs[0].type.tensor_type.shape.dim
+        if len(dims) != 4:
+            raise FfxError(f"{self.path}: expected an image input [N, C, H, W], found rank {len(dims)}")
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if any(v is None for v in shape[1:]):
+            raise FfxError(f"{self.path}: only the batch dimension may be dynamic")
+        self.input_shape = tuple(shape[1:])
+        self.fixed_batch = shape[0]
+        self.input_name = graph_inputs[0].name
+        self.session = None
+        if self.provider != "cpu":
+            self.backend = f"onnxruntime-{self.provider}"
+
+    def check_available(self):
+        import onnxruntime
+
+        wanted = _PROVIDER_NAMES[self.provider]
+        available = onnxruntime.get_available_providers()
+        if wanted[0] not in available:
+            raise BackendUnavailable(
+                f"ONNX Runtime here has no {wanted[0]} (available: {', '.join(available)}); "
+                "install onnxruntime-gpu on a CUDA machine, or use --provider cpu"
+            )
+        return [p for p in wanted if p in available]
+
+    def _activate(self):
+        import onnxruntime
+
+        providers = self.check_available()
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only; ORT's warnings about unused initializers are noise here
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FfxError(f"{self.path}: ONNX Runtime cannot load the model: {first_line}") from None
+        self.output_name = self.session.get_outputs()[0].name
+
+    def _infer(self, images):
+        return self.session.run([self.output_name], {self.input_name: images})[0]
+
+    def _deactivate(self):
+        self.session = None

@@ -1,0 +1,72 @@
+"""Top-k classes for image files, with the class names the model carries."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ffx.errors import FfxError
+from ffx.images import UnreadableImage, is_image_file, load_image
+from ffx.runtime.runner import open_runner
+
+
+@dataclasses.dataclass
+class Prediction:
+    image: str
+    top: list  # [{"class": index, "name": str, "probability": float}], best first
+
+
+def softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def expand_images(paths):
+    """Files as given, folders expanded to the image files under them (sorted)."""
+    from ffx.images import find_images
+
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(find_images(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FfxError(f"{path}: no such file or directory")
+    return files
+
+
+def predict(model, images, topk=5, batch_size=32, provider="cpu", on_skip=None):
+    """[Prediction] for every readable image; unreadable ones are reported through `on_skip`."""
+    files = expand_images(images)
+    if not files:
+        raise FfxError("no images given")
+    runner = open_runner(model, provider=provider)
+    preprocess = runner.preprocess
+    names = runner.class_names
+    predictions = []
+    with runner:
+        for start in range(0, len(files), batch_size):
+            arrays, kept = [], []
+            for path in files[start:start + batch_size]:
+                try:
+                    arrays.append(load_image(path, preprocess))
+                    kept.append(path)
+                except UnreadableImage as e:
+                    if on_skip:
+                        on_skip(f"skipped {e}" if is_image_file(path) else f"skipped {path}: not an image file")
+            if not arrays:
+                continue
+            probabilities = softmax(runner.infer(np.stack(arrays)).astype(np.float64))
+            k = min(topk, probabilities.shape[1])
+            for path, row in zip(kept, probabilities):
+                best = np.argsort(-row, kind="stable")[:k]
+                predictions.append(Prediction(str(path), [
+                    {"class": int(i), "name": names[i] if names and i < len(names) else str(int(i)),
+                     "probability": float(row[i])}
+                    for i in best
+                ]))
+    if not predictions:
+        raise FfxError("none of the images could be read")
+    return predictions

@@ -1,0 +1,55 @@
+"""PyTorch checkpoint runner: the reference every engine is measured against.
+
+torch is imported here only, when a checkpoint is actually opened; the network is built by the
+export stage's `resolve_model`, exactly as `ffx export` builds it.
+"""
+
+from ffx.errors import BackendUnavailable
+from ffx.runtime.runner import Runner
+
+
+class CheckpointRunner(Runner):
+    backend = "pytorch"
+
+    def __init__(self, path, arch=None, ema=False, device="cpu"):
+        super().__init__(path)
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise BackendUnavailable(
+                f"{self.path}: running a PyTorch checkpoint needs torch (`pip install torch`); "
+                "engines and ONNX models run without it"
+            ) from None
+        from ffx.export.checkpoint import resolve_model
+
+        self.device = device
+        self.resolved = resolve_model(arch, str(self.path), use_ema=ema)
+        config = self.resolved.config
+        self.metadata = {
+            "arch": self.resolved.arch,
+            "config": config.to_dict(),
+            "num_classes": config.num_classes,
+            "preprocess": self.resolved.preprocess.to_dict(),
+            "class_names": self.resolved.class_names,
+            "precision": "fp32",
+            "weights": self.resolved.weights,
+        }
+        self.input_shape = (config.in_chans, config.img_size, config.img_size)
+        self.model = None
+
+    def _activate(self):
+        import torch
+
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"--device {self.device}: this torch build has no CUDA GPU")
+        self.model = self.resolved.model.to(self.device).eval()
+
+    def _infer(self, images):
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(images).to(self.device))
+        return logits.float().cpu().numpy()
+
+    def _deactivate(self):
+        self.model = None

@@ -1,0 +1,161 @@
+"""One small runner interface over TensorRT engines, ONNX Runtime and PyTorch checkpoints.
+
+After Polygraphy's runners: each backend has a runner with the same few members, so verify,
+bench and predict never care which backend produced the logits.
+
+    with open_runner("model.engine") as runner:      # activate() ... deactivate()
+        logits = runner.infer(images)                 # float32 NCHW -> float32 [N, classes]
+        runner.backend, runner.precision, runner.metadata, runner.preprocess
+
+`open_runner` picks the runner from the file type; backends are imported only on use, so this
+module (and `import ffx.runtime`) works without torch or TensorRT.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from ffx.errors import FfxError
+from ffx.metadata import Preprocess
+
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+ONNX_PROVIDERS = ("cpu", "cuda", "tensorrt")
+
+
+class Runner:
+    """Base class: subclasses set `backend`, `precision`, `metadata`, `input_shape` and
+    `max_batch` in __init__ (cheap, no heavy loading) and implement _activate/_infer/_deactivate."""
+
+    backend = "?"
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.precision = "fp32"
+        self.metadata = {}
+        self.input_shape = None  # (C, H, W)
+        self.max_batch = None  # largest batch one call can take; None = unlimited
+        self.fixed_batch = None  # a graph with a fixed batch takes exactly this many images
+        self.active = False
+
+    # -- what the runner is --------------------------------------------------------------------
+    @property
+    def name(self):
+        return self.path.name
+
+    def describe(self):
+        return f"{self.path.name} ({self.backend}, {self.precision})"
+
+    @property
+    def preprocess(self):
+        if "preprocess" not in self.metadata:
+            raise FfxError(
+                f"{self.path}: carries no preprocessing metadata; export it with `ffx export` so that "
+                "images are prepared exactly as in training"
+            )
+        return Preprocess.from_dict(self.metadata["preprocess"])
+
+    @property
+    def class_names(self):
+        names = self.metadata.get("class_names")
+        return list(names) if names else None
+
+    @property
+    def num_classes(self):
+        return self.metadata.get("num_classes")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def check_available(self):
+        """Raise BackendUnavailable now if activate() would, without loading anything heavy."""
+
+    def activate(self):
+        if not self.active:
+            self._activate()
+            self.active = True
+        return self
+
+    def deactivate(self):
+        if self.active:
+            self.active = False
+            self._deactivate()
+
+    def __enter__(self):
+        return self.activate()
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    # -- inference -----------------------------------------------------------------------------
+    def infer(self, images):
+        """float32 [N, C, H, W] -> float32 logits [N, classes]; batches larger than the runner
+        takes are split (and a fixed-batch graph's last chunk is zero-padded)."""
+        if not self.active:
+            raise RuntimeError(f"{self.describe()}: call activate() (or use `with`) before infer()")
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or (self.input_shape is not None and tuple(images.shape[1:]) != tuple(self.input_shape)):
+            raise FfxError(
+                f"{self.describe()} takes images of shape [N, {', '.join(map(str, self.input_shape or ('C', 'H', 'W')))}], "
+                f"got {list(images.shape)}"
+            )
+        step = self.fixed_batch or self.max_batch or len(images)
+        outputs = []
+        for start in range(0, len(images), max(step, 1)):
+            chunk = images[start:start + step]
+            count = len(chunk)
+            if self.fixed_batch and count < self.fixed_batch:
+                pad = np.zeros((self.fixed_batch - count, *chunk.shape[1:]), np.float32)
+                chunk = np.concatenate([chunk, pad])
+            outputs.append(np.asarray(self._infer(chunk), dtype=np.float32)[:count])
+        if not outputs:
+            return np.zeros((0, self.num_classes or 0), np.float32)
+        return np.concatenate(outputs)
+
+    def _activate(self):
+        raise NotImplementedError
+
+    def _infer(self, images):
+        raise NotImplementedError
+
+    def _deactivate(self):
+        pass
+
+
+def runner_kind(path):
+    """"engine", "onnx" or "checkpoint" from the file name; FfxError for anything else."""
+    suffix = Path(path).suffix.lower()
+    if suffix in ENGINE_SUFFIXES:
+        return "engine"
+    if suffix in ONNX_SUFFIXES:
+        return "onnx"
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    raise FfxError(
+        f"{path}: unknown model type {suffix or '(no suffix)'}; expected an engine "
+        f"({', '.join(ENGINE_SUFFIXES)}), an ONNX model (.onnx) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+    )
+
+
+def open_runner(path, provider="cpu", cuda_graph=False, cuda_library="auto", arch=None, ema=False, device="cpu"):
+    """The runner for `path`, picked by file type (not yet activated).
+
+    provider: ONNX Runtime execution provider for .onnx files (cpu, cuda, tensorrt).
+    cuda_graph / cuda_library: for engines (CUDA graph capture; pycuda, cuda-python or auto).
+    arch / ema / device: for checkpoints (architecture when it cannot be inferred, EMA weights,
+    torch device).
+    """
+    path = Path(path)
+    kind = runner_kind(path)
+    if not path.is_file():
+        raise FfxError(f"{path}: no such file")
+    if kind == "engine":
+        from ffx.runtime.engine import EngineRunner
+
+        return EngineRunner(path, cuda_graph=cuda_graph, cuda_library=cuda_library)
+    if kind == "onnx":
+        from ffx.runtime.onnxrt import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(path, provider=provider)
+    from ffx.runtime.pytorch import CheckpointRunner
+
+    return CheckpointRunner(path, arch=arch, ema=ema, device=device)

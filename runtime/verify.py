@@ -1,0 +1,300 @@
+"""The accuracy gate: a candidate (engine, ONNX, checkpoint) against a reference on labelled images.
+
+Both models see the very same preprocessed batches (the candidate's preprocessing metadata, which
+is what deployment uses), so a difference in accuracy is the model's, never the pipeline's. The
+top-1 drop comes with a paired 95% confidence interval: every image is scored by both models, so
+only the discordant images (one right, the other wrong) carry information about the difference.
+"""
+
+import dataclasses
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ffx.errors import FfxError
+from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
+from ffx.runtime.runner import open_runner, runner_kind
+from ffx.runtime.sidecar import read_sidecar
+
+Z_95 = 1.959963984540054
+DEFAULT_MAX_TOP1_DROP = 0.5  # percentage points
+
+
+@dataclasses.dataclass
+class PairedComparison:
+    """Accuracy of two models on the same labelled images, and how their outputs differ."""
+
+    images: int
+    reference_top1: float  # percent
+    reference_top5: float
+    candidate_top1: float
+    candidate_top5: float
+    top1_drop: float  # reference - candidate, percentage points
+    top1_drop_ci95: list  # [low, high], percentage points
+    discordant: dict  # {"candidate_only": b, "reference_only": c} correct on one model only
+    agreement: float  # percent of images with the same top-1 class
+    logit_cosine_mean: float
+    logit_cosine_min: float
+    max_abs_error: float
+    classes_lost: list  # [{"class", "name", "images", "reference_top1", "candidate_top1", "lost"}]
+    topk: int  # k of "top5" (smaller when the model has fewer than 5 classes)
+
+
+def compare_predictions(reference_logits, candidate_logits, labels, class_names=None, worst=5):
+    """PairedComparison of two [N, C] logit arrays on integer labels [N]."""
+    reference_logits = np.asarray(reference_logits, np.float64)
+    candidate_logits = np.asarray(candidate_logits, np.float64)
+    labels = np.asarray(labels, np.int64)
+    n, classes = reference_logits.shape
+    if candidate_logits.shape != reference_logits.shape:
+        raise FfxError(f"the models disagree on the output shape: reference {reference_logits.shape}, "
+                       f"candidate {candidate_logits.shape}")
+    if n == 0:
+        raise FfxError("no images to compare")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise FfxError(f"labels run to {labels.max()} but the models have {classes} classes")
+    k = min(5, classes)
+    ref_top1 = reference_logits.argmax(1) == labels
+    cand_top1 = candidate_logits.argmax(1) == labels
+    ref_topk = _in_topk(reference_logits, labels, k)
+    cand_topk = _in_topk(candidate_logits, labels, k)
+
+    only_candidate = int(np.sum(cand_top1 & ~ref_top1))
+    only_reference = int(np.sum(ref_top1 & ~cand_top1))
+    drop = 100.0 * (only_reference - only_candidate) / n
+    low, high = paired_difference_ci(only_reference, only_candidate, n)
+
+    norms = np.linalg.norm(reference_logits, axis=1) * np.linalg.norm(candidate_logits, axis=1)
+    cosine = np.sum(reference_logits * candidate_logits, axis=1) / np.maximum(norms, 1e-30)
+
+    lost = []
+    for label in np.unique(labels):
+        mask = labels == label
+        delta = int(ref_top1[mask].sum() - cand_top1[mask].sum())
+        if delta > 0:
+            lost.append({
+                "class": int(label),
+                "name": class_names[label] if class_names and label < len(class_names) else str(label),
+                "images": int(mask.sum()),
+                "reference_top1": round(100.0 * ref_top1[mask].mean(), 2),
+                "candidate_top1": round(100.0 * cand_top1[mask].mean(), 2),
+                "lost": delta,
+            })
+    lost.sort(key=lambda row: (-row["lost"], row["class"]))
+
+    return PairedComparison(
+        images=n,
+        reference_top1=100.0 * ref_top1.mean(),
+        reference_top5=100.0 * ref_topk.mean(),
+        candidate_top1=100.0 * cand_top1.mean(),
+        candidate_top5=100.0 * cand_topk.mean(),
+        top1_drop=drop,
+        top1_drop_ci95=[low, high],
+        discordant={"candidate_only": only_candidate, "reference_only": only_reference},
+        agreement=100.0 * np.mean(reference_logits.argmax(1) == candidate_logits.argmax(1)),
+        logit_cosine_mean=float(cosine.mean()),
+        logit_cosine_min=float(cosine.min()),
+        max_abs_error=float(np.max(np.abs(reference_logits - candidate_logits))),
+        classes_lost=lost[:worst],
+        topk=k,
+    )
+
+
+def paired_difference_ci(only_reference, only_candidate, n, z=Z_95):
+    """95% interval (percentage points) for the paired difference in accuracy, reference minus
+    candidate, from the discordant counts. Agresti-Min: half an image added to each cell of the
+    2x2 table, so that zero or few discordant images still give an honest, non-degenerate width."""
+    c, b, total = only_reference + 0.5, only_candidate + 0.5, n + 2.0
+    mean = (c - b) / total
+    variance = ((c + b) - (c - b) ** 2 / total) / total**2
+    half = z * math.sqrt(max(variance, 0.0))
+    return [100.0 * (mean - half), 100.0 * (mean + half)]
+
+
+def _in_topk(logits, labels, k):
+    top = np.argpartition(-logits, kth=k - 1, axis=1)[:, :k]
+    return np.any(top == labels[:, None], axis=1)
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    reference: dict  # path, backend, precision, top1, top5
+    candidate: dict
+    top1_drop: float
+    top1_drop_ci95: list
+    agreement: float
+    logit_cosine_mean: float
+    logit_cosine_min: float
+    max_abs_error: float
+    classes_lost: list
+    discordant: dict
+    images: int
+    skipped_images: int
+    calibration_overlap: int | None  # verification images that were also calibration images; None: unknown
+    max_top1_drop: float
+    passed: bool
+    seconds: float
+    warnings: list
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def verify(
+    candidate,
+    reference,
+    data,
+    limit=None,
+    max_top1_drop=DEFAULT_MAX_TOP1_DROP,
+    batch_size=32,
+    provider="cpu",
+    cuda_graph=False,
+    progress=None,
+    workers=2,
+    seed=0,
+):
+    """Run both models over the labelled images in `data`; returns a VerifyReport (the caller
+    turns `passed=False` into exit code 1)."""
+    from ffx.calib.datasets import load_batches, open_dataset
+
+    started = time.perf_counter()
+    warnings = []
+    for path in (candidate, reference):
+        runner_kind(path)
+        if not Path(path).is_file():
+            raise FfxError(f"{path}: no such file")
+    if not Path(data).is_dir():
+        raise FfxError(f"{data}: not a directory")
+    candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph)
+    reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph)
+    preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings)
+    class_names = candidate_runner.class_names or reference_runner.class_names
+
+    dataset = open_dataset(data, class_names=class_names)
+    if not dataset.labelled:
+        raise FfxError(f"{data}: verify needs labelled images, one folder per class (e.g. {data}/<class name>/*.png)")
+    items = list(dataset.items)
+    if limit is not None and limit < len(items):
+        # A seeded sample across all classes: the first N files would cover only the first classes.
+        chosen = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
+        items = [items[i] for i in chosen]
+    names = dataset.class_names or class_names
+    overlap = _calibration_overlap(candidate, items, warnings)
+
+    reference_logits, candidate_logits, labels, skipped = [], [], [], 0
+    with candidate_runner, reference_runner:
+        loaded = load_batches(items, preprocess, batch_size, workers=workers, progress=progress)
+        for batch in loaded:
+            reference_logits.append(reference_runner.infer(batch.images))
+            candidate_logits.append(candidate_runner.infer(batch.images))
+            labels.append(np.asarray(batch.labels))
+        skipped = _skipped_count(loaded)
+    if not labels:
+        raise FfxError(f"{data}: no readable images")
+    if skipped:
+        warnings.append(f"{skipped} unreadable image{'s' if skipped != 1 else ''} skipped")
+    comparison = compare_predictions(np.concatenate(reference_logits), np.concatenate(candidate_logits),
+                                     np.concatenate(labels), names)
+    if comparison.images < 1000:
+        warnings.append(
+            f"only {comparison.images} images: the 95% interval on the top-1 drop is "
+            f"{comparison.top1_drop_ci95[0]:+.2f} to {comparison.top1_drop_ci95[1]:+.2f} points wide"
+        )
+    return VerifyReport(
+        reference=_model_summary(reference_runner, comparison.reference_top1, comparison.reference_top5),
+        candidate=_model_summary(candidate_runner, comparison.candidate_top1, comparison.candidate_top5),
+        top1_drop=comparison.top1_drop,
+        top1_drop_ci95=comparison.top1_drop_ci95,
+        agreement=comparison.agreement,
+        logit_cosine_mean=comparison.logit_cosine_mean,
+        logit_cosine_min=comparison.logit_cosine_min,
+        max_abs_error=comparison.max_abs_error,
+        classes_lost=comparison.classes_lost,
+        discordant=comparison.discordant,
+        images=comparison.images,
+        skipped_images=skipped,
+        calibration_overlap=overlap,
+        max_top1_drop=max_top1_drop,
+        passed=bool(comparison.top1_drop <= max_top1_drop),
+        seconds=round(time.perf_counter() - started, 2),
+        warnings=warnings,
+    )
+
+
+def _skipped_count(loaded):
+    for name in ("skipped", "skipped_count", "num_skipped"):
+        value = getattr(loaded, name, None)
+        if value is not None:
+            return len(value) if isinstance(value, (list, tuple)) else int(value)
+    return 0
+
+
+def _model_summary(runner, top1, top5):
+    return {"path": str(runner.path), "backend": runner.backend, "precision": runner.precision,
+            "top1": top1, "top5": top5}
+
+
+def _shared_preprocess(candidate, reference, warnings):
+    """The candidate's preprocessing (what deployment will use), fed to both models."""
+    candidate_has = "preprocess" in candidate.metadata
+    reference_has = "preprocess" in reference.metadata
+    if not candidate_has and not reference_has:
+        raise FfxError("neither model carries preprocessing metadata; export them with `ffx export`")
+    chosen = candidate if candidate_has else reference
+    if candidate_has and reference_has and candidate.preprocess != reference.preprocess:
+        warnings.append(
+            f"the models were exported with different preprocessing ({candidate.preprocess} vs "
+            f"{reference.preprocess}); both are fed {candidate.name}'s, which deployment uses"
+        )
+    if candidate.input_shape and reference.input_shape and tuple(candidate.input_shape) != tuple(reference.input_shape):
+        raise FfxError(f"the models take different inputs: {candidate.name} {candidate.input_shape}, "
+                       f"{reference.name} {reference.input_shape}")
+    return chosen.preprocess
+
+
+def calibration_images_of(model_path):
+    """[(path, sha256)] the calibration manifest behind `model_path` lists, or None when there is none."""
+    model_path = Path(model_path)
+    kind = runner_kind(model_path)
+    manifest = None
+    if kind == "onnx":
+        from ffx.runtime.onnx_model import load_onnx
+        from ffx.metadata import onnx_metadata
+
+        manifest = calibration_manifest_path(model_path, onnx_metadata(load_onnx(model_path)))
+    elif kind == "engine":
+        sidecar = read_sidecar(model_path) or {}
+        entry = sidecar.get("calibration_manifest") or {}
+        if entry.get("file"):
+            candidate = Path(entry["file"])
+            candidate = candidate if candidate.is_absolute() else model_path.parent / candidate
+            manifest = candidate if candidate.is_file() else None
+    if manifest is None:
+        return None
+    return read_calibration_images(manifest)
+
+
+def _calibration_overlap(candidate, items, warnings):
+    calibration = calibration_images_of(candidate)
+    if not calibration:
+        return None
+    paths = {p for p, _ in calibration if p}
+    digests = {d for _, d in calibration if d}
+    overlap = 0
+    for item in items:
+        resolved = str(Path(item.path).resolve())
+        if resolved in paths or (digests and _sha256(item.path) in digests):
+            overlap += 1
+    if overlap:
+        warnings.append(
+            f"{overlap} of {len(items)} verification images were also calibration images of {Path(candidate).name}; "
+            "its accuracy on them is optimistic: verify on a held-out split"
+        )
+    return overlap
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
