@@ -5,6 +5,8 @@ configured interpolation, center crop to the network input, scale to [0, 1], nor
 parameters always come from the model's `ffx` metadata (`ffx.metadata.Preprocess`).
 """
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -44,23 +46,45 @@ def find_images(folder):
 def load_rgb(path):
     """Decode `path` to an 8-bit RGB PIL image, converting the awkward modes the way PIL's
     `convert("RGB")` (and so torchvision's reference pipeline) does."""
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit grayscale: scale to 8 bits instead of clipping at 255.
-                array = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if array.max() > 255 else 255.0
-                img = Image.fromarray(np.round(array / peak * 255.0).astype(np.uint8), "L")
-            elif img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-                # Composite on white rather than letting transparent pixels become black noise.
-                rgba = img.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, rgba)
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"{path}: {e}") from None
+            return _to_rgb(img)
+    except UnreadableImage:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, struct.error, ... on broken files
+        raise UnreadableImage(f"{path}: {_reason(e)}") from None
+
+
+def decode_rgb(data, name="<bytes>"):
+    """Like `load_rgb`, for the bytes of an image file already read (`name` is for messages)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _to_rgb(img)
+    except Exception as e:
+        raise UnreadableImage(f"{name}: {_reason(e)}") from None
+
+
+def _to_rgb(img):
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale to 8 bits instead of clipping at 255.
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        img = Image.fromarray(np.round(array / peak * 255.0).astype(np.uint8), "L")
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white rather than letting transparent pixels become black noise.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def _reason(error):
+    text = str(error).strip() or type(error).__name__
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return text
 
 
 def preprocess_image(img, preprocess):
@@ -90,3 +114,13 @@ def preprocess_image(img, preprocess):
 def load_image(path, preprocess):
     """Decode and preprocess one file; raises UnreadableImage for a broken file."""
     return preprocess_image(load_rgb(path), preprocess)
+
+
+def load_image_with_sha256(path, preprocess):
+    """(network input, sha256 of the file's bytes): the file is read once for both.
+    Raises UnreadableImage for a missing or broken file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UnreadableImage(f"{path}: {e.strerror or _reason(e)}") from None
+    return preprocess_image(decode_rgb(data, path), preprocess), hashlib.sha256(data).hexdigest()

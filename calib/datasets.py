@@ -1,0 +1,446 @@
+"""Labelled and unlabelled image collections, and decoding them into network batches.
+
+Used by calibration here and by verify / bench / predict in the runtime, so it imports neither
+torch nor onnxruntime (the runtime runs on Jetsons without them). Layouts `open_dataset` reads:
+
+- ImageNet class folders: ``DIR/n01440764/*.JPEG`` (``train/`` or ``val/``); WordNet ids map to
+  ImageNet-1k indices.
+- Class-name folders: ``DIR/<class>/*``; folder names are matched to the model's class names
+  after normalising both (lowercase, runs of other characters -> ``_``), so ``t-shirt_top`` and
+  ``0_t-shirt_top`` both match ``T-shirt/top``. Numeric folders (``0``, ``1``, ...) are indices.
+  Anything else falls back to sorted folder order (the ImageFolder convention), with a warning.
+- A flat ImageNet validation folder with ``LOC_val_solution.csv`` in it or above it (Kaggle).
+- A list file: ``path label`` per line, paths relative to the file, ``#`` comments.
+- Any other folder of images: unlabelled (enough for calibration and predict).
+
+`load_batches` decodes in worker processes, in order, with back-pressure, and skips unreadable
+files: they are counted and listed (the first few) in one warning, never raised.
+"""
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import multiprocessing
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ffx.errors import FfxError
+from ffx.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, is_image_file, load_image_with_sha256
+from ffx.metadata import Preprocess, imagenet_class_names, imagenet_wnids
+
+LOC_SOLUTION_FILE = "LOC_val_solution.csv"
+SPLIT_FOLDER_NAMES = {"train", "val", "valid", "validation", "test"}
+WNID_PATTERN = re.compile(r"^n\d{8}$")
+# How many unreadable files a warning names before "and N more".
+SKIPPED_NAMED_IN_WARNING = 5
+# Decoding fewer images than this in worker processes costs more (their start-up) than it saves.
+MIN_IMAGES_FOR_WORKERS = 16
+
+
+def print_warning(message):
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageItem:
+    """One image file and its class index (None when unknown)."""
+
+    path: Path
+    label: int | None = None
+
+
+@dataclasses.dataclass
+class ImageDataset:
+    """What `open_dataset` found: the items in a stable order and how their labels were read."""
+
+    root: Path  # the folder, or the list file
+    layout: str  # imagenet-folders, class-folders, loc-csv, list-file, unlabelled
+    items: list
+    class_names: list | None  # name of each label index, when known
+    label_source: str  # one line for people: how labels were assigned
+    warnings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def labelled(self):
+        return bool(self.items) and all(item.label is not None for item in self.items)
+
+    def relative_path(self, item):
+        """`item.path` relative to the dataset (for manifests and messages)."""
+        base = self.root.parent if self.root.is_file() else self.root
+        try:
+            return Path(item.path).relative_to(base).as_posix()
+        except ValueError:
+            return Path(item.path).as_posix()
+
+
+def normalise_class_name(name):
+    """`T-shirt/top` -> `t_shirt_top`: lowercase, runs of non-alphanumerics -> `_`."""
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+
+
+def open_dataset(path, class_names=None, warn=print_warning):
+    """Open a folder or list file of images; `class_names` (from the model's metadata) name the
+    label indices. Raises FfxError when nothing usable is there."""
+    root = Path(path)
+    warnings = []
+
+    def note(message):
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    if not root.exists():
+        raise FfxError(f"{root}: no such file or directory")
+    if root.is_file():
+        if root.suffix.lower() in IMAGE_EXTENSIONS:
+            raise FfxError(f"{root}: is an image; pass the folder that holds it, or a list file")
+        dataset = _open_list_file(root, class_names, note)
+    else:
+        dataset = _open_folder(root, class_names, note)
+    if not dataset.items:
+        raise FfxError(f"{root}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    dataset.warnings = warnings
+    return dataset
+
+
+def _open_folder(root, class_names, note):
+    loose_images = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = [d for d in class_dirs if _has_images(d)]
+
+    solution = _find_loc_solution(root) if loose_images else None
+    if solution is not None:
+        return _open_loc_folder(root, loose_images, solution, class_names, note)
+    if class_dirs and not loose_images:
+        split_dirs = [d.name for d in class_dirs if d.name.lower() in SPLIT_FOLDER_NAMES]
+        if split_dirs and len(split_dirs) == len(class_dirs) and all(_has_subfolders(d) for d in class_dirs):
+            raise FfxError(
+                f"{root}: holds data-set splits ({', '.join(split_dirs)}), not classes; "
+                f"pass one of them, e.g. {root / split_dirs[0]}"
+            )
+        return _open_class_folders(root, class_dirs, class_names, note)
+    return ImageDataset(
+        root=root,
+        layout="unlabelled",
+        items=[ImageItem(p) for p in find_images(root)],
+        class_names=list(class_names) if class_names else None,
+        label_source="unlabelled images",
+    )
+
+
+def _has_images(folder):
+    return any(p.is_file() and is_image_file(p) for p in folder.rglob("*"))
+
+
+def _has_subfolders(folder):
+    return any(p.is_dir() for p in folder.iterdir())
+
+
+def _open_class_folders(root, class_dirs, class_names, note):
+    names = [d.name for d in class_dirs]
+    labels, class_list, source = _folder_labels(names, class_names, note, root)
+    items = []
+    for folder, label in zip(class_dirs, labels):
+        items.extend(ImageItem(p, label) for p in find_images(folder))
+    layout = "imagenet-folders" if source.startswith("ImageNet") else "class-folders"
+    return ImageDataset(root=root, layout=layout, items=items, class_names=class_list, label_source=source)
+
+
+def _folder_labels(names, class_names, note, root):
+    """(label of each folder, class names by index, how the labels were assigned)."""
+    if all(WNID_PATTERN.match(name) for name in names):
+        index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
+        unknown = [name for name in names if name not in index]
+        if not unknown:
+            if class_names is not None and len(class_names) != len(index):
+                note(
+                    f"{root}: WordNet-id folders give ImageNet-1k labels (0..999) but the model has "
+                    f"{len(class_names)} classes"
+                )
+            return [index[name] for name in names], imagenet_class_names(), "ImageNet-1k WordNet ids"
+        note(f"{root}: {len(unknown)} WordNet id(s) are not ImageNet-1k classes (e.g. {unknown[0]})")
+
+    if class_names:
+        by_name = {}
+        for index, name in enumerate(class_names):
+            by_name.setdefault(normalise_class_name(name), index)
+        labels, unmatched = [], []
+        for name in names:
+            label = _match_folder(name, by_name, len(class_names))
+            labels.append(label)
+            if label is None:
+                unmatched.append(name)
+        duplicated = [label for label, count in collections.Counter(labels).items() if label is not None and count > 1]
+        if not unmatched and not duplicated:
+            return labels, list(class_names), "folder names matched to the model's class names"
+        if unmatched:
+            shown = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else "")
+            why = f"folder(s) {shown} match no class name of the model"
+        else:
+            why = f"several folders match class {class_names[duplicated[0]]!r}"
+        note(f"{root}: {why}; labels follow sorted folder order instead (check them)")
+    elif all(name.isdigit() for name in names):
+        return [int(name) for name in names], None, "numeric folder names are class indices"
+    else:
+        note(f"{root}: the model has no class names; labels follow sorted folder order (ImageFolder convention)")
+    return list(range(len(names))), list(names), "sorted folder order"
+
+
+def _match_folder(folder_name, by_name, num_classes):
+    normalised = normalise_class_name(folder_name)
+    if normalised in by_name:
+        return by_name[normalised]
+    if folder_name.isdigit() and int(folder_name) < num_classes:
+        return int(folder_name)
+    prefixed = re.match(r"^(\d+)_(.+)$", normalised)  # "0_t-shirt_top": index, then the name
+    if prefixed and prefixed.group(2) in by_name:
+        return by_name[prefixed.group(2)]
+    return None
+
+
+def _find_loc_solution(root, levels=4):
+    for folder in [root, *list(root.resolve().parents)[:levels]]:
+        candidate = folder / LOC_SOLUTION_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _open_loc_folder(root, images, solution, class_names, note):
+    index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
+    labels = {}
+    try:
+        with open(solution, newline="") as f:
+            for row in csv.DictReader(f):
+                fields = (row.get("PredictionString") or "").split()
+                if row.get("ImageId") and fields and fields[0] in index:
+                    labels[row["ImageId"]] = index[fields[0]]
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise FfxError(f"{solution}: cannot read it ({e})") from None
+    if not labels:
+        raise FfxError(f"{solution}: no `ImageId,PredictionString` rows with ImageNet WordNet ids")
+    items = [ImageItem(p, labels.get(p.stem)) for p in images]
+    missing = sum(item.label is None for item in items)
+    if missing:
+        note(f"{root}: {missing} image(s) are not listed in {solution.name}; they have no label")
+    if class_names is not None and len(class_names) != len(index):
+        note(f"{solution.name} gives ImageNet-1k labels but the model has {len(class_names)} classes")
+    return ImageDataset(
+        root=root, layout="loc-csv", items=items, class_names=imagenet_class_names(),
+        label_source=f"ImageNet-1k labels from {solution}",
+    )
+
+
+def _open_list_file(path, class_names, note):
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FfxError(f"{path}: not a readable list file ({e})") from None
+    by_name = {normalise_class_name(n): i for i, n in reversed(list(enumerate(class_names or [])))}
+    items = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        label = None
+        if len(parts) == 2:
+            label = _parse_label(parts[1], by_name)
+            if label is None:  # no label column: a path with a space in it
+                parts = [line]
+        file_path = Path(parts[0])
+        if not file_path.is_absolute():
+            file_path = path.parent / file_path
+        items.append(ImageItem(file_path, label))
+    if not items:
+        raise FfxError(f"{path}: the list file names no images (expected `path label` per line)")
+    unlabelled = sum(item.label is None for item in items)
+    if 0 < unlabelled < len(items):
+        note(f"{path}: {unlabelled} of {len(items)} lines have no label")
+    return ImageDataset(
+        root=path, layout="list-file", items=items, class_names=list(class_names) if class_names else None,
+        label_source=f"labels from {path.name}" if unlabelled < len(items) else "unlabelled list",
+    )
+
+
+def _parse_label(text, by_name):
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    return by_name.get(normalise_class_name(text))
+
+
+# --- selecting images ------------------------------------------------------------------------
+
+
+def select_images(items, count, seed=0):
+    """`count` items chosen reproducibly: stratified across labels when there are labels (each
+    class gives the same number, give or take one), shuffled with `seed`, returned in path order."""
+    items = sorted(items, key=lambda item: str(item.path))
+    if count >= len(items):
+        return items
+    rng = np.random.default_rng(seed)
+    groups = collections.defaultdict(list)
+    for item in items:
+        groups[item.label].append(item)
+    queues = []
+    for label in sorted(groups, key=lambda label: (label is None, label if label is not None else 0)):
+        group = groups[label]
+        queues.append(collections.deque(group[i] for i in rng.permutation(len(group))))
+    order = [queues[i] for i in rng.permutation(len(queues))]
+    chosen = []
+    while len(chosen) < count:  # round robin over the classes, in a seeded class order
+        for queue in order:
+            if queue and len(chosen) < count:
+                chosen.append(queue.popleft())
+    return sorted(chosen, key=lambda item: str(item.path))
+
+
+# --- decoding batches ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Batch:
+    images: np.ndarray  # float32 (N, C, H, W)
+    labels: list  # int or None per image
+    items: list  # the ImageItem of each image
+    sha256: list  # content hash of each file
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedImage:
+    item: ImageItem
+    reason: str
+
+
+class BatchLoader:
+    """Iterate over batches of decoded images; after iterating, `skipped` lists the unreadable ones.
+
+    Decoding runs in `workers` processes (0: in this process), a bounded number of images ahead
+    of the consumer, and keeps the order of `items`.
+    """
+
+    def __init__(self, items, preprocess, batch_size, workers=2, progress=None, warn=print_warning, description="images"):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.items = list(items)
+        self.preprocess = preprocess if isinstance(preprocess, Preprocess) else Preprocess.from_dict(preprocess)
+        self.batch_size = int(batch_size)
+        self.workers = int(workers) if len(self.items) >= MIN_IMAGES_FOR_WORKERS else 0
+        self.progress = progress
+        self.warn = warn
+        self.description = description
+        self.skipped = []
+
+    @property
+    def num_skipped(self):
+        return len(self.skipped)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        from tqdm import tqdm
+
+        self.skipped = []
+        # The bar appears only after 2 s, so quick runs stay quiet; None: only on a terminal.
+        bar = tqdm(total=len(self.items), desc=self.description, unit="img", file=sys.stderr, delay=2.0,
+                   disable=None if self.progress is None else not self.progress, leave=False, dynamic_ncols=True)
+        pending = []
+        try:
+            for item, result in self._decoded():
+                bar.update(1)
+                if isinstance(result, str):
+                    self.skipped.append(SkippedImage(item, result))
+                    continue
+                pending.append((item, *result))
+                if len(pending) == self.batch_size:
+                    yield _make_batch(pending)
+                    pending = []
+            if pending:
+                yield _make_batch(pending)
+        finally:
+            bar.close()
+        if self.skipped and self.warn is not None:
+            self.warn(describe_skipped(self.skipped))
+
+    def _decoded(self):
+        """(item, (array, sha256)) or (item, reason) for every item, in order."""
+        preprocess = self.preprocess.to_dict()
+        if self.workers <= 0:
+            for item in self.items:
+                yield item, _decode_one(item.path, preprocess)
+            return
+        chunk = max(1, min(8, self.batch_size))
+        chunks = [self.items[i:i + chunk] for i in range(0, len(self.items), chunk)]
+        executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_process_context())
+        in_flight = collections.deque()
+        try:
+            next_chunk = 0
+            # Keep a few chunks per worker queued: enough to hide latency, bounded memory.
+            while next_chunk < len(chunks) or in_flight:
+                while next_chunk < len(chunks) and len(in_flight) < 3 * self.workers:
+                    paths = [str(item.path) for item in chunks[next_chunk]]
+                    in_flight.append((chunks[next_chunk], executor.submit(_decode_chunk, paths, preprocess)))
+                    next_chunk += 1
+                chunk_items, future = in_flight.popleft()
+                yield from zip(chunk_items, future.result())
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _process_context():
+    # forkserver: workers start clean (no copy of onnxruntime's threads, unlike fork) and cheaper
+    # than spawn, which re-imports the main script.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _decode_chunk(paths, preprocess):
+    return [_decode_one(path, preprocess) for path in paths]
+
+
+def _decode_one(path, preprocess):
+    if isinstance(preprocess, dict):
+        preprocess = Preprocess.from_dict(preprocess)
+    try:
+        return load_image_with_sha256(path, preprocess)
+    except UnreadableImage as e:
+        return str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)
+
+
+def _make_batch(pending):
+    items, arrays, hashes = zip(*pending)
+    return Batch(images=np.stack(arrays), labels=[item.label for item in items], items=list(items), sha256=list(hashes))
+
+
+def load_batches(items, preprocess, batch_size, workers=2, progress=None, warn=print_warning, description="images"):
+    """Batches of decoded, preprocessed images (see BatchLoader); `preprocess` is a Preprocess or
+    its dict. Read `.skipped` / `.num_skipped` on the returned loader after iterating."""
+    return BatchLoader(items, preprocess, batch_size, workers=workers, progress=progress, warn=warn, description=description)
+
+
+def describe_skipped(skipped):
+    """One line naming the first few unreadable images and why."""
+    shown = [f"{Path(s.item.path).name} ({s.reason})" for s in skipped[:SKIPPED_NAMED_IN_WARNING]]
+    more = len(skipped) - len(shown)
+    return (
+        f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}: "
+        + "; ".join(shown) + (f"; and {more} more" if more else "")
+    )
+
+
+def file_sha256(path, chunk_size=1 << 20):
+    """sha256 of a file's bytes, or None when it cannot be read (it will be skipped later)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk_size):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()

@@ -1,0 +1,92 @@
+"""Reading the FP32 model to convert and writing the converted model with its manifest."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import onnx
+
+from ffx.artifacts import atomic_output, sha256_bytes
+from ffx.errors import FfxError
+from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata
+
+
+@dataclasses.dataclass
+class SourceModel:
+    path: Path
+    model: onnx.ModelProto
+    info: dict  # its ffx metadata
+    sha256: str
+    preprocess: Preprocess
+
+    @property
+    def input_name(self):
+        return self.info.get("input_name") or self.model.graph.input[0].name
+
+    @property
+    def input_shape(self):
+        return tuple(self.preprocess.input_size)
+
+
+def load_source_model(path):
+    """The FP32 ffx model at `path`; FfxError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FfxError(f"{path}: no such file")
+    data = path.read_bytes()
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as e:  # DecodeError, ValueError, ... for files that are not ONNX
+        raise FfxError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    info = onnx_metadata(model)
+    if info is None:
+        raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
+    precision = info.get("precision", "fp32")
+    if precision != "fp32":
+        raise FfxError(f"{path}: is already {precision}; calibrate the FP32 model that `ffx export` wrote")
+    if "preprocess" not in info:
+        raise FfxError(f"{path}: its ffx metadata has no preprocessing; re-export it with `ffx export`")
+    if len(model.graph.input) != 1:
+        raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
+    return SourceModel(path, model, info, sha256_bytes(data), Preprocess.from_dict(info["preprocess"]))
+
+
+def output_paths(source, output, suffix):
+    """(model path, manifest path): OUT.onnx and OUT.json beside it. Default OUT: MODEL.<suffix>.onnx."""
+    if output is None:
+        stem = source.path.name[:-5] if source.path.name.endswith(".onnx") else source.path.name
+        output = source.path.with_name(f"{stem}.{suffix}.onnx")
+    output = Path(output)
+    if output.exists() and output.resolve() == source.path.resolve():
+        raise FfxError(f"{output}: is the input model; choose another output path")
+    if output.exists() and output.is_dir():
+        raise FfxError(f"{output}: is a directory; give the output file name (e.g. {output / ('model.' + suffix + '.onnx')})")
+    manifest = output.with_suffix(".json") if output.suffix == ".onnx" else output.with_name(output.name + ".json")
+    return output, manifest
+
+
+def manifest_bytes(manifest):
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def finish_model(model, source, precision, calibration):
+    """Serialized `model` carrying the source's ffx metadata with `precision` and `calibration`."""
+    info = dict(source.info)
+    info["precision"] = precision
+    info["calibration"] = calibration
+    kept = [prop for prop in model.metadata_props if prop.key != "onnx.infer"]  # onnxruntime's marker
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    set_onnx_metadata(model, info)
+    model.producer_name = "ffx"
+    from ffx import __version__
+
+    model.producer_version = __version__
+    return model.SerializeToString()
+
+
+def write_outputs(model_path, model_data, manifest_path, manifest_data):
+    """Both files or neither: each is written to a temporary name and renamed when both are complete."""
+    with atomic_output(model_path) as model_tmp, atomic_output(manifest_path) as manifest_tmp:
+        model_tmp.write_bytes(model_data)
+        manifest_tmp.write_bytes(manifest_data)

@@ -1,0 +1,105 @@
+"""Symmetric INT8 activation thresholds from the |x| histograms in `statistics.py`.
+
+onnxruntime.quantization computes ranges only from statistics it collected itself, per method,
+and its Entropy calibrator's default 128-bin signed histogram leaves a single candidate
+threshold (the max); it has no MSE method. So the four methods are written here, on one
+histogram, following what TensorRT users know:
+
+- ``max``: the largest |x| seen.
+- ``percentile``: the |x| below which `percentile` % of the values fall.
+- ``entropy``: TensorRT's entropy calibration (also pytorch-quantization's): the threshold
+  whose 128-level quantized distribution has the smallest KL divergence from the observed one,
+  clipped values folded into the last bin.
+- ``mse``: the threshold minimising the expected squared error: rounding (step^2 / 12 for the
+  values inside) plus clipping (the values outside).
+
+A threshold t becomes the Q/DQ scale t / 127 (onnxruntime's symmetric int8 range is -127..127).
+"""
+
+import numpy as np
+
+from ffx.errors import FfxError
+
+METHODS = ("entropy", "max", "percentile", "mse")
+QUANTIZED_LEVELS = 128  # |x| levels of symmetric int8 (0..127), as in TensorRT's entropy calibrator
+ENTROPY_MAX_CANDIDATES = 512  # thresholds tried by `entropy` (a stride over the histogram's bins)
+
+
+def activation_threshold(method, counts, hist_range, absmax, percentile=99.99):
+    """The |x| clipping threshold of one tensor."""
+    if method not in METHODS:
+        raise FfxError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if absmax <= 0 or method == "max":
+        return float(absmax)
+    nonzero = np.flatnonzero(counts)
+    hist = np.asarray(counts[: nonzero[-1] + 1], np.float64)
+    width = hist_range / len(counts)
+    if method == "percentile":
+        if not 0 < percentile <= 100:
+            raise FfxError(f"--percentile must be in (0, 100], got {percentile}")
+        cdf = np.cumsum(hist) / hist.sum()
+        index = int(np.searchsorted(cdf, percentile / 100.0))
+        threshold = (min(index, len(hist) - 1) + 1) * width
+    elif method == "entropy":
+        threshold = _entropy_threshold(hist) * width
+    else:
+        threshold = _mse_threshold(hist) * width
+    return float(min(threshold, absmax))
+
+
+def _entropy_threshold(hist):
+    """Number of bins (from 0) kept below the threshold with the least KL divergence."""
+    bins = len(hist)
+    if bins <= QUANTIZED_LEVELS:
+        return bins
+    stride = max(1, (bins - QUANTIZED_LEVELS) // ENTROPY_MAX_CANDIDATES)
+    candidates = list(range(QUANTIZED_LEVELS, bins + 1, stride))
+    if candidates[-1] != bins:
+        candidates.append(bins)
+    suffix = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])
+    best, best_divergence = bins, np.inf
+    for kept in candidates:
+        inside = hist[:kept]
+        reference = inside.copy()
+        reference[-1] += suffix[kept]  # clipped values land in the last level
+        # Quantize `inside` into QUANTIZED_LEVELS groups of merged bins, then spread each
+        # group's mass evenly over its non-empty bins.
+        merged = kept // QUANTIZED_LEVELS
+        starts = np.arange(QUANTIZED_LEVELS) * merged
+        lengths = np.diff(np.append(starts, kept))
+        occupied = inside != 0
+        group_mass = np.add.reduceat(inside, starts)
+        group_occupied = np.add.reduceat(occupied.astype(np.float64), starts)
+        per_bin = np.divide(group_mass, group_occupied, out=np.zeros_like(group_mass), where=group_occupied > 0)
+        candidate = np.repeat(per_bin, lengths) * occupied
+        divergence = _kl_divergence(reference, candidate)
+        if divergence < best_divergence:
+            best, best_divergence = kept, divergence
+    return best
+
+
+def _kl_divergence(p, q):
+    p_sum, q_sum = p.sum(), q.sum()
+    if p_sum == 0 or q_sum == 0:
+        return np.inf
+    mask = p > 0
+    if np.any(q[mask] == 0):
+        return np.inf
+    p_norm, q_norm = p[mask] / p_sum, q[mask] / q_sum
+    return float(np.sum(p_norm * np.log(p_norm / q_norm)))
+
+
+def _mse_threshold(hist):
+    """Number of bins kept below the threshold with the least expected squared error."""
+    bins = len(hist)
+    centres = np.arange(bins) + 0.5  # in units of the bin width
+    # Suffix sums over the bins at or above k give the clipping error of threshold k in O(1).
+    def suffix(values):
+        return np.concatenate([np.cumsum(values[::-1])[::-1], [0.0]])
+
+    count_above, first_above, second_above = suffix(hist), suffix(hist * centres), suffix(hist * centres**2)
+    kept = np.arange(1, bins + 1, dtype=np.float64)  # threshold = kept bins * width
+    clip_error = second_above[1:] - 2 * kept * first_above[1:] + kept**2 * count_above[1:]
+    step = kept / (QUANTIZED_LEVELS - 1)
+    rounding_error = (count_above[0] - count_above[1:]) * step**2 / 12.0
+    return int(kept[int(np.argmin(clip_error + rounding_error))])
