@@ -44,6 +44,11 @@ def load_source_model(path):
     precision = info.get("precision", "fp32")
     if precision != "fp32":
         raise FfxError(f"{path}: is already {precision}; calibrate the FP32 model that `ffx export` wrote")
+    op_types = {node.op_type for node in model.graph.node}
+    if op_types & {"QuantizeLinear", "DequantizeLinear"}:
+        raise FfxError(f"{path}: already has Q/DQ nodes; calibrate the FP32 model that `ffx export` wrote")
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
+        raise FfxError(f"{path}: already has float16 weights; convert the FP32 model that `ffx export` wrote")
     if "preprocess" not in info:
         raise FfxError(f"{path}: its ffx metadata has no preprocessing; re-export it with `ffx export`")
     if len(model.graph.input) != 1:

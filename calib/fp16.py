@@ -1,0 +1,290 @@
+"""FP32 ONNX -> float16-typed ONNX with float32 inputs and outputs (TensorRT's strongly typed FP16).
+
+TensorRT 10/11 build FP16 only from a graph whose tensors are float16. The conversion is written
+here (about a hundred lines) rather than taken from onnxconverter-common, which ffx does not
+otherwise depend on and whose converter cannot keep *chosen tensors* in float32 by range: the
+overflow preflight needs exactly that. LayerNormalization stays the fused op (a decomposed
+LayerNorm overflows in float16); its stash_type keeps the statistics in float32.
+
+With calibration images, a preflight runs the FP32 model on them and keeps in float32 every node
+that reads or writes a tensor whose |x| comes within `OVERFLOW_HEADROOM` of the float16 limit
+(65504); the manifest and the report name those tensors.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ffx import __version__
+from ffx.artifacts import sha256_bytes
+from ffx.calib.datasets import print_warning
+from ffx.calib.layers import network_layers
+from ffx.calib.model_io import finish_model, load_source_model, manifest_bytes, output_paths, write_outputs
+from ffx.calib.selection import choose_calibration_images, decode_reference_images
+from ffx.calib.statistics import collect_statistics, default_cache_dir, statistics_key
+from ffx.calib.validate import check_onnxruntime, check_tensorrt
+from ffx.errors import FfxError, GateFailed
+
+FP16_MAX = 65504.0
+# Calibration images rarely contain the most extreme inputs a deployed model meets: a tensor is
+# "near the limit" when its observed |x| max is above FP16_MAX / OVERFLOW_HEADROOM.
+OVERFLOW_HEADROOM = 4.0
+FP16_AGREEMENT_WARNING = 0.99
+
+
+@dataclasses.dataclass
+class Fp16Report:
+    output: str
+    manifest: str
+    sha256: str
+    precision: str
+    method: str  # "fp16"
+    num_images: int  # images of the overflow preflight (0 without --data)
+    skipped_images: int
+    quantized_layers: list  # always []: nothing is int8 in an FP16 graph
+    fp32_tensors: list  # [{"tensor", "absmax", "node", "after_layer"}] kept in float32
+    cache: str
+    onnxruntime: dict
+    tensorrt: dict
+    input_sha256: str
+    image_list_sha256: str | None
+    seconds: float
+
+
+def convert_fp16(onnx_path, output=None, data=None, num_images=512, seed=0, cache_dir=None, use_cache=True, workers=2,
+                 progress=None, tensorrt_check=True, tensorrt_backend="auto", warn=print_warning):
+    """Write the float16 version of the FP32 ffx model `onnx_path` to `output` (+ OUT.json).
+    `data` (folder, list file or ImageDataset) enables the overflow preflight."""
+    started = time.perf_counter()
+    source = load_source_model(onnx_path)
+    output, manifest_path = output_paths(source, output, "fp16")
+    model = source.model
+    float_tensors = _float_tensors(model)
+    produced = [out for node in model.graph.node for out in node.output if out in float_tensors]
+
+    images = stats = None
+    absmax = {}
+    if data is not None:
+        images = choose_calibration_images(data, num_images, seed, source.info.get("class_names"), warn)
+        key = statistics_key("absmax", source.sha256, source.preprocess, images.sha256, produced)
+        stats = collect_statistics(
+            "absmax", model, produced, images.items, source.preprocess, key,
+            cache_dir=(cache_dir or default_cache_dir()) if use_cache else None,
+            workers=workers, progress=progress, warn=warn, relative_path=images.dataset.relative_path,
+        )
+        if stats.images_used == 0:
+            raise FfxError(f"none of the {len(images.items)} chosen images in {images.data_path} could be read")
+        absmax = dict(zip(stats.tensors, (float(v) for v in stats.absmax)))
+    elif warn is not None:
+        warn("no --data: the float16 overflow preflight was skipped (every tensor is float16)")
+
+    limit = FP16_MAX / OVERFLOW_HEADROOM
+    large = {name for name, value in absmax.items() if value > limit}
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name not in large:
+            values = numpy_helper.to_array(init)
+            if values.size and float(np.max(np.abs(values))) > FP16_MAX:
+                large.add(init.name)
+                absmax[init.name] = float(np.max(np.abs(values)))
+    fp32_nodes = {
+        i for i, node in enumerate(model.graph.node) if large & (set(node.input) | set(node.output))
+    }
+    fp32_tensors = _describe_kept(model, large, absmax, source.info)
+    if fp32_tensors and warn is not None:
+        shown = ", ".join(f"{t['tensor']} (|x| {t['absmax']:.0f}, after {t['after_layer']})" for t in fp32_tensors[:4])
+        more = f" and {len(fp32_tensors) - 4} more" if len(fp32_tensors) > 4 else ""
+        warn(f"kept in float32, near the float16 limit {FP16_MAX:.0f}: {shown}{more}")
+
+    fp16_model = convert_graph_to_fp16(model, float_tensors, fp32_nodes)
+
+    manifest = {
+        "ffx_version": __version__,
+        "precision": "fp16",
+        "output": output.name,
+        "input": {"file": source.path.name, "sha256": source.sha256},
+        "params": {
+            "method": "fp16",
+            "num_images": num_images if data is not None else 0,
+            "seed": seed if data is not None else None,
+            "overflow_limit": limit,
+            "io": "float32",
+        },
+        "preprocess": source.preprocess.to_dict(),
+        "data": (
+            {"path": images.data_path, "layout": images.dataset.layout, "available_images": len(images.dataset.items)}
+            if images else None
+        ),
+        "image_list_sha256": images.list_sha256 if images else None,
+        "images": images.manifest_entries() if images else [],
+        "images_used": stats.images_used if stats else 0,
+        "skipped": stats.skipped if stats else [],
+        "fp32_tensors": fp32_tensors,
+        "fp32_nodes": [model.graph.node[i].name for i in sorted(fp32_nodes)],
+    }
+    manifest_data = manifest_bytes(manifest)
+    calibration = {
+        "method": "fp16",
+        "params": manifest["params"],
+        "image_list_sha256": manifest["image_list_sha256"],
+        "images_used": manifest["images_used"],
+        "fp32_tensors": [t["tensor"] for t in fp32_tensors],
+        "manifest": manifest_path.name,
+        "manifest_sha256": sha256_bytes(manifest_data),
+        "input_sha256": source.sha256,
+    }
+    model_data = finish_model(fp16_model, source, "fp16", calibration)
+
+    reference = decode_reference_images(images, stats.reference_indices, source.preprocess) if stats else None
+    ort_check = check_onnxruntime(
+        model_data, source.input_name, reference, stats.reference_logits if reference is not None else None,
+        input_shape=source.input_shape,
+    )
+    if ort_check.top1_agreement is not None and ort_check.top1_agreement < FP16_AGREEMENT_WARNING and warn is not None:
+        warn(f"FP16 agrees with FP32 on only {ort_check.top1_agreement:.1%} of {ort_check.images} calibration images")
+    trt_check = check_tensorrt(model_data, tensorrt_backend) if tensorrt_check else None
+    if trt_check is not None and trt_check.status == "failed":
+        raise GateFailed(
+            f"{trt_check.backend} rejected the FP16 graph: {trt_check.reason}; {output} was not written "
+            "(--no-tensorrt-check writes it anyway)"
+        )
+    write_outputs(output, model_data, manifest_path, manifest_data)
+    return Fp16Report(
+        output=str(output),
+        manifest=str(manifest_path),
+        sha256=sha256_bytes(model_data),
+        precision="fp16",
+        method="fp16",
+        num_images=stats.images_used if stats else 0,
+        skipped_images=len(stats.skipped) if stats else 0,
+        quantized_layers=[],
+        fp32_tensors=fp32_tensors,
+        cache=stats.cache if stats else "off",
+        onnxruntime=dataclasses.asdict(ort_check),
+        tensorrt=dataclasses.asdict(trt_check) if trt_check else {"status": "skipped", "reason": "--no-tensorrt-check"},
+        input_sha256=source.sha256,
+        image_list_sha256=images.list_sha256 if images else None,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def _float_tensors(model):
+    """Names of every float32 tensor of the graph (inputs, initializers, node outputs)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    names = set()
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            names.add(value.name)
+    names.update(init.name for init in model.graph.initializer if init.data_type == TensorProto.FLOAT)
+    return names
+
+
+def _describe_kept(model, tensors, absmax, info):
+    """The kept tensors in graph order, each with the layer (user name) it follows."""
+    layer_of_node = {layer.node: layer.name for layer in network_layers(model, info)}
+    described, last_layer = [], "the input"
+    for node in model.graph.node:
+        last_layer = layer_of_node.get(node.name, last_layer)
+        for name in node.output:
+            if name in tensors:
+                described.append({"tensor": name, "absmax": absmax[name], "node": node.name, "after_layer": last_layer})
+    initial = [
+        {"tensor": name, "absmax": absmax[name], "node": None, "after_layer": "weights"}
+        for name in sorted(tensors) if name not in {d["tensor"] for d in described}
+    ]
+    return initial + described
+
+
+def convert_graph_to_fp16(model, float_tensors, fp32_nodes=frozenset()):
+    """A copy of `model` whose float32 tensors are float16, except in the nodes (indices) of
+    `fp32_nodes`; Casts join the two, and the graph's inputs and outputs stay float32."""
+    converted = onnx.ModelProto()
+    converted.CopyFrom(model)
+    graph = converted.graph
+    initializers = {init.name: init for init in graph.initializer}
+    graph_outputs = {value.name for value in graph.output}
+    nodes = list(graph.node)
+
+    # Which precision reads each float initializer: an initializer read by both gets an fp16 copy.
+    readers = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            if name in initializers and name in float_tensors:
+                readers.setdefault(name, set()).add(index in fp32_nodes)
+    fp16_initializer = {}
+    for name, kept_flags in readers.items():
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(initializers[name]).astype(np.float16),
+            name if kept_flags == {False} else f"{name}.fp16",
+        )
+        if kept_flags == {False}:
+            initializers[name].CopyFrom(half)
+        else:
+            graph.initializer.append(half)
+        fp16_initializer[name] = half.name
+
+    dtype = {value.name: "fp32" for value in graph.input}  # precision each activation is produced in
+    casts = {}
+    new_nodes = []
+
+    def cast(name, to):
+        key = (name, to)
+        if key not in casts:
+            casts[key] = f"{name}.to_{to}"
+            new_nodes.append(helper.make_node(
+                "Cast", [name], [casts[key]], name=f"{name}.cast_to_{to}",
+                to=TensorProto.FLOAT16 if to == "fp16" else TensorProto.FLOAT,
+            ))
+        return casts[key]
+
+    renamed_outputs = {}
+    for index, node in enumerate(nodes):
+        precision = "fp32" if index in fp32_nodes else "fp16"
+        for slot, name in enumerate(node.input):
+            if not name or name not in float_tensors:
+                continue
+            if name in fp16_initializer:
+                node.input[slot] = fp16_initializer[name] if precision == "fp16" else name
+            elif name in initializers:
+                continue
+            else:
+                source = renamed_outputs.get(name, name)
+                if dtype.get(name, "fp32") != precision:
+                    node.input[slot] = cast(source, precision)
+                else:
+                    node.input[slot] = source
+        if precision == "fp16":
+            _float_attributes_to_fp16(node)
+            for slot, name in enumerate(node.output):
+                if name in float_tensors:
+                    dtype[name] = "fp16"
+                    if name in graph_outputs:  # keep the graph's float32 output under its own name
+                        renamed_outputs[name] = f"{name}.fp16"
+                        node.output[slot] = renamed_outputs[name]
+        else:
+            for name in node.output:
+                if name in float_tensors:
+                    dtype[name] = "fp32"
+        new_nodes.append(node)
+    for name, half_name in renamed_outputs.items():
+        new_nodes.append(helper.make_node("Cast", [half_name], [name], name=f"{name}.cast_to_fp32", to=TensorProto.FLOAT))
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {name for node in graph.node for name in node.input}
+    remaining = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(remaining)
+    del graph.value_info[:]
+    onnx.checker.check_model(converted)
+    return converted
+
+
+def _float_attributes_to_fp16(node):
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+            attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float16), attribute.t.name))
+        if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+            attribute.i = TensorProto.FLOAT16

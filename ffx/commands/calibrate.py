@@ -1,0 +1,98 @@
+import dataclasses
+
+import click
+
+from ffx.calib.ranges import METHODS
+from ffx.cli import print_json, warn
+
+DEFAULT_METHOD = "entropy"
+DEFAULT_PERCENTILE = 99.99
+
+
+@click.command("calibrate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
+@click.option("--num-images", type=click.IntRange(min=1), default=512, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
+@click.option("--method", type=click.Choice(METHODS), help=f"INT8 range method (default {DEFAULT_METHOD}: TensorRT's KL-divergence calibration).")
+@click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image selection.")
+@click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated).")
+@click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (default ~/.cache/ffx/calib, or $FFX_CACHE_DIR/calib).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes (0: decode in this process).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
+@click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+def command(model, data, num_images, method, percentile, seed, keep_fp, fp16, output, cache_dir, no_cache, workers,
+            backend, no_tensorrt_check, as_json):
+    """Turn an FP32 ffx ONNX model into a TensorRT-ready INT8 (Q/DQ) or FP16 ONNX.
+
+    INT8: activation ranges from real images, Q/DQ on the inputs of Conv/MatMul/Gemm only
+    (per-tensor activations, per-channel weights; LayerNorm, GELU, residual Adds and biases stay
+    float). Preprocessing comes from the model's metadata. The result is checked with
+    onnxruntime (top-1 agreement with FP32) and built with TensorRT or TensorRT-RTX when
+    installed; a graph TensorRT rejects is not written (exit 1).
+
+    \b
+    Examples:
+      ffx calibrate tiny.onnx --data imagenet/train -o tiny.int8.onnx
+      ffx calibrate tiny.onnx --data calib/ --method percentile --percentile 99.9 --keep-fp head
+      ffx calibrate tiny.onnx --fp16 --data calib/ -o tiny.fp16.onnx
+    """
+    tensorrt_check = not no_tensorrt_check
+    if fp16:
+        for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp)):
+            if value:
+                raise click.UsageError(f"{name} applies to INT8 calibration, not --fp16")
+        from ffx.calib import convert_fp16
+
+        report = convert_fp16(model, output, data=data, num_images=num_images, seed=seed, cache_dir=cache_dir,
+                              use_cache=not no_cache, workers=workers, tensorrt_check=tensorrt_check,
+                              tensorrt_backend=backend, warn=warn)
+    else:
+        if data is None:
+            raise click.UsageError("INT8 calibration needs --data DIR (images like the ones the model will see)")
+        if percentile is not None and method not in (None, "percentile"):
+            raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
+        method = method or ("percentile" if percentile is not None else DEFAULT_METHOD)
+        from ffx.calib import calibrate_int8
+
+        report = calibrate_int8(model, data, output, num_images=num_images, method=method,
+                                percentile=DEFAULT_PERCENTILE if percentile is None else percentile, seed=seed,
+                                keep_fp=keep_fp, cache_dir=cache_dir, use_cache=not no_cache, workers=workers,
+                                tensorrt_check=tensorrt_check, tensorrt_backend=backend, warn=warn)
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
+    _print_summary(report)
+
+
+def _print_summary(report):
+    if report.precision == "int8":
+        method = report.method + (f" {report.percentile}" if report.percentile is not None else "")
+        kept = f", {len(report.kept_fp_layers)} kept in float ({', '.join(report.kept_fp_layers)})" if report.kept_fp_layers else ""
+        click.echo(
+            f"{report.output}: INT8 Q/DQ, {method} ranges from {report.num_images} images "
+            f"({report.skipped_images} skipped), {len(report.quantized_layers)} layers quantized{kept}"
+        )
+    else:
+        source = f"overflow preflight on {report.num_images} images ({report.skipped_images} skipped)" if report.num_images else "no overflow preflight"
+        kept = f"{len(report.fp32_tensors)} tensors kept in float32" if report.fp32_tensors else "no tensor kept in float32"
+        click.echo(f"{report.output}: FP16 with float32 inputs/outputs, {source}, {kept}")
+    ort = report.onnxruntime
+    if ort["images"]:
+        agreeing = round(ort["top1_agreement"] * ort["images"])
+        click.echo(
+            f"onnxruntime: top-1 agrees with FP32 on {agreeing}/{ort['images']} calibration images "
+            f"(max logit difference {ort['max_abs_logit_diff']:.3g})"
+        )
+    else:
+        click.echo("onnxruntime: loads and runs (no images to compare on)")
+    trt = report.tensorrt
+    if trt["status"] == "built":
+        click.echo(f"{trt['backend']}: parsed and built ({trt['seconds']:.1f} s)")
+    else:
+        click.echo(f"TensorRT check skipped: {trt['reason']}")
+    click.echo(f"manifest {report.manifest}, sha256 {report.sha256} ({report.seconds:.1f} s, statistics cache: {report.cache})")
