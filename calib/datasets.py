@@ -247,12 +247,13 @@ def _open_list_file(path, class_names, note):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        parts = line.rsplit(maxsplit=1)
-        label = None
-        if len(parts) == 2:
-            label = _parse_label(parts[1], by_name)
-            if label is None:  # no label column: a path with a space in it
-                parts = [line]
+        parts, label = [line], None
+        for words in range(1, len(line.split())):  # the label may be a class name with spaces
+            candidate = line.rsplit(maxsplit=words)
+            label = _parse_label(" ".join(candidate[1:]), by_name)
+            if label is not None:
+                parts = candidate
+                break
         file_path = Path(parts[0])
         if not file_path.is_absolute():
             file_path = path.parent / file_path

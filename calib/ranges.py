@@ -79,14 +79,23 @@ def _entropy_threshold(hist):
 
 
 def _kl_divergence(p, q):
-    p_sum, q_sum = p.sum(), q.sum()
-    if p_sum == 0 or q_sum == 0:
+    p, q = _smooth(p), _smooth(q)
+    if p is None or q is None:
         return np.inf
-    mask = p > 0
-    if np.any(q[mask] == 0):
-        return np.inf
-    p_norm, q_norm = p[mask] / p_sum, q[mask] / q_sum
-    return float(np.sum(p_norm * np.log(p_norm / q_norm)))
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p * np.log(p / q)))
+
+
+def _smooth(counts, eps=1e-4):
+    """Move a little mass onto empty bins so KL stays finite where one distribution has a gap
+    (MXNet's and TensorRT's smoothing): clipping an outlier must not cost infinity."""
+    empty = counts == 0
+    filled = counts.size - int(empty.sum())
+    if filled == 0:
+        return None
+    taken = eps * empty.sum() / filled
+    smoothed = counts + eps * empty - taken * ~empty
+    return smoothed if np.all(smoothed > 0) else None
 
 
 def _mse_threshold(hist):

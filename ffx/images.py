@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ffx.errors import FfxError
 
@@ -57,6 +57,8 @@ def load_rgb(path):
 
 def decode_rgb(data, name="<bytes>"):
     """Like `load_rgb`, for the bytes of an image file already read (`name` is for messages)."""
+    if not data:
+        raise UnreadableImage(f"{name}: empty file")
     try:
         with Image.open(io.BytesIO(data)) as img:
             return _to_rgb(img)
@@ -81,6 +83,8 @@ def _to_rgb(img):
 
 
 def _reason(error):
+    if isinstance(error, UnidentifiedImageError):  # its message names a file object, not useful
+        return "not an image, or a format PIL cannot read"
     text = str(error).strip() or type(error).__name__
     if len(text) > 120:
         text = text[:117] + "..."
