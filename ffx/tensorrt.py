@@ -370,7 +370,7 @@ def build_serialized_engine(
         optimization_level=int(config.builder_optimization_level),
         hardware_compatibility=str(level).rsplit(".", 1)[-1].lower() if level is not None else None,
         version_compatible=bool(version_compatible),
-        compute_capabilities=list(compute_capabilities or []),
+        compute_capabilities=[_capability_label(c) for c in compute_capabilities or []],
         timing_cache=cache_info,
         notes=notes,
     )
@@ -408,6 +408,12 @@ def _set_hardware_compatibility(trt, config, level):
     config.hardware_compatibility_level = member
 
 
+def _capability_label(capability):
+    """"SM86", "sm86", "8.6" -> "8.6"."""
+    text = str(capability).upper().replace("SM", "").replace("_", "")
+    return text if "." in text else f"{text[:-1]}.{text[-1:]}"
+
+
 def _set_compute_capabilities(backend, config, capabilities):
     """TensorRT-RTX AOT targets, e.g. ["SM75"] for Turing (not built by default)."""
     enum = getattr(backend.module, "ComputeCapability", None)
@@ -415,7 +421,7 @@ def _set_compute_capabilities(backend, config, capabilities):
         raise FfxError(f"{backend} does not take target compute capabilities; they apply to TensorRT-RTX")
     members = []
     for capability in capabilities:
-        key = "SM" + str(capability).upper().replace("SM", "").replace(".", "")
+        key = "SM" + _capability_label(capability).replace(".", "")
         member = getattr(enum, key, None) or getattr(enum, str(capability).upper(), None)
         if member is None:
             known = [m for m in enum.__members__ if m.startswith("SM")]

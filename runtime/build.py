@@ -77,11 +77,11 @@ def build_engine(
         if calib_data is None:
             raise FfxError(f"{onnx_path} has no Q/DQ nodes: --int8 needs --calib-data DIR to calibrate it first "
                            "(or give a model made by `ffx calibrate`)")
-        calibrated = _calibrate_int8(onnx_path, calib_data, _derived_path(output, "int8"), calib_options or {})
+        calibrated = _calibrate_int8(onnx_path, calib_data, _derived_path(output, "int8"), calib_options or {}, progress)
     elif fp16 and precision != "fp16":
         if precision != "fp32":
             raise FfxError(f"{onnx_path} is a {precision} graph; --fp16 converts FP32 models")
-        calibrated = _convert_fp16(onnx_path, _derived_path(output, "fp16"), calib_data)
+        calibrated = _convert_fp16(onnx_path, _derived_path(output, "fp16"), calib_data, progress)
     elif calib_data is not None:
         notes.append(f"--calib-data ignored: {onnx_path.name} is already {precision}")
 
@@ -190,19 +190,30 @@ def _calibration_library():
     return calib
 
 
-def _calibrate_int8(onnx_path, data, output, options):
+def _call_accepting(function, *args, **options):
+    """Call `function` with the options it accepts (None values left to its defaults)."""
+    import inspect
+
+    accepted = inspect.signature(function).parameters
+    return function(*args, **{k: v for k, v in options.items() if v is not None and k in accepted})
+
+
+def _calibrate_int8(onnx_path, data, output, options, progress=None):
     calib = _calibration_library()
     if not hasattr(calib, "calibrate_int8"):
         raise FfxError("this ffx has no INT8 calibration (ffx.calib.calibrate_int8); run `ffx calibrate` separately")
-    report = calib.calibrate_int8(str(onnx_path), str(data), str(output), **{k: v for k, v in options.items() if v is not None})
+    # tensorrt_check off: the engine build right after is that check, with the user's backend.
+    report = _call_accepting(calib.calibrate_int8, str(onnx_path), str(data), str(output), progress=progress,
+                             tensorrt_check=False, **options)
     return getattr(report, "output", output)
 
 
-def _convert_fp16(onnx_path, output, data):
+def _convert_fp16(onnx_path, output, data, progress=None):
     calib = _calibration_library()
     if not hasattr(calib, "convert_fp16"):
         raise FfxError("this ffx has no FP16 conversion (ffx.calib.convert_fp16); run `ffx calibrate --fp16` separately")
-    report = calib.convert_fp16(str(onnx_path), str(output), data=str(data) if data else None)
+    report = _call_accepting(calib.convert_fp16, str(onnx_path), str(output), data=str(data) if data else None,
+                             progress=progress)
     return getattr(report, "output", output)
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import onnx
 
 from ffx.errors import FfxError
-from ffx.metadata import onnx_metadata
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -43,9 +42,8 @@ def graph_precision(model):
 
 
 def model_precision(model):
-    """The ffx metadata's precision when present (calibration writes it), else the graph's."""
-    info = onnx_metadata(model) or {}
-    return info.get("precision") or graph_precision(model)
+    """The graph's precision; metadata copied from an FP32 parent can be stale, the graph cannot."""
+    return graph_precision(model)
 
 
 def calibration_manifest_path(onnx_path, metadata=None):
@@ -73,6 +71,9 @@ def read_calibration_images(manifest_path):
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return []
     base = Path(manifest_path).parent
+    data = manifest.get("data") if isinstance(manifest, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        base = base / data["path"]  # calibration lists paths relative to its data folder
     entries = []
     for key in ("images", "calibration_images", "files"):
         value = manifest.get(key) if isinstance(manifest, dict) else None

@@ -97,10 +97,14 @@ def compatibility_problem(sidecar, backend_name, backend_version, gpu):
 
 
 def _capability(text):
+    """"8.9", "SM89", "sm_120", "12.0" -> (major, minor); (0, 0) when unreadable."""
+    digits = str(text).upper().replace("SM", "").replace("_", "").strip()
     try:
-        major, minor = str(text).replace("SM", "").split(".") if "." in str(text) else (str(text)[:-1], str(text)[-1])
-        return int(major), int(minor)
-    except ValueError:
+        if "." in digits:
+            major, minor = digits.split(".", 1)
+            return int(major), int(minor)
+        return int(digits[:-1]), int(digits[-1])
+    except (ValueError, IndexError):
         return (0, 0)
 
 

@@ -7,7 +7,6 @@ only the discordant images (one right, the other wrong) carry information about 
 """
 
 import dataclasses
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -158,7 +157,7 @@ def verify(
 ):
     """Run both models over the labelled images in `data`; returns a VerifyReport (the caller
     turns `passed=False` into exit code 1)."""
-    from ffx.calib.datasets import load_batches, open_dataset
+    from ffx.calib.datasets import load_batches, open_dataset, select_images
 
     started = time.perf_counter()
     warnings = []
@@ -166,36 +165,41 @@ def verify(
         runner_kind(path)
         if not Path(path).is_file():
             raise FfxError(f"{path}: no such file")
-    if not Path(data).is_dir():
-        raise FfxError(f"{data}: not a directory")
+    if not Path(data).exists():
+        raise FfxError(f"{data}: no such directory")
     candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph)
     reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph)
     preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings)
     class_names = candidate_runner.class_names or reference_runner.class_names
 
-    dataset = open_dataset(data, class_names=class_names)
+    dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
     if not dataset.labelled:
         raise FfxError(f"{data}: verify needs labelled images, one folder per class (e.g. {data}/<class name>/*.png)")
     items = list(dataset.items)
     if limit is not None and limit < len(items):
-        # A seeded sample across all classes: the first N files would cover only the first classes.
-        chosen = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
-        items = [items[i] for i in chosen]
+        # Stratified and seeded: the first N files would cover only the first classes.
+        items = select_images(items, limit, seed=seed)
     names = dataset.class_names or class_names
-    overlap = _calibration_overlap(candidate, items, warnings)
+    calibration = calibration_images_of(candidate)
 
-    reference_logits, candidate_logits, labels, skipped = [], [], [], 0
+    reference_logits, candidate_logits, labels, overlap = [], [], [], 0
     with candidate_runner, reference_runner:
-        loaded = load_batches(items, preprocess, batch_size, workers=workers, progress=progress)
+        loaded = load_batches(items, preprocess, batch_size, workers=workers, progress=progress,
+                              warn=warnings.append, description="verify")
         for batch in loaded:
             reference_logits.append(reference_runner.infer(batch.images))
             candidate_logits.append(candidate_runner.infer(batch.images))
             labels.append(np.asarray(batch.labels))
-        skipped = _skipped_count(loaded)
+            if calibration:
+                overlap += _count_overlap(calibration, batch)
+    skipped = loaded.num_skipped
     if not labels:
         raise FfxError(f"{data}: no readable images")
-    if skipped:
-        warnings.append(f"{skipped} unreadable image{'s' if skipped != 1 else ''} skipped")
+    if overlap:
+        warnings.append(
+            f"{overlap} of {comparison_size(labels)} verification images were also calibration images of "
+            f"{Path(candidate).name}; its accuracy on them is optimistic: verify on a held-out split"
+        )
     comparison = compare_predictions(np.concatenate(reference_logits), np.concatenate(candidate_logits),
                                      np.concatenate(labels), names)
     if comparison.images < 1000:
@@ -216,20 +220,12 @@ def verify(
         discordant=comparison.discordant,
         images=comparison.images,
         skipped_images=skipped,
-        calibration_overlap=overlap,
+        calibration_overlap=overlap if calibration else None,
         max_top1_drop=max_top1_drop,
         passed=bool(comparison.top1_drop <= max_top1_drop),
         seconds=round(time.perf_counter() - started, 2),
         warnings=warnings,
     )
-
-
-def _skipped_count(loaded):
-    for name in ("skipped", "skipped_count", "num_skipped"):
-        value = getattr(loaded, name, None)
-        if value is not None:
-            return len(value) if isinstance(value, (list, tuple)) else int(value)
-    return 0
 
 
 def _model_summary(runner, top1, top5):
@@ -277,24 +273,15 @@ def calibration_images_of(model_path):
     return read_calibration_images(manifest)
 
 
-def _calibration_overlap(candidate, items, warnings):
-    calibration = calibration_images_of(candidate)
-    if not calibration:
-        return None
+def _count_overlap(calibration, batch):
+    """Images of `batch` that the calibration manifest lists, by content hash or by path."""
     paths = {p for p, _ in calibration if p}
     digests = {d for _, d in calibration if d}
-    overlap = 0
-    for item in items:
-        resolved = str(Path(item.path).resolve())
-        if resolved in paths or (digests and _sha256(item.path) in digests):
-            overlap += 1
-    if overlap:
-        warnings.append(
-            f"{overlap} of {len(items)} verification images were also calibration images of {Path(candidate).name}; "
-            "its accuracy on them is optimistic: verify on a held-out split"
-        )
-    return overlap
+    return sum(
+        1 for item, digest in zip(batch.items, batch.sha256)
+        if (digest and digest in digests) or str(Path(item.path).resolve()) in paths
+    )
 
 
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def comparison_size(labels):
+    return sum(len(chunk) for chunk in labels)

@@ -132,7 +132,7 @@ def test_rtx_specific_options_are_reported_not_silently_dropped(tmp_path):
     assert any("hardware-compatibility" in note for note in build.notes)
     assert not cache.exists()
     assert build.optimization_level == 1
-    assert build.compute_capabilities == ["SM86", "8.9"]
+    assert build.compute_capabilities == ["8.6", "8.9"]
     assert build.workspace_bytes == 64 << 20
     with pytest.raises(FfxError, match="unknown compute capability"):
         build_serialized_engine(path, backend="tensorrt-rtx", compute_capabilities=["SM99"], progress=False)

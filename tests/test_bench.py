@@ -1,0 +1,84 @@
+"""`ffx bench`: real timings of ONNX Runtime and PyTorch on the mini model, the JSON contract,
+and the statistics helper."""
+
+import json
+
+import pytest
+
+from ffx.cli import cli
+from ffx.runtime.bench import latency_stats
+from test_runtime_models import mini_model, qdq_model
+
+JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return mini_model(tmp_path_factory)
+
+
+def test_json_has_every_field_for_every_target_and_batch(cli_runner, mini, tmp_path_factory):
+    qdq = qdq_model(tmp_path_factory)
+    result = cli_runner.invoke(cli, ["bench", str(mini.checkpoint), str(mini.onnx), str(qdq), "--batch", "1,2",
+                                     "--iterations", "5", "--warmup", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["backend"], r["precision"], r["batch"]) for r in rows] == [
+        ("pytorch", "fp32", 1), ("pytorch", "fp32", 2),
+        ("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 2),
+        ("onnxruntime", "int8", 1), ("onnxruntime", "int8", 2),
+    ]
+    for row in rows:
+        assert JSON_FIELDS <= set(row)
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["images_per_s"] > 0 and row["iterations"] == 5
+    assert rows[0]["target"] == str(mini.checkpoint)
+
+
+def test_table_for_people(cli_runner, mini):
+    result = cli_runner.invoke(cli, ["bench", str(mini.onnx), "--iterations", "5", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    header, row = result.stdout.splitlines()[:2]
+    assert "p50 ms" in header and "images/s" in header
+    assert "onnxruntime" in row and "fp32" in row
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{onnx}", "--batch", "1,x"], "--batch"),
+    (["{onnx}", "--batch", "0"], "positive"),
+    (["missing.onnx"], "no such file"),
+    (["{onnx}", "notes.txt"], "unknown model type"),
+    (["{onnx}", "--provider", "cuda"], "CUDAExecutionProvider"),
+])
+def test_bad_input_exits_2(cli_runner, mini, tmp_path, monkeypatch, args, message):
+    import onnxruntime
+
+    if "cuda" in args and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("hi")
+    result = cli_runner.invoke(cli, ["bench", *[a.format(onnx=mini.onnx) for a in args]])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_engine_batch_beyond_profile_is_skipped_not_failed(cli_runner, mini, tmp_path):
+    from test_runtime_gpu import needs_gpu_reason
+
+    if needs_gpu_reason():
+        pytest.skip(needs_gpu_reason())
+    engine = tmp_path / "mini.engine"
+    assert cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "-o", str(engine), "--max-batch", "2"]).exit_code == 0
+    result = cli_runner.invoke(cli, ["bench", str(engine), "--batch", "1,4", "--iterations", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [row["batch"] for row in json.loads(result.stdout)] == [1]
+    assert "beyond its profile" in result.stderr
+
+
+def test_latency_stats():
+    stats = latency_stats([0.010] * 98 + [0.020, 0.030], batch=4)
+    assert stats["p50_ms"] == pytest.approx(10.0)
+    assert stats["p99_ms"] > 10.0
+    assert stats["images_per_s"] == pytest.approx(400.0)
+    assert stats["cv"] > 0.1
+    assert latency_stats([0.01] * 10, 1)["cv"] == pytest.approx(0.0, abs=1e-9)

@@ -1,0 +1,162 @@
+"""`ffx build-engine` with the real TensorRT-RTX builder (CPU ahead-of-time): engines, sidecars,
+options, errors. INT8 and FP16 via in-process calibration are tested when ffx.calib provides them."""
+
+import json
+import shutil
+
+import pytest
+
+from ffx.cli import cli
+from ffx.runtime.sidecar import read_sidecar, sidecar_path
+from test_runtime_models import FASHION, fashion_onnx, labelled_images, mini_model, qdq_model
+
+pytest.importorskip("tensorrt_rtx_bindings", reason="needs TensorRT-RTX (pip install 'ffx[tensorrt-rtx]')")
+
+
+def _calib_has(name):
+    try:
+        import ffx.calib as calib
+
+        getattr(calib, name)
+        return True
+    except (ImportError, AttributeError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return mini_model(tmp_path_factory)
+
+
+def _build(cli_runner, *args):
+    return cli_runner.invoke(cli, ["build-engine", *map(str, args)], catch_exceptions=False)
+
+
+def test_fp32_engine_and_sidecar(cli_runner, mini, tmp_path):
+    engine = tmp_path / "mini.engine"
+    result = _build(cli_runner, mini.onnx, "-o", engine, "--backend", "tensorrt-rtx", "--max-batch", "4", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["backend"] == "tensorrt-rtx" and report["precision"] == "fp32"
+    assert engine.is_file() and sidecar_path(engine).is_file()
+    # A plain plan file: no header of ours in front of TensorRT's bytes.
+    assert engine.stat().st_size == report["engine_bytes"]
+
+    sidecar = read_sidecar(engine)
+    import tensorrt_rtx_bindings
+
+    from ffx import __version__
+    from ffx.artifacts import sha256_file
+
+    assert sidecar["backend_version"] == tensorrt_rtx_bindings.__version__
+    assert sidecar["onnx"]["sha256"] == sha256_file(mini.onnx)
+    assert sidecar["engine"]["sha256"] == sha256_file(engine)
+    assert sidecar["profile"] == {"input": "images", "min": [1, 3, 28, 28], "opt": [4, 3, 28, 28], "max": [4, 3, 28, 28]}
+    assert sidecar["ffx_version"] == __version__
+    assert sidecar["gpu"] is None  # built ahead of time, no GPU here
+    assert sidecar["calibration_manifest"] is None
+    assert sidecar["build_seconds"] > 0
+    # The model's metadata travels, so later stages need no flags.
+    assert sidecar["metadata"]["num_classes"] == 10
+    assert sidecar["metadata"]["preprocess"]["input_size"] == [3, 28, 28]
+    assert sidecar["metadata"]["class_names"][0] == "T-shirt/top"
+
+
+def test_qdq_model_builds_as_int8_without_calibration(cli_runner, mini, tmp_path, tmp_path_factory):
+    qdq = qdq_model(tmp_path_factory)
+    engine = tmp_path / "mini.int8.engine"
+    result = _build(cli_runner, qdq, "-o", engine, "--int8", "--backend", "tensorrt-rtx", "--max-batch", "2")
+    assert result.exit_code == 0, result.output
+    assert "int8" in result.stdout
+    assert read_sidecar(engine)["precision"] == "int8"
+    assert not (tmp_path / "mini.int8.int8.onnx").exists()  # nothing was calibrated
+
+
+def test_options_reach_the_builder(cli_runner, mini, tmp_path):
+    engine = tmp_path / "opts.plan"
+    result = _build(cli_runner, mini.onnx, "-o", engine, "--backend", "tensorrt-rtx", "--min-batch", "2",
+                    "--opt-batch", "3", "--max-batch", "5", "--workspace", "256M", "--builder-optimization-level", "1",
+                    "--compute-capability", "8.6", "--timing-cache", tmp_path / "timing.cache",
+                    "--hardware-compatibility", "ampere-plus")
+    assert result.exit_code == 0, result.output
+    sidecar = read_sidecar(engine)
+    assert [sidecar["profile"][k][0] for k in ("min", "opt", "max")] == [2, 3, 5]
+    assert sidecar["builder"]["workspace_bytes"] == 256 << 20
+    assert sidecar["builder"]["optimization_level"] == 1
+    assert sidecar["target_compute_capabilities"] == ["8.6"]
+    # TensorRT-RTX has no timing cache and is portable by default: said, not silently dropped.
+    assert "timing cache" in result.stderr and "hardware-compatibility" in result.stderr
+    assert len(sidecar["notes"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.onnx", "-o", "x.engine"], "no such file"),
+    (["{onnx}", "-o", "x.onnx"], "should end in"),
+    (["{onnx}", "-o", "x.engine", "--int8"], "--calib-data"),
+    (["{onnx}", "-o", "x.engine", "--int8", "--fp16"], "choose one"),
+    (["{onnx}", "-o", "x.engine", "--min-batch", "8", "--max-batch", "2"], "min <= opt <= max"),
+    (["{onnx}", "-o", "x.engine", "--workspace", "lots"], "--workspace"),
+    (["{onnx}", "-o", "x.engine", "--backend", "tensorrt"], "pip install tensorrt"),
+])
+def test_bad_input_exits_2_with_one_line(cli_runner, mini, tmp_path, monkeypatch, args, message):
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # full TensorRT is never installed here; make sure
+    result = cli_runner.invoke(cli, ["build-engine", *[a.format(onnx=mini.onnx) for a in args]])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.glob("x.*"))  # nothing half-written
+
+
+def test_parse_failure_leaves_no_files(cli_runner, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    node = helper.make_node("NoSuchOperator", ["images"], ["logits"], name="mystery", domain="")
+    model = helper.make_model(helper.make_graph([node], "g", [images], [logits]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "bad.onnx")
+    result = cli_runner.invoke(cli, ["build-engine", str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "bad.engine")])
+    assert result.exit_code == 2
+    assert "mystery" in result.stderr and "NoSuchOperator" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+@pytest.mark.skipif(not _calib_has("calibrate_int8"), reason="ffx.calib.calibrate_int8 not available yet")
+def test_int8_calibrates_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path, tmp_path_factory):
+    images = labelled_images(tmp_path_factory)
+    engine = tmp_path / "mini.engine"
+    result = _build(cli_runner, mini.onnx, "-o", engine, "--int8", "--calib-data", images, "--calib-images", "20",
+                    "--backend", "tensorrt-rtx", "--max-batch", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["precision"] == "int8"
+    assert report["calibrated_onnx"].endswith("mini.int8.onnx")
+    sidecar = read_sidecar(engine)
+    assert sidecar["precision"] == "int8"
+    assert sidecar["calibration_manifest"] is not None and len(sidecar["calibration_manifest"]["sha256"]) == 64
+
+
+@pytest.mark.skipif(not _calib_has("convert_fp16"), reason="ffx.calib.convert_fp16 not available yet")
+def test_fp16_converts_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path):
+    engine = tmp_path / "mini.engine"
+    result = _build(cli_runner, mini.onnx, "-o", engine, "--fp16", "--backend", "tensorrt-rtx", "--max-batch", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"] == "fp16"
+    assert read_sidecar(engine)["precision"] == "fp16"
+    assert (tmp_path / "mini.fp16.onnx").is_file()
+
+
+@pytest.mark.skipif(not _calib_has("calibrate_int8"), reason="ffx.calib.calibrate_int8 not available yet")
+def test_fashion_fixture_fp16_and_int8_engines(cli_runner, tmp_path, tmp_path_factory):
+    onnx_path = fashion_onnx(tmp_path_factory)
+    local = tmp_path / "fashion.onnx"
+    shutil.copy(onnx_path, local)
+    for flags in (["--fp16"], ["--int8", "--calib-data", FASHION / "train", "--calib-images", "200"]):
+        engine = tmp_path / f"fashion.{flags[0][2:]}.engine"
+        result = _build(cli_runner, local, "-o", engine, *flags, "--backend", "tensorrt-rtx", "--max-batch", "8")
+        assert result.exit_code == 0, result.output
+        assert read_sidecar(engine)["precision"] == flags[0][2:]

@@ -1,0 +1,202 @@
+"""Engines running on a GPU: the TensorRT / TensorRT-RTX runner against ONNX Runtime, CUDA graphs,
+both CUDA libraries, the sidecar check before deserializing.
+
+Every test here needs a CUDA GPU, TensorRT (or TensorRT-RTX) and pycuda or cuda-python; elsewhere
+they are skipped with that reason. scripts/run_gpu_tests.sh runs them on a GPU machine with
+FFX_REQUIRE_GPU=1, which turns those skips into failures.
+"""
+
+import functools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ffx.cli import cli
+from ffx.errors import FfxError
+from test_runtime_models import FASHION, fashion_onnx, labelled_images, mini_model, qdq_model
+
+
+@functools.lru_cache(maxsize=1)
+def needs_gpu_reason():
+    """None when engines can run here, else why not (a skip reason)."""
+    from ffx.errors import BackendUnavailable
+    from ffx.runtime.cuda import open_cuda
+    from ffx.tensorrt import available_backend
+
+    try:
+        backend = available_backend("auto")
+        cuda = open_cuda("auto")
+        cuda.close()
+    except BackendUnavailable as e:
+        return f"needs a CUDA GPU and TensorRT: {e}"
+    del backend
+    return None
+
+
+def _require_gpu():
+    reason = needs_gpu_reason()
+    if reason:
+        if os.environ.get("FFX_REQUIRE_GPU"):
+            pytest.fail(f"FFX_REQUIRE_GPU is set but {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    _require_gpu()
+    from ffx.runtime.cuda import current_gpu
+
+    return current_gpu()
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return mini_model(tmp_path_factory)
+
+
+def _build(cli_runner, onnx_path, engine, *flags):
+    result = cli_runner.invoke(cli, ["build-engine", str(onnx_path), "-o", str(engine), "--max-batch", "8", *flags])
+    assert result.exit_code == 0, result.output
+    return engine
+
+
+def _reference(onnx_path, images):
+    from ffx.runtime.onnxrt import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(onnx_path) as runner:
+        return runner.infer(images)
+
+
+def _batch(n, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, 28, 28), dtype=np.float32)
+
+
+def test_fp32_engine_matches_onnxruntime(gpu, cli_runner, mini, tmp_path):
+    from ffx.runtime import open_runner
+
+    engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
+    images = _batch(11)  # more than the profile's max batch: the runner splits it
+    with open_runner(engine) as runner:
+        assert runner.max_batch == 8 and runner.precision == "fp32"
+        logits = runner.infer(images)
+        again = runner.infer(images[:1])
+    np.testing.assert_allclose(logits, _reference(mini.onnx, images), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(again, logits[:1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("library", ["pycuda", "cuda-python"])
+def test_each_cuda_library(gpu, cli_runner, mini, tmp_path, library):
+    from ffx.errors import BackendUnavailable
+    from ffx.runtime.cuda import open_cuda
+    from ffx.runtime.engine import EngineRunner
+
+    try:
+        open_cuda(library).close()
+    except BackendUnavailable as e:
+        pytest.skip(f"{library} is not installed: {e}")
+    engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
+    images = _batch(3)
+    with EngineRunner(engine, cuda_library=library) as runner:
+        logits = runner.infer(images)
+    np.testing.assert_allclose(logits, _reference(mini.onnx, images), rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_library_roundtrip(gpu):
+    from ffx.runtime.cuda import open_cuda
+
+    cuda = open_cuda()
+    try:
+        host = cuda.pinned_empty((4, 5), np.float32)
+        host[...] = np.arange(20, dtype=np.float32).reshape(4, 5)
+        back = cuda.pinned_empty((4, 5), np.float32)
+        device = cuda.device_alloc(host.nbytes)
+        stream = cuda.create_stream()
+        cuda.copy_to_device(device.ptr, host, stream)
+        cuda.copy_to_host(back, device.ptr, stream)
+        cuda.synchronize(stream)
+        np.testing.assert_array_equal(back, host)
+        device.free()
+        info = cuda.gpu_info()
+        assert info.name and "." in info.compute_capability
+    finally:
+        cuda.close()
+
+
+def test_cuda_graph_gives_the_same_logits(gpu, cli_runner, mini, tmp_path):
+    from ffx.runtime import open_runner
+
+    engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
+    images = _batch(4)
+    with open_runner(engine) as plain:
+        expected = plain.infer(images)
+    with open_runner(engine, cuda_graph=True) as graphed:
+        for _ in range(3):  # capture on the first call, replay afterwards
+            np.testing.assert_allclose(graphed.infer(images), expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(graphed.infer(images[:2]), expected[:2], rtol=1e-4, atol=1e-4)
+
+
+def test_int8_and_fp16_engines_track_fp32(gpu, cli_runner, mini, tmp_path, tmp_path_factory):
+    from ffx.runtime import open_runner
+
+    images = _batch(8)
+    fp32 = _reference(mini.onnx, images)
+    qdq = qdq_model(tmp_path_factory)
+    with open_runner(_build(cli_runner, qdq, tmp_path / "int8.engine", "--int8")) as runner:
+        int8 = runner.infer(images)
+    np.testing.assert_allclose(int8, _reference(qdq, images), rtol=0.05, atol=0.05)
+    try:
+        engine = _build(cli_runner, mini.onnx, tmp_path / "fp16.engine", "--fp16")
+    except AssertionError:
+        pytest.skip("no FP16 conversion available")
+    with open_runner(engine) as runner:
+        fp16 = runner.infer(images)
+    cosine = np.sum(fp16 * fp32, 1) / (np.linalg.norm(fp16, axis=1) * np.linalg.norm(fp32, axis=1))
+    assert cosine.min() > 0.999
+
+
+def test_sidecar_mismatch_is_one_sentence_before_loading(gpu, cli_runner, mini, tmp_path):
+    from ffx.runtime import open_runner
+    from ffx.runtime.sidecar import sidecar_path
+
+    engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
+    path = sidecar_path(engine)
+    sidecar = json.loads(path.read_text())
+    sidecar["backend_version"] = "9.9.9"
+    path.write_text(json.dumps(sidecar))
+    with pytest.raises(FfxError, match=r"built by .* 9\.9\.9 .*rebuild it here"):
+        open_runner(engine).activate()
+
+
+def test_bench_and_inspect_an_engine(gpu, cli_runner, mini, tmp_path):
+    engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
+    result = cli_runner.invoke(cli, ["bench", str(engine), str(mini.onnx), "--batch", "1,8", "--iterations", "20",
+                                     "--cuda-graph", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {row["backend"] for row in rows} >= {"onnxruntime"} and len(rows) == 4
+    info = json.loads(cli_runner.invoke(cli, ["inspect", str(engine), "--json"]).stdout)
+    assert info["loadable_here"] is True and info["layers"] is not None
+
+
+def test_verify_engine_against_checkpoint(gpu, cli_runner, mini, tmp_path, tmp_path_factory):
+    images = labelled_images(tmp_path_factory)
+    engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
+    result = cli_runner.invoke(cli, ["verify", str(engine), "--reference", str(mini.checkpoint), "--data", str(images),
+                                     "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["agreement"] >= 95
+
+
+def test_fixture_int8_engine_passes_verify(gpu, cli_runner, tmp_path, tmp_path_factory):
+    from test_runtime_models import FASHION_CHECKPOINT
+
+    onnx_path = fashion_onnx(tmp_path_factory)
+    engine = tmp_path / "fashion.int8.engine"
+    result = cli_runner.invoke(cli, ["build-engine", str(onnx_path), "-o", str(engine), "--int8",
+                                     "--calib-data", str(FASHION / "train"), "--calib-images", "300"])
+    assert result.exit_code == 0, result.output
+    result = cli_runner.invoke(cli, ["verify", str(engine), "--reference", str(FASHION_CHECKPOINT),
+                                     "--data", str(FASHION / "val"), "--json"])
+    assert result.exit_code == 0, result.output

@@ -1,0 +1,211 @@
+"""`ffx verify`: the paired comparison's statistics, the gate's exit codes, and the real thing on
+the trained Fashion-MNIST fixture (INT8 passes, a scrambled head fails)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ffx.cli import cli
+from ffx.errors import FfxError
+from ffx.runtime.verify import compare_predictions, paired_difference_ci
+from test_runtime_models import (FASHION, FASHION_CHECKPOINT, fashion_onnx, labelled_images, mini_model,
+                                 needs_fashion_model)
+
+JSON_KEYS = ("reference", "candidate", "top1_drop", "agreement", "passed")
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return mini_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return labelled_images(tmp_path_factory)
+
+
+def _verify(cli_runner, *args):
+    return cli_runner.invoke(cli, ["verify", *map(str, args)])
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def _logits_for(predictions, classes=10):
+    logits = np.zeros((len(predictions), classes), np.float32)
+    logits[np.arange(len(predictions)), predictions] = 5.0
+    return logits
+
+
+def test_paired_counts_drop_and_lost_classes():
+    labels = np.array([0] * 50 + [1] * 50)
+    reference = labels.copy()
+    candidate = labels.copy()
+    candidate[:4] = 1  # four class-0 images the candidate gets wrong
+    candidate[60] = 0  # ... and one class-1 image
+    result = compare_predictions(_logits_for(reference), _logits_for(candidate), labels, ["zero", "one"] + [""] * 8)
+    assert result.reference_top1 == 100.0 and result.candidate_top1 == 95.0
+    assert result.top1_drop == pytest.approx(5.0)
+    assert result.discordant == {"candidate_only": 0, "reference_only": 5}
+    assert result.agreement == 95.0
+    low, high = result.top1_drop_ci95
+    assert 0 < low < 5.0 < high < 11
+    assert [row["name"] for row in result.classes_lost] == ["zero", "one"]
+    assert result.classes_lost[0]["lost"] == 4 and result.classes_lost[0]["candidate_top1"] == 92.0
+
+
+def test_identical_models_have_a_tight_but_honest_interval():
+    labels = np.arange(1000) % 10
+    logits = np.random.default_rng(0).standard_normal((1000, 10))
+    result = compare_predictions(logits, logits, labels)
+    assert result.top1_drop == 0 and result.agreement == 100 and result.max_abs_error == 0
+    assert result.logit_cosine_min == pytest.approx(1.0)
+    low, high = result.top1_drop_ci95
+    assert low < 0 < high and high - low < 0.5  # never a zero-width interval
+
+
+def test_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    n, covered, trials = 400, 0, 400
+    for _ in range(trials):
+        reference_right = rng.random(n) < 0.8
+        flip = rng.random(n) < 0.06  # candidate differs on ~6% of images, more often for the worse
+        candidate_right = np.where(flip, rng.random(n) < 0.3, reference_right)
+        true_drop = 100 * (0.8 * 0.06 * 0.7 - 0.2 * 0.06 * 0.3)  # E[ref right, cand wrong] - E[ref wrong, cand right]
+        low, high = paired_difference_ci(int(np.sum(reference_right & ~candidate_right)),
+                                         int(np.sum(candidate_right & ~reference_right)), n)
+        covered += low <= true_drop <= high
+    assert 0.90 <= covered / trials <= 0.99
+
+
+def test_top5_with_fewer_than_five_classes_and_shape_errors():
+    labels = np.array([0, 1, 2])
+    logits = np.eye(3)
+    result = compare_predictions(logits, logits, labels)
+    assert result.topk == 3 and result.reference_top5 == 100
+    with pytest.raises(FfxError, match="output shape"):
+        compare_predictions(logits, np.eye(4)[:3], labels)
+    with pytest.raises(FfxError, match="labels run to"):
+        compare_predictions(logits, logits, np.array([0, 1, 7]))
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def test_onnx_export_passes_against_its_checkpoint(cli_runner, mini, images):
+    result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in JSON_KEYS:
+        assert key in report
+    for side in ("reference", "candidate"):
+        assert {"top1", "top5", "backend", "precision", "path"} <= set(report[side])
+    assert report["reference"]["backend"] == "pytorch" and report["candidate"]["backend"] == "onnxruntime"
+    assert report["top1_drop"] == 0 and report["agreement"] == 100 and report["passed"] is True
+    assert report["images"] == 30 and report["max_abs_error"] < 1e-4
+    assert report["calibration_overlap"] is None  # a plain export has no calibration images
+
+
+def test_human_report_and_limit(cli_runner, mini, images):
+    result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--limit", "12")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("12 images")
+    assert "PASSED" in result.stdout and "95% CI" in result.stdout and "agreement" in result.stdout
+
+
+def test_gate_failure_exits_1_and_still_reports(cli_runner, mini, images):
+    # Demanding that the candidate beat the reference by a point makes an identical model fail.
+    result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images,
+                     "--max-top1-drop", "-1", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["passed"] is False
+    assert "top-1 dropped" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", ["missing candidate", "missing reference", "missing data", "unlabelled data",
+                                  "not a model", "directory as model"])
+def test_bad_input_exits_2(cli_runner, mini, images, tmp_path, case):
+    candidate, reference, data = mini.onnx, mini.checkpoint, images
+    if case == "missing candidate":
+        candidate = tmp_path / "nope.engine"
+    elif case == "missing reference":
+        reference = tmp_path / "nope.pth"
+    elif case == "missing data":
+        data = tmp_path / "nowhere"
+    elif case == "unlabelled data":
+        data = tmp_path / "flat"
+        data.mkdir()
+        (data / "one.png").write_bytes(next(images.glob("*/*.png")).read_bytes())
+    elif case == "not a model":
+        candidate = tmp_path / "notes.txt"
+        candidate.write_text("hello")
+    elif case == "directory as model":
+        candidate = tmp_path
+    result = _verify(cli_runner, candidate, "--reference", reference, "--data", data)
+    assert result.exit_code == 2, result.output
+    assert "Error: " in result.stderr and "Traceback" not in result.output
+
+
+def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tmp_path):
+    calib = pytest.importorskip("ffx.calib")
+    try:
+        calibrate_int8 = calib.calibrate_int8
+    except (AttributeError, ImportError):
+        pytest.skip("ffx.calib.calibrate_int8 not available yet")
+    quantized = tmp_path / "mini.int8.onnx"
+    calibrate_int8(str(mini.onnx), str(images), str(quantized), num_images=10, tensorrt_check=False, warn=None)
+    result = _verify(cli_runner, quantized, "--reference", mini.onnx, "--data", images, "--max-top1-drop", "100", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["calibration_overlap"] == 10
+    assert report["candidate"]["precision"] == "int8"
+    assert "were also calibration images" in result.stderr
+
+
+# -- the trained fixture ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scrambled_checkpoint(tmp_path_factory):
+    if not FASHION_CHECKPOINT.is_file():
+        pytest.skip(f"{FASHION_CHECKPOINT} not present")
+    import torch
+
+    from ffx.export.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(FASHION_CHECKPOINT)
+    state = dict(loaded.state_dict)
+    permutation = torch.roll(torch.arange(state["head.weight"].shape[0]), 1)  # every class answers for its neighbour
+    state["head.weight"] = state["head.weight"][permutation].clone()
+    state["head.bias"] = state["head.bias"][permutation].clone()
+    path = tmp_path_factory.mktemp("scrambled") / "scrambled.pth"
+    torch.save({"model": state, "ffx": loaded.extras}, path)
+    return path
+
+
+@needs_fashion_model
+def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_path_factory):
+    try:
+        from ffx.calib import calibrate_int8
+    except ImportError:
+        pytest.skip("ffx.calib.calibrate_int8 not available yet")
+    onnx_path = fashion_onnx(tmp_path_factory)
+    quantized = tmp_path / "fashion.int8.onnx"
+    calibrate_int8(str(onnx_path), str(FASHION / "train"), str(quantized), num_images=300, tensorrt_check=False, warn=None)
+    result = _verify(cli_runner, quantized, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["images"] == 1000
+    assert report["reference"]["top1"] > 70  # a trained model, not noise
+    assert report["calibration_overlap"] == 0  # calibrated on train, verified on val
+
+
+@needs_fashion_model
+def test_fixture_with_a_scrambled_head_fails(cli_runner, scrambled_checkpoint):
+    result = _verify(cli_runner, scrambled_checkpoint, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val",
+                     "--limit", "300", "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] is False and report["top1_drop"] > 50
+    assert report["agreement"] < 20
