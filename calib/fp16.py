@@ -138,10 +138,16 @@ def convert_fp16(onnx_path, output=None, data=None, num_images=512, seed=0, cach
     model_data = finish_model(fp16_model, source, "fp16", calibration)
 
     reference = decode_reference_images(images, stats.reference_indices, source.preprocess) if stats else None
-    ort_check = check_onnxruntime(
-        model_data, source.input_name, reference, stats.reference_logits if reference is not None else None,
-        input_shape=source.input_shape,
-    )
+    try:
+        ort_check = check_onnxruntime(
+            model_data, source.input_name, reference, stats.reference_logits if reference is not None else None,
+            input_shape=source.input_shape,
+        )
+    except FfxError as e:
+        if data is None and "inf/NaN" in str(e):
+            raise FfxError(f"{e}: float16 overflows; pass --data so the preflight keeps the tensors near "
+                           f"the limit in float32 ({output} was not written)") from None
+        raise
     if ort_check.top1_agreement is not None and ort_check.top1_agreement < FP16_AGREEMENT_WARNING and warn is not None:
         warn(f"FP16 agrees with FP32 on only {ort_check.top1_agreement:.1%} of {ort_check.images} calibration images")
     trt_check = check_tensorrt(model_data, tensorrt_backend) if tensorrt_check else None

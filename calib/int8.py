@@ -215,8 +215,26 @@ def _insert_qdq(source, thresholds, excluded_nodes):
                 },
             )
         model = onnx.load(str(quantized_path))
+    _feed_other_readers_the_float_tensor(model)
     _check_placement(model, len(thresholds))
     return model
+
+
+def _feed_other_readers_the_float_tensor(model):
+    """onnxruntime points every reader of a quantized tensor at its DequantizeLinear, so the
+    `Shape` that reads the batch size from `images` would read the fake-quantized image. Only the
+    quantized layer should: the other readers get the original float tensor back."""
+    quantized_input = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            quantized_input[node.output[0]] = node.input[0]
+    dequantized = {node.output[0]: quantized_input[node.input[0]]
+                   for node in model.graph.node if node.op_type == "DequantizeLinear" and node.input[0] in quantized_input}
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OP_TYPES:
+            for slot, name in enumerate(node.input):
+                if name in dequantized:
+                    node.input[slot] = dequantized[name]
 
 
 @contextlib.contextmanager

@@ -67,12 +67,16 @@ def check_tensorrt(model_bytes, backend="auto"):
         for name in names:
             try:
                 chosen = tensorrt.available_backend(name)
-                started = time.perf_counter()
-                tensorrt.build_serialized_engine(path, backend=chosen, min_batch=1, opt_batch=1, max_batch=8, progress=False)
             except BackendUnavailable as e:
                 reasons.append(str(e))
                 continue
+            started = time.perf_counter()
+            try:
+                tensorrt.build_serialized_engine(path, backend=chosen, min_batch=1, opt_batch=1, max_batch=8, progress=False)
+            except BackendUnavailable as e:  # installed, but cannot build here (full TensorRT without a GPU)
+                reasons.append(str(e))
+                continue
             except FfxError as e:
-                return TensorRTCheck("failed", str(chosen), reason=str(e).replace(str(path) + ": ", ""))
+                return TensorRTCheck("failed", str(chosen), reason=str(e).replace(f"{path}: ", ""))
             return TensorRTCheck("built", str(chosen), seconds=round(time.perf_counter() - started, 2))
     return TensorRTCheck("skipped", reason="; ".join(reasons) or "no TensorRT backend")
