@@ -32,6 +32,10 @@ class BenchResult:
     iterations: int
     warmup: int
     stable: bool
+    # Engines only (CUDA events, median per call): host-to-device copy, execution, copy back.
+    h2d_ms: float | None = None
+    compute_ms: float | None = None
+    d2h_ms: float | None = None
 
 
 def latency_stats(seconds, batch):
@@ -55,13 +59,25 @@ def bench_runner(runner, batch, iterations=50, warmup=5, max_seconds=10.0, seed=
     images = np.random.default_rng(seed).standard_normal((batch, *runner.input_shape), dtype=np.float32)
     for _ in range(warmup):
         runner.infer(images)
-    timings = []
+    timings, phases = [], []
+    split = hasattr(runner, "phase_timing")
     deadline = time.perf_counter() + max_seconds
     while len(timings) < iterations and (len(timings) < 5 or time.perf_counter() < deadline):
         start = time.perf_counter()
         runner.infer(images)
         timings.append(time.perf_counter() - start)
+    if split:
+        # A separate pass: reading the events synchronizes, which must not distort the latencies.
+        runner.phase_timing = True
+        try:
+            for _ in range(min(len(timings), 20)):
+                runner.infer(images)
+                phases.append(runner.last_phases_ms)
+        finally:
+            runner.phase_timing = False
     stats = latency_stats(timings, batch)
+    if phases:
+        stats.update({key: float(np.median([p[key] for p in phases])) for key in ("h2d_ms", "compute_ms", "d2h_ms")})
     return BenchResult(
         target=str(runner.path),
         backend=runner.backend,

@@ -170,8 +170,10 @@ def _write_engine_and_sidecar(output, engine_bytes, sidecar):
 
 
 def _derived_path(output, precision):
-    """Where a build's own calibration writes its graph: `OUT.engine` -> `OUT.int8.onnx`."""
-    return output.with_name(f"{output.stem}.{precision}.onnx")
+    """Where a build's own calibration writes its graph: `OUT.engine` -> `OUT.int8.onnx`
+    (`OUT.int8.engine` -> `OUT.int8.onnx` too, not `OUT.int8.int8.onnx`)."""
+    stem = output.stem.removesuffix(f".{precision}")
+    return output.with_name(f"{stem}.{precision}.onnx")
 
 
 def _relative(path, output):

@@ -89,6 +89,16 @@ class CudaApi:
     def synchronize(self, stream):
         raise NotImplementedError
 
+    def create_event(self):
+        raise NotImplementedError
+
+    def record_event(self, event, stream):
+        raise NotImplementedError
+
+    def elapsed_ms(self, start, end):
+        """Milliseconds between two recorded events (waits for `end`)."""
+        raise NotImplementedError
+
     def begin_capture(self, stream):
         raise NotImplementedError
 
@@ -149,6 +159,16 @@ class PycudaApi(CudaApi):
 
     def synchronize(self, stream):
         stream.synchronize()
+
+    def create_event(self):
+        return self.driver.Event()
+
+    def record_event(self, event, stream):
+        event.record(stream)
+
+    def elapsed_ms(self, start, end):
+        end.synchronize()
+        return float(start.time_till(end))
 
     def begin_capture(self, stream):
         stream.begin_capture()
@@ -235,6 +255,16 @@ class CudaPythonApi(CudaApi):
 
     def synchronize(self, stream):
         self._check(self.cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    def create_event(self):
+        return self._check(self.cudart.cudaEventCreate(), "cudaEventCreate")
+
+    def record_event(self, event, stream):
+        self._check(self.cudart.cudaEventRecord(event, stream), "cudaEventRecord")
+
+    def elapsed_ms(self, start, end):
+        self._check(self.cudart.cudaEventSynchronize(end), "cudaEventSynchronize")
+        return float(self._check(self.cudart.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
 
     def begin_capture(self, stream):
         mode = self.cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal

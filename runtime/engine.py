@@ -18,6 +18,8 @@ class EngineRunner(Runner):
         self.cuda_graph = cuda_graph
         self.cuda_library = cuda_library
         self.check_compatibility = check_compatibility
+        self.phase_timing = False  # when True, `last_phases_ms` splits each call (CUDA events)
+        self.last_phases_ms = None
         self.notes = []
         if self.sidecar is None:
             self.notes.append(f"{self.path.name} has no sidecar: its TensorRT version and GPU cannot be checked before loading")
@@ -34,10 +36,11 @@ class EngineRunner(Runner):
         self._reset()
 
     def _reset(self):
-        self.trt = self.cuda = self.engine = self.context = self.stream = None
+        self.trt = self.cuda = self.runtime = self.engine = self.context = self.stream = None
         self.buffers = {}
         self.host = {}
         self.graphs = {}
+        self.events = None
 
     # -- loading -------------------------------------------------------------------------------
     def check_available(self):
@@ -109,6 +112,7 @@ class EngineRunner(Runner):
             raise FfxError(f"{self.path}: expected one input and at least one output, found {self.inputs} -> {self.outputs}")
         self.input_name, self.output_name = self.inputs[0], self.outputs[0]
         minimum, _, maximum = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        minimum, maximum = tuple(minimum), tuple(maximum)
         self.min_batch, self.max_batch = int(minimum[0]), int(maximum[0])
         self.input_shape = tuple(int(d) for d in maximum[1:])
         # Buffers sized for the largest batch, bound once: addresses never change between calls.
@@ -129,13 +133,31 @@ class EngineRunner(Runner):
         self.context.set_input_shape(self.input_name, (count, *self.input_shape))
         host_in = self.host[self.input_name][:count]
         host_in[...] = images.astype(host_in.dtype, copy=False)
+        mark = self._marker()
+        mark(0)
         self.cuda.copy_to_device(self.buffers[self.input_name].ptr, host_in, self.stream)
+        mark(1)
         self._execute(count, handle)
+        mark(2)
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
         host_out = self.host[self.output_name][: out_shape[0]]
         self.cuda.copy_to_host(host_out, self.buffers[self.output_name].ptr, self.stream)
+        mark(3)
         self.cuda.synchronize(self.stream)
+        if self.phase_timing:
+            e = self.events
+            self.last_phases_ms = {"h2d_ms": self.cuda.elapsed_ms(e[0], e[1]),
+                                   "compute_ms": self.cuda.elapsed_ms(e[1], e[2]),
+                                   "d2h_ms": self.cuda.elapsed_ms(e[2], e[3])}
         return host_out.reshape(out_shape).astype("float32", copy=True)
+
+    def _marker(self):
+        """record(i) puts CUDA event i on the stream when phase timing is on; a no-op otherwise."""
+        if not self.phase_timing:
+            return lambda index: None
+        if self.events is None:
+            self.events = [self.cuda.create_event() for _ in range(4)]
+        return lambda index: self.cuda.record_event(self.events[index], self.stream)
 
     def _execute(self, count, handle):
         if not self.cuda_graph or self.rtx_graphs:
@@ -162,10 +184,13 @@ class EngineRunner(Runner):
         return errors[-1] if errors else "no error logged"
 
     def _deactivate(self):
+        # TensorRT objects first (they free memory in the current CUDA context), then our buffers,
+        # then the context itself.
+        self.graphs.clear()
+        self.context = self.engine = self.runtime = None
         for buffer in self.buffers.values():
             buffer.free()
         self.host.clear()
-        self.graphs.clear()
         if self.cuda is not None:
             self.cuda.close()
         self._reset()

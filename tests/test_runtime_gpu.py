@@ -176,6 +176,8 @@ def test_bench_and_inspect_an_engine(gpu, cli_runner, mini, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert {row["backend"] for row in rows} >= {"onnxruntime"} and len(rows) == 4
+    engine_rows = [row for row in rows if row["target"] == str(engine)]
+    assert all(row["compute_ms"] > 0 and row["h2d_ms"] > 0 for row in engine_rows)
     info = json.loads(cli_runner.invoke(cli, ["inspect", str(engine), "--json"]).stdout)
     assert info["loadable_here"] is True and info["layers"] is not None
 

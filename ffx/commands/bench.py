@@ -45,6 +45,10 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, cuda
     results = bench(targets, batches, iterations=iterations, warmup=warmup, max_seconds=max_seconds,
                     provider=provider, cuda_graph=cuda_graph, on_result=echo_row, on_skip=warn)
     for result in results:
+        if result.compute_ms is not None and not as_json:
+            click.echo(f"{result.target} batch {result.batch}: host-to-device {result.h2d_ms:.3f} ms, "
+                       f"compute {result.compute_ms:.3f} ms, device-to-host {result.d2h_ms:.3f} ms (CUDA events, median)")
+    for result in results:
         if not result.stable:
             warn(f"{result.target} batch {result.batch}: timings vary (CV {result.cv:.0%} > {UNSTABLE_CV:.0%}); "
                  "close other programs or raise --iterations")
