@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.errors import FfxError
-from ffx.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, is_image_file, load_image_with_sha256
+from ffx.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, is_image_file, load_pixels_with_sha256, normalize_pixels
 from ffx.metadata import Preprocess, imagenet_class_names, imagenet_wnids
 
 LOC_SOLUTION_FILE = "LOC_val_solution.csv"
@@ -360,22 +360,33 @@ class BatchLoader:
                     continue
                 pending.append((item, *result))
                 if len(pending) == self.batch_size:
-                    yield _make_batch(pending)
+                    yield _make_batch(pending, self.preprocess)
                     pending = []
             if pending:
-                yield _make_batch(pending)
+                yield _make_batch(pending, self.preprocess)
         finally:
             bar.close()
         if self.skipped and self.warn is not None:
             self.warn(describe_skipped(self.skipped))
 
     def _decoded(self):
-        """(item, (array, sha256)) or (item, reason) for every item, in order."""
+        """(item, (pixels, sha256)) or (item, reason) for every item, in order."""
         preprocess = self.preprocess.to_dict()
-        if self.workers <= 0:
-            for item in self.items:
-                yield item, _decode_one(item.path, preprocess)
-            return
+        done = 0
+        if self.workers > 0 and _workers_can_start():
+            try:
+                for pair in self._decoded_in_workers(preprocess):
+                    yield pair
+                    done += 1
+            except concurrent.futures.process.BrokenProcessPool:
+                if self.warn is not None:
+                    self.warn("image decoding processes failed to start or died; decoding in this process instead")
+            else:
+                return
+        for item in self.items[done:]:
+            yield item, _decode_one(item.path, preprocess)
+
+    def _decoded_in_workers(self, preprocess):
         chunk = max(1, min(8, self.batch_size))
         chunks = [self.items[i:i + chunk] for i in range(0, len(self.items), chunk)]
         executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_process_context())
@@ -394,11 +405,23 @@ class BatchLoader:
             executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _workers_can_start():
+    """Worker processes re-run the main script's imports; a main read from stdin or `-c` has no
+    file to re-run, and forkserver/spawn then fail. Decode in this process there."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return path is None or Path(path).is_file()
+
+
 def _process_context():
     # forkserver: workers start clean (no copy of onnxruntime's threads, unlike fork) and cheaper
-    # than spawn, which re-imports the main script.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    # than spawn, which re-imports the main script; the server imports this module once, so each
+    # worker forks with it loaded.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _decode_chunk(paths, preprocess):
@@ -409,14 +432,16 @@ def _decode_one(path, preprocess):
     if isinstance(preprocess, dict):
         preprocess = Preprocess.from_dict(preprocess)
     try:
-        return load_image_with_sha256(path, preprocess)
+        return load_pixels_with_sha256(path, preprocess)
     except UnreadableImage as e:
         return str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)
 
 
-def _make_batch(pending):
-    items, arrays, hashes = zip(*pending)
-    return Batch(images=np.stack(arrays), labels=[item.label for item in items], items=list(items), sha256=list(hashes))
+def _make_batch(pending, preprocess):
+    items, pixels, hashes = zip(*pending)
+    # Workers return uint8 pixels; normalizing the whole batch here is cheap and bit-identical.
+    images = normalize_pixels(np.stack(pixels), preprocess)
+    return Batch(images=images, labels=[item.label for item in items], items=list(items), sha256=list(hashes))
 
 
 def load_batches(items, preprocess, batch_size, workers=2, progress=None, warn=print_warning, description="images"):

@@ -93,6 +93,12 @@ def _reason(error):
 
 def preprocess_image(img, preprocess):
     """PIL RGB image -> float32 array (C, H, W), normalized, ready for the network."""
+    return normalize_pixels(resize_and_crop(img, preprocess), preprocess)
+
+
+def resize_and_crop(img, preprocess):
+    """PIL RGB image -> uint8 array (H, W, 3): shorter side resized, center crop (no normalization,
+    so worker processes hand back a quarter of the bytes)."""
     _, height, width = preprocess.input_size
     interpolation = _PIL_INTERPOLATION.get(preprocess.interpolation)
     if interpolation is None:
@@ -109,10 +115,15 @@ def preprocess_image(img, preprocess):
     left = int(round((new_w - width) / 2.0))
     if top < 0 or left < 0:
         raise FfxError(f"resize {preprocess.resize} is smaller than the crop {height}x{width}")
-    img = img.crop((left, top, left + width, top + height))
-    array = np.asarray(img, dtype=np.float32) / 255.0
+    return np.asarray(img.crop((left, top, left + width, top + height)), dtype=np.uint8)
+
+
+def normalize_pixels(pixels, preprocess):
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W): /255, minus mean, over std. One image or a
+    batch give bit-identical values."""
+    array = np.asarray(pixels, dtype=np.float32) / 255.0
     array = (array - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(array, -1, -3))
 
 
 def load_image(path, preprocess):
@@ -123,8 +134,14 @@ def load_image(path, preprocess):
 def load_image_with_sha256(path, preprocess):
     """(network input, sha256 of the file's bytes): the file is read once for both.
     Raises UnreadableImage for a missing or broken file."""
+    pixels, digest = load_pixels_with_sha256(path, preprocess)
+    return normalize_pixels(pixels, preprocess), digest
+
+
+def load_pixels_with_sha256(path, preprocess):
+    """(uint8 (H, W, 3) resized and cropped, sha256 of the file's bytes)."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise UnreadableImage(f"{path}: {e.strerror or _reason(e)}") from None
-    return preprocess_image(decode_rgb(data, path), preprocess), hashlib.sha256(data).hexdigest()
+    return resize_and_crop(decode_rgb(data, path), preprocess), hashlib.sha256(data).hexdigest()
