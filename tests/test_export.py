@@ -279,3 +279,17 @@ def test_console_script_version_and_export(tmp_path):
     bad = subprocess.run(["ffx", "export", "--checkpoint", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "m.onnx")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such checkpoint" in bad.stderr
+
+
+def test_onnxruntime_fuses_every_gelu(tmp_path, cli_runner):
+    """The exported GELU is in the form onnxruntime's GeluFusion recognises (a large share of
+    CPU time otherwise goes to four unfused elementwise ops per GELU)."""
+    torch.save({"model": random_state_dict(SMALL, 0)}, tmp_path / "small.pth")
+    out = tmp_path / "small.onnx"
+    assert run_export(cli_runner, "--checkpoint", str(tmp_path / "small.pth"), "-o", str(out)).exit_code == 0
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert ops["BiasGelu"] + ops["Gelu"] == 2 * SMALL.depth and ops["Erf"] == 0
