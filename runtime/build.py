@@ -200,13 +200,25 @@ def _call_accepting(function, *args, **options):
     return function(*args, **{k: v for k, v in options.items() if v is not None and k in accepted})
 
 
+# `ffx calibrate` flag -> the `ffx build-engine` flag that feeds it, for calibration's warnings.
+_CALIBRATE_FLAGS = {"--data": "--calib-data", "--num-images": "--calib-images", "--method": "--calib-method"}
+
+
+def _warn_in_build_engine_terms(message):
+    import re
+    import sys
+
+    message = re.sub(r"--[a-z-]+", lambda m: _CALIBRATE_FLAGS.get(m.group(0), m.group(0)), str(message))
+    print(f"Warning: {message}", file=sys.stderr)
+
+
 def _calibrate_int8(onnx_path, data, output, options, progress=None):
     calib = _calibration_library()
     if not hasattr(calib, "calibrate_int8"):
         raise FfxError("this ffx has no INT8 calibration (ffx.calib.calibrate_int8); run `ffx calibrate` separately")
     # tensorrt_check off: the engine build right after is that check, with the user's backend.
     report = _call_accepting(calib.calibrate_int8, str(onnx_path), str(data), str(output), progress=progress,
-                             tensorrt_check=False, **options)
+                             tensorrt_check=False, warn=_warn_in_build_engine_terms, **options)
     return getattr(report, "output", output)
 
 
@@ -215,7 +227,7 @@ def _convert_fp16(onnx_path, output, data, progress=None):
     if not hasattr(calib, "convert_fp16"):
         raise FfxError("this ffx has no FP16 conversion (ffx.calib.convert_fp16); run `ffx calibrate --fp16` separately")
     report = _call_accepting(calib.convert_fp16, str(onnx_path), str(output), data=str(data) if data else None,
-                             progress=progress)
+                             progress=progress, tensorrt_check=False, warn=_warn_in_build_engine_terms)
     return getattr(report, "output", output)
 
 
