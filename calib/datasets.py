@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import multiprocessing
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -389,7 +390,8 @@ class BatchLoader:
     def _decoded_in_workers(self, preprocess):
         chunk = max(1, min(8, self.batch_size))
         chunks = [self.items[i:i + chunk] for i in range(0, len(self.items), chunk)]
-        executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_process_context())
+        executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_process_context(),
+                                                          initializer=_ignore_interrupts)
         in_flight = collections.deque()
         try:
             next_chunk = 0
@@ -403,6 +405,12 @@ class BatchLoader:
                 yield from zip(chunk_items, future.result())
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_interrupts():
+    # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; the
+    # workers must not each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _workers_can_start():
