@@ -123,6 +123,18 @@ def test_gate_failure_exits_1_and_still_reports(cli_runner, mini, images):
     assert "top-1 dropped" in result.stderr and "Traceback" not in result.output
 
 
+def test_strict_gate_uses_the_interval(cli_runner, mini, images):
+    # 30 images: even identical models cannot rule out a 0.5-point drop, so --strict fails.
+    result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--strict", "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["top1_drop"] == 0 and report["gate"] == "95% upper bound"
+    assert "upper bound" in result.stderr
+    loose = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--strict",
+                    "--max-top1-drop", "10")
+    assert loose.exit_code == 0 and "upper 95% bound" in loose.stdout
+
+
 @pytest.mark.parametrize("case", ["missing candidate", "missing reference", "missing data", "unlabelled data",
                                   "not a model", "directory as model"])
 def test_bad_input_exits_2(cli_runner, mini, images, tmp_path, case):
