@@ -318,6 +318,9 @@ def build_serialized_engine(
         config.set_flag(flag)
     if compute_capabilities:
         _set_compute_capabilities(backend, config, compute_capabilities)
+    verbosity = getattr(getattr(trt, "ProfilingVerbosity", None), "DETAILED", None)
+    if verbosity is not None:  # layer names, tactics and formats for `ffx inspect --layers`
+        config.profiling_verbosity = verbosity
 
     if profile_shapes is not None:
         profile = builder.create_optimization_profile()

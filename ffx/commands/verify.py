@@ -8,7 +8,7 @@ from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
 @click.command("verify")
 @click.argument("candidate", type=click.Path(dir_okay=False))
 @click.option("--reference", required=True, type=click.Path(dir_okay=False), help="Model to compare against: usually the PyTorch checkpoint or the FP32 ONNX.")
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="Labelled images: one folder per class.")
+@click.option("--data", required=True, type=click.Path(), help="Labelled images: one folder per class, or a list file of `path label` lines.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use a seeded random sample of N images (all classes).")
 @click.option("--max-top1-drop", type=float, default=DEFAULT_MAX_TOP1_DROP, show_default=True, help="Fail (exit 1) when the candidate's top-1 is lower by more than this many points.")
 @click.option("--strict", is_flag=True, help="Gate on the upper end of the drop's 95% interval instead of the estimate (needs enough images to pass).")
