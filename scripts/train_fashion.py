@@ -13,6 +13,7 @@ with the evaluation preprocessing and class names, so `ffx export --checkpoint` 
 
 import argparse
 import math
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -96,8 +97,11 @@ def train(args, train_images, train_labels, test_images, test_labels):
     print(f"config {config.to_dict()}, {count_parameters(model):,} parameters", flush=True)
 
     # No weight decay on biases, norms, cls token and position embeddings (as timm/DeiT do).
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_encoding" not in n and n != "cls_token"]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_encoding" not in n and n != "cls_token")]
+    def decays(name, parameter):
+        return parameter.ndim > 1 and "pos_encoding" not in name and name != "cls_token"
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
@@ -180,7 +184,7 @@ def parse_args(argv=None):
     parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--embed-dim", type=int, default=96)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -201,6 +205,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    started = time.perf_counter()
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -213,7 +218,11 @@ def main(argv=None):
     test_labels = test_labels.long()
 
     if args.eval_only is not None:
-        model = load_checkpoint(args.eval_only)
+        try:
+            model = load_checkpoint(args.eval_only)
+        except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError) as e:
+            print(f"error: {args.eval_only}: not a checkpoint of this script ({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
         accuracy = evaluate(model, test_images, test_labels)
         print(f"{args.eval_only}: test top-1 {100 * accuracy:.2f}% on {len(test_images)} images")
         return 0
@@ -223,7 +232,9 @@ def main(argv=None):
     save_checkpoint(args.output, model, config, args)
     print(f"training time {train_seconds:.0f} s ({train_seconds / 60:.1f} min) for {args.epochs} epochs")
     print(f"test top-1 {100 * accuracy:.2f}% on {len(test_images)} images")
-    print(f"checkpoint -> {args.output}")
+    # CPU seconds as well as wall clock: on a shared machine the wall clock depends on the neighbours.
+    print(f"checkpoint -> {args.output} (wall clock {time.perf_counter() - started:.0f} s in all, "
+          f"{time.process_time():.0f} CPU s)")
     return 0
 
 
