@@ -208,8 +208,8 @@ def verify(
                                      np.concatenate(labels), names)
     if comparison.images < 1000:
         warnings.append(
-            f"only {comparison.images} images: the 95% interval on the top-1 drop is "
-            f"{comparison.top1_drop_ci95[0]:+.2f} to {comparison.top1_drop_ci95[1]:+.2f} points wide"
+            f"only {comparison.images} images: the top-1 drop's 95% interval runs from "
+            f"{comparison.top1_drop_ci95[0]:+.2f} to {comparison.top1_drop_ci95[1]:+.2f} points; more images narrow it"
         )
     return VerifyReport(
         reference=_model_summary(reference_runner, comparison.reference_top1, comparison.reference_top5),
