@@ -130,6 +130,7 @@ def test_int8_calibrates_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path, tm
     images = labelled_images(tmp_path_factory)
     engine = tmp_path / "mini.engine"
     result = _build(cli_runner, mini.onnx, "-o", engine, "--int8", "--calib-data", images, "--calib-images", "20",
+                    "--calib-method", "percentile", "--calib-percentile", "99.9", "--calib-keep-fp", "head",
                     "--backend", "tensorrt-rtx", "--max-batch", "2", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -138,6 +139,11 @@ def test_int8_calibrates_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path, tm
     sidecar = read_sidecar(engine)
     assert sidecar["precision"] == "int8"
     assert sidecar["calibration_manifest"] is not None and len(sidecar["calibration_manifest"]["sha256"]) == 64
+    # calibrate's options reached it: the manifest records them.
+    params = json.loads((tmp_path / sidecar["calibration_manifest"]["file"]).read_text())["params"]
+    assert (params["method"], params["percentile"], params["keep_fp"], params["num_images"]) == ("percentile", 99.9, ["head"], 20)
+    assert cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "-o", str(tmp_path / "x.engine"),
+                                   "--calib-method", "max"]).exit_code == 2
 
 
 @pytest.mark.skipif(not _calib_has("convert_fp16"), reason="ffx.calib.convert_fp16 not available yet")

@@ -26,7 +26,10 @@ def parse_size(text):
 @click.option("--int8", is_flag=True, help="INT8 engine: a Q/DQ model builds as is, an FP32 model is calibrated first (needs --calib-data).")
 @click.option("--calib-data", type=click.Path(file_okay=False), help="Calibration images for --int8 on an FP32 model (a folder, searched recursively).")
 @click.option("--calib-images", "num_images", type=click.IntRange(min=1), help="How many calibration images to use (default: calibrate's).")
-@click.option("--calib-method", "method", help="Calibration method, as `ffx calibrate --method` (default: calibrate's).")
+@click.option("--calib-method", "method", help="Calibration method, as `ffx calibrate --method`: entropy (default), max, percentile, mse.")
+@click.option("--calib-percentile", "percentile", type=click.FloatRange(0, 100, min_open=True), help="Percentile for --calib-method percentile.")
+@click.option("--calib-keep-fp", "keep_fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as `ffx calibrate --keep-fp` (e.g. head,patch_embed).")
+@click.option("--calib-seed", "seed", type=int, help="Seed of the calibration image selection.")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="Full TensorRT (GPU machines, Jetson) or TensorRT-RTX (builds ahead of time, even without a GPU).")
 @click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--opt-batch", type=click.IntRange(min=1), help="Batch the kernels are tuned for [default: min(8, max)].")
@@ -39,7 +42,7 @@ def parse_size(text):
 @click.option("--compute-capability", "compute_capabilities", multiple=True, help="TensorRT-RTX target, e.g. 8.6 or SM75 (repeatable); default: 8.0, 8.6, 8.9, 12.0.")
 @click.option("--verbose", is_flag=True, help="Print TensorRT's log.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def command(model, output, fp16, int8, calib_data, num_images, method, backend, min_batch, opt_batch, max_batch,
+def command(model, output, fp16, int8, calib_data, num_images, method, percentile, keep_fp, seed, backend, min_batch, opt_batch, max_batch,
             workspace, timing_cache, optimization_level, hardware_compatibility, version_compatible,
             compute_capabilities, verbose, as_json):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, with a JSON sidecar.
@@ -57,15 +60,20 @@ def command(model, output, fp16, int8, calib_data, num_images, method, backend, 
     """
     from ffx.runtime.build import build_engine
 
-    if (num_images or method) and not (int8 and calib_data):
-        raise click.UsageError("--calib-images and --calib-method apply to --int8 with --calib-data")
+    if (num_images or method or percentile is not None or keep_fp or seed is not None) and not (int8 and calib_data):
+        raise click.UsageError("the --calib-* options apply to --int8 with --calib-data")
+    if percentile is not None and method not in (None, "percentile"):
+        raise click.UsageError(f"--calib-percentile applies to --calib-method percentile, not {method}")
+    if percentile is not None:
+        method = "percentile"
     report = build_engine(
         model,
         output,
         fp16=fp16,
         int8=int8,
         calib_data=calib_data,
-        calib_options={"num_images": num_images, "method": method},
+        calib_options={"num_images": num_images, "method": method, "percentile": percentile,
+                       "keep_fp": tuple(keep_fp) or None, "seed": seed},
         backend=backend,
         min_batch=min_batch,
         opt_batch=opt_batch,
