@@ -91,10 +91,10 @@ def bench_runner(runner, batch, iterations=50, warmup=5, max_seconds=10.0, seed=
 
 
 def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, provider="cpu", cuda_graph=False,
-          on_result=None, on_skip=None):
+          threads=None, on_result=None, on_skip=None):
     """BenchResults for every target and batch. Targets are opened one at a time (only one
     model's memory in use). A batch beyond an engine's profile is skipped via `on_skip(message)`."""
-    runners = [open_runner(t, provider=provider, cuda_graph=cuda_graph) for t in targets]
+    runners = [open_runner(t, provider=provider, cuda_graph=cuda_graph, threads=threads) for t in targets]
     for runner in runners:  # fail before measuring anything when one target cannot run here
         runner.check_available()
     results = []

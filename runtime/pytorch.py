@@ -11,7 +11,7 @@ from ffx.runtime.runner import Runner
 class CheckpointRunner(Runner):
     backend = "pytorch"
 
-    def __init__(self, path, arch=None, ema=False, device="cpu"):
+    def __init__(self, path, arch=None, ema=False, device="cpu", threads=None):
         super().__init__(path)
         try:
             import torch  # noqa: F401
@@ -23,6 +23,8 @@ class CheckpointRunner(Runner):
         from ffx.export.checkpoint import resolve_model
 
         self.device = device
+        self.threads = threads
+        self._saved_threads = None
         self.resolved = resolve_model(arch, str(self.path), use_ema=ema)
         config = self.resolved.config
         self.metadata = {
@@ -43,6 +45,9 @@ class CheckpointRunner(Runner):
         if self.device != "cpu" and not torch.cuda.is_available():
             raise BackendUnavailable(f"--device {self.device}: this torch build has no CUDA GPU")
         self.model = self.resolved.model.to(self.device).eval()
+        if self.threads:
+            self._saved_threads = torch.get_num_threads()
+            torch.set_num_threads(int(self.threads))
 
     def _infer(self, images):
         import torch
@@ -53,3 +58,8 @@ class CheckpointRunner(Runner):
 
     def _deactivate(self):
         self.model = None
+        if self._saved_threads:
+            import torch
+
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None

@@ -136,13 +136,15 @@ def runner_kind(path):
     )
 
 
-def open_runner(path, provider="cpu", cuda_graph=False, cuda_library="auto", arch=None, ema=False, device="cpu"):
+def open_runner(path, provider="cpu", cuda_graph=False, cuda_library="auto", arch=None, ema=False, device="cpu",
+                threads=None):
     """The runner for `path`, picked by file type (not yet activated).
 
     provider: ONNX Runtime execution provider for .onnx files (cpu, cuda, tensorrt).
     cuda_graph / cuda_library: for engines (CUDA graph capture; pycuda, cuda-python or auto).
     arch / ema / device: for checkpoints (architecture when it cannot be inferred, EMA weights,
     torch device).
+    threads: CPU threads for ONNX Runtime and PyTorch (None: each library's default).
     """
     path = Path(path)
     kind = runner_kind(path)
@@ -155,7 +157,7 @@ def open_runner(path, provider="cpu", cuda_graph=False, cuda_library="auto", arc
     if kind == "onnx":
         from ffx.runtime.onnxrt import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(path, provider=provider)
+        return OnnxRuntimeRunner(path, provider=provider, threads=threads)
     from ffx.runtime.pytorch import CheckpointRunner
 
-    return CheckpointRunner(path, arch=arch, ema=ema, device=device)
+    return CheckpointRunner(path, arch=arch, ema=ema, device=device, threads=threads)

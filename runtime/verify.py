@@ -156,6 +156,7 @@ def verify(
     workers=2,
     seed=0,
     strict=False,
+    threads=None,
 ):
     """Run both models over the labelled images in `data`; returns a VerifyReport (the caller
     turns `passed=False` into exit code 1). The gate compares the measured top-1 drop with
@@ -171,8 +172,8 @@ def verify(
             raise FfxError(f"{path}: no such file")
     if not Path(data).exists():
         raise FfxError(f"{data}: no such directory")
-    candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph)
-    reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph)
+    candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
+    reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads)
     preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings)
     class_names = candidate_runner.class_names or reference_runner.class_names
 

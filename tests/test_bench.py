@@ -20,7 +20,7 @@ def mini(tmp_path_factory):
 def test_json_has_every_field_for_every_target_and_batch(cli_runner, mini, tmp_path_factory):
     qdq = qdq_model(tmp_path_factory)
     result = cli_runner.invoke(cli, ["bench", str(mini.checkpoint), str(mini.onnx), str(qdq), "--batch", "1,2",
-                                     "--iterations", "5", "--warmup", "1", "--json"])
+                                     "--iterations", "5", "--warmup", "1", "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [(r["backend"], r["precision"], r["batch"]) for r in rows] == [

@@ -205,7 +205,8 @@ def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_pa
     onnx_path = fashion_onnx(tmp_path_factory)
     quantized = tmp_path / "fashion.int8.onnx"
     calibrate_int8(str(onnx_path), str(FASHION / "train"), str(quantized), num_images=300, tensorrt_check=False, warn=None)
-    result = _verify(cli_runner, quantized, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val", "--json")
+    result = _verify(cli_runner, quantized, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val", "--threads", "1",
+                     "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["passed"] and report["images"] == 1000

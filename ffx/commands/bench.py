@@ -24,9 +24,10 @@ def parse_batches(text):
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls first.")
 @click.option("--max-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Stop a measurement early after this long (at least 5 calls).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx targets.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
 @click.option("--cuda-graph", is_flag=True, help="Engines: replay a captured CUDA graph instead of enqueuing each call.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
-def command(targets, batch_text, iterations, warmup, max_seconds, provider, cuda_graph, as_json):
+def command(targets, batch_text, iterations, warmup, max_seconds, provider, threads, cuda_graph, as_json):
     """Latency and throughput of engines, ONNX models and checkpoints, side by side.
 
     Per target and batch size: warm-up calls, then timed end-to-end calls on a random-normal
@@ -43,7 +44,7 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, cuda
     batches = parse_batches(batch_text)
     echo_row = None if as_json else _row_printer()
     results = bench(targets, batches, iterations=iterations, warmup=warmup, max_seconds=max_seconds,
-                    provider=provider, cuda_graph=cuda_graph, on_result=echo_row, on_skip=warn)
+                    provider=provider, cuda_graph=cuda_graph, threads=threads, on_result=echo_row, on_skip=warn)
     for result in results:
         if result.compute_ms is not None and not as_json:
             click.echo(f"{result.target} batch {result.batch}: host-to-device {result.h2d_ms:.3f} ms, "
