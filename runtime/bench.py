@@ -113,4 +113,7 @@ def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, prov
                 results.append(result)
                 if on_result:
                     on_result(result)
+            for note in getattr(runner, "notes", []):
+                if on_skip:
+                    on_skip(note)
     return results

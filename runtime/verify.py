@@ -198,6 +198,8 @@ def verify(
             if calibration:
                 overlap += _count_overlap(calibration, batch)
     skipped = loaded.num_skipped
+    for runner in (candidate_runner, reference_runner):
+        warnings.extend(getattr(runner, "notes", []))
     if not labels:
         raise FfxError(f"{data}: no readable images")
     if overlap:
