@@ -30,7 +30,8 @@ def needs_gpu_reason():
         cuda = open_cuda("auto")
         cuda.close()
     except BackendUnavailable as e:
-        return f"needs a CUDA GPU and TensorRT: {e}"
+        detail = str(e).split(" (", 1)[0]
+        return f"needs a CUDA GPU and TensorRT ({detail})"
     del backend
     return None
 
