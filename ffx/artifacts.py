@@ -22,11 +22,19 @@ def atomic_output(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates the file 0600; give the artefact the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path, data):

@@ -51,3 +51,17 @@ def test_stage_folders_are_installed_under_ffx():
     assert Path(ffx.export.__file__).parent == ROOT / "export"
     assert Path(ffx.calib.__file__).parent == ROOT / "calib"
     assert Path(ffx.runtime.__file__).parent == ROOT / "runtime"
+
+
+def test_artefacts_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    from ffx.artifacts import write_bytes_atomic
+
+    previous = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "model.onnx", b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob("*.partial"))
