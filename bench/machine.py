@@ -1,0 +1,102 @@
+"""What the benchmarks ran on: CPU model, cores, the SIMD flags that decide int8/fp16 speed,
+memory, load, and the versions of everything that computes a number."""
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+# CPU flags that matter for this project's kernels (VNNI: int8 dot products; bf16/fp16: half floats).
+INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                     "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "f16c")
+
+
+def lscpu_fields():
+    """{field: value} from `lscpu` (empty when it is missing)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def memory_gib():
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def versions():
+    import numpy
+    import onnx
+    import onnxruntime
+
+    found = {"python": platform.python_version(), "numpy": numpy.__version__, "onnx": onnx.__version__,
+             "onnxruntime": onnxruntime.__version__}
+    try:
+        import torch
+
+        found["torch"] = torch.__version__
+        found["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        found["torch"] = None
+    try:
+        from ffx import tensorrt
+
+        found["tensorrt"] = str(tensorrt.available_backend("tensorrt-rtx"))
+    except Exception as e:  # not installed or unusable here: say which
+        found["tensorrt"] = f"unavailable ({type(e).__name__})"
+    from ffx import __version__
+
+    found["ffx"] = __version__
+    return found
+
+
+def git_commit(repo):
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def describe(repo):
+    fields = lscpu_fields()
+    flags = set(fields.get("Flags", "").split())
+    return {
+        "cpu_model": fields.get("Model name") or platform.processor() or platform.machine(),
+        "vendor": fields.get("Vendor ID"),
+        "cpu_family": fields.get("CPU family"),
+        "logical_cpus": os.cpu_count(),
+        "cores_per_socket": fields.get("Core(s) per socket"),
+        "threads_per_core": fields.get("Thread(s) per core"),
+        "hypervisor": fields.get("Hypervisor vendor"),
+        "l2_cache": fields.get("L2 cache"),
+        "l3_cache": fields.get("L3 cache"),
+        "flags": [flag for flag in INTERESTING_FLAGS if flag in flags],
+        "memory_gib": memory_gib(),
+        "system": f"{platform.system()} {platform.release()}",
+        "versions": versions(),
+        "git_commit": git_commit(repo),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+    }
