@@ -23,7 +23,7 @@ from ffx import __version__
 from ffx.calib.datasets import print_warning
 from ffx.calib.layers import network_layers, resolve_layer_selection
 from ffx.calib.model_io import finish_model, load_source_model, manifest_bytes, output_paths, write_outputs
-from ffx.calib.ranges import METHODS, activation_threshold
+from ffx.calib.ranges import ENTROPY_FLOOR, METHODS, activation_threshold
 from ffx.calib.selection import choose_calibration_images, decode_reference_images
 from ffx.calib.statistics import HISTOGRAM_BINS, collect_statistics, default_cache_dir, statistics_key
 from ffx.calib.validate import check_onnxruntime, check_tensorrt
@@ -99,6 +99,7 @@ def calibrate_int8(onnx_path, data, output=None, num_images=512, method="entropy
     params = {
         "method": method,
         "percentile": percentile if method == "percentile" else None,
+        "entropy_floor": ENTROPY_FLOOR if method == "entropy" else None,
         "num_images": num_images,
         "seed": seed,
         "keep_fp": [layer.name for layer in kept],

@@ -9,7 +9,11 @@ histogram, following what TensorRT users know:
 - ``percentile``: the |x| below which `percentile` % of the values fall.
 - ``entropy``: TensorRT's entropy calibration (also pytorch-quantization's): the threshold
   whose 128-level quantized distribution has the smallest KL divergence from the observed one,
-  clipped values folded into the last bin.
+  clipped values folded into the last bin; but never below the ``mse`` threshold. KL compares
+  the shapes of distributions and ignores magnitudes, so in transformers it clips the rare large
+  activations after GELU (outlier features) that carry signal: on the Fashion-MNIST fixture,
+  pure KL clipped 0.15% of block 0's GELU output at 28% of its range and INT8 agreed with FP32
+  on 97.4% of the 10,000 test images; with the floor, 99.5% (scripts/bench_calibrate.py).
 - ``mse``: the threshold minimising the expected squared error: rounding (step^2 / 12 for the
   values inside) plus clipping (the values outside).
 
@@ -21,6 +25,7 @@ import numpy as np
 from ffx.errors import FfxError
 
 METHODS = ("entropy", "max", "percentile", "mse")
+ENTROPY_FLOOR = "mse"  # recorded in manifests: what `entropy` never clips below
 QUANTIZED_LEVELS = 128  # |x| levels of symmetric int8 (0..127), as in TensorRT's entropy calibrator
 ENTROPY_MAX_CANDIDATES = 512  # thresholds tried by `entropy` (a stride over the histogram's bins)
 
@@ -41,7 +46,7 @@ def activation_threshold(method, counts, hist_range, absmax, percentile=99.99):
         index = int(np.searchsorted(cdf, percentile / 100.0))
         threshold = (min(index, len(hist) - 1) + 1) * width
     elif method == "entropy":
-        threshold = _entropy_threshold(hist) * width
+        threshold = max(_entropy_threshold(hist), _mse_threshold(hist)) * width
     else:
         threshold = _mse_threshold(hist) * width
     return float(min(threshold, absmax))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ffx.calib.ranges import METHODS, activation_threshold
+from ffx.calib.ranges import METHODS, _entropy_threshold, activation_threshold
 from ffx.calib.statistics import HISTOGRAM_BINS, _AbsHistogram
 from ffx.errors import FfxError
 
@@ -44,19 +44,23 @@ def test_methods_on_a_gaussian():
     assert thresholds["percentile"] == pytest.approx(np.quantile(np.abs(values), 0.9999), rel=0.01)
     # The MSE-optimal 8-bit clip of a unit Gaussian is about 3.9 sigma (Banner et al., ACIQ).
     assert 3.6 < thresholds["mse"] < 4.2
-    assert thresholds["mse"] < thresholds["entropy"] <= thresholds["max"]
+    assert thresholds["mse"] <= thresholds["entropy"] <= thresholds["max"]
     assert _thresholds(_histogram(values), percentile=99.0)["percentile"] == pytest.approx(2.576, rel=0.01)
 
 
-def test_outliers_are_clipped_by_percentile_and_entropy():
+def test_outliers_are_clipped_by_percentile_and_kl():
     rng = np.random.default_rng(2)
     values = np.concatenate([rng.standard_normal(200_000), [400.0, -350.0]])
     thresholds = _thresholds(_histogram(values))
     assert thresholds["max"] == 400.0
-    for method in ("percentile", "entropy"):
-        assert thresholds[method] < 40, method  # the histogram has 0.125-wide bins here: entropy starts at 128 of them
-    # MSE weighs the outliers' squared clipping error against everyone's rounding error: it clips less.
-    assert thresholds["entropy"] < thresholds["mse"] < thresholds["max"]
+    assert thresholds["percentile"] < 40
+    # Pure KL clips them (the histogram has 0.125-wide bins here: KL starts at 128 of them) ...
+    hist = _histogram(values).counts
+    kl_bins = _entropy_threshold(hist[: np.flatnonzero(hist)[-1] + 1].astype(np.float64))
+    assert kl_bins * 512 / HISTOGRAM_BINS < 40
+    # ... but MSE weighs the outliers' squared clipping error against everyone's rounding error
+    # and keeps them, and `entropy` never clips below MSE.
+    assert thresholds["entropy"] == thresholds["mse"] < thresholds["max"]
 
 
 def test_bad_arguments():
