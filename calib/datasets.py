@@ -19,6 +19,7 @@ files: they are counted and listed (the first few) in one warning, never raised.
 
 import collections
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.errors import FfxError
-from ffx.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, is_image_file, load_pixels_with_sha256, normalize_pixels
+from ffx.images import IMAGE_EXTENSIONS, decode_files, find_images, is_image_file, normalize_pixels
 from ffx.metadata import Preprocess, imagenet_class_names, imagenet_wnids
 
 LOC_SOLUTION_FILE = "LOC_val_solution.csv"
@@ -372,9 +373,9 @@ class BatchLoader:
 
     def _decoded(self):
         """(item, (pixels, sha256)) or (item, reason) for every item, in order."""
-        preprocess = self.preprocess.to_dict()
+        preprocess = self.preprocess.to_dict()  # a dict: workers need not import ffx.metadata (onnx)
         done = 0
-        if self.workers > 0 and _workers_can_start():
+        if self.workers > 0:
             try:
                 for pair in self._decoded_in_workers(preprocess):
                     yield pair
@@ -385,7 +386,7 @@ class BatchLoader:
             else:
                 return
         for item in self.items[done:]:
-            yield item, _decode_one(item.path, preprocess)
+            yield item, decode_files([item.path], preprocess)[0]
 
     def _decoded_in_workers(self, preprocess):
         chunk = max(1, min(8, self.batch_size))
@@ -399,7 +400,9 @@ class BatchLoader:
             while next_chunk < len(chunks) or in_flight:
                 while next_chunk < len(chunks) and len(in_flight) < 3 * self.workers:
                     paths = [str(item.path) for item in chunks[next_chunk]]
-                    in_flight.append((chunks[next_chunk], executor.submit(_decode_chunk, paths, preprocess)))
+                    with _main_module_hidden():  # a submit may start a worker
+                        future = executor.submit(decode_files, paths, preprocess)
+                    in_flight.append((chunks[next_chunk], future))
                     next_chunk += 1
                 chunk_items, future = in_flight.popleft()
                 yield from zip(chunk_items, future.result())
@@ -413,36 +416,36 @@ def _ignore_interrupts():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _workers_can_start():
-    """Worker processes re-run the main script's imports; a main read from stdin or `-c` has no
-    file to re-run, and forkserver/spawn then fail. Decode in this process there."""
+@contextlib.contextmanager
+def _main_module_hidden():
+    """While the workers start: multiprocessing's spawn and forkserver re-run the main script in
+    each worker so that functions defined there can be unpickled. The decoder lives in this
+    module, so the workers need nothing from it, and re-running it would repeat a user script's
+    work in every worker when it lacks an `if __name__ == "__main__"` guard (and fails outright
+    for a script read from stdin)."""
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    return path is None or Path(path).is_file()
+    if main is None:
+        yield
+        return
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _process_context():
     # forkserver: workers start clean (no copy of onnxruntime's threads, unlike fork) and cheaper
-    # than spawn, which re-imports the main script; the server imports this module once, so each
+    # than spawn; the server imports the decoder's module (numpy and PIL, not onnx) once, so each
     # worker forks with it loaded.
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload([decode_files.__module__])
         return context
     return multiprocessing.get_context("spawn")
-
-
-def _decode_chunk(paths, preprocess):
-    return [_decode_one(path, preprocess) for path in paths]
-
-
-def _decode_one(path, preprocess):
-    if isinstance(preprocess, dict):
-        preprocess = Preprocess.from_dict(preprocess)
-    try:
-        return load_pixels_with_sha256(path, preprocess)
-    except UnreadableImage as e:
-        return str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)
 
 
 def _make_batch(pending, preprocess):

@@ -7,6 +7,7 @@ parameters always come from the model's `ffx` metadata (`ffx.metadata.Preprocess
 
 import hashlib
 import io
+import types
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,18 @@ def load_pixels_with_sha256(path, preprocess):
     except OSError as e:
         raise UnreadableImage(f"{path}: {e.strerror or _reason(e)}") from None
     return resize_and_crop(decode_rgb(data, path), preprocess), hashlib.sha256(data).hexdigest()
+
+
+def decode_files(paths, preprocess_fields):
+    """For each path, (uint8 pixels resized and cropped, sha256) or the reason it is unreadable.
+    The entry point of decoding worker processes: `preprocess_fields` is `Preprocess.to_dict()`,
+    so a worker imports only this module (numpy, PIL), not ffx.metadata and onnx."""
+    preprocess = types.SimpleNamespace(**preprocess_fields)
+    results = []
+    for path in paths:
+        try:
+            results.append(load_pixels_with_sha256(path, preprocess))
+        except UnreadableImage as e:
+            message = str(e)
+            results.append(message[len(str(path)) + 2:] if message.startswith(f"{path}: ") else message)
+    return results
