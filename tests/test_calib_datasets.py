@@ -164,3 +164,23 @@ def test_load_batches_keeps_order_and_skips_broken_files_with_one_warning(tmp_pa
     assert results[0][1:] == results[2][1:]
     readable = [item.path for item in dataset.items if item.path.suffix != ".jpeg" and item.path.name not in write_broken_images(tmp_path / "c")]
     assert results[2][1] == readable
+
+
+def test_worker_processes_do_not_rerun_an_unguarded_script(tmp_path):
+    """multiprocessing re-runs the main script in spawn/forkserver workers; a user script without
+    `if __name__ == "__main__"` (or one piped on stdin) must still decode in parallel, once."""
+    for i in range(20):
+        _image(tmp_path / "imgs" / f"{i:02d}.png", value=i)
+    script = (
+        "from ffx.calib.datasets import load_batches, open_dataset\n"
+        "from ffx.metadata import Preprocess\n"
+        "print('body', flush=True)\n"
+        f"items = open_dataset({str(tmp_path / 'imgs')!r}).items\n"
+        "loader = load_batches(items, Preprocess(input_size=(3, 32, 32), resize=36), 8, workers=2, progress=False)\n"
+        "print(sum(len(b.items) for b in loader), loader.num_skipped)\n"
+    )
+    (tmp_path / "unguarded.py").write_text(script)
+    for args, stdin in (([str(tmp_path / "unguarded.py")], None), (["-"], script)):
+        result = subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["body", "20", "0"] and result.stderr == ""
