@@ -25,8 +25,8 @@ from ffx.calib.layers import network_layers
 from ffx.calib.model_io import finish_model, load_source_model, manifest_bytes, output_paths, write_outputs
 from ffx.calib.selection import choose_calibration_images, decode_reference_images
 from ffx.calib.statistics import collect_statistics, default_cache_dir, statistics_key
-from ffx.calib.validate import check_onnxruntime, check_tensorrt
-from ffx.errors import FfxError, GateFailed
+from ffx.calib.validate import check_onnxruntime, tensorrt_gate
+from ffx.errors import FfxError
 
 FP16_MAX = 65504.0
 # Calibration images rarely contain the most extreme inputs a deployed model meets: a tensor is
@@ -150,12 +150,7 @@ def convert_fp16(onnx_path, output=None, data=None, num_images=512, seed=0, cach
         raise
     if ort_check.top1_agreement is not None and ort_check.top1_agreement < FP16_AGREEMENT_WARNING and warn is not None:
         warn(f"FP16 agrees with FP32 on only {ort_check.top1_agreement:.1%} of {ort_check.images} calibration images")
-    trt_check = check_tensorrt(model_data, tensorrt_backend) if tensorrt_check else None
-    if trt_check is not None and trt_check.status == "failed":
-        raise GateFailed(
-            f"{trt_check.backend} rejected the FP16 graph: {trt_check.reason}; {output} was not written "
-            "(--no-tensorrt-check writes it anyway)"
-        )
+    trt_check = tensorrt_gate(model_data, tensorrt_backend, tensorrt_check, "FP16", output)
     write_outputs(output, model_data, manifest_path, manifest_data)
     return Fp16Report(
         output=str(output),
@@ -169,7 +164,7 @@ def convert_fp16(onnx_path, output=None, data=None, num_images=512, seed=0, cach
         fp32_tensors=fp32_tensors,
         cache=stats.cache if stats else "off",
         onnxruntime=dataclasses.asdict(ort_check),
-        tensorrt=dataclasses.asdict(trt_check) if trt_check else {"status": "skipped", "reason": "--no-tensorrt-check"},
+        tensorrt=trt_check,
         input_sha256=source.sha256,
         image_list_sha256=images.list_sha256 if images else None,
         seconds=round(time.perf_counter() - started, 2),

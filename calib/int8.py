@@ -26,9 +26,9 @@ from ffx.calib.model_io import finish_model, load_source_model, manifest_bytes, 
 from ffx.calib.ranges import ENTROPY_FLOOR, METHODS, activation_threshold
 from ffx.calib.selection import choose_calibration_images, decode_reference_images
 from ffx.calib.statistics import HISTOGRAM_BINS, collect_statistics, default_cache_dir, statistics_key
-from ffx.calib.validate import check_onnxruntime, check_tensorrt
+from ffx.calib.validate import check_onnxruntime, tensorrt_gate
 from ffx.artifacts import sha256_bytes
-from ffx.errors import FfxError, GateFailed
+from ffx.errors import FfxError
 
 QUANTIZED_OP_TYPES = ["Conv", "MatMul", "Gemm"]
 # Below this top-1 agreement with FP32 on the check images, the result is suspicious: say so.
@@ -149,12 +149,7 @@ def calibrate_int8(onnx_path, data, output=None, num_images=512, method="entropy
             f"INT8 agrees with FP32 on only {ort_check.top1_agreement:.0%} of {ort_check.images} calibration images; "
             "try another --method or --keep-fp head,patch_embed"
         )
-    trt_check = check_tensorrt(model_data, tensorrt_backend) if tensorrt_check else None
-    if trt_check is not None and trt_check.status == "failed":
-        raise GateFailed(
-            f"{trt_check.backend} rejected the INT8 graph: {trt_check.reason}; {output} was not written "
-            "(--no-tensorrt-check writes it anyway)"
-        )
+    trt_check = tensorrt_gate(model_data, tensorrt_backend, tensorrt_check, "INT8", output)
     write_outputs(output, model_data, manifest_path, manifest_data)
     return CalibrationReport(
         output=str(output),
@@ -169,7 +164,7 @@ def calibrate_int8(onnx_path, data, output=None, num_images=512, method="entropy
         kept_fp_layers=[layer.name for layer in kept],
         cache=stats.cache,
         onnxruntime=dataclasses.asdict(ort_check),
-        tensorrt=dataclasses.asdict(trt_check) if trt_check else {"status": "skipped", "reason": "--no-tensorrt-check"},
+        tensorrt=trt_check,
         input_sha256=source.sha256,
         image_list_sha256=images.list_sha256,
         seconds=round(time.perf_counter() - started, 2),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffx.errors import BackendUnavailable, FfxError
+from ffx.errors import BackendUnavailable, FfxError, GateFailed
 
 
 @dataclasses.dataclass
@@ -80,3 +80,17 @@ def check_tensorrt(model_bytes, backend="auto"):
                 return TensorRTCheck("failed", str(chosen), reason=str(e).replace(f"{path}: ", ""))
             return TensorRTCheck("built", str(chosen), seconds=round(time.perf_counter() - started, 2))
     return TensorRTCheck("skipped", reason="; ".join(reasons) or "no TensorRT backend")
+
+
+def tensorrt_gate(model_bytes, backend, enabled, label, output):
+    """Build `model_bytes` with TensorRT when `enabled`; GateFailed (nothing written) when TensorRT
+    rejects it. Returns the check as a dict for the report."""
+    if not enabled:
+        return {"status": "skipped", "reason": "--no-tensorrt-check"}
+    check = check_tensorrt(model_bytes, backend)
+    if check.status == "failed":
+        raise GateFailed(
+            f"{check.backend} rejected the {label} graph: {check.reason}; {output} was not written "
+            "(--no-tensorrt-check writes it anyway)"
+        )
+    return dataclasses.asdict(check)

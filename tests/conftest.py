@@ -1,8 +1,6 @@
-import sys
 
 import pytest
 
-collect_ignore_glob = []
 
 
 def pytest_report_header(config):
