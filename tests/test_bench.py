@@ -7,14 +7,9 @@ import pytest
 
 from ffx.cli import cli
 from ffx.runtime.bench import latency_stats
-from test_runtime_models import mini_model, qdq_model
+from test_runtime_models import qdq_model
 
 JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return mini_model(tmp_path_factory)
 
 
 def test_json_has_every_field_for_every_target_and_batch(cli_runner, mini, tmp_path_factory):

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_runtime_models import mini_model, qdq_model
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -21,16 +20,6 @@ import machine  # noqa: E402
 import plot  # noqa: E402
 import report  # noqa: E402
 import roofline  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return mini_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def qdq(tmp_path_factory):
-    return qdq_model(tmp_path_factory)
 
 
 def test_optimized_graph_shows_int8_matmuls_and_bias_adds(qdq):

@@ -8,7 +8,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.runtime.sidecar import read_sidecar, sidecar_path
-from test_runtime_models import FASHION, fashion_onnx, labelled_images, mini_model, qdq_model
+from test_runtime_models import FASHION, fashion_onnx, labelled_images, qdq_model
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="needs TensorRT-RTX (pip install 'ffx[tensorrt-rtx]')")
 
@@ -21,11 +21,6 @@ def _calib_has(name):
         return True
     except (ImportError, AttributeError):
         return False
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return mini_model(tmp_path_factory)
 
 
 def _build(cli_runner, *args):

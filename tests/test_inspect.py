@@ -5,12 +5,7 @@ import json
 import pytest
 
 from ffx.cli import cli
-from test_runtime_models import mini_model, qdq_model
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return mini_model(tmp_path_factory)
+from test_runtime_models import qdq_model
 
 
 def _inspect(cli_runner, *args):

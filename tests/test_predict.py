@@ -6,17 +6,7 @@ import json
 import pytest
 
 from ffx.cli import cli
-from test_runtime_models import FASHION_CLASSES, labelled_images, mini_model
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return mini_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return labelled_images(tmp_path_factory)
+from test_runtime_models import FASHION_CLASSES
 
 
 def test_topk_with_class_names_and_probabilities(cli_runner, mini, images):

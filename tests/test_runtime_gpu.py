@@ -15,7 +15,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.errors import FfxError
-from test_runtime_models import FASHION, fashion_onnx, labelled_images, mini_model, qdq_model
+from test_runtime_models import FASHION, fashion_onnx, labelled_images, qdq_model
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,11 +50,6 @@ def gpu():
     from ffx.runtime.cuda import current_gpu
 
     return current_gpu()
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return mini_model(tmp_path_factory)
 
 
 def _build(cli_runner, onnx_path, engine, *flags):

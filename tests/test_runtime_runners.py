@@ -8,12 +8,6 @@ from ffx.errors import BackendUnavailable, FfxError
 from ffx.runtime import open_runner, runner_kind
 from ffx.runtime.cuda import GpuInfo
 from ffx.runtime.sidecar import compatibility_problem, describe_build
-from test_runtime_models import mini_model
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return mini_model(tmp_path_factory)
 
 
 def _images(n):

@@ -9,20 +9,9 @@ import pytest
 from ffx.cli import cli
 from ffx.errors import FfxError
 from ffx.runtime.verify import compare_predictions, paired_difference_ci
-from test_runtime_models import (FASHION, FASHION_CHECKPOINT, fashion_onnx, labelled_images, mini_model,
-                                 needs_fashion_model)
+from test_runtime_models import FASHION, FASHION_CHECKPOINT, fashion_onnx, needs_fashion_model
 
 JSON_KEYS = ("reference", "candidate", "top1_drop", "agreement", "passed")
-
-
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    return mini_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return labelled_images(tmp_path_factory)
 
 
 def _verify(cli_runner, *args):
