@@ -59,9 +59,12 @@ def _load_pickle(path):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses any global outside the allowlist before constructing it.
+        # weights_only refuses any global outside the allowlist before constructing it. Other
+        # unpickling errors (bad opcodes, load keys) mean the file is not a checkpoint at all.
         culprit = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"Unsupported global: ([\w. ]+)", str(e))
-        what = f" (it asks for {culprit.group(1).strip()})" if culprit else ""
+        if culprit is None:
+            raise FfxError(f"{path}: not a PyTorch checkpoint (the file is not a readable pickle)") from None
+        what = f" (it asks for {culprit.group(1).strip()})"
         raise FfxError(
             f"{path}: refused to load: unpickling it would construct objects other than tensors{what}; "
             "ffx only loads weights (tensors, plain containers and argparse.Namespace)"

@@ -246,6 +246,14 @@ def test_missing_and_unexpected_keys_are_counted(tmp_path, cli_runner):
     assert_refused(result, out, "2 missing keys", "norm.weight", "1 unexpected key: extra.weight")
 
 
+def test_a_file_that_is_not_a_checkpoint_is_not_called_malicious(tmp_path, cli_runner):
+    (tmp_path / "model.onnx.pth").write_bytes(b"\x08\x07" + bytes(range(200)))  # protobuf-ish bytes
+    out = tmp_path / "n.onnx"
+    result = run_export(cli_runner, "--checkpoint", str(tmp_path / "model.onnx.pth"), "-o", str(out))
+    assert_refused(result, out, "not a PyTorch checkpoint")
+    assert "refused" not in result.stderr
+
+
 def test_not_a_feed_forward_vit(tmp_path, cli_runner):
     torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / "resnet.pth")
     out = tmp_path / "r.onnx"
