@@ -12,6 +12,8 @@ import os
 import subprocess
 import time
 
+from machine import OtherLoad
+
 TARGET_RATIOS = {1: 4.0, 8: 3.5}
 
 
@@ -48,27 +50,32 @@ def measure(name, files, batches, iterations=50, warmup=3, max_seconds=15.0, log
     targets = [files[key] for key in ("checkpoint", "fp32", "fp16", "int8") if files.get(key)]
     load_before = _load()
     started = time.perf_counter()
-    command, rows = ffx_bench(targets, batches, iterations, warmup, max_seconds)
+    with OtherLoad() as other:
+        command, rows = ffx_bench(targets, batches, iterations, warmup, max_seconds)
     seconds = time.perf_counter() - started
     rows = with_ratios(rows)
     for row in rows:
         log(f"speed: {name} {row['label']:<20} batch {row['batch']:>2}: p50 {row['p50_ms']:.2f} ms, "
             f"{row['images_per_s']:.1f} images/s" + (f", {row['vs_pytorch']}x PyTorch" if "vs_pytorch" in row else ""))
+    log(f"speed: {name}: other processes kept {other.other_cpus} CPUs busy meanwhile (steal {other.steal_cpus})")
     return {"model": name, "command": _short(command), "rows": rows, "seconds": round(seconds, 1),
-            "load_before": load_before, "load_after": _load()}
+            "load_before": load_before, "load_after": _load(), "other_cpus": other.other_cpus,
+            "steal_cpus": other.steal_cpus}
 
 
 def target_check(files, iterations=50, warmup=3, max_seconds=15.0, log=print):
     """Issue 6's CPU INT8 targets, in a separate `ffx bench` call: INT8 first, then PyTorch."""
     batches = sorted(TARGET_RATIOS)
-    command, rows = ffx_bench([files["int8"], files["checkpoint"]], batches, iterations, warmup, max_seconds)
+    with OtherLoad() as other:
+        command, rows = ffx_bench([files["int8"], files["checkpoint"]], batches, iterations, warmup, max_seconds)
     rows = with_ratios(rows)
     checks = []
     for batch, wanted in TARGET_RATIOS.items():
         ratio = next(r["vs_pytorch"] for r in rows if r["batch"] == batch and r["precision"] == "int8")
         checks.append({"batch": batch, "ratio": ratio, "target": wanted, "met": ratio >= wanted})
         log(f"speed: target check batch {batch}: INT8 {ratio}x PyTorch (target {wanted}x)")
-    return {"command": _short(command), "rows": rows, "checks": checks, "load_after": _load()}
+    return {"command": _short(command), "rows": rows, "checks": checks, "load_after": _load(),
+            "other_cpus": other.other_cpus, "steal_cpus": other.steal_cpus}
 
 
 def _short(command):

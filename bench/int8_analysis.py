@@ -23,7 +23,8 @@ import numpy as np
 MATMUL_OPS = ("MatMul", "MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "FusedMatMul", "Gemm", "QGemm")
 
 
-def _session(path, threads=None, level="all", spinning=True, profile_prefix=None, optimized_path=None):
+def _session(path, threads=None, level="all", spinning=True, profile_prefix=None, optimized_path=None,
+             gelu_approximation=False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -38,6 +39,8 @@ def _session(path, threads=None, level="all", spinning=True, profile_prefix=None
         options.intra_op_num_threads = threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if gelu_approximation:
+        options.add_session_config_entry("optimization.enable_gelu_approximation", "1")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
@@ -120,9 +123,31 @@ def matmul_ms(profile_result):
     return sum(row["ms"] for row in profile_result["ops"] if row["op"] in MATMUL_OPS)
 
 
+def time_sessions(factories, batch, runs=10, rounds=2):
+    """{name: (p50 ms, logits)} of each session factory, timed with only that session alive:
+    two sessions alive in one process make each other's spinning thread pools fight for the
+    cores (measured here: 2.5x slower), so a round-robin between live sessions would measure
+    that fight. Each factory runs `rounds` times, in alternating order; the best p50 counts."""
+    best, logits = {}, {}
+    names = list(factories)
+    for round_index in range(rounds):
+        for name in (names if round_index % 2 == 0 else names[::-1]):
+            session = factories[name]()
+            feed = _input(session, batch)
+            for _ in range(2):
+                logits[name] = session.run(None, feed)[0]
+            timings = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                session.run(None, feed)
+                timings.append(time.perf_counter() - started)
+            del session
+            best[name] = min(best.get(name, float("inf")), 1000 * statistics.median(timings))
+    return {name: (round(best[name], 2), logits[name]) for name in names}
+
+
 def session_variants(path, batch, runs=10):
-    """p50 latency (ms) of one model under different session settings, measured round-robin so
-    that a change in machine load hits every variant alike."""
+    """p50 latency (ms) of one model under different session settings, and how far each moves the logits."""
     cpus = os.cpu_count() or 1
     variants = {
         "default (all optimizations, default threads)": {},
@@ -130,22 +155,58 @@ def session_variants(path, batch, runs=10):
         f"{cpus} intra-op threads, spinning off": {"threads": cpus, "spinning": False},
         "optimization level extended": {"level": "extended"},
         "optimization level basic": {"level": "basic"},
+        "GELU tanh approximation (changes the numbers)": {"gelu_approximation": True},
     }
-    sessions = {name: _session(path, **settings) for name, settings in variants.items()}
-    feed = _input(next(iter(sessions.values())), batch)
-    timings = {name: [] for name in sessions}
-    for session in sessions.values():
-        session.run(None, feed)
-    for _ in range(runs):
-        for name, session in sessions.items():
-            started = time.perf_counter()
-            session.run(None, feed)
-            timings[name].append(time.perf_counter() - started)
-    return [{"variant": name, "p50_ms": round(1000 * statistics.median(values), 2)} for name, values in timings.items()]
+    timed = time_sessions({name: (lambda settings=settings: _session(path, **settings))
+                           for name, settings in variants.items()}, batch, runs)
+    reference = next(iter(timed.values()))[1]
+    return [{"variant": name, "p50_ms": p50, "max_abs_logit_change": float(f"{np.abs(logits - reference).max():.3g}")}
+            for name, (p50, logits) in timed.items()]
 
 
-def torch_profile(checkpoint, batch, runs=3):
-    """PyTorch eager: ms per run of its top operators (torch.profiler, CPU time of each op itself)."""
+def unfuse_gelu(model):
+    """Undo export's GELU reordering (577c0fe): `(x * (1 + erf)) * 0.5` back to the exporter's
+    `x * (0.5 * (1 + erf))`, which onnxruntime's GeluFusion does not match. Returns the count."""
+    producer = {output: node for node in model.graph.node for output in node.output}
+    rewritten = 0
+    for outer in model.graph.node:
+        if outer.op_type != "Mul" or len(outer.input) != 2:
+            continue
+        inner = producer.get(outer.input[0])
+        if inner is None or inner.op_type != "Mul":
+            continue
+        one_plus_erf = producer.get(inner.input[1])
+        erf = one_plus_erf is not None and one_plus_erf.op_type == "Add" and next(
+            (producer[i] for i in one_plus_erf.input if i in producer and producer[i].op_type == "Erf"), None)
+        if not erf:
+            continue
+        x, half = inner.input[0], outer.input[1]
+        inner.input[:] = [half, one_plus_erf.output[0]]
+        outer.input[:] = [x, inner.output[0]]
+        rewritten += 1
+    return rewritten
+
+
+def gelu_fusion_effect(path, batches=(1, 8), runs=10):
+    """p50 ms of `path` as exported now and with the pre-577c0fe GELU form, round-robin."""
+    import onnx
+
+    model = onnx.load(str(path))
+    count = unfuse_gelu(model)
+    with tempfile.TemporaryDirectory(prefix="ffx-gelu-") as folder:
+        unfused = Path(folder) / "unfused.onnx"
+        onnx.save(model, str(unfused))
+        graph = optimized_graph(unfused)
+        rows = []
+        for batch in batches:
+            timed = time_sessions({"fused": lambda: _session(path), "unfused": lambda: _session(unfused)}, batch, runs)
+            rows.append({"batch": batch, "fused_p50_ms": timed["fused"][0], "unfused_p50_ms": timed["unfused"][0]})
+    return {"gelus": count, "unfused_op_counts": graph["op_counts"], "rows": rows}
+
+
+def torch_profile(checkpoint, batch, runs=3, matmul_flops=None):
+    """PyTorch eager: ms per run of its top operators (torch.profiler, CPU time of each op itself),
+    and of its matrix products (GFLOP/s when `matmul_flops` per image is given)."""
     import torch
 
     from ffx.export.checkpoint import resolve_model
@@ -163,9 +224,14 @@ def torch_profile(checkpoint, batch, runs=3):
             wall = (time.perf_counter() - started) / runs
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in rows)
+    matmul = sum(e.self_cpu_time_total for e in rows if e.key in TORCH_MATMUL_OPS) / 1000.0 / runs
+    copies = sum(e.self_cpu_time_total for e in rows if e.key == "aten::copy_") / 1000.0 / runs
     return {
         "batch": batch,
         "wall_ms": round(1000 * wall, 2),
+        "matmul_ms": round(matmul, 2),
+        "matmul_gops": round(batch * matmul_flops / (matmul / 1000) / 1e9, 1) if matmul_flops and matmul else None,
+        "copy_ms": round(copies, 2),
         "ops": [{"op": e.key, "ms": round(e.self_cpu_time_total / 1000.0 / runs, 2),
                  "share": round(e.self_cpu_time_total / total, 4), "calls": e.count // runs} for e in rows[:8]],
     }
@@ -197,7 +263,9 @@ def run(files, config, batches=(1, 8), runs=10, log=print):
         for row in session_variants(files["int8"], batch, runs=runs):
             result["variants"].append(dict(row, batch=batch))
             log(f"analysis: INT8 batch {batch}, {row['variant']}: {row['p50_ms']} ms")
+    result["gelu_fusion"] = gelu_fusion_effect(files["int8"], batches, runs=runs)
+    log(f"analysis: GELU as exported before 577c0fe: {result['gelu_fusion']['rows']}")
     for batch in batches:
-        result["torch"].append(torch_profile(files["checkpoint"], batch))
+        result["torch"].append(torch_profile(files["checkpoint"], batch, matmul_flops=matmul_flops))
     result["matmul_gflop_per_image"] = round(matmul_flops / 1e9, 2)
     return result

@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # CPU flags that matter for this project's kernels (VNNI: int8 dot products; bf16/fp16: half floats).
@@ -31,6 +32,55 @@ def load_average():
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+def cpu_seconds():
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat (None elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in fields] + [0] * 8
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    hertz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hertz, steal / hertz
+
+
+def own_cpu_seconds():
+    """CPU seconds used by this process and its finished children."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+class OtherLoad:
+    """How many CPUs *other* processes kept busy while the block ran: the machine's busy CPU time
+    minus this process's and its children's, over the wall time. Unlike the load average it does
+    not count our own work, so it tells whether a timing was disturbed."""
+
+    def __enter__(self):
+        self.start = (time.perf_counter(), cpu_seconds(), own_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc):
+        wall0, machine0, own0 = self.start
+        wall, machine, own = time.perf_counter() - wall0, cpu_seconds(), own_cpu_seconds() - own0
+        if machine is None or machine0 is None or wall <= 0:
+            self.other_cpus = self.steal_cpus = None
+            return
+        self.other_cpus = round(max(0.0, (machine[0] - machine0[0]) - own) / wall, 2)
+        self.steal_cpus = round((machine[1] - machine0[1]) / wall, 2)
+
+
+def other_cpus_now(seconds=5.0):
+    """CPUs other processes keep busy over the next `seconds` (we only sleep meanwhile)."""
+    with OtherLoad() as load:
+        time.sleep(seconds)
+    return load.other_cpus
 
 
 def memory_gib():

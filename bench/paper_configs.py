@@ -47,7 +47,7 @@ def ffx(*args):
     return seconds, json.loads(done.stdout)
 
 
-def run(workdir, archs=ARCHS, calibration_images=128, photos=None, build=True, log=print):
+def run(workdir, archs=ARCHS, calibration_images=512, photos=None, build=True, log=print):
     workdir = Path(workdir)
     photos = Path(photos) if photos else write_photos(workdir / "photos", calibration_images)
     rows = []

@@ -50,14 +50,28 @@ def _machine(results):
              f"ffx {v['ffx']} at commit {m.get('git_commit')}; {m['system']}.",
              f"- Load average (1, 5, 15 min): {_load(load.get('start'))} at the start, "
              f"{_load(load.get('timing_start'))} when the timed parts began, {_load(load.get('end'))} at the end."]
-    if results.get("waited_for_quiet") is False:
-        lines.append("- **The machine never became quiet** (other jobs were running): the CPU timings below were "
-                     "taken under that load and understate what an idle machine does; ratios are less affected but "
-                     "not immune.")
-    elif load.get("timing_start") and load["timing_start"][0] >= 1.0:
-        lines.append(f"- **Timings were taken under load** (1-minute load {load['timing_start'][0]} on "
-                     f"{m['logical_cpus']} CPUs when timing began): absolute numbers understate an idle machine.")
+    disturbed = _disturbances(results)
+    if disturbed:
+        lines.append("- Other processes shared the CPUs during the timed parts (CPUs they kept busy on average, from "
+                     "/proc/stat minus this run's own CPU time): " + "; ".join(f"{what} {cpus}" for what, cpus in disturbed)
+                     + ". Those timings understate an idle machine; PyTorch eager (OpenMP) suffers more than "
+                     "onnxruntime, so its ratios are flattering there.")
+    else:
+        lines.append("- No other process kept a CPU busy during the timed parts (each part's figure is in the JSON, "
+                     "`other_cpus`).")
     return "\n".join(lines) + "\n"
+
+
+DISTURBED_CPUS = 0.15
+
+
+def _disturbances(results):
+    """[(part, other CPUs)] of the timed parts that other processes disturbed."""
+    parts = [("fidelity", results.get("fidelity")), ("paper configs", results.get("configs")),
+             ("analysis", results.get("analysis")), ("target check", results.get("target_check"))]
+    parts += [(f"speed {name}", block) for name, block in results.get("speed", {}).items()]
+    return [(what, block["other_cpus"]) for what, block in parts
+            if block and (block.get("other_cpus") or 0) > DISTURBED_CPUS]
 
 
 def _load(values):
@@ -166,8 +180,8 @@ def _speed(results):
              "PyTorch eager FP32's at the same batch, in the same `ffx bench` process.\n"]
     for name, block in speed.items():
         lines.append(f"### {name}\n")
-        lines.append(f"`{block['command']}` ({block['seconds']} s; load average {_load(block.get('load_before'))} "
-                     f"before, {_load(block.get('load_after'))} after)\n")
+        lines.append(f"`{block['command']}` ({block['seconds']} s; other processes kept {block.get('other_cpus')} CPUs "
+                     f"busy meanwhile{_attempts(block)})\n")
         lines.append("| precision | batch | p50 ms | p99 ms | images/s | x PyTorch | timed calls | CV |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in block["rows"]:
@@ -177,8 +191,8 @@ def _speed(results):
     check = results.get("target_check")
     if check:
         lines.append("### CPU INT8 target check (issue 6)\n")
-        lines.append(f"A second `ffx bench` call with INT8 first: `{check['command']}` (load average after: "
-                     f"{_load(check.get('load_after'))})\n")
+        lines.append(f"A second `ffx bench` call with INT8 first: `{check['command']}` (other processes kept "
+                     f"{check.get('other_cpus')} CPUs busy meanwhile{_attempts(check)})\n")
         lines.append("| batch | INT8 images/s | PyTorch images/s | INT8 / PyTorch | target | |")
         lines.append("|---:|---:|---:|---:|---:|---|")
         for c in check["checks"]:
@@ -188,6 +202,13 @@ def _speed(results):
                          f"**{c['ratio']:.2f}x** | >= {c['target']}x | {'met' if c['met'] else 'NOT met'} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _attempts(block):
+    tries = block.get("attempts_other_cpus") or []
+    if len(tries) <= 1:
+        return ""
+    return f"; best of {len(tries)} attempts, others' CPUs per attempt: {', '.join(str(t) for t in tries)}"
 
 
 # -- INT8 analysis -----------------------------------------------------------------------------
@@ -225,18 +246,19 @@ def _analysis(results):
                  "excluded).\n")
     lines.append("### Session settings (INT8, p50 ms, variants timed round-robin)\n")
     batches = sorted({v["batch"] for v in a["variants"]})
-    lines.append("| setting | " + " | ".join(f"batch {b}" for b in batches) + " |")
-    lines.append("|---|" + "---:|" * len(batches))
+    lines.append("| setting | " + " | ".join(f"batch {b}" for b in batches) + " | max logit change |")
+    lines.append("|---|" + "---:|" * len(batches) + "---:|")
     for name in dict.fromkeys(v["variant"] for v in a["variants"]):
         cells = [next((f"{v['p50_ms']:.1f}" for v in a["variants"] if v["variant"] == name and v["batch"] == b), "")
                  for b in batches]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        change = max((v.get("max_abs_logit_change", 0) for v in a["variants"] if v["variant"] == name), default=0)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {change:.3g} |")
     lines.append("\n### PyTorch eager (torch.profiler, top operators by own CPU time)\n")
-    lines.append("| batch | wall ms | top operators (ms, share) |")
-    lines.append("|---:|---:|---|")
+    lines.append("| batch | wall ms | matrix products ms (GFLOP/s) | top operators (ms, share) |")
+    lines.append("|---:|---:|---:|---|")
     for t in a["torch"]:
         top = ", ".join(f"`{o['op']}` {o['ms']:.1f} ({o['share']:.0%})" for o in t["ops"][:6])
-        lines.append(f"| {t['batch']} | {t['wall_ms']:.1f} | {top} |")
+        lines.append(f"| {t['batch']} | {t['wall_ms']:.1f} | {t.get('matmul_ms', '')} ({t.get('matmul_gops', '')}) | {top} |")
     findings = _findings(results)
     if findings:
         lines.append("\n### Findings\n")
@@ -266,6 +288,40 @@ def _findings(results):
             f"{other:.1f} ms ({other / int8['kernel_ms']:.0%} of its kernel time), {gelu:.1f} ms of it the exact "
             f"(erf) GELU alone; with that float work, the whole INT8 graph is "
             f"{fp32['kernel_ms'] / int8['kernel_ms']:.2f}x onnxruntime FP32.")
+        eager = next((t for t in a.get("torch", []) if t["batch"] == batch), None)
+        if eager and eager.get("matmul_gops"):
+            out.append(
+                f"- Batch {batch}, PyTorch eager: {eager['wall_ms']:.1f} ms per call; its matrix products run at "
+                f"{eager['matmul_gops']} GFLOP/s ({eager['matmul_ms']:.1f} ms) against onnxruntime FP32's "
+                f"{fp32['matmul_gops']}, and `aten::copy_` (making the transposed token-MLP input contiguous, "
+                f"among others) takes {eager['copy_ms']:.1f} ms. That is why onnxruntime FP32 is already "
+                f"{eager['wall_ms'] / fp32['wall_p50_ms']:.2f}x PyTorch eager here (profiled runs).")
+        ops = {o["op"]: o for o in int8["ops"]}
+        pieces = []
+        for op, what in (("Add", "bias and residual `Add`s (the bias is never folded into `MatMulIntegerToFloat`)"),
+                         ("QuantizeLinear", "standalone `QuantizeLinear`s"), ("LayerNormalization", "LayerNorms"),
+                         ("Transpose", "`Transpose`s around the token MLP"), ("Conv", "the float patch-embedding `Conv`")):
+            if op in ops:
+                pieces.append(f"{what} {ops[op]['ms']:.1f} ms ({ops[op]['share']:.0%})")
+        if pieces:
+            out.append(f"- Batch {batch}, the rest of the INT8 graph's float work: " + "; ".join(pieces) + ".")
+        if eager:
+            ceiling = eager["wall_ms"] / int8["matmul_ms"]
+            out.append(f"- Batch {batch}, ceiling: if everything but the int8 matrix products cost nothing, INT8 would "
+                       f"be {ceiling:.1f}x PyTorch eager (profiled runs); with the float work it is "
+                       f"{eager['wall_ms'] / int8['wall_p50_ms']:.1f}x.")
+    variants = a.get("variants", [])
+    for batch in sorted({v["batch"] for v in variants}):
+        rows = {v["variant"]: v for v in variants if v["batch"] == batch}
+        default = next(iter(rows.values()))
+        notes = []
+        for name, v in rows.items():
+            if v is default:
+                continue
+            change = f", logits move by up to {v['max_abs_logit_change']:.3g}" if v.get("max_abs_logit_change") else ""
+            notes.append(f"{name} {v['p50_ms']:.1f} ms ({default['p50_ms'] / v['p50_ms']:.2f}x{change})")
+        out.append(f"- Batch {batch}, session settings against the default's {default['p50_ms']:.1f} ms: "
+                   + "; ".join(notes) + ".")
     return out
 
 

@@ -38,7 +38,7 @@ def test_profile_attributes_time_to_op_types(qdq, mini):
     assert sum(row["share"] for row in result["ops"]) == pytest.approx(1.0, abs=0.01)
     assert int8_analysis.matmul_ms(result) > 0
     variants = int8_analysis.session_variants(mini.onnx, batch=1, runs=1)
-    assert len(variants) == 5 and all(v["p50_ms"] > 0 for v in variants)
+    assert len(variants) == 6 and all(v["p50_ms"] > 0 for v in variants)
     eager = int8_analysis.torch_profile(mini.checkpoint, batch=1, runs=1)
     assert eager["ops"] and eager["wall_ms"] > 0
 
