@@ -204,6 +204,9 @@ def gelu_fusion_effect(path, batches=(1, 8), runs=10):
     return {"gelus": count, "unfused_op_counts": graph["op_counts"], "rows": rows}
 
 
+TORCH_MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
+
+
 def torch_profile(checkpoint, batch, runs=3, matmul_flops=None):
     """PyTorch eager: ms per run of its top operators (torch.profiler, CPU time of each op itself),
     and of its matrix products (GFLOP/s when `matmul_flops` per image is given)."""

@@ -84,7 +84,7 @@ def _summary(results):
     if check:
         parts = [f"batch {c['batch']}: **{c['ratio']:.2f}x** (target {c['target']}x, {'met' if c['met'] else 'NOT met'})"
                  for c in check["checks"]]
-        lines.append(f"- CPU INT8 target (issue 6), ff_base Q/DQ in onnxruntime vs PyTorch eager FP32, `ffx bench`: "
+        lines.append("- CPU INT8 target (issue 6), ff_base Q/DQ in onnxruntime vs PyTorch eager FP32, `ffx bench`: "
                      + "; ".join(parts) + ".")
     fid = results.get("fidelity")
     if fid:

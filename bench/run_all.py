@@ -87,7 +87,8 @@ def main():
     parser.add_argument("--archs", default="ff_tiny,ff_base,ff_large", help="paper configs to export, calibrate, build")
     parser.add_argument("--speed-archs", default="ff_tiny,ff_base", help="paper configs to time on the CPU")
     parser.add_argument("--batches", default="1,8,32")
-XX
+    parser.add_argument("--calib-images", type=int, default=512,
+                        help="images for the paper configs' INT8 calibration (ffx calibrate's default)")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--max-seconds", type=float, default=15.0, help="per ffx bench measurement")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (output to /tmp)")
