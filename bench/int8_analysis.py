@@ -54,13 +54,13 @@ def _input(session, batch, seed=0):
     return {session.get_inputs()[0].name: np.random.default_rng(seed).standard_normal((batch, *shape), dtype=np.float32)}
 
 
-def optimized_graph(path):
+def optimized_graph(path, level="all"):
     """Op counts of the graph onnxruntime runs, and how the quantized MatMuls look in it."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="ffx-ort-opt-") as folder:
         optimized = Path(folder) / "optimized.onnx"
-        _session(path, optimized_path=optimized)
+        _session(path, level=level, optimized_path=optimized)
         model = onnx.load(str(optimized), load_external_data=False)
     nodes = list(model.graph.node)
     counts = collections.Counter(node.op_type for node in nodes)
@@ -75,6 +75,7 @@ def optimized_graph(path):
     float_matmuls = [node for node in nodes if node.op_type == "MatMul"]
     return {
         "nodes": len(nodes),
+        "op_sequence": [f"{node.domain}:{node.op_type}" for node in nodes],
         "op_counts": dict(counts.most_common()),
         "int8_matmuls": len(int8_matmuls),
         "int8_matmuls_with_bias": with_bias,
@@ -253,6 +254,10 @@ def run(files, config, batches=(1, 8), runs=10, log=print):
     for precision in ("fp32", "int8"):
         result["graphs"][precision] = optimized_graph(files[precision])
         log(f"analysis: {precision} optimized graph: {result['graphs'][precision]['op_counts']}")
+    extended = optimized_graph(files["int8"], level="extended")
+    result["int8_extended_same_as_all"] = extended["op_sequence"] == result["graphs"]["int8"]["op_sequence"]
+    for graph in result["graphs"].values():
+        graph.pop("op_sequence")
     for batch in batches:
         for precision in ("fp32", "int8"):
             prof = profile(files[precision], batch, runs=runs)

@@ -2,7 +2,7 @@
 """Regenerate BENCHMARKS.md, bench/results.json and bench/accuracy_vs_speed.png in one command.
 
     pip install matplotlib            # the plot's only extra dependency
-    python bench/run_all.py           # everything (about 25 minutes on the project's 2-core machine)
+    python bench/run_all.py --wait-quiet   # everything (about 15 minutes on the project's 2-core machine)
     python bench/run_all.py --quick   # a smoke run with tiny settings, written to /tmp (minutes)
     python bench/run_all.py --render-only bench/results.json   # re-render the Markdown from a run's JSON
 

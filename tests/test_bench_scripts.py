@@ -119,7 +119,11 @@ def synthetic_results():
                                     "float_matmuls": 0} for p in ("fp32", "int8")},
                      "profiles": [dict(profile, precision=p, batch=1) for p in ("fp32", "int8")],
                      "variants": [{"variant": "default", "batch": 1, "p50_ms": 10.0}],
-                     "torch": [{"batch": 1, "wall_ms": 30.0, "ops": [{"op": "aten::addmm", "ms": 20.0, "share": 0.6}]}]},
+                     "torch": [{"batch": 1, "wall_ms": 30.0, "matmul_ms": 20.0, "matmul_gops": 50.0, "copy_ms": 1.0,
+                                "ops": [{"op": "aten::addmm", "ms": 20.0, "share": 0.6}]}],
+                     "int8_extended_same_as_all": True,
+                     "gelu_fusion": {"gelus": 4, "unfused_op_counts": {"Erf": 4, "Div": 4, "Mul": 8, "Add": 12},
+                                     "rows": [{"batch": 1, "fused_p50_ms": 10.0, "unfused_p50_ms": 12.0}]}},
         "roofline": roofline.rows(batches=(1, 8)),
     }
 
@@ -143,3 +147,5 @@ def test_report_renders_every_section_and_the_plot(tmp_path):
     assert "ff_tiny int8 engine failed: `rejected`" in text
     assert "no TensorRT engine timings" in text.replace("There are no", "no")
     assert "| INT8 entropy, 64 images | 89.00 | +0.33 [+0.05, +0.61] | 97.50 |" in text
+    assert "| 1 | 10.0 | 12.0 | 1.20x |" in text  # the GELU-fusion table
+    assert "the very same optimized INT8 graph" in text
