@@ -37,6 +37,10 @@ def plot(fidelity, speed, path, batch=None):
 
     batch = batch or max(row["batch"] for row in speed["rows"])
     figure, axis = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    reference = next((r["top1"] for r in fidelity["rows"] if r["backend"] == "pytorch"), None)
+    if reference is not None:
+        axis.axhline(reference, color=PRECISION_COLOURS["pytorch"], linestyle="--", linewidth=0.8, alpha=0.6,
+                     label="PyTorch FP32 top-1")
     for text, key, images_per_s, top1, marker in points(fidelity, speed, batch):
         axis.scatter(images_per_s, top1, s=70, marker=marker, color=PRECISION_COLOURS[key], label=text, zorder=3)
     axis.set_xscale("log")

@@ -192,9 +192,18 @@ def _write_outputs(results, args):
 
         plot_path = plot.plot(results["fidelity"], results["speed"]["fashion"], args.plot)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    args.json.write_text(json.dumps(_without_work_paths(results), indent=1, sort_keys=True) + "\n")
     args.out.write_text(report.render(results, plot_path=_relative(plot_path, args.out.parent) if plot_path else None,
                                       json_path=_relative(args.json, args.out.parent)))
+
+
+def _without_work_paths(results):
+    """The results minus the temporary model paths (meaningless once the run's folder is gone)."""
+    results = json.loads(json.dumps(results))
+    results.get("fidelity", {}).pop("models", None)
+    for row in results.get("configs", {}).get("rows", []):
+        row.pop("files", None)
+    return results
 
 
 def _relative(path, base):
