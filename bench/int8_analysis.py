@@ -165,6 +165,24 @@ def session_variants(path, batch, runs=10):
             for name, (p50, logits) in timed.items()]
 
 
+def two_live_sessions(path, batch, runs=10):
+    """p50 ms of one session alone, and of the same model's calls when two sessions are alive and
+    called in turn (as a round-robin benchmark or `ffx verify` would)."""
+    alone = time_sessions({"alone": lambda: _session(path)}, batch, runs, rounds=1)["alone"][0]
+    first, second = _session(path), _session(path)
+    feed = _input(first, batch)
+    first.run(None, feed)
+    second.run(None, feed)
+    timings = []
+    for _ in range(runs):
+        for session in (first, second):
+            started = time.perf_counter()
+            session.run(None, feed)
+            timings.append(time.perf_counter() - started)
+    return {"batch": batch, "alone_p50_ms": round(alone, 2),
+            "two_live_p50_ms": round(1000 * statistics.median(timings), 2)}
+
+
 def unfuse_gelu(model):
     """Undo export's GELU reordering (577c0fe): `(x * (1 + erf)) * 0.5` back to the exporter's
     `x * (0.5 * (1 + erf))`, which onnxruntime's GeluFusion does not match. Returns the count."""
@@ -271,6 +289,8 @@ def run(files, config, batches=(1, 8), runs=10, log=print):
         for row in session_variants(files["int8"], batch, runs=runs):
             result["variants"].append(dict(row, batch=batch))
             log(f"analysis: INT8 batch {batch}, {row['variant']}: {row['p50_ms']} ms")
+    result["two_live_sessions"] = [two_live_sessions(files["int8"], batch, runs=runs) for batch in batches]
+    log(f"analysis: one session alone vs two live sessions: {result['two_live_sessions']}")
     result["gelu_fusion"] = gelu_fusion_effect(files["int8"], batches, runs=runs)
     log(f"analysis: GELU as exported before 577c0fe: {result['gelu_fusion']['rows']}")
     for batch in batches:

@@ -122,6 +122,7 @@ def synthetic_results():
                      "torch": [{"batch": 1, "wall_ms": 30.0, "matmul_ms": 20.0, "matmul_gops": 50.0, "copy_ms": 1.0,
                                 "ops": [{"op": "aten::addmm", "ms": 20.0, "share": 0.6}]}],
                      "int8_extended_same_as_all": True,
+                     "two_live_sessions": [{"batch": 1, "alone_p50_ms": 10.0, "two_live_p50_ms": 20.0}],
                      "gelu_fusion": {"gelus": 4, "unfused_op_counts": {"Erf": 4, "Div": 4, "Mul": 8, "Add": 12},
                                      "rows": [{"batch": 1, "fused_p50_ms": 10.0, "unfused_p50_ms": 12.0}]}},
         "roofline": roofline.rows(batches=(1, 8)),
@@ -149,3 +150,4 @@ def test_report_renders_every_section_and_the_plot(tmp_path):
     assert "| INT8 entropy, 64 images | 89.00 | +0.33 [+0.05, +0.61] | 97.50 |" in text
     assert "| 1 | 10.0 | 12.0 | 1.20x |" in text  # the GELU-fusion table
     assert "the very same optimized INT8 graph" in text
+    assert "batch 1: 10.0 ms alone, 20.0 ms per call with two live sessions" in text
