@@ -88,7 +88,7 @@ def run(workdir, archs=ARCHS, calibration_images=512, photos=None, build=True, l
                 engine.unlink()  # engines of ff_large are large; sizes are recorded
         row["files"] = {"checkpoint": str(checkpoint), "fp32": str(fp32), "fp16": str(fp16), "int8": str(int8)}
         rows.append(row)
-    return {"rows": rows, "calibration_images": calibration_images, "photos": "500x375 JPEG (scripts/bench_calibrate.py)"}
+    return {"rows": rows, "calibration_images": calibration_images, "photos": "synthetic 500x375 JPEG photos (the generator of scripts/bench_calibrate.py)"}
 
 
 def _mb(path):

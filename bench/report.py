@@ -163,7 +163,7 @@ def _configs(configs):
     lines = ["## 2. Paper configurations: sizes, export, calibration and engine builds\n",
              "Randomly initialised checkpoints of the three configurations, taken through the flow one `ffx` "
              "command at a time: `ffx export --checkpoint`, `ffx calibrate` (INT8, entropy, "
-             f"{configs['calibration_images']} {configs['photos']} photos, statistics cache off, no TensorRT check; "
+             f"{configs['calibration_images']} {configs['photos']}, statistics cache off, no TensorRT check; "
              "and `--fp16` without an overflow preflight), `ffx build-engine --backend tensorrt-rtx` "
              f"({backend}, profile batch 1/8/32) from each graph. Seconds are wall clock of the whole command "
              "(process start and imports included); \"build\" is the builder's own time. The engines are built "
