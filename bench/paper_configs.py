@@ -2,8 +2,9 @@
 
 Each step runs as the user would run it, one `ffx` process per step, on a randomly initialised
 checkpoint saved here (speed and sizes do not depend on the weights): `ffx export --checkpoint`,
-`ffx calibrate` (INT8 entropy on ImageNet-sized JPEG photos, statistics cache off, and FP16), and `ffx build-engine --backend tensorrt-rtx` for
-the FP32, FP16 and INT8 graphs (TensorRT-RTX builds ahead of time on this GPU-less machine).
+`ffx calibrate` (INT8 entropy on ImageNet-sized JPEG photos, statistics cache off, and FP16), and
+`ffx build-engine --backend tensorrt-rtx` for the FP32, FP16 and INT8 graphs (TensorRT-RTX builds
+ahead of time on this GPU-less machine).
 Seconds are wall clock of the whole command, process start and imports included.
 """
 
@@ -88,7 +89,8 @@ def run(workdir, archs=ARCHS, calibration_images=512, photos=None, build=True, l
                 engine.unlink()  # engines of ff_large are large; sizes are recorded
         row["files"] = {"checkpoint": str(checkpoint), "fp32": str(fp32), "fp16": str(fp16), "int8": str(int8)}
         rows.append(row)
-    return {"rows": rows, "calibration_images": calibration_images, "photos": "synthetic 500x375 JPEG photos (the generator of scripts/bench_calibrate.py)"}
+    return {"rows": rows, "calibration_images": calibration_images,
+            "photos": "synthetic 500x375 JPEG photos (the generator of scripts/bench_calibrate.py)"}
 
 
 def _mb(path):

@@ -315,7 +315,8 @@ def _analysis(results):
     lines.append("|---:|---:|---:|---|")
     for t in a["torch"]:
         top = ", ".join(f"`{o['op']}` {o['ms']:.1f} ({o['share']:.0%})" for o in t["ops"][:6])
-        lines.append(f"| {t['batch']} | {t['wall_ms']:.1f} | {t.get('matmul_ms', '')} ({t.get('matmul_gops', '')}) | {top} |")
+        matmul = f"{t['matmul_ms']:.1f} ({t.get('matmul_gops')})" if t.get("matmul_ms") is not None else ""
+        lines.append(f"| {t['batch']} | {t['wall_ms']:.1f} | {matmul} | {top} |")
     findings = _findings(results)
     if findings:
         lines.append("\n### Findings\n")
@@ -344,11 +345,11 @@ CHANGES = """
     overflows in FP16 and which TensorRT would no longer see as one op. A few per cent.
   - *Patch-embedding Conv:* stays float because its output has no Q/DQ (the placement rule); its share
     is the `Conv` row, about 2%.
-  - *Threads and optimization level:* keep the defaults. One intra-op thread instead of two roughly
-    halves the speed; spinning off, and `extended` instead of `all`, move the timing by no more than the
-    spread between `extended` and `all`, which run the identical graph (so that spread is noise). `basic`
-    does not run the QDQ-to-int8 rewrites at all and executes the Q/DQ pairs in float (slower than FP32,
-    and other numbers).
+  - *Threads and optimization level:* keep the defaults. One intra-op thread instead of two is clearly
+    slower; spinning off, and `extended` instead of `all`, move the timing by a few per cent either way,
+    the size of the spread between `extended` and `all`, which run the identical graph (so that spread is
+    noise). `basic` does not run the QDQ-to-int8 rewrites at all and executes the Q/DQ pairs in float
+    (slower than FP32, and other numbers).
   - *GELU tanh approximation* (`optimization.enable_gelu_approximation`, a session option that leaves the
     graph alone): BiasGelu is the largest float cost, but in the table above the approximation's gain
     is within the same noise, and it changes the model's outputs (max logit change above). Not enabled:
