@@ -12,13 +12,18 @@ import os
 import tempfile
 from pathlib import Path
 
+from ffx.errors import FfxError
+
 
 @contextlib.contextmanager
 def atomic_output(path):
     """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as e:  # read-only folder, a file where a folder should be, disk full, ...
+        raise FfxError(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     try:
         yield Path(tmp)

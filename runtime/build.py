@@ -161,10 +161,12 @@ def build_engine(
 
 
 def _write_engine_and_sidecar(output, engine_bytes, sidecar):
-    """Both files or neither: the two temporaries are renamed only once both are written."""
+    """The two temporaries are renamed only once both are written, the engine first."""
     import json
 
-    with atomic_output(output) as engine_tmp, atomic_output(sidecar_path(output)) as sidecar_tmp:
+    # The inner context renames first: the engine lands before its sidecar, so a failure between
+    # the two renames leaves any old sidecar, whose engine sha256 no longer matches (inspect notices).
+    with atomic_output(sidecar_path(output)) as sidecar_tmp, atomic_output(output) as engine_tmp:
         engine_tmp.write_bytes(engine_bytes)
         sidecar_tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
 

@@ -55,6 +55,7 @@ class EngineRunner(Runner):
         from ffx.tensorrt import available_backend, make_logger
 
         backend = available_backend(self.backend if self.sidecar else "auto")
+        self.backend = backend.name  # without a sidecar, "auto" may have picked TensorRT-RTX
         self.trt = backend.module
         self.cuda = open_cuda(self.cuda_library)
         try:
@@ -175,8 +176,11 @@ class EngineRunner(Runner):
                 self.cuda_graph = False
                 return
             self.cuda.begin_capture(self.stream)
-            self.context.execute_async_v3(handle)
-            self.graphs[count] = graph = self.cuda.end_capture(self.stream)
+            captured = self.context.execute_async_v3(handle)
+            graph = self.cuda.end_capture(self.stream)  # always end the capture, even on failure
+            if not captured:
+                raise FfxError(f"{self.path}: execute_async_v3 failed during CUDA graph capture: {self._last_error()}")
+            self.graphs[count] = graph
         self.cuda.launch_graph(graph, self.stream)
 
     def _last_error(self):

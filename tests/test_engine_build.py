@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+from ffx.errors import FfxError
+
 from ffx.cli import cli
 from ffx.runtime.sidecar import read_sidecar, sidecar_path
 from test_runtime_models import FASHION, fashion_onnx, labelled_images, qdq_model
@@ -161,3 +163,12 @@ def test_fashion_fixture_fp16_and_int8_engines(cli_runner, tmp_path, tmp_path_fa
         result = _build(cli_runner, local, "-o", engine, *flags, "--backend", "tensorrt-rtx", "--max-batch", "8")
         assert result.exit_code == 0, result.output
         assert read_sidecar(engine)["precision"] == flags[0][2:]
+
+
+@pytest.mark.parametrize("text", ["inf", "-1G", "0", "abc", ""])
+def test_workspace_sizes_that_make_no_sense_are_refused(text):
+    from ffx.commands.build_engine import parse_size
+
+    with pytest.raises(FfxError, match="positive size"):
+        parse_size(text)
+    assert parse_size("512M") == 512 << 20 and parse_size("2") == 2 << 20

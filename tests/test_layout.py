@@ -65,3 +65,12 @@ def test_artefacts_get_the_umask_mode_not_mkstemps_0600(tmp_path):
         os.umask(previous)
     assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_unwritable_destination_is_a_user_error_not_a_traceback(tmp_path):
+    from ffx.artifacts import write_bytes_atomic
+    from ffx.errors import FfxError
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(FfxError, match="cannot write there"):
+        write_bytes_atomic(tmp_path / "a-file" / "model.onnx", b"x")

@@ -13,10 +13,14 @@ def parse_size(text):
     text = str(text).strip().lower().removesuffix("ib").removesuffix("b")
     try:
         if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(float(text) * (1 << 20))
-    except ValueError:
-        raise FfxError(f"--workspace {text!r}: give a size such as 512M, 2G or a number of MiB") from None
+            size = int(float(text[:-1]) * units[text[-1]])
+        else:
+            size = int(float(text) * (1 << 20))
+    except (ValueError, OverflowError):  # "abc"; "inf" overflows int()
+        size = 0
+    if size <= 0:
+        raise FfxError(f"--workspace {text!r}: give a positive size such as 512M, 2G or a number of MiB")
+    return size
 
 
 @click.command("build-engine")
