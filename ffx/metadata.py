@@ -7,6 +7,7 @@ known), ``source_sha256``, ``ffx_version`` and, after calibration, ``precision``
 """
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -52,16 +53,20 @@ class Preprocess:
             raise FfxError(f"preprocessing metadata is incomplete or malformed ({e!r}): {d}") from None
 
 
+@functools.cache
+def _imagenet_rows():
+    """(WordNet id, name) of the 1000 ImageNet-1k classes in training index order."""
+    path = Path(__file__).with_name("data") / "imagenet1k_classes.tsv"
+    return tuple(tuple(line.split("\t")) for line in path.read_text().splitlines() if not line.startswith("#"))
+
+
 def imagenet_class_names():
     """The 1000 ImageNet-1k class names in training index order."""
-    path = Path(__file__).with_name("data") / "imagenet1k_classes.tsv"
-    rows = [line.split("\t") for line in path.read_text().splitlines() if not line.startswith("#")]
-    return [name for _wnid, name in rows]
+    return [name for _wnid, name in _imagenet_rows()]
 
 
 def imagenet_wnids():
-    path = Path(__file__).with_name("data") / "imagenet1k_classes.tsv"
-    return [line.split("\t")[0] for line in path.read_text().splitlines() if not line.startswith("#")]
+    return [wnid for wnid, _name in _imagenet_rows()]
 
 
 def set_onnx_metadata(model, info):

@@ -132,7 +132,6 @@ class PycudaApi(CudaApi):
         except driver.Error as e:
             raise BackendUnavailable(f"pycuda: {e}") from None
         self.driver = driver
-        self._pinned = []
 
     def gpu_info(self):
         major, minor = self.device.compute_capability()

@@ -41,10 +41,6 @@ def graph_precision(model):
     return "fp32"
 
 
-def model_precision(model):
-    """The graph's precision; metadata copied from an FP32 parent can be stale, the graph cannot."""
-    return graph_precision(model)
-
 
 def calibration_manifest_path(onnx_path, metadata=None):
     """The calibration manifest of a calibrated ONNX (`model.int8.onnx` -> `model.int8.json`, or

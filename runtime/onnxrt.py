@@ -3,7 +3,7 @@ kernels included) or on a GPU through the CUDA or TensorRT execution provider.""
 
 from ffx.errors import BackendUnavailable, FfxError
 from ffx.metadata import onnx_metadata
-from ffx.runtime.onnx_model import load_onnx, model_precision
+from ffx.runtime.onnx_model import graph_precision, load_onnx
 from ffx.runtime.runner import ONNX_PROVIDERS, Runner
 
 _PROVIDER_NAMES = {
@@ -24,7 +24,7 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         model = load_onnx(self.path)
         self.metadata = onnx_metadata(model) or {}
-        self.precision = model_precision(model)
+        self.precision = graph_precision(model)
         graph_inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
         if len(graph_inputs) != 1:
             raise FfxError(f"{self.path}: expected one input, found {len(graph_inputs)}")

@@ -17,9 +17,9 @@ import numpy as np
 
 from ffx.errors import FfxError
 from ffx.metadata import Preprocess
+from ffx.runtime.sidecar import ENGINE_SUFFIXES
 
 ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 ONNX_PROVIDERS = ("cpu", "cuda", "tensorrt")
 
