@@ -107,7 +107,7 @@ def build_engine(
         verbose=verbose,
     )
     notes.extend(build.notes)
-    gpu = _gpu_for(build.backend)
+    gpu = _gpu_for()
     manifest = calibration_manifest_path(source, metadata)
     metadata = dict(metadata, precision=precision)
     engine_sha256 = sha256_bytes(engine_bytes)
@@ -186,22 +186,6 @@ def _relative(path, output):
         return str(path)
 
 
-def _calibration_library():
-    try:
-        import ffx.calib as calib
-    except ImportError as e:
-        raise FfxError(f"the calibration stage (ffx.calib) cannot be imported: {e}") from None
-    return calib
-
-
-def _call_accepting(function, *args, **options):
-    """Call `function` with the options it accepts (None values left to its defaults)."""
-    import inspect
-
-    accepted = inspect.signature(function).parameters
-    return function(*args, **{k: v for k, v in options.items() if v is not None and k in accepted})
-
-
 # `ffx calibrate` flag -> the `ffx build-engine` flag that feeds it, for calibration's warnings.
 _CALIBRATE_FLAGS = {"--data": "--calib-data", "--num-images": "--calib-images", "--method": "--calib-method"}
 
@@ -215,25 +199,25 @@ def _warn_in_build_engine_terms(message):
 
 
 def _calibrate_int8(onnx_path, data, output, options, progress=None):
-    calib = _calibration_library()
-    if not hasattr(calib, "calibrate_int8"):
-        raise FfxError("this ffx has no INT8 calibration (ffx.calib.calibrate_int8); run `ffx calibrate` separately")
-    # tensorrt_check off: the engine build right after is that check, with the user's backend.
-    report = _call_accepting(calib.calibrate_int8, str(onnx_path), str(data), str(output), progress=progress,
-                             tensorrt_check=False, warn=_warn_in_build_engine_terms, **options)
-    return getattr(report, "output", output)
+    from ffx.calib import calibrate_int8
+
+    # None means "calibrate's own default". tensorrt_check off: the engine build right after is
+    # that check, with the user's backend.
+    given = {key: value for key, value in options.items() if value is not None}
+    report = calibrate_int8(str(onnx_path), str(data), str(output), progress=progress, tensorrt_check=False,
+                            warn=_warn_in_build_engine_terms, **given)
+    return report.output
 
 
 def _convert_fp16(onnx_path, output, data, progress=None):
-    calib = _calibration_library()
-    if not hasattr(calib, "convert_fp16"):
-        raise FfxError("this ffx has no FP16 conversion (ffx.calib.convert_fp16); run `ffx calibrate --fp16` separately")
-    report = _call_accepting(calib.convert_fp16, str(onnx_path), str(output), data=str(data) if data else None,
-                             progress=progress, tensorrt_check=False, warn=_warn_in_build_engine_terms)
-    return getattr(report, "output", output)
+    from ffx.calib import convert_fp16
+
+    report = convert_fp16(str(onnx_path), str(output), data=str(data) if data else None, progress=progress,
+                          tensorrt_check=False, warn=_warn_in_build_engine_terms)
+    return report.output
 
 
-def _gpu_for(backend_name):
+def _gpu_for():
     """The GPU of the build machine, None without one. Full TensorRT builds for exactly this GPU;
     a TensorRT-RTX build is ahead of time and its targets are recorded separately."""
     from ffx.runtime.cuda import current_gpu
