@@ -31,7 +31,7 @@ def write_fashion_folders(out_dir, idx_dir=FASHION_IDX):
 
 def decode_images(folder, preprocess, class_names):
     """(images [N, C, H, W] float32, labels [N], paths) of every image in `folder`, in path order."""
-    from ffx.calib.datasets import load_batches, open_dataset
+    from ffx.datasets import load_batches, open_dataset
 
     dataset = open_dataset(folder, class_names=class_names, warn=None)
     images, labels, paths = [], [], []

@@ -1,22 +1,10 @@
 """Stage 2: FP32 ONNX -> INT8 (Q/DQ) or FP16 ONNX (installed as ffx.calib).
 
-`calibrate_int8` and `convert_fp16` are imported lazily so that `ffx.calib.datasets`, which the
-torch-free runtime uses, never pulls in onnxruntime.quantization.
+The data sets it reads live in ffx.datasets (shared with runtime and bench), so importing this
+package never pulls onnxruntime.quantization into the torch-free runtime.
 """
 
-_LAZY = {
-    "calibrate_int8": "ffx.calib.int8",
-    "CalibrationReport": "ffx.calib.int8",
-    "convert_fp16": "ffx.calib.fp16",
-    "Fp16Report": "ffx.calib.fp16",
-}
+from ffx.calib.fp16 import Fp16Report, convert_fp16
+from ffx.calib.int8 import CalibrationReport, calibrate_int8
 
-__all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["calibrate_int8", "CalibrationReport", "convert_fp16", "Fp16Report"]

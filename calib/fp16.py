@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ffx import __version__
 from ffx.artifacts import sha256_bytes
-from ffx.calib.datasets import print_warning
+from ffx.datasets import print_warning
 from ffx.calib.layers import network_layers
 from ffx.calib.model_io import finish_model, load_source_model, manifest_bytes, output_paths, write_outputs
 from ffx.calib.selection import choose_calibration_images, decode_reference_images

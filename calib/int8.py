@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from ffx import __version__
-from ffx.calib.datasets import print_warning
+from ffx.datasets import print_warning
 from ffx.calib.layers import network_layers, resolve_layer_selection
 from ffx.calib.model_io import finish_model, load_source_model, manifest_bytes, output_paths, write_outputs
 from ffx.calib.ranges import ENTROPY_FLOOR, METHODS, activation_threshold

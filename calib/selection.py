@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from ffx.artifacts import sha256_bytes
-from ffx.calib.datasets import ImageDataset, file_sha256, load_batches, open_dataset, select_images
+from ffx.datasets import ImageDataset, file_sha256, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 
 # Fewer calibration images than this gives noisy ranges (Ultralytics warns below about 300,

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from ffx.artifacts import atomic_output, sha256_bytes
-from ffx.calib.datasets import load_batches
+from ffx.datasets import load_batches
 from ffx.errors import FfxError
 
 STATISTICS_VERSION = 1  # bump whenever what is collected changes: old cache entries then miss

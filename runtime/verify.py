@@ -162,7 +162,7 @@ def verify(
     turns `passed=False` into exit code 1). The gate compares the measured top-1 drop with
     `max_top1_drop`; `strict` compares the upper end of its 95% interval instead, so a pass
     means the data rule out a larger drop."""
-    from ffx.calib.datasets import load_batches, open_dataset, select_images
+    from ffx.datasets import load_batches, open_dataset, select_images
 
     started = time.perf_counter()
     warnings = []

@@ -8,7 +8,7 @@
 Parts (each prints one block, and all go to --json-out):
 
 1. decode: JPEG decode + DeiT preprocessing of ImageNet-sized photos (500x375, written here with
-   PIL; or --photos DIR) through `ffx.calib.datasets.load_batches`, 0 and 2 worker processes.
+   PIL; or --photos DIR) through `ffx.datasets.load_batches`, 0 and 2 worker processes.
 2. end-to-end: `calibrate_int8` of ff_tiny (random weights: speed does not depend on them) on 512
    such photos, statistics cache off, including the onnxruntime and TensorRT-RTX checks; then
    the same with another method, which reuses the cached statistics.
@@ -83,7 +83,7 @@ def write_photos(folder, count, seed=0, size=(500, 375)):
 def bench_decode(photos, repeats=3):
     """Images/s through load_batches, worker start-up included; the best of `repeats` runs (the
     machine is shared, so the best is the least disturbed)."""
-    from ffx.calib.datasets import load_batches, open_dataset
+    from ffx.datasets import load_batches, open_dataset
     from ffx.metadata import Preprocess
 
     items = open_dataset(photos).items
@@ -134,7 +134,7 @@ def bench_end_to_end(workdir, photos):
 def _evaluate(onnx_path, items, preprocess, batch_size=250):
     import onnxruntime
 
-    from ffx.calib.datasets import load_batches
+    from ffx.datasets import load_batches
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     logits, labels = [], []
@@ -147,7 +147,7 @@ def _evaluate(onnx_path, items, preprocess, batch_size=250):
 def _torch_logits(checkpoint, items, preprocess, batch_size=250):
     import torch
 
-    from ffx.calib.datasets import load_batches
+    from ffx.datasets import load_batches
     from ffx.export.checkpoint import resolve_model
 
     model = resolve_model(None, str(checkpoint)).model.eval()
@@ -160,7 +160,7 @@ def _torch_logits(checkpoint, items, preprocess, batch_size=250):
 
 def bench_accuracy(workdir, checkpoint, calib, val, num_images):
     from ffx.calib import calibrate_int8, convert_fp16
-    from ffx.calib.datasets import open_dataset
+    from ffx.datasets import open_dataset
     from ffx.metadata import Preprocess, read_onnx_metadata
 
     fp32 = export(checkpoint, workdir / "fashion.onnx")

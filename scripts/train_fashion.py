@@ -1,8 +1,16 @@
 #!/usr/bin/env python3
-"""Train the feed-forward-only ViT of ffx on Fashion-MNIST, on CPU, in about ten minutes.
+"""Train the feed-forward-only ViT of ffx on Fashion-MNIST, on CPU.
 
     python scripts/train_fashion.py /usr/share/datasets/fashion-mnist -o model.pth
     python scripts/train_fashion.py /usr/share/datasets/fashion-mnist --eval-only model.pth
+    # the deep fixture (ff_tiny's blocks, 197 tokens): bf16 autocast, resumable epoch by epoch
+    python scripts/train_fashion.py /usr/share/datasets/fashion-mnist --preset tiny197 -o model.pth
+
+The shallow fixture (patch 4, dim 96, depth 4) takes about ten minutes. `--preset tiny197` trains
+ff_tiny's block shapes (patch 2, dim 192, depth 12, 196 patches + cls = 197 tokens). After every
+epoch the full training state (model, optimizer, generator, step) goes to `OUTPUT.state.pt`; run the
+same command again and it resumes from there. `--bf16` runs forward and backward under bfloat16
+autocast (weights, optimizer and the written checkpoint stay float32).
 
 The network is the package's own `FFVisionTransformer` in a configuration for 28x28 inputs
 (patch 4: a 7x7 grid, 50 tokens). Images are read straight from the idx files into tensors; the
@@ -86,6 +94,25 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+PRESETS = {
+    # ff_tiny's blocks exactly: embed dim 192, depth 12, MLP ratio 4, 14x14 patches + cls = 197 tokens.
+    "tiny197": {"patch_size": 2, "embed_dim": 192, "depth": 12, "epochs": 3, "lr": 1e-3, "bf16": True},
+}
+
+
+def state_path(output):
+    return output.with_name(output.name + ".state.pt")
+
+
+def save_training_state(path, model, optimizer, generator, epoch, step, train_seconds):
+    """Everything a resumed run needs, written atomically (a killed run leaves the previous epoch)."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "epoch": epoch, "step": step,
+                "train_seconds": train_seconds}, partial)
+    partial.replace(path)
+
+
 def train(args, train_images, train_labels, test_images, test_labels):
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -109,7 +136,16 @@ def train(args, train_images, train_labels, test_images, test_labels):
     total_steps = steps_per_epoch * args.epochs
     step = 0
     train_seconds = 0.0
-    for epoch in range(args.epochs):
+    first_epoch = 0
+    resume = state_path(args.output)
+    if resume.is_file():
+        state = torch.load(resume, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        first_epoch, step, train_seconds = state["epoch"] + 1, state["step"], state["train_seconds"]
+        print(f"resumed from {resume} after epoch {first_epoch}/{args.epochs}", flush=True)
+    for epoch in range(first_epoch, args.epochs):
         model.train()
         started = time.perf_counter()
         order = torch.randperm(len(train_images), generator=generator)
@@ -119,13 +155,19 @@ def train(args, train_images, train_labels, test_images, test_labels):
             images = augment(train_images[index], generator, args.crop_padding)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, args.warmup_steps, args.lr)
-            loss = F.cross_entropy(model(to_network_input(images)), train_labels[index], label_smoothing=args.smoothing)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(to_network_input(images))
+            loss = F.cross_entropy(logits.float(), train_labels[index], label_smoothing=args.smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.item()
             step += 1
+            if args.log_every and step % args.log_every == 0:
+                print(f"  step {step}/{total_steps}, loss {loss.item():.4f}, "
+                      f"{time.perf_counter() - started:.0f} s into epoch {epoch + 1}", flush=True)
         train_seconds += time.perf_counter() - started
+        save_training_state(resume, model, optimizer, generator, epoch, step, train_seconds)
         # Printed for the log only; the checkpoint is always the last epoch (no selection on test).
         accuracy = evaluate(model, test_images, test_labels)
         print(f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / steps_per_epoch:.4f}, "
@@ -139,7 +181,7 @@ def save_checkpoint(path, model, config, args):
         model="ff_custom", input_size=IMG_SIZE, nb_classes=config.num_classes, data_set="fashion-mnist",
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, smoothing=args.smoothing, crop_padding=args.crop_padding,
-        hflip=0.5, seed=args.seed, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
+        hflip=0.5, seed=args.seed, bf16_autocast=args.bf16, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
     )
     state_dict = {name: tensor.detach().float().contiguous() for name, tensor in model.state_dict().items()}
     checkpoint = {
@@ -181,6 +223,8 @@ def parse_args(argv=None):
     parser.add_argument("-o", "--output", type=Path, default=Path("model.pth"), help="checkpoint to write")
     parser.add_argument("--eval-only", type=Path, metavar="CHECKPOINT",
                         help="only report the test-set top-1 of this checkpoint")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="a named model and schedule; flags given beside it override its values")
     parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--embed-dim", type=int, default=96)
     parser.add_argument("--depth", type=int, default=4)
@@ -194,6 +238,11 @@ def parse_args(argv=None):
                         help="random shift of up to this many pixels (0: horizontal flip only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine is shared)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and backward")
+    parser.add_argument("--log-every", type=int, default=0, help="print the loss every N steps")
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])  # flags given on the command line still win
     args = parser.parse_args(argv)
     if not args.idx_dir.is_dir():
         parser.error(f"idx folder {args.idx_dir} does not exist (Debian: apt-get install dataset-fashion-mnist)")

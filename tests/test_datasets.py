@@ -1,4 +1,4 @@
-"""ffx.calib.datasets: data-set layouts, label mapping, selection and parallel decoding, on real
+"""ffx.datasets: data-set layouts, label mapping, selection and parallel decoding, on real
 image files written at test time."""
 
 import collections
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffx.calib.datasets import load_batches, normalise_class_name, open_dataset, select_images
+from ffx.datasets import load_batches, normalise_class_name, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.metadata import Preprocess, imagenet_wnids
 from test_images import write_awkward_images, write_broken_images
@@ -37,7 +37,7 @@ def _warnings():
 
 
 def test_the_module_imports_without_torch_or_onnxruntime():
-    code = "import sys, ffx.calib.datasets; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    code = "import sys, ffx.datasets; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 
@@ -172,7 +172,7 @@ def test_worker_processes_do_not_rerun_an_unguarded_script(tmp_path):
     for i in range(20):
         _image(tmp_path / "imgs" / f"{i:02d}.png", value=i)
     script = (
-        "from ffx.calib.datasets import load_batches, open_dataset\n"
+        "from ffx.datasets import load_batches, open_dataset\n"
         "from ffx.metadata import Preprocess\n"
         "print('body', flush=True)\n"
         f"items = open_dataset({str(tmp_path / 'imgs')!r}).items\n"
