@@ -96,7 +96,7 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
 
 PRESETS = {
     # ff_tiny's blocks exactly: embed dim 192, depth 12, MLP ratio 4, 14x14 patches + cls = 197 tokens.
-    "tiny197": {"patch_size": 2, "embed_dim": 192, "depth": 12, "epochs": 3, "lr": 1e-3, "bf16": True},
+    "tiny197": {"patch_size": 2, "embed_dim": 192, "depth": 12, "epochs": 2, "lr": 1.5e-3, "bf16": True},
 }
 
 
