@@ -7,7 +7,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.runtime.bench import latency_stats
-from test_runtime_models import qdq_model
+from helpers import qdq_model
 
 JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}
 

@@ -10,7 +10,7 @@ from ffx.errors import FfxError
 
 from ffx.cli import cli
 from ffx.runtime.sidecar import read_sidecar, sidecar_path
-from test_runtime_models import FASHION, fashion_onnx, labelled_images, qdq_model
+from helpers import FASHION, fashion_onnx, labelled_images, qdq_model
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="needs TensorRT-RTX (pip install 'ffx[tensorrt-rtx]')")
 

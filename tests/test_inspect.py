@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ffx.cli import cli
-from test_runtime_models import qdq_model
+from helpers import qdq_model
 
 
 def _inspect(cli_runner, *args):

@@ -9,7 +9,7 @@ import pytest
 from ffx.cli import cli
 from ffx.errors import FfxError
 from ffx.runtime.verify import compare_predictions, paired_difference_ci
-from test_runtime_models import FASHION, FASHION_CHECKPOINT, fashion_onnx, needs_fashion_model
+from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx, needs_fashion_model
 
 JSON_KEYS = ("reference", "candidate", "top1_drop", "agreement", "passed")
 
