@@ -18,4 +18,4 @@ test: install
 	$(PYTHON) -m pytest -q -rs
 
 bench-export: install
-	$(PYTHON) scripts/bench_export.py
+	$(PYTHON) -m bench.export_time

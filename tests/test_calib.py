@@ -379,7 +379,7 @@ needs_fashion_model = pytest.mark.skipif(
 def test_int8_and_fp16_keep_the_fashion_models_accuracy(workdir):
     """Calibrate on the fixture's train/ images, measure on its val/ images (1000, 100 per class):
     the issue's bar is INT8 top-1 within 0.5 pt of FP32 PyTorch with >= 99% agreement, FP16
-    agreement >= 99.9% (the full 10,000-image numbers are in scripts/bench_calibrate.py)."""
+    agreement >= 99.9% (the full 10,000-image numbers come from `python -m bench.calibration`)."""
     from ffx.datasets import load_batches, open_dataset
     from ffx.export.checkpoint import resolve_model
     from ffx.metadata import Preprocess
