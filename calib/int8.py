@@ -1,6 +1,6 @@
 """FP32 ONNX -> INT8 ONNX with Q/DQ nodes placed for TensorRT (explicit quantization).
 
-The recipe (see shared/brief/tensorrt.md): Q/DQ only on the inputs of Conv, MatMul and Gemm;
+The recipe (TensorRT's explicit-quantization placement): Q/DQ only on the inputs of Conv, MatMul and Gemm;
 activations per-tensor symmetric int8, weights per-channel symmetric int8; LayerNormalization,
 GELU, residual Adds, Transposes and biases stay float (TensorRT rejects an int32 bias
 DequantizeLinear, and quantized norms/residuals wreck ViT accuracy). Ranges come from
@@ -179,7 +179,9 @@ def _insert_qdq(source, thresholds, excluded_nodes):
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         import onnxruntime
 
-        raise FfxError(f"onnxruntime {onnxruntime.__version__} is too old for ffx calibrate; pip install -U onnxruntime")
+        # Not stale: onnxruntime publishes no wheel past 1.23 for Python 3.10 (JetPack 6), and setup.cfg allows that.
+        raise FfxError(f"INT8 calibration needs onnxruntime 1.27 or newer (found {onnxruntime.__version__}; on Python 3.10, "
+                       "where none exists, calibrate on Python 3.11+ and copy the Q/DQ model over)")
     ranges = TensorsData(
         CalibrationMethod.MinMax,
         {tensor: (np.float32(-threshold), np.float32(threshold)) for tensor, threshold in thresholds.items()},
