@@ -7,6 +7,7 @@ ONNX export (a few seconds). tests/conftest.py wraps the common ones as session 
 tests/test_runtime_models.py checks that the helpers produce what they promise.
 """
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +26,19 @@ FASHION_PREPROCESS = {"input_size": [3, 28, 28], "resize": 28, "interpolation": 
 
 needs_fashion_model = pytest.mark.skipif(not FASHION_CHECKPOINT.is_file(), reason=f"{FASHION_CHECKPOINT} not present")
 needs_fashion_images = pytest.mark.skipif(not (FASHION / "val").is_dir(), reason=f"{FASHION / 'val'} not present")
+
+
+def _tensorrt_rtx_missing():
+    try:
+        import tensorrt_rtx_bindings  # noqa: F401
+    except Exception as e:  # ImportError, or OSError from a broken install
+        return f"needs TensorRT-RTX ({type(e).__name__}: {e}); pip install 'ffx[tensorrt-rtx]'"
+    return None
+
+
+# The one way a test says it needs TensorRT-RTX: `@needs_rtx`, or `pytestmark = needs_rtx` for a module.
+TENSORRT_RTX_MISSING = _tensorrt_rtx_missing()
+needs_rtx = pytest.mark.skipif(TENSORRT_RTX_MISSING is not None, reason=TENSORRT_RTX_MISSING or "")
 
 
 def _session_dir(tmp_path_factory, name):
@@ -138,3 +152,62 @@ def qdq_model(tmp_path_factory):
                            "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]},
         )
     return output
+
+
+# -- image files ---------------------------------------------------------------------------------
+
+
+def photo(width=60, height=45, seed=0):
+    """A smooth RGB image (gradients plus noise), more like a photo than pure noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], axis=-1)
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def write_awkward_images(folder):
+    """Files in every mode the reference pipeline converts to RGB; returns {name: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(photo())
+    paths = {}
+
+    def save(name, image, **kwargs):
+        paths[name] = folder / name
+        image.save(paths[name], **kwargs)
+
+    save("rgb.JPG", rgb, quality=90)  # upper-case extension
+    save("gray.png", rgb.convert("L"))
+    save("cmyk.jpg", rgb.convert("CMYK"))
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, rgb.width, dtype=np.uint8), (rgb.height, 1))))
+    save("rgba.png", rgba)
+    save("palette.gif", rgb.convert("P", palette=Image.ADAPTIVE, colors=32))
+    palette_transparent = rgb.convert("P", palette=Image.ADAPTIVE, colors=16)
+    save("palette_transparent.png", palette_transparent, transparency=0)
+    sixteen = (np.asarray(rgb.convert("L"), np.uint16) * 257).astype(np.uint16)
+    save("gray16.png", Image.fromarray(sixteen))  # mode I;16
+    save("bilevel.bmp", rgb.convert("1"))
+    save("tiny.webp", rgb.resize((7, 5)))
+    return paths
+
+
+def write_broken_images(folder):
+    """Files with image extensions that cannot be decoded; returns {name: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(photo(seed=3)).save(buffer, "JPEG", quality=90)
+    good_jpeg = buffer.getvalue()
+    buffer = io.BytesIO()
+    Image.fromarray(photo(seed=4)).save(buffer, "PNG")
+    contents = {
+        "empty.jpg": b"",
+        "truncated.jpg": good_jpeg[: len(good_jpeg) // 2],
+        "truncated.png": buffer.getvalue()[:300],
+        "text.png": b"this is not an image\n" * 10,
+        "html.jpeg": b"<html><body>404 Not Found</body></html>",
+    }
+    paths = {}
+    for name, data in contents.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    return paths

@@ -10,9 +10,9 @@ from ffx.errors import FfxError
 
 from ffx.cli import cli
 from ffx.runtime.sidecar import read_sidecar, sidecar_path
-from helpers import FASHION, fashion_onnx, labelled_images, qdq_model
+from helpers import FASHION, fashion_onnx, labelled_images, needs_rtx, qdq_model
 
-pytest.importorskip("tensorrt_rtx_bindings", reason="needs TensorRT-RTX (pip install 'ffx[tensorrt-rtx]')")
+pytestmark = needs_rtx
 
 
 def _build(cli_runner, *args):
