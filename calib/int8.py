@@ -55,12 +55,34 @@ class CalibrationReport:
     seconds: float
 
 
-def calibrate_int8(onnx_path, data, output=None, num_images=512, method="entropy", percentile=99.99, seed=0,
-                   keep_fp=(), cache_dir=None, use_cache=True, workers=2, progress=None, tensorrt_check=True,
-                   tensorrt_backend="auto", warn=print_warning):
-    """Calibrate the FP32 ffx model `onnx_path` on images from `data` (a folder, list file or
-    ImageDataset) and write the Q/DQ model `output` plus its manifest (OUT.json). Raises
-    FfxError for bad input, GateFailed when TensorRT rejects the result (nothing is written)."""
+def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None, num_images: int = 512,
+                   method: str = "entropy", percentile: float = 99.99, seed: int = 0, keep_fp=(),
+                   cache_dir: str | Path | None = None, use_cache: bool = True, workers: int = 2, progress=None,
+                   tensorrt_check: bool = True, tensorrt_backend: str = "auto", warn=print_warning) -> CalibrationReport:
+    """Calibrate an FP32 ffx ONNX model to INT8 and write the Q/DQ model plus its manifest (OUT.json).
+
+    Args:
+        onnx_path: the FP32 model written by `ffx export` (its metadata gives the preprocessing).
+        data: calibration images: a folder, a list file (`path label` per line) or an ImageDataset.
+        output: the Q/DQ model to write (default MODEL.int8.onnx beside the input).
+        num_images: images to calibrate on, stratified across classes and chosen with `seed`.
+        method: range method, one of METHODS ("entropy", "max", "percentile", "mse").
+        percentile: the percentile of |x| for method "percentile".
+        keep_fp: layer names to leave in float (e.g. "head", "blocks.3").
+        cache_dir, use_cache: where activation statistics are cached, and whether to use the cache.
+        workers: image-decoding processes (0 decodes in this process).
+        progress: show progress bars (None: when stderr is a terminal).
+        tensorrt_check, tensorrt_backend: build the result with TensorRT or TensorRT-RTX when installed.
+        warn: called with each warning message (None: silent).
+
+    Returns:
+        CalibrationReport: output and manifest paths, method, images used, quantized and kept
+        layers, the onnxruntime agreement check and the TensorRT check.
+
+    Raises:
+        FfxError: bad input (exit 2 in the CLI).
+        GateFailed: TensorRT rejects the result (exit 1); nothing is written.
+    """
     started = time.perf_counter()
     if method not in METHODS:
         raise FfxError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")

@@ -136,3 +136,16 @@ def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ffx export needs torch")
     assert "pip install 'ffx[export]'" in result.stderr and "download.pytorch.org/whl/cpu" in result.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_readme_python_api_example_runs(tmp_path):
+    """The README's Python API block, run as written (from a scratch folder, on the fixture)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('fixture = "tests/fixtures/fashion"', f'fixture = "{FASHION}"')
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    drop, passed, predicted = result.stdout.split()[-3:]
+    assert (passed, predicted) == ("True", "Bag") and abs(float(drop)) <= 0.5
+    assert (tmp_path / "fashion.int8.onnx").is_file() and (tmp_path / "fashion.int8.json").is_file()
