@@ -1,12 +1,14 @@
-# Set-up and entry points. torch==2.13.0 is installed first, on its own: any other torch
-# requirement resolved before it would pull a CUDA build of several GB.
+# Set-up and entry points. torch==2.13.0 is installed first, on its own, from PyTorch's CPU-only
+# index: PyPI's Linux torch bundles CUDA (several GB), and any torch requirement resolved before
+# it would pull that build. For the CUDA build: make install TORCH_INDEX=https://pypi.org/simple
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install demo test bench-export
 
 install:
-	$(PIP) install torch==2.13.0
+	$(PIP) install torch==2.13.0 --index-url $(TORCH_INDEX)
 	$(PIP) install -e '.[dev]'
 
 demo: install
@@ -16,4 +18,4 @@ test: install
 	$(PYTHON) -m pytest -q -rs
 
 bench-export: install
-	$(PYTHON) scripts/bench_export.py
+	$(PYTHON) -m bench.export_time

@@ -1,8 +1,8 @@
 """Fidelity of every precision on the full Fashion-MNIST test set, with the fixture model.
 
-The trained fixture (tests/fixtures/fashion/model.pth, 89.33% top-1 in PyTorch) is exported,
-converted to FP16 and calibrated to INT8 with each range method on 64, 256 and 1024 images of
-the **train** split; every graph is then scored on all 10,000 **test** images, decoded once and
+The trained fixture (tests/fixtures/fashion/model.pth) is exported, converted to FP16 and
+calibrated to INT8 with each range method on CALIBRATION_COUNTS images of the **train** split;
+every graph is then scored on all the **test** images, decoded once and
 fed identically to each model. Agreement and the top-1 drop's 95% interval are against PyTorch
 FP32 on the same images (`ffx verify`'s paired statistics).
 """

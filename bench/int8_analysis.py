@@ -127,7 +127,7 @@ def matmul_ms(profile_result):
 def time_sessions(factories, batch, runs=10, rounds=2):
     """{name: (p50 ms, logits)} of each session factory, timed with only that session alive:
     two sessions alive in one process make each other's spinning thread pools fight for the
-    cores (measured here: 2.5x slower), so a round-robin between live sessions would measure
+    cores (BENCHMARKS.md measures how much), so a round-robin between live sessions would measure
     that fight. Each factory runs `rounds` times, in alternating order; the best p50 counts."""
     best, logits = {}, {}
     names = list(factories)
@@ -261,10 +261,7 @@ def torch_profile(checkpoint, batch, runs=3, matmul_flops=None):
 
 def run(files, config, batches=(1, 8), runs=10, log=print):
     """`files`: {"checkpoint", "fp32", "int8"} of one model (ff_base); `config`: its FFConfig."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from roofline import flops_per_image
+    from bench.roofline import flops_per_image
 
     stem = 2 * config.grid**2 * config.embed_dim * config.in_chans * config.patch_size**2
     matmul_flops = flops_per_image(config) - stem

@@ -8,22 +8,19 @@ ahead of time on this GPU-less machine).
 Seconds are wall clock of the whole command, process start and imports included.
 """
 
-import importlib.util
 import json
 import subprocess
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("ff_tiny", "ff_base", "ff_large")
 
 
 def write_photos(folder, count):
-    """`count` 500x375 JPEGs, the generator of scripts/bench_calibrate.py (decoding cost like ImageNet's)."""
-    spec = importlib.util.spec_from_file_location("bench_calibrate", REPO / "scripts" / "bench_calibrate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_photos(Path(folder), count)
+    """`count` 500x375 JPEGs, the generator of bench/calibration.py (decoding cost like ImageNet's)."""
+    from bench.calibration import write_photos
+
+    return write_photos(Path(folder), count)
 
 
 def write_checkpoint(arch, path, seed=0):
@@ -90,7 +87,7 @@ def run(workdir, archs=ARCHS, calibration_images=512, photos=None, build=True, l
         row["files"] = {"checkpoint": str(checkpoint), "fp32": str(fp32), "fp16": str(fp16), "int8": str(int8)}
         rows.append(row)
     return {"rows": rows, "calibration_images": calibration_images,
-            "photos": "synthetic 500x375 JPEG photos (the generator of scripts/bench_calibrate.py)"}
+            "photos": "synthetic 500x375 JPEG photos (the generator of bench/calibration.py)"}
 
 
 def _mb(path):

@@ -4,7 +4,7 @@ These are computed, not measured: a roofline says how fast an engine could possi
 (compute-bound or weight-bandwidth-bound, whichever is slower), which is the yardstick for any
 measured TensorRT number. Peak figures are the vendors' published dense (non-sparse) numbers.
 
-    python bench/roofline.py [--json]
+    python -m bench.roofline [--json]
 """
 
 import argparse

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Regenerate BENCHMARKS.md, bench/results.json and bench/accuracy_vs_speed.png in one command.
 
-    pip install matplotlib            # the plot's only extra dependency
-    python bench/run_all.py --wait-quiet   # everything (about 15 minutes on the project's 2-core machine)
-    python bench/run_all.py --quick   # a smoke run with tiny settings, written to /tmp (minutes)
-    python bench/run_all.py --render-only bench/results.json   # re-render the Markdown from a run's JSON
+    pip install -e '.[bench]'                     # the plot's only extra dependency: matplotlib
+    python -m bench.run_all --wait-quiet          # everything (BENCHMARKS.md says how long the last run took)
+    python -m bench.run_all --quick               # a smoke run with tiny settings, written to /tmp
+    python -m bench.run_all --render-only bench/results.json   # re-render the Markdown from a run's JSON
 
 Parts, in order: fidelity (fixture model on the full Fashion-MNIST test set), configs (ff_tiny,
 ff_base, ff_large exported, calibrated and built with TensorRT-RTX), speed (`ffx bench` of every
@@ -19,22 +19,14 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import cpu_speed, fidelity, int8_analysis, machine, paper_configs, report, roofline
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-
-import cpu_speed  # noqa: E402
-import fidelity  # noqa: E402
-import int8_analysis  # noqa: E402
-import machine  # noqa: E402
-import paper_configs  # noqa: E402
-import report  # noqa: E402
-import roofline  # noqa: E402
 
 PARTS = ("fidelity", "configs", "speed", "analysis", "roofline")
 
@@ -188,7 +180,7 @@ def main():
 def _write_outputs(results, args):
     plot_path = None
     if results.get("fidelity") and results.get("speed", {}).get("fashion"):
-        import plot
+        from bench import plot
 
         plot_path = plot.plot(results["fidelity"], results["speed"]["fashion"], args.plot)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ that reads or writes a tensor whose |x| comes within `OVERFLOW_HEADROOM` of the 
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -54,10 +55,28 @@ class Fp16Report:
     seconds: float
 
 
-def convert_fp16(onnx_path, output=None, data=None, num_images=512, seed=0, cache_dir=None, use_cache=True, workers=2,
-                 progress=None, tensorrt_check=True, tensorrt_backend="auto", warn=print_warning):
-    """Write the float16 version of the FP32 ffx model `onnx_path` to `output` (+ OUT.json).
-    `data` (folder, list file or ImageDataset) enables the overflow preflight."""
+def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=None, num_images: int = 512,
+                 seed: int = 0, cache_dir: str | Path | None = None, use_cache: bool = True, workers: int = 2,
+                 progress=None, tensorrt_check: bool = True, tensorrt_backend: str = "auto",
+                 warn=print_warning) -> Fp16Report:
+    """Write the float16 version (float32 inputs and outputs) of an FP32 ffx ONNX model, plus OUT.json.
+
+    Args:
+        onnx_path: the FP32 model written by `ffx export`.
+        output: the FP16 model to write (default MODEL.fp16.onnx beside the input).
+        data: images for the overflow preflight (folder, list file or ImageDataset): tensors whose
+            values come near the float16 limit stay float32. None skips the preflight.
+        num_images, seed, cache_dir, use_cache, workers, progress: as for `calibrate_int8`.
+        tensorrt_check, tensorrt_backend: build the result with TensorRT or TensorRT-RTX when installed.
+        warn: called with each warning message (None: silent).
+
+    Returns:
+        Fp16Report: output and manifest paths, the tensors kept in float32 and the checks.
+
+    Raises:
+        FfxError: bad input (exit 2 in the CLI).
+        GateFailed: TensorRT rejects the result (exit 1); nothing is written.
+    """
     started = time.perf_counter()
     source = load_source_model(onnx_path)
     output, manifest_path = output_paths(source, output, "fp16")

@@ -1,6 +1,6 @@
 """FP32 ONNX -> INT8 ONNX with Q/DQ nodes placed for TensorRT (explicit quantization).
 
-The recipe (see shared/brief/tensorrt.md): Q/DQ only on the inputs of Conv, MatMul and Gemm;
+The recipe (TensorRT's explicit-quantization placement): Q/DQ only on the inputs of Conv, MatMul and Gemm;
 activations per-tensor symmetric int8, weights per-channel symmetric int8; LayerNormalization,
 GELU, residual Adds, Transposes and biases stay float (TensorRT rejects an int32 bias
 DequantizeLinear, and quantized norms/residuals wreck ViT accuracy). Ranges come from
@@ -55,12 +55,34 @@ class CalibrationReport:
     seconds: float
 
 
-def calibrate_int8(onnx_path, data, output=None, num_images=512, method="entropy", percentile=99.99, seed=0,
-                   keep_fp=(), cache_dir=None, use_cache=True, workers=2, progress=None, tensorrt_check=True,
-                   tensorrt_backend="auto", warn=print_warning):
-    """Calibrate the FP32 ffx model `onnx_path` on images from `data` (a folder, list file or
-    ImageDataset) and write the Q/DQ model `output` plus its manifest (OUT.json). Raises
-    FfxError for bad input, GateFailed when TensorRT rejects the result (nothing is written)."""
+def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None, num_images: int = 512,
+                   method: str = "entropy", percentile: float = 99.99, seed: int = 0, keep_fp=(),
+                   cache_dir: str | Path | None = None, use_cache: bool = True, workers: int = 2, progress=None,
+                   tensorrt_check: bool = True, tensorrt_backend: str = "auto", warn=print_warning) -> CalibrationReport:
+    """Calibrate an FP32 ffx ONNX model to INT8 and write the Q/DQ model plus its manifest (OUT.json).
+
+    Args:
+        onnx_path: the FP32 model written by `ffx export` (its metadata gives the preprocessing).
+        data: calibration images: a folder, a list file (`path label` per line) or an ImageDataset.
+        output: the Q/DQ model to write (default MODEL.int8.onnx beside the input).
+        num_images: images to calibrate on, stratified across classes and chosen with `seed`.
+        method: range method, one of METHODS ("entropy", "max", "percentile", "mse").
+        percentile: the percentile of |x| for method "percentile".
+        keep_fp: layer names to leave in float (e.g. "head", "blocks.3").
+        cache_dir, use_cache: where activation statistics are cached, and whether to use the cache.
+        workers: image-decoding processes (0 decodes in this process).
+        progress: show progress bars (None: when stderr is a terminal).
+        tensorrt_check, tensorrt_backend: build the result with TensorRT or TensorRT-RTX when installed.
+        warn: called with each warning message (None: silent).
+
+    Returns:
+        CalibrationReport: output and manifest paths, method, images used, quantized and kept
+        layers, the onnxruntime agreement check and the TensorRT check.
+
+    Raises:
+        FfxError: bad input (exit 2 in the CLI).
+        GateFailed: TensorRT rejects the result (exit 1); nothing is written.
+    """
     started = time.perf_counter()
     if method not in METHODS:
         raise FfxError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
@@ -179,7 +201,9 @@ def _insert_qdq(source, thresholds, excluded_nodes):
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         import onnxruntime
 
-        raise FfxError(f"onnxruntime {onnxruntime.__version__} is too old for ffx calibrate; pip install -U onnxruntime")
+        # Not stale: onnxruntime publishes no wheel past 1.23 for Python 3.10 (JetPack 6), and setup.cfg allows that.
+        raise FfxError(f"INT8 calibration needs onnxruntime 1.27 or newer (found {onnxruntime.__version__}; on Python 3.10, "
+                       "where none exists, calibrate on Python 3.11+ and copy the Q/DQ model over)")
     ranges = TensorsData(
         CalibrationMethod.MinMax,
         {tensor: (np.float32(-threshold), np.float32(threshold)) for tensor, threshold in thresholds.items()},

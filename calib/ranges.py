@@ -13,7 +13,7 @@ histogram, following what TensorRT users know:
   the shapes of distributions and ignores magnitudes, so in transformers it clips the rare large
   activations after GELU (outlier features) that carry signal: on the Fashion-MNIST fixture,
   pure KL clipped 0.15% of block 0's GELU output at 28% of its range and INT8 agreed with FP32
-  on 97.4% of the 10,000 test images; with the floor, 99.5% (scripts/bench_calibrate.py).
+  on 97.4% of the 10,000 test images; with the floor, 99.5% (`python -m bench.calibration`).
 - ``mse``: the threshold minimising the expected squared error: rounding (step^2 / 12 for the
   values inside) plus clipping (the values outside).
 

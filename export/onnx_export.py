@@ -21,6 +21,7 @@ import torch
 from ffx import __version__
 from ffx.artifacts import sha256_bytes, sha256_file, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
+from ffx.export.checkpoint import ResolvedModel
 from ffx.metadata import set_onnx_metadata
 
 INPUT_NAME = "images"
@@ -60,9 +61,26 @@ class ExportReport:
     weights: str
 
 
-def export_onnx(resolved, output, opset=MIN_OPSET, source_path=None, check_images_dir=None):
-    """Export `resolved` (from `resolve_model`) to `output`; raise GateFailed if ONNX Runtime
-    does not reproduce PyTorch. Nothing is written unless every check passes."""
+def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OPSET,
+                source_path: str | Path | None = None, check_images_dir: str | Path | None = None) -> ExportReport:
+    """Export a network to ONNX with ffx metadata, after a parity check against PyTorch.
+
+    Nothing is written unless every check passes.
+
+    Args:
+        resolved: the network and its metadata, from `ffx.export.checkpoint.resolve_model`.
+        output: where to write the ONNX model.
+        opset: ONNX opset, at least MIN_OPSET (17, which keeps LayerNormalization fused).
+        source_path: the checkpoint the weights came from; its sha256 goes into the metadata.
+        check_images_dir: a folder of images; up to 32 of them join the parity check.
+
+    Returns:
+        ExportReport: output path, sha256, parameters, opset, input shape, parity differences.
+
+    Raises:
+        FfxError: bad arguments or an unwritable output (exit 2 in the CLI).
+        GateFailed: ONNX Runtime does not reproduce PyTorch within tolerance (exit 1).
+    """
     if opset < MIN_OPSET:
         raise FfxError(f"--opset {opset}: ffx needs opset >= {MIN_OPSET} for the fused LayerNormalization op")
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """ONNX -> TensorRT engine + JSON sidecar: what `ffx build-engine` does.
 
-Precision is decided in the ONNX graph (brief: TensorRT 11 has no FP16/INT8 builder flags), so
+Precision is decided in the ONNX graph (TensorRT 11 has no FP16/INT8 builder flags), so
 `--fp16` / `--int8` on an FP32 model first run the calibration stage in-process (typed FP16, or
 Q/DQ INT8 calibrated on `calib_data`) and build from the result, which is kept beside the engine
 so that `ffx verify` can check exactly that graph with ONNX Runtime too.

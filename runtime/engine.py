@@ -12,6 +12,15 @@ from ffx.runtime.sidecar import compatibility_problem, read_sidecar
 
 
 class EngineRunner(Runner):
+    """A TensorRT or TensorRT-RTX engine on a CUDA GPU.
+
+    Args:
+        path: the plan file; its sidecar (PATH.json) is checked against this machine first.
+        cuda_graph: replay each input shape's calls as a CUDA graph.
+        cuda_library: host-device buffers through pycuda, cuda-python or auto.
+        check_compatibility: refuse an engine whose sidecar names another TensorRT or GPU.
+    """
+
     def __init__(self, path, cuda_graph=False, cuda_library="auto", check_compatibility=True):
         super().__init__(path)
         self.sidecar = read_sidecar(self.path)

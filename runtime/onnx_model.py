@@ -41,52 +41,33 @@ def graph_precision(model):
     return "fp32"
 
 
-
 def calibration_manifest_path(onnx_path, metadata=None):
-    """The calibration manifest of a calibrated ONNX (`model.int8.onnx` -> `model.int8.json`, or
-    the file its metadata names), or None."""
+    """The calibration manifest of a calibrated ONNX: the file its metadata names (`ffx calibrate`
+    writes `calibration.manifest`), else `model.int8.onnx` -> `model.int8.json`; None if neither exists."""
     onnx_path = Path(onnx_path)
-    candidates = []
     calibration = (metadata or {}).get("calibration")
-    if isinstance(calibration, dict):
-        for key in ("manifest", "manifest_file", "manifest_path"):
-            if isinstance(calibration.get(key), str):
-                candidates.append(onnx_path.parent / calibration[key])
-    candidates.append(onnx_path.with_suffix(".json"))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
+    named = calibration.get("manifest") if isinstance(calibration, dict) else None
+    candidates = ([onnx_path.parent / named] if isinstance(named, str) else []) + [onnx_path.with_suffix(".json")]
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
 def read_calibration_images(manifest_path):
-    """[(path or None, sha256 or None)] of the images a calibration manifest lists; [] when it
-    lists none in a form ffx understands."""
+    """[(absolute path, sha256 or None)] of the images an `ffx calibrate` manifest lists (its
+    `images` entries, with paths relative to `data.path`); [] when the file is not such a manifest."""
     try:
         manifest = json.loads(Path(manifest_path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return []
+    if not isinstance(manifest, dict):
+        return []
     base = Path(manifest_path).parent
-    data = manifest.get("data") if isinstance(manifest, dict) else None
+    data = manifest.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
-        base = base / data["path"]  # calibration lists paths relative to its data folder
-    entries = []
-    for key in ("images", "calibration_images", "files"):
-        value = manifest.get(key) if isinstance(manifest, dict) else None
-        if isinstance(value, dict):  # {"items": [...]} style
-            value = value.get("items") or value.get("files") or value.get("images")
-        if isinstance(value, list):
-            entries = value
-            break
-    images = []
-    for entry in entries:
-        if isinstance(entry, str):
-            images.append((_resolve(base, entry), None))
-        elif isinstance(entry, dict):
-            path = entry.get("path") or entry.get("file")
-            digest = entry.get("sha256") or entry.get("hash") or entry.get("content_sha256")
-            images.append((_resolve(base, path) if path else None, digest))
-    return images
+        base = base / data["path"]
+    entries = manifest.get("images")
+    return [(_resolve(base, entry["path"]), entry.get("sha256"))
+            for entry in (entries if isinstance(entries, list) else [])
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str)]
 
 
 def _resolve(base, path):

@@ -14,6 +14,14 @@ _PROVIDER_NAMES = {
 
 
 class OnnxRuntimeRunner(Runner):
+    """An ONNX model in ONNX Runtime.
+
+    Args:
+        path: the .onnx file.
+        provider: execution provider: cpu, cuda or tensorrt (ONNX_PROVIDERS).
+        threads: intra-op threads (None: onnxruntime's default).
+    """
+
     backend = "onnxruntime"
 
     def __init__(self, path, provider="cpu", threads=None):

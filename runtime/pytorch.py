@@ -9,6 +9,16 @@ from ffx.runtime.runner import Runner
 
 
 class CheckpointRunner(Runner):
+    """A PyTorch checkpoint, built as `ffx export` builds it (needs torch).
+
+    Args:
+        path: the checkpoint (DeiT training checkpoint, state dict or .safetensors).
+        arch: the architecture when it cannot be inferred from the tensors.
+        ema: use the checkpoint's model_ema weights.
+        device: torch device ("cpu", "cuda").
+        threads: torch CPU threads while active (None: torch's default).
+    """
+
     backend = "pytorch"
 
     def __init__(self, path, arch=None, ema=False, device="cpu", threads=None):

@@ -25,8 +25,16 @@ ONNX_PROVIDERS = ("cpu", "cuda", "tensorrt")
 
 
 class Runner:
-    """Base class: subclasses set `backend`, `precision`, `metadata`, `input_shape` and
-    `max_batch` in __init__ (cheap, no heavy loading) and implement _activate/_infer/_deactivate."""
+    """One model behind one interface, whatever runs it (ONNX Runtime, TensorRT, PyTorch).
+
+    Use it as a context manager, or activate()/deactivate(), and call infer() in between:
+
+        with open_runner("model.engine") as runner:
+            logits = runner.infer(images)    # float32 [N, C, H, W] -> float32 [N, classes]
+
+    Subclasses set `backend`, `precision`, `metadata`, `input_shape` and `max_batch` in __init__
+    (cheap, no heavy loading) and implement _activate/_infer/_deactivate.
+    """
 
     backend = "?"
 
@@ -69,13 +77,15 @@ class Runner:
     def check_available(self):
         """Raise BackendUnavailable now if activate() would, without loading anything heavy."""
 
-    def activate(self):
+    def activate(self) -> "Runner":
+        """Load the model (session, engine, network); returns the runner itself."""
         if not self.active:
             self._activate()
             self.active = True
         return self
 
-    def deactivate(self):
+    def deactivate(self) -> None:
+        """Release what activate() loaded; the runner can be activated again."""
         if self.active:
             self.active = False
             self._deactivate()
@@ -87,9 +97,16 @@ class Runner:
         self.deactivate()
 
     # -- inference -----------------------------------------------------------------------------
-    def infer(self, images):
-        """float32 [N, C, H, W] -> float32 logits [N, classes]; batches larger than the runner
-        takes are split (and a fixed-batch graph's last chunk is zero-padded)."""
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Logits for a batch of preprocessed images (see `preprocess`).
+
+        Args:
+            images: float32 [N, C, H, W]. Batches larger than the runner takes are split, and a
+                fixed-batch graph's last chunk is zero-padded.
+
+        Returns:
+            float32 logits [N, classes].
+        """
         if not self.active:
             raise RuntimeError(f"{self.describe()}: call activate() (or use `with`) before infer()")
         images = np.ascontiguousarray(images, dtype=np.float32)
@@ -136,15 +153,24 @@ def runner_kind(path):
     )
 
 
-def open_runner(path, provider="cpu", cuda_graph=False, cuda_library="auto", arch=None, ema=False, device="cpu",
-                threads=None):
-    """The runner for `path`, picked by file type (not yet activated).
+def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = False, cuda_library: str = "auto",
+                arch: str | None = None, ema: bool = False, device: str = "cpu", threads: int | None = None) -> Runner:
+    """The runner for a model file, picked by its type (not yet activated).
 
-    provider: ONNX Runtime execution provider for .onnx files (cpu, cuda, tensorrt).
-    cuda_graph / cuda_library: for engines (CUDA graph capture; pycuda, cuda-python or auto).
-    arch / ema / device: for checkpoints (architecture when it cannot be inferred, EMA weights,
-    torch device).
-    threads: CPU threads for ONNX Runtime and PyTorch (None: each library's default).
+    Args:
+        path: a TensorRT engine (ENGINE_SUFFIXES), an ONNX model (.onnx) or a PyTorch checkpoint
+            (CHECKPOINT_SUFFIXES; needs torch).
+        provider: ONNX Runtime execution provider for .onnx files: cpu, cuda or tensorrt.
+        cuda_graph, cuda_library: for engines: CUDA graph capture; pycuda, cuda-python or auto.
+        arch, ema, device: for checkpoints: the architecture when it cannot be inferred, the EMA
+            weights, the torch device.
+        threads: CPU threads for ONNX Runtime and PyTorch (None: each library's default).
+
+    Returns:
+        Runner: an OnnxRuntimeRunner, EngineRunner or CheckpointRunner.
+
+    Raises:
+        FfxError: a missing file or an unknown type; BackendUnavailable when its backend is absent.
     """
     path = Path(path)
     kind = runner_kind(path)

@@ -144,24 +144,41 @@ class VerifyReport:
 
 
 def verify(
-    candidate,
-    reference,
-    data,
-    limit=None,
-    max_top1_drop=DEFAULT_MAX_TOP1_DROP,
-    batch_size=32,
-    provider="cpu",
-    cuda_graph=False,
-    progress=None,
-    workers=2,
-    seed=0,
-    strict=False,
-    threads=None,
-):
-    """Run both models over the labelled images in `data`; returns a VerifyReport (the caller
-    turns `passed=False` into exit code 1). The gate compares the measured top-1 drop with
-    `max_top1_drop`; `strict` compares the upper end of its 95% interval instead, so a pass
-    means the data rule out a larger drop."""
+    candidate: str | Path,
+    reference: str | Path,
+    data: str | Path,
+    limit: int | None = None,
+    max_top1_drop: float = DEFAULT_MAX_TOP1_DROP,
+    batch_size: int = 32,
+    provider: str = "cpu",
+    cuda_graph: bool = False,
+    progress: bool | None = None,
+    workers: int = 2,
+    seed: int = 0,
+    strict: bool = False,
+    threads: int | None = None,
+) -> VerifyReport:
+    """The accuracy gate: both models on the same preprocessed labelled images, compared.
+
+    Args:
+        candidate: the model under test: an engine, an ONNX model or a checkpoint.
+        reference: the model it must match (usually the FP32 checkpoint or ONNX).
+        data: labelled images (class folders, a LOC_val_solution.csv folder or a list file).
+        limit: use at most this many images (stratified, chosen with `seed`); None: all.
+        max_top1_drop: the largest top-1 drop, in points, that passes.
+        batch_size, workers, threads: batch size, image-decoding processes, CPU threads.
+        provider, cuda_graph: ONNX Runtime provider; CUDA graphs for engines.
+        progress: show a progress bar (None: when stderr is a terminal).
+        strict: gate on the upper end of the drop's 95% interval instead of the estimate, so a
+            pass means the data rule out a larger drop.
+
+    Returns:
+        VerifyReport: top-1/top-5 of both, the drop with its interval, agreement, logit errors,
+        the classes that lost most, and `passed` (the CLI exits 1 when it is False).
+
+    Raises:
+        FfxError: missing files, unreadable data, models that disagree on preprocessing (exit 2).
+    """
     from ffx.datasets import load_batches, open_dataset, select_images
 
     started = time.perf_counter()

@@ -1,6 +1,7 @@
 
 import pytest
 
+import helpers
 
 
 def pytest_report_header(config):
@@ -22,23 +23,17 @@ def cli_runner():
 
 
 # Small real models and image folders shared by the runtime, bench and inspect tests; each is
-# made once per session (see tests/test_runtime_models.py).
+# made once per session (tests/helpers.py).
 @pytest.fixture(scope="session")
 def mini(tmp_path_factory):
-    from test_runtime_models import mini_model
-
-    return mini_model(tmp_path_factory)
+    return helpers.mini_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def images(tmp_path_factory):
-    from test_runtime_models import labelled_images
-
-    return labelled_images(tmp_path_factory)
+    return helpers.labelled_images(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def qdq(tmp_path_factory):
-    from test_runtime_models import qdq_model
-
-    return qdq_model(tmp_path_factory)
+    return helpers.qdq_model(tmp_path_factory)

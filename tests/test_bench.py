@@ -7,7 +7,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.runtime.bench import latency_stats
-from test_runtime_models import qdq_model
+from helpers import qdq_model
 
 JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}
 
@@ -34,8 +34,11 @@ def test_table_for_people(cli_runner, mini):
     result = cli_runner.invoke(cli, ["bench", str(mini.onnx), "--iterations", "5", "--warmup", "0"])
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()[:2]
-    assert "p50 ms" in header and "images/s" in header
-    assert "onnxruntime" in row and "fp32" in row
+    assert header.split() == ["target", "backend", "precision", "batch", "p50", "ms", "p90", "ms", "p99", "ms",
+                              "images/s", "CV"]
+    target, *cells = row.split()
+    assert target.endswith("mini.onnx")  # long paths are shortened from the left
+    assert cells[:3] == ["onnxruntime", "fp32", "1"] and len(cells) == 8
 
 
 @pytest.mark.parametrize("args, message", [
@@ -72,8 +75,11 @@ def test_engine_batch_beyond_profile_is_skipped_not_failed(cli_runner, mini, tmp
 
 def test_latency_stats():
     stats = latency_stats([0.010] * 98 + [0.020, 0.030], batch=4)
-    assert stats["p50_ms"] == pytest.approx(10.0)
-    assert stats["p99_ms"] > 10.0
-    assert stats["images_per_s"] == pytest.approx(400.0)
-    assert stats["cv"] > 0.1
+    assert stats["p50_ms"] == pytest.approx(10.0) and stats["min_ms"] == pytest.approx(10.0)
+    # Linear interpolation between the 99th and 100th of 100 sorted calls: 20 + 0.01 * (30 - 20).
+    assert stats["p99_ms"] == pytest.approx(20.1)
+    assert stats["mean_ms"] == pytest.approx(10.3)
+    assert stats["images_per_s"] == pytest.approx(400.0)  # 4 images per median call of 10 ms
+    # Population std: sqrt((98 * 0.3**2 + 9.7**2 + 19.7**2) / 100) = sqrt(4.91), over the mean 10.3.
+    assert stats["cv"] == pytest.approx(4.91 ** 0.5 / 10.3)
     assert latency_stats([0.01] * 10, 1)["cv"] == pytest.approx(0.0, abs=1e-9)

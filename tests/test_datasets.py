@@ -12,7 +12,7 @@ from PIL import Image
 from ffx.datasets import load_batches, normalise_class_name, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.metadata import Preprocess, imagenet_wnids
-from test_images import write_awkward_images, write_broken_images
+from helpers import write_awkward_images, write_broken_images
 
 SMALL = Preprocess(input_size=(3, 32, 32), resize=36)
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

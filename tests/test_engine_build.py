@@ -10,19 +10,9 @@ from ffx.errors import FfxError
 
 from ffx.cli import cli
 from ffx.runtime.sidecar import read_sidecar, sidecar_path
-from test_runtime_models import FASHION, fashion_onnx, labelled_images, qdq_model
+from helpers import FASHION, fashion_onnx, labelled_images, needs_rtx, qdq_model
 
-pytest.importorskip("tensorrt_rtx_bindings", reason="needs TensorRT-RTX (pip install 'ffx[tensorrt-rtx]')")
-
-
-def _calib_has(name):
-    try:
-        import ffx.calib as calib
-
-        getattr(calib, name)
-        return True
-    except (ImportError, AttributeError):
-        return False
+pytestmark = needs_rtx
 
 
 def _build(cli_runner, *args):
@@ -122,7 +112,6 @@ def test_parse_failure_leaves_no_files(cli_runner, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
 
 
-@pytest.mark.skipif(not _calib_has("calibrate_int8"), reason="ffx.calib.calibrate_int8 not available yet")
 def test_int8_calibrates_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path, tmp_path_factory):
     images = labelled_images(tmp_path_factory)
     engine = tmp_path / "mini.engine"
@@ -143,7 +132,6 @@ def test_int8_calibrates_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path, tm
                                    "--calib-method", "max"]).exit_code == 2
 
 
-@pytest.mark.skipif(not _calib_has("convert_fp16"), reason="ffx.calib.convert_fp16 not available yet")
 def test_fp16_converts_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path):
     engine = tmp_path / "mini.engine"
     result = _build(cli_runner, mini.onnx, "-o", engine, "--fp16", "--backend", "tensorrt-rtx", "--max-batch", "2", "--json")
@@ -153,7 +141,6 @@ def test_fp16_converts_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path):
     assert (tmp_path / "mini.fp16.onnx").is_file()
 
 
-@pytest.mark.skipif(not _calib_has("calibrate_int8"), reason="ffx.calib.calibrate_int8 not available yet")
 def test_fashion_fixture_fp16_and_int8_engines(cli_runner, tmp_path, tmp_path_factory):
     onnx_path = fashion_onnx(tmp_path_factory)
     local = tmp_path / "fashion.onnx"

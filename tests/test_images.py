@@ -2,7 +2,6 @@
 written with PIL at test time."""
 
 import hashlib
-import io
 
 import numpy as np
 import pytest
@@ -19,64 +18,9 @@ from ffx.images import (
     preprocess_image,
 )
 from ffx.metadata import Preprocess
+from helpers import photo, write_awkward_images, write_broken_images
 
 SMALL = Preprocess(input_size=(3, 32, 32), resize=36)
-
-
-def _photo(width=60, height=45, seed=0):
-    """A smooth RGB image (gradients plus noise), more like a photo than pure noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], axis=-1)
-    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-
-
-def write_awkward_images(folder):
-    """Files in every mode the reference pipeline converts to RGB; returns {name: path}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rgb = Image.fromarray(_photo())
-    paths = {}
-
-    def save(name, image, **kwargs):
-        paths[name] = folder / name
-        image.save(paths[name], **kwargs)
-
-    save("rgb.JPG", rgb, quality=90)  # upper-case extension
-    save("gray.png", rgb.convert("L"))
-    save("cmyk.jpg", rgb.convert("CMYK"))
-    rgba = rgb.convert("RGBA")
-    rgba.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, rgb.width, dtype=np.uint8), (rgb.height, 1))))
-    save("rgba.png", rgba)
-    save("palette.gif", rgb.convert("P", palette=Image.ADAPTIVE, colors=32))
-    palette_transparent = rgb.convert("P", palette=Image.ADAPTIVE, colors=16)
-    save("palette_transparent.png", palette_transparent, transparency=0)
-    sixteen = (np.asarray(rgb.convert("L"), np.uint16) * 257).astype(np.uint16)
-    save("gray16.png", Image.fromarray(sixteen))  # mode I;16
-    save("bilevel.bmp", rgb.convert("1"))
-    save("tiny.webp", rgb.resize((7, 5)))
-    return paths
-
-
-def write_broken_images(folder):
-    """Files with image extensions that cannot be decoded; returns {name: path}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    Image.fromarray(_photo(seed=3)).save(buffer, "JPEG", quality=90)
-    good_jpeg = buffer.getvalue()
-    buffer = io.BytesIO()
-    Image.fromarray(_photo(seed=4)).save(buffer, "PNG")
-    contents = {
-        "empty.jpg": b"",
-        "truncated.jpg": good_jpeg[: len(good_jpeg) // 2],
-        "truncated.png": buffer.getvalue()[:300],
-        "text.png": b"this is not an image\n" * 10,
-        "html.jpeg": b"<html><body>404 Not Found</body></html>",
-    }
-    paths = {}
-    for name, data in contents.items():
-        paths[name] = folder / name
-        paths[name].write_bytes(data)
-    return paths
 
 
 def test_every_awkward_mode_becomes_8_bit_rgb(tmp_path):
@@ -115,7 +59,7 @@ def test_decode_rgb_and_hash_match_the_file(tmp_path):
 
 def test_preprocess_is_resize_shorter_side_center_crop_normalize():
     # A 60x45 image: shorter side 45 -> 36, so 48x36 (torchvision truncates), crop 32x32 at (8, 2).
-    image = Image.fromarray(_photo(60, 45))
+    image = Image.fromarray(photo(60, 45))
     expected = image.resize((48, 36), Image.BICUBIC).crop((8, 2, 40, 34))
     expected = (np.asarray(expected, np.float32) / 255.0 - np.array(SMALL.mean, np.float32)) / np.array(SMALL.std, np.float32)
     np.testing.assert_allclose(preprocess_image(image, SMALL), expected.transpose(2, 0, 1), atol=1e-6)

@@ -74,3 +74,17 @@ def test_unwritable_destination_is_a_user_error_not_a_traceback(tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(FfxError, match="cannot write there"):
         write_bytes_atomic(tmp_path / "a-file" / "model.onnx", b"x")
+
+
+def test_benchmarks_are_one_package_run_as_modules():
+    """bench/ runs as `python -m bench.<module>`: no sys.path edits, no scripts loaded by file
+    path; scripts/ keeps data preparation and training only."""
+    assert (ROOT / "bench" / "__init__.py").is_file()
+    offending = [
+        f"{path.relative_to(ROOT)}: {needle}"
+        for path in (ROOT / "bench").glob("*.py")
+        for needle in ("sys.path", "spec_from_file_location")
+        if needle in path.read_text()
+    ]
+    assert not offending, offending
+    assert not list((ROOT / "scripts").glob("bench*")), "benchmarks belong in bench/"

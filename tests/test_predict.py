@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ffx.cli import cli
-from test_runtime_models import FASHION_CLASSES
+from helpers import FASHION_CLASSES
 
 
 def test_topk_with_class_names_and_probabilities(cli_runner, mini, images):

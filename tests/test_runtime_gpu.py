@@ -15,7 +15,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.errors import FfxError
-from test_runtime_models import FASHION, fashion_onnx, labelled_images, qdq_model
+from helpers import FASHION, fashion_onnx, labelled_images, qdq_model
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,7 +188,7 @@ def test_verify_engine_against_checkpoint(gpu, cli_runner, mini, tmp_path, tmp_p
 
 
 def test_fixture_int8_engine_passes_verify(gpu, cli_runner, tmp_path, tmp_path_factory):
-    from test_runtime_models import FASHION_CHECKPOINT
+    from helpers import FASHION_CHECKPOINT
 
     onnx_path = fashion_onnx(tmp_path_factory)
     engine = tmp_path / "fashion.int8.engine"

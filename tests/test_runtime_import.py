@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from test_runtime_models import labelled_images, mini_model, python_with_blocked_imports
+from helpers import labelled_images, mini_model, python_with_blocked_imports
 
 BLOCKED = ("torch", "tensorrt", "tensorrt_rtx_bindings", "pycuda", "cuda")
 

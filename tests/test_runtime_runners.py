@@ -8,6 +8,7 @@ from ffx.errors import BackendUnavailable, FfxError
 from ffx.runtime import open_runner, runner_kind
 from ffx.runtime.cuda import GpuInfo
 from ffx.runtime.sidecar import compatibility_problem, describe_build
+from helpers import needs_rtx
 
 
 def _images(n):
@@ -84,12 +85,12 @@ def test_missing_gpu_provider_is_backend_unavailable(mini):
         open_runner(mini.onnx, provider="cuda").activate()
 
 
+@needs_rtx
 def test_engine_without_gpu_says_so(mini, tmp_path):
     from test_runtime_gpu import needs_gpu_reason
 
     if needs_gpu_reason() is None:
         pytest.skip("a GPU is present: tests/test_runtime_gpu.py covers engines")
-    pytest.importorskip("tensorrt_rtx_bindings")
     from ffx.runtime.build import build_engine
 
     engine = tmp_path / "mini.engine"

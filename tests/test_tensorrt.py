@@ -7,10 +7,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ffx.errors import BackendUnavailable, FfxError
+from ffx.tensorrt import available_backend, build_serialized_engine
+from helpers import needs_rtx
 
-trt_rtx = pytest.importorskip("tensorrt_rtx_bindings", reason="needs TensorRT-RTX (pip install 'ffx[tensorrt-rtx]')")
-
-from ffx.tensorrt import available_backend, build_serialized_engine  # noqa: E402
+pytestmark = needs_rtx
 
 
 def _linear_model(path, precision="fp32", features=8, classes=4, batch="batch"):
@@ -64,7 +64,9 @@ def test_rtx_builds_every_precision_on_the_cpu(tmp_path, precision):
     engine, build = build_serialized_engine(path, backend="tensorrt-rtx", min_batch=1, opt_batch=2, max_batch=4, progress=False)
     assert isinstance(engine, bytes) and len(engine) > 1000
     assert build.backend == "tensorrt-rtx"
-    assert build.backend_version == trt_rtx.__version__
+    import tensorrt_rtx_bindings
+
+    assert build.backend_version == tensorrt_rtx_bindings.__version__
     assert build.input_name == "images" and build.output_names == ["logits"]
     assert build.profile == {"min": [1, 8], "opt": [2, 8], "max": [4, 8]}
     assert build.input_dtype == "float32"

@@ -9,7 +9,7 @@ import pytest
 from ffx.cli import cli
 from ffx.errors import FfxError
 from ffx.runtime.verify import compare_predictions, paired_difference_ci
-from test_runtime_models import FASHION, FASHION_CHECKPOINT, fashion_onnx, needs_fashion_model
+from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx, needs_fashion_model
 
 JSON_KEYS = ("reference", "candidate", "top1_drop", "agreement", "passed")
 
@@ -149,11 +149,8 @@ def test_bad_input_exits_2(cli_runner, mini, images, tmp_path, case):
 
 
 def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tmp_path):
-    calib = pytest.importorskip("ffx.calib")
-    try:
-        calibrate_int8 = calib.calibrate_int8
-    except (AttributeError, ImportError):
-        pytest.skip("ffx.calib.calibrate_int8 not available yet")
+    from ffx.calib import calibrate_int8
+
     quantized = tmp_path / "mini.int8.onnx"
     calibrate_int8(str(mini.onnx), str(images), str(quantized), num_images=10, tensorrt_check=False, warn=None)
     result = _verify(cli_runner, quantized, "--reference", mini.onnx, "--data", images, "--max-top1-drop", "100", "--json")
@@ -187,10 +184,8 @@ def scrambled_checkpoint(tmp_path_factory):
 
 @needs_fashion_model
 def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_path_factory):
-    try:
-        from ffx.calib import calibrate_int8
-    except ImportError:
-        pytest.skip("ffx.calib.calibrate_int8 not available yet")
+    from ffx.calib import calibrate_int8
+
     onnx_path = fashion_onnx(tmp_path_factory)
     quantized = tmp_path / "fashion.int8.onnx"
     calibrate_int8(str(onnx_path), str(FASHION / "train"), str(quantized), num_images=300, tensorrt_check=False, warn=None)

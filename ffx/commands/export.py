@@ -1,9 +1,21 @@
 import dataclasses
+import importlib.util
 
 import click
 
 from ffx.cli import print_json, warn
-from ffx.export.onnx_export import MIN_OPSET
+from ffx.errors import FfxError
+
+# A plain `pip install ffx` leaves these out: every other command runs without them.
+EXPORT_PACKAGES = ("torch", "onnxscript", "safetensors")
+_missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+if _missing:
+    raise FfxError(
+        f"ffx export needs {', '.join(_missing)}: install torch (CPU-only: pip install torch==2.13.0 "
+        "--index-url https://download.pytorch.org/whl/cpu), then pip install 'ffx[export]'"
+    )
+
+from ffx.export.onnx_export import MIN_OPSET  # noqa: E402  (imports torch)
 
 
 @click.command("export")

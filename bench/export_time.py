@@ -1,10 +1,10 @@
 """Time `ffx export` (with its parity check) for each paper configuration on this machine.
 
-    python scripts/bench_export.py [--archs ff_tiny,ff_base,ff_large] [--json]
+    python -m bench.export_time [--archs ff_tiny,ff_base,ff_large] [--json]
 
 Each export runs in a fresh `ffx export` process, as a user would run it, with random weights;
 the reported seconds are wall-clock for the whole command (import, trace, optimise, check,
-parity on batch 1 and 3, write) and peak resident memory. Target: ff_base <= 15 s.
+parity on batch 1 and 3, write) and peak resident memory.
 """
 
 import argparse

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmarks of `ffx calibrate`: decoding speed, end-to-end time, accuracy, TensorRT-RTX builds.
 
-    python scripts/bench_calibrate.py                      # everything, on the repo's fixture
-    python scripts/bench_calibrate.py --val /tmp/fashion/val --skip-base
-    python scripts/fashion_mnist_to_folders.py /usr/share/datasets/fashion-mnist /tmp/fashion  # full test set
+    python -m bench.calibration                            # everything, on the repo's fixture
+    python scripts/fashion_mnist_to_folders.py /usr/share/datasets/fashion-mnist /tmp/fashion --splits val
+    python -m bench.calibration --val /tmp/fashion/val --skip-base   # accuracy on the full test set
 
 Parts (each prints one block, and all go to --json-out):
 
@@ -14,32 +14,12 @@ Parts (each prints one block, and all go to --json-out):
    the same with another method, which reuses the cached statistics.
 3. accuracy: the Fashion-MNIST fixture model (tests/fixtures/fashion/model.pth), calibrated on
    --calib (default the fixture's train/) with each method and converted to FP16, evaluated on
-   --val (default the fixture's val/; the issue's numbers use the full 10,000-image test set):
+   --val (default the fixture's val/; the full test set with the commands above):
    top-1 of FP32 PyTorch, of each graph in onnxruntime, and top-1 agreement with FP32.
 4. builds: ff_tiny and ff_base (random weights), Q/DQ INT8 and FP16, parsed and built by
    TensorRT-RTX on this CPU-only machine (build seconds and engine size).
 
-Measured on the project's 2-core CPU machine (shared, so timings vary by about 2x with load),
-onnxruntime 1.31, TensorRT-RTX 1.7.1.116, with
-
-    python scripts/fashion_mnist_to_folders.py /usr/share/datasets/fashion-mnist /tmp/fashion --splits val
-    python scripts/bench_calibrate.py --val /tmp/fashion/val
-
-Fashion-MNIST fixture model, calibrated on 512 of the fixture's train/ images (stratified, seed 0),
-evaluated on the full 10,000-image test set; FP32 PyTorch top-1 89.33%:
-
-    method      INT8 top-1   vs FP32    top-1 agreement with FP32
-    entropy     89.34%       +0.01 pt   99.56%   (default; pure KL without the MSE floor: 88.91%, 97.46%)
-    max         89.36%       +0.03 pt   98.97%
-    percentile  89.29%       -0.04 pt   99.32%   (99.99)
-    mse         89.24%       -0.09 pt   99.49%
-    FP16        89.33%        0.00 pt  100.00%   (no tensor needed float32)
-
-Speed: decode + preprocess of 512 JPEGs 500x375 -> 224: 180-450 images/s with 2 workers
-(worker start-up included), 260-350 in-process; ff_tiny calibration on 512 such photos, end to
-end with the onnxruntime and TensorRT-RTX checks: 16-30 s; switching method on cached
-statistics: 2-3 s. TensorRT-RTX builds (CPU only, ahead of time): ff_tiny FP32 / INT8 Q/DQ / FP16
-and ff_base FP32 / INT8 Q/DQ / FP16 all parse and build, 1-5 s each.
+Each part prints what it measured; --json-out writes it all as JSON.
 """
 
 import argparse
