@@ -7,6 +7,7 @@ fed identically to each model. Agreement and the top-1 drop's 95% interval are a
 FP32 on the same images (`ffx verify`'s paired statistics).
 """
 
+import collections
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_CHECKPOINT = REPO / "tests" / "fixtures" / "fashion" / "model.pth"
+# ff_tiny's blocks (dim 192, depth 12, 197 tokens): where depth and token width show INT8/FP16 error.
+DEEP_CHECKPOINT = REPO / "tests" / "fixtures" / "fashion_tiny197" / "model.pth"
 FASHION_IDX = Path("/usr/share/datasets/fashion-mnist")
 CALIBRATION_COUNTS = (64, 256, 1024)
 EVAL_BATCH = 500
@@ -29,13 +32,23 @@ def write_fashion_folders(out_dir, idx_dir=FASHION_IDX):
     return time.perf_counter() - started
 
 
-def decode_images(folder, preprocess, class_names):
-    """(images [N, C, H, W] float32, labels [N], paths) of every image in `folder`, in path order."""
+def decode_images(folder, preprocess, class_names, per_class=None):
+    """(images [N, C, H, W] float32, labels [N], paths) of every image in `folder`, in path order;
+    with `per_class`, only the first that many images of each class (a fixed, stratified subset)."""
     from ffx.datasets import load_batches, open_dataset
 
     dataset = open_dataset(folder, class_names=class_names, warn=None)
+    items = dataset.items
+    if per_class is not None:
+        seen = collections.Counter()
+        kept = []
+        for item in items:
+            seen[item.label] += 1
+            if seen[item.label] <= per_class:
+                kept.append(item)
+        items = kept
     images, labels, paths = [], [], []
-    loader = load_batches(dataset.items, preprocess, 1000, workers=2, progress=False, warn=None)
+    loader = load_batches(items, preprocess, 1000, workers=2, progress=False, warn=None)
     for batch in loader:
         images.append(batch.images)
         labels.extend(batch.labels)
@@ -70,7 +83,10 @@ def score(name, logits, reference, labels, class_names, extra=None):
     return row
 
 
-def run(workdir, fashion_dir=None, counts=CALIBRATION_COUNTS, methods=None, checkpoint=FIXTURE_CHECKPOINT, log=print):
+def run(workdir, fashion_dir=None, counts=CALIBRATION_COUNTS, methods=None, checkpoint=FIXTURE_CHECKPOINT,
+        test_per_class=None, log=print):
+    """Every precision and method of `checkpoint` scored on the test split (all of it, or the first
+    `test_per_class` images of each class, for models too slow to score 10,000 times per graph here)."""
     from ffx.calib import calibrate_int8, convert_fp16
     from ffx.calib.ranges import METHODS
     from ffx.export.checkpoint import resolve_model
@@ -89,14 +105,19 @@ def run(workdir, fashion_dir=None, counts=CALIBRATION_COUNTS, methods=None, chec
     train, test = fashion_dir / "train", fashion_dir / "val"
 
     fp32 = workdir / "fashion.onnx"
-    export_onnx(resolve_model(None, str(checkpoint)), fp32, source_path=str(checkpoint))
+    resolved = resolve_model(None, str(checkpoint))
+    export_onnx(resolved, fp32, source_path=str(checkpoint))
+    config = resolved.config
+    result["architecture"] = {"patch_size": config.patch_size, "embed_dim": config.embed_dim, "depth": config.depth,
+                              "tokens": config.num_tokens}
     info = read_onnx_metadata(fp32)
     preprocess = Preprocess.from_dict(info["preprocess"])
     names = info.get("class_names")
 
     started = time.perf_counter()
-    images, labels, test_paths = decode_images(test, preprocess, names)
+    images, labels, test_paths = decode_images(test, preprocess, names, per_class=test_per_class)
     result["test_images"] = len(labels)
+    result["test_per_class"] = test_per_class
     result["decode_seconds"] = round(time.perf_counter() - started, 1)
     log(f"fidelity: decoded {len(labels)} test images in {result['decode_seconds']} s")
 

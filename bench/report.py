@@ -12,6 +12,10 @@ def render(results, plot_path=None, json_path="bench/results.json"):
         f"**{minutes:.1f} min** on the machine below. Every number in this file comes from that one run "
         f"(all of them, with more detail, are in [`{json_path}`]({json_path})); re-run the command to regenerate "
         "this file, the JSON and the plot.\n")
+    for update in results.get("updates", []):
+        add(f"Re-measured later with `python -m bench.run_all --parts {','.join(update['parts'])} --update` on "
+            f"{update['started']} ({update.get('seconds', 0) / 60:.1f} min): the {', '.join(update['parts'])} "
+            "part(s) come from that run, on the same kind of machine; everything else from the first.\n")
     if results.get("quick"):
         add("> **Smoke run (`--quick`)**: tiny settings, not representative.\n")
     add(_machine(results))
@@ -20,6 +24,8 @@ def render(results, plot_path=None, json_path="bench/results.json"):
         add(summary)
     if results.get("fidelity"):
         add(_fidelity(results["fidelity"], plot_path, results.get("speed", {}).get("fashion")))
+    if results.get("fidelity_deep"):
+        add(_deep_fidelity(results["fidelity_deep"], results.get("fidelity")))
     if results.get("configs"):
         add(_configs(results["configs"]))
     if results.get("speed"):
@@ -67,7 +73,8 @@ DISTURBED_CPUS = 0.15
 
 def _disturbances(results):
     """[(part, other CPUs)] of the timed parts that other processes disturbed."""
-    parts = [("fidelity", results.get("fidelity")), ("paper configs", results.get("configs")),
+    parts = [("fidelity", results.get("fidelity")), ("deep fixture fidelity", results.get("fidelity_deep")),
+             ("paper configs", results.get("configs")),
              ("analysis", results.get("analysis")), ("target check", results.get("target_check"))]
     parts += [(f"speed {name}", block) for name, block in results.get("speed", {}).items()]
     return [(what, block["other_cpus"]) for what, block in parts
@@ -123,13 +130,18 @@ def _summary(results):
 
 # -- fidelity ----------------------------------------------------------------------------------
 
-def _fidelity(fid, plot_path, fashion_speed):
-    lines = ["## 1. Fidelity: Fashion-MNIST fixture model, full test set\n",
-             f"`{fid['checkpoint']}` (trained FF-only ViT, patch 4, dim 96, depth 4) exported to ONNX, converted to "
+def _architecture(fid):
+    arch = fid.get("architecture", {"patch_size": 4, "embed_dim": 96, "depth": 4, "tokens": 50})
+    return f"patch {arch['patch_size']}, dim {arch['embed_dim']}, depth {arch['depth']}, {arch['tokens']} tokens"
+
+
+def _fidelity(fid, plot_path, fashion_speed, title="## 1. Fidelity: Fashion-MNIST fixture model, full test set"):
+    lines = [title + "\n",
+             f"`{fid['checkpoint']}` (trained FF-only ViT, {_architecture(fid)}) exported to ONNX, converted to "
              f"FP16 and calibrated to INT8 with each method on {', '.join(str(c) for c in fid['counts'])} images of the "
              f"**train** split (stratified, seed 0; `ffx calibrate` defaults otherwise: percentile 99.99, "
              f"per-tensor activations, per-channel weights, Q/DQ on Conv/MatMul/Gemm inputs only). Every model is "
-             f"scored on the same {fid['test_images']:,} decoded **test** images (decoded once, "
+             f"scored on the same {_test_images(fid)} decoded **test** images (decoded once, "
              f"{fid.get('decode_seconds', '?')} s). \"Drop\" is PyTorch FP32 top-1 minus the model's, with its paired "
              "95% interval; \"agreement\" is the share of images whose top-1 class equals PyTorch FP32's. "
              "No calibration image is a test image (checked by path for every INT8 model: column \"test imgs in calib\").\n",
@@ -153,6 +165,32 @@ def _fidelity(fid, plot_path, fashion_speed):
                      f"(section 3, `{fashion_speed['command']}`); the INT8 graphs of all methods have the same "
                      "structure, so they share the INT8 speed measured for the entropy graph.")
     return "\n".join(lines) + "\n"
+
+
+def _test_images(fid):
+    if fid.get("test_per_class"):
+        return f"{fid['test_images']:,} (the first {fid['test_per_class']} of each class)"
+    return f"{fid['test_images']:,}"
+
+
+def _deep_fidelity(deep, shallow):
+    """Section 1b: the same measurement on the 12-block, 197-token fixture, then both side by side."""
+    text = _fidelity(deep, None, None, title="## 1b. Fidelity: the deep fixture (ff_tiny's blocks), Fashion-MNIST test split")
+    if not shallow:
+        return text
+    shallow_rows = {r["model"]: r for r in shallow["rows"]}
+    same = "same images" if deep["test_images"] == shallow["test_images"] else "the shallow one on all its test images"
+    lines = [f"\nSide by side with section 1's shallow fixture ({_architecture(shallow)}; {same}), same "
+             "methods and calibration counts: agreement with PyTorch FP32 and the top-1 drop.\n",
+             "| model | agreement %, shallow | agreement %, deep | drop (pt), shallow | drop (pt), deep | min logit cosine, shallow | min logit cosine, deep |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in deep["rows"]:
+        s = shallow_rows.get(r["model"])
+        if s is None or r["precision"] == "fp32" and r["backend"] == "pytorch":
+            continue
+        lines.append(f"| {r['model']} | {s['agreement']:.2f} | {r['agreement']:.2f} | {s['top1_drop']:+.2f} | "
+                     f"{r['top1_drop']:+.2f} | {s['logit_cosine_min']:.4f} | {r['logit_cosine_min']:.4f} |")
+    return text + "\n".join(lines) + "\n"
 
 
 # -- paper configs -----------------------------------------------------------------------------
@@ -195,9 +233,11 @@ def _speed(results):
              "onnxruntime runs the CPU execution provider with all graph optimizations and its default threads, "
              "PyTorch runs eager in `inference_mode` with its default threads. \"x PyTorch\" is images/s over "
              "PyTorch eager FP32's at the same batch, in the same `ffx bench` process.\n"]
-    order = ["ff_base", "ff_tiny", "ff_large", "fashion"]
+    order = ["ff_base", "ff_tiny", "ff_large", "fashion", "fashion_tiny197"]
+    described = {"fashion": " (the Fashion-MNIST fixture model)",
+                 "fashion_tiny197": " (the deep Fashion-MNIST fixture: ff_tiny's blocks, 197 tokens)"}
     for name, block in sorted(speed.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
-        lines.append(f"### {name}" + (" (the Fashion-MNIST fixture model)" if name == "fashion" else "") + "\n")
+        lines.append(f"### {name}" + described.get(name, "") + "\n")
         lines.append(f"`{block['command']}` ({block['seconds']} s; other processes kept {block.get('other_cpus')} CPUs "
                      f"busy meanwhile{_attempts(block)})\n")
         lines.append("| precision | batch | p50 ms | p99 ms | images/s | x PyTorch | timed calls | CV |")

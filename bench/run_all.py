@@ -5,10 +5,12 @@
     python -m bench.run_all --wait-quiet          # everything (BENCHMARKS.md says how long the last run took)
     python -m bench.run_all --quick               # a smoke run with tiny settings, written to /tmp
     python -m bench.run_all --render-only bench/results.json   # re-render the Markdown from a run's JSON
+    python -m bench.run_all --parts deep --update   # re-measure only the named parts, keep the rest of results.json
 
 Parts, in order: fidelity (fixture model on the full Fashion-MNIST test set), configs (ff_tiny,
 ff_base, ff_large exported, calibrated and built with TensorRT-RTX), speed (`ffx bench` of every
-precision), analysis (onnxruntime INT8 graph and profile), roofline (GPU, computed on paper).
+precision), analysis (onnxruntime INT8 graph and profile), roofline (GPU, computed on paper), deep
+(the 12-block, 197-token fixture through the same fidelity measurement, plus its CPU speed).
 Timings are only meaningful on a quiet machine. Every timed part records how many CPUs *other*
 processes kept busy meanwhile (/proc/stat minus our own CPU time); `--wait-quiet` waits for them
 to go quiet before each timed part, and a speed measurement they disturbed is repeated (up to
@@ -28,7 +30,7 @@ from bench import cpu_speed, fidelity, int8_analysis, machine, paper_configs, re
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 
-PARTS = ("fidelity", "configs", "speed", "analysis", "roofline")
+PARTS = ("fidelity", "configs", "speed", "analysis", "roofline", "deep")
 
 
 def log(message):
@@ -91,6 +93,11 @@ def main():
     parser.add_argument("--attempts", type=int, default=3, help="tries per speed measurement while disturbed")
     parser.add_argument("--wait-minutes", type=float, default=30, help="longest wait for a quiet machine, each time")
     parser.add_argument("--render-only", type=Path, help="render the Markdown (and plot) from this results JSON")
+    parser.add_argument("--deep-test-per-class", type=int, default=200,
+                        help="test images per class for the deep fixture, whose every graph is scored on them "
+                             "(0: the whole test split)")
+    parser.add_argument("--update", action="store_true",
+                        help="start from the existing --json results and replace only the parts run (recorded in it)")
     args = parser.parse_args()
 
     if args.render_only:
@@ -112,8 +119,19 @@ def main():
             args.out, args.json, args.plot = Path("/tmp/BENCHMARKS.quick.md"), Path("/tmp/results.quick.json"), Path("/tmp/accuracy_vs_speed.quick.png")
 
     started = time.perf_counter()
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    if args.update:
+        results = json.loads(args.json.read_text())
+        update = {"parts": parts, "started": now, "machine": machine.describe(REPO), "load_start": machine.load_average()}
+        results.setdefault("updates", []).append(update)
+        _run_parts(results, update, parts, args, batches, counts, methods, archs, speed_archs, iterations, max_seconds,
+                   calib_images, analysis_runs)
+        update["seconds"] = round(time.perf_counter() - started, 1)
+        _write_outputs(results, args)
+        log(f"updated {', '.join(parts)} in {update['seconds'] / 60:.1f} min: {args.out}, {args.json}")
+        return
     results = {
-        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "started": now,
         "machine": machine.describe(REPO),
         "quick": args.quick,
         "settings": {"batches": batches, "iterations": iterations, "max_seconds": max_seconds,
@@ -121,6 +139,15 @@ def main():
                      "speed_archs": speed_archs},
         "load": {"start": machine.load_average()},
     }
+    _run_parts(results, results["load"], parts, args, batches, counts, methods, archs, speed_archs, iterations, max_seconds,
+               calib_images, analysis_runs)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    _write_outputs(results, args)
+    log(f"done in {results['seconds'] / 60:.1f} min: {args.out}, {args.json}")
+
+
+def _run_parts(results, load, parts, args, batches, counts, methods, archs, speed_archs, iterations, max_seconds,
+               calib_images, analysis_runs):
     with tempfile.TemporaryDirectory(prefix="ffx-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +170,7 @@ def main():
             artifacts = {row["arch"]: row["files"] for row in configs["rows"]}
             if "configs" in parts:
                 results["configs"] = configs
-        results["load"]["timing_start"] = machine.load_average()
+        load["timing_start"] = machine.load_average()
         if "speed" in parts:
             results["speed"] = {}
             models = {arch: artifacts[arch] for arch in speed_archs}
@@ -169,12 +196,30 @@ def main():
                 results["analysis"] = int8_analysis.run(artifacts[analysed], ARCHITECTURES[analysed].config,
                                                         runs=analysis_runs, log=log)
             results["analysis"].update(arch=analysed, other_cpus=other.other_cpus)
-        results["load"]["end"] = machine.load_average()
+        if "deep" in parts:
+            _run_deep(results, workdir, args, batches, counts, methods, iterations, max_seconds)
+        load["end"] = machine.load_average()
     if "roofline" in parts:
         results["roofline"] = roofline.rows()
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    _write_outputs(results, args)
-    log(f"done in {results['seconds'] / 60:.1f} min: {args.out}, {args.json}")
+
+
+def _run_deep(results, workdir, args, batches, counts, methods, iterations, max_seconds):
+    """The deep fixture through the very same fidelity measurement, then `ffx bench` of its graphs."""
+    deep_dir = workdir / "deep"
+    deep_dir.mkdir(parents=True, exist_ok=True)
+    fashion_dir = args.fashion_dir or (workdir / "fashion-mnist" if (workdir / "fashion-mnist" / "val").is_dir() else None)
+    if args.wait_quiet:
+        wait_until_quiet(args.max_other_cpus, args.wait_minutes)
+    with machine.OtherLoad() as other:
+        deep = fidelity.run(deep_dir, fashion_dir, counts=counts, methods=methods, checkpoint=fidelity.DEEP_CHECKPOINT,
+                            test_per_class=args.deep_test_per_class or None, log=log)
+    deep["other_cpus"] = other.other_cpus
+    results["fidelity_deep"] = deep
+    files = {"checkpoint": str(fidelity.DEEP_CHECKPOINT), "fp32": deep["models"]["fp32"],
+             "fp16": deep["models"]["fp16"], "int8": deep["models"][f"int8-entropy-{max(counts)}"]}
+    results.setdefault("speed", {})["fashion_tiny197"] = measured_quietly(
+        lambda: cpu_speed.measure("fashion_tiny197", files, batches, iterations, max_seconds=max_seconds, log=log),
+        args, "speed fashion_tiny197")
 
 
 def _write_outputs(results, args):
@@ -193,6 +238,7 @@ def _without_work_paths(results):
     """The results minus the temporary model paths (meaningless once the run's folder is gone)."""
     results = json.loads(json.dumps(results))
     results.get("fidelity", {}).pop("models", None)
+    results.get("fidelity_deep", {}).pop("models", None)
     for row in results.get("configs", {}).get("rows", []):
         row.pop("files", None)
     return results
