@@ -98,7 +98,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
             raise FfxError(f"none of the {len(images.items)} chosen images in {images.data_path} could be read")
         absmax = dict(zip(stats.tensors, (float(v) for v in stats.absmax)))
     elif warn is not None:
-        warn("no --data: the float16 overflow preflight was skipped (every tensor is float16)")
+        warn("no calibration images: the float16 overflow preflight was skipped (every tensor is float16)")
 
     limit = FP16_MAX / OVERFLOW_HEADROOM
     large = {name for name, value in absmax.items() if value > limit}

@@ -72,7 +72,8 @@ def check_tensorrt(model_bytes, backend="auto"):
                 continue
             started = time.perf_counter()
             try:
-                tensorrt.build_serialized_engine(path, backend=chosen, min_batch=1, opt_batch=1, max_batch=8, progress=False)
+                tensorrt.build_serialized_engine(path, tensorrt.BuildOptions(min_batch=1, opt_batch=1, max_batch=8),
+                                                backend=chosen, progress=False)
             except BackendUnavailable as e:  # installed, but cannot build here (full TensorRT without a GPU)
                 reasons.append(str(e))
                 continue

@@ -21,3 +21,12 @@ class BackendUnavailable(FfxError):
     """A required optional backend (TensorRT, pycuda, ...) is not installed or has no GPU."""
 
     exit_code = 2
+
+
+class InvalidOption(FfxError):
+    """A wrong value for one field of an options object (BuildOptions, ...). The library names the
+    field, not a CLI flag; the command that set the field maps it to its flag for the message."""
+
+    def __init__(self, option, message):
+        super().__init__(message)
+        self.option = option

@@ -4,8 +4,17 @@ Two backends share one code path: full TensorRT 10.x / 11.x (`tensorrt`, GPU mac
 and TensorRT-RTX (`tensorrt_rtx_bindings`), whose builder compiles ahead of time on a CPU-only
 machine. Precision lives in the ONNX graph (float16 tensors, Q/DQ pairs), so the network is
 always strongly typed and no weak-typing API removed in TensorRT 11 (BuilderFlag.FP16/INT8,
-calibrators, dynamic ranges) is ever touched. Every version-dependent attribute is looked up
-with getattr so one file serves 10.x, 11.x and RTX.
+calibrators, dynamic ranges) is ever touched.
+
+A build is three steps: `parse_onnx` (network from the ONNX file), `configure_builder` (a
+builder config from a validated `BuildOptions`), `build_plan` (the serialized engine);
+`build_serialized_engine` runs them in order.
+
+TensorRT API conventions, checked by tests/test_tensorrt_conformance.py against the installed
+TensorRT-RTX and NVIDIA's TensorRT 10.3 and 11.x bindings: TensorRT objects live in variables
+named after their class (`trt`, `builder`, `network`, `parser`, `config`, `engine`, `context`,
+...); a name only one flavour has is used inside a function whose name ends in `_rtx` or
+`_full_tensorrt`; a name only some versions have is looked up with `getattr(obj, "name", None)`.
 """
 
 import contextlib
@@ -17,7 +26,8 @@ import time
 import warnings
 from pathlib import Path
 
-from ffx.errors import BackendUnavailable, FfxError
+from ffx.compute_capability import RTX_DEFAULT_TARGETS, TURING, capability_label, rtx_supports, rtx_unsupported_reason
+from ffx.errors import BackendUnavailable, FfxError, InvalidOption
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
 MIN_TENSORRT_MAJOR = 10
@@ -53,9 +63,21 @@ class Backend:
     def major(self):
         return int(self.version.split(".")[0])
 
+    @property
+    def is_rtx(self):
+        return self.name == "tensorrt-rtx"
+
+    @property
+    def label(self):
+        return backend_label(self.name)
+
     def __str__(self):
-        label = "TensorRT-RTX" if self.name == "tensorrt-rtx" else "TensorRT"
-        return f"{label} {self.version}"
+        return f"{self.label} {self.version}"
+
+
+def backend_label(name):
+    """How people write a backend: "tensorrt-rtx" -> "TensorRT-RTX", "tensorrt" -> "TensorRT"."""
+    return "TensorRT-RTX" if name == "tensorrt-rtx" else "TensorRT"
 
 
 def _import_backend(name):
@@ -104,7 +126,7 @@ def make_logger(backend, verbose=False):
     """A TensorRT ILogger that keeps every message, so a failed build can say why in one line;
     it prints them too when `verbose`."""
     trt = backend.module
-    label = str(backend).split()[0]
+    label = backend.label
 
     class RecordingLogger(trt.ILogger):
         def __init__(self):
@@ -165,42 +187,145 @@ def _progress_monitor(trt, enabled):
     return TqdmProgressMonitor()
 
 
-@dataclasses.dataclass
-class EngineBuild:
-    """What `build_serialized_engine` did, for the sidecar."""
+# -- options ----------------------------------------------------------------------------------
 
-    backend: str
-    backend_version: str
+DEFAULT_MAX_BATCH = 32
+DEFAULT_OPT_BATCH = 8  # capped by the max batch
+CURRENT_GPU = "current"  # as a target: the GPU of the building machine
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """How to build an engine, validated on construction (InvalidOption names the field).
+
+    min/opt/max_batch: the batch profile; None takes the default (opt = min(8, max), max = 32).
+    workspace_bytes: builder workspace limit. timing_cache: file read before and merged back
+    after the build (full TensorRT). optimization_level: 0..5. hardware_compatibility: a key of
+    HARDWARE_COMPATIBILITY (full TensorRT). version_compatible: loadable by newer TensorRT of the
+    same major (full TensorRT). compute_capabilities: TensorRT-RTX targets, replacing its default
+    (8.6, 8.9, 12.0); "current" alone means this machine's GPU and must be resolved with
+    `with_current_gpu` before building. tf32: allow TF32 for FP32 layers (TensorRT's default).
+    """
+
+    min_batch: int = 1
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    workspace_bytes: int | None = None
+    timing_cache: str | None = None
+    optimization_level: int | None = None
+    hardware_compatibility: str | None = None
+    version_compatible: bool = False
+    compute_capabilities: tuple = ()
+    tf32: bool = True
+
+    def __post_init__(self):
+        for field in ("min_batch", "opt_batch", "max_batch", "workspace_bytes"):
+            value = getattr(self, field)
+            if (value is not None or field == "min_batch") and not _positive_int(value):
+                raise InvalidOption(field, f"must be a positive whole number, got {value!r}")
+        given = [b for b in (self.min_batch, self.opt_batch, self.max_batch) if b is not None]
+        if given != sorted(given):
+            raise InvalidOption("min_batch", "batch profile must satisfy 1 <= min <= opt <= max, got "
+                                f"{self.min_batch}, {self.opt_batch or 'default'}, {self.max_batch or 'default'}")
+        if self.optimization_level is not None and (not _whole(self.optimization_level) or not 0 <= self.optimization_level <= 5):
+            raise InvalidOption("optimization_level", f"builder optimization level must be 0..5, got {self.optimization_level!r}")
+        if self.hardware_compatibility is not None and self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
+            raise InvalidOption("hardware_compatibility", f"unknown hardware compatibility {self.hardware_compatibility!r}; "
+                                f"choose {', '.join(HARDWARE_COMPATIBILITY)}")
+        for field in ("version_compatible", "tf32"):
+            if not isinstance(getattr(self, field), bool):
+                raise InvalidOption(field, f"must be true or false, got {getattr(self, field)!r}")
+        object.__setattr__(self, "compute_capabilities", _rtx_targets(self.compute_capabilities))
+        if self.timing_cache is not None:
+            object.__setattr__(self, "timing_cache", str(self.timing_cache))
+
+    @property
+    def wants_current_gpu(self):
+        return self.compute_capabilities == (CURRENT_GPU,)
+
+    def with_current_gpu(self, capability):
+        """These options with the target "current" replaced by `capability` (the building GPU's,
+        so the sidecar records the real one); `capability` None: no GPU visible, InvalidOption."""
+        if not self.wants_current_gpu:
+            return self
+        if capability is None:
+            raise InvalidOption("compute_capabilities", "target 'current' means this machine's GPU and none is visible; "
+                                f"name the targets instead (e.g. {RTX_DEFAULT_TARGETS[0]})")
+        return dataclasses.replace(self, compute_capabilities=(capability_label(capability),))
+
+    def profile_batches(self):
+        """(min, opt, max) with the defaults filled in."""
+        maximum = self.max_batch or max(DEFAULT_MAX_BATCH, self.min_batch, self.opt_batch or 0)
+        optimum = self.opt_batch or min(maximum, max(self.min_batch, DEFAULT_OPT_BATCH))
+        return self.min_batch, optimum, maximum
+
+
+def _whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value):
+    return _whole(value) and value > 0
+
+
+def _rtx_targets(values):
+    """Validated, normalized TensorRT-RTX targets: a tuple of "8.6"-style labels, or ("current",)."""
+    if isinstance(values, str):
+        values = (values,)
+    labels = []
+    for value in values:
+        text = str(value).strip().lower()
+        if text == CURRENT_GPU:
+            labels.append(CURRENT_GPU)
+            continue
+        if text in ("none", ""):
+            raise InvalidOption("compute_capabilities", f"{value!r} is not a target; leave the targets out for "
+                                f"TensorRT-RTX's default ({', '.join(RTX_DEFAULT_TARGETS)})")
+        try:
+            label = capability_label(value)
+        except FfxError as e:
+            raise InvalidOption("compute_capabilities", str(e)) from None
+        if not rtx_supports(label):
+            raise InvalidOption("compute_capabilities", rtx_unsupported_reason(label))
+        if label not in labels:
+            labels.append(label)
+    if CURRENT_GPU in labels and len(labels) > 1:
+        raise InvalidOption("compute_capabilities", "target 'current' cannot be combined with other targets")
+    return tuple(labels)
+
+
+# -- step 1: parse ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ParsedNetwork:
+    """An ONNX file parsed into a strongly typed TensorRT network, and what the build needs of it."""
+
+    backend: Backend
+    onnx_path: Path
+    builder: object
+    network: object
+    parser: object  # kept alive: the network refers to weights the parser owns
+    logger: object
     input_name: str
-    input_shape: list  # as parsed, -1 for the dynamic batch
+    input_shape: list  # as parsed, -1 for a dynamic batch
     input_dtype: str
     output_names: list
-    profile: dict  # {"min": [..], "opt": [..], "max": [..]} of the input
-    strongly_typed: bool
-    build_seconds: float
-    workspace_bytes: int | None
-    optimization_level: int | None
-    hardware_compatibility: str | None
-    version_compatible: bool
-    compute_capabilities: list  # RTX AOT targets, [] = the backend's default
-    timing_cache: dict | None  # {"path", "loaded_bytes", "saved_bytes"} or None
-    notes: list  # things the user should know (ignored options, ...)
 
 
-def parse_onnx(backend, onnx_path, logger=None):
-    """(builder, network, parser, logger) with `onnx_path` parsed into a strongly typed network.
-    Raises FfxError naming the first node TensorRT's parser rejects."""
+def parse_onnx(backend, onnx_path, verbose=False):
+    """ParsedNetwork of `onnx_path`. Raises FfxError naming the first node TensorRT's parser
+    rejects, or when the graph is not one image input -> logits with types numpy can hold."""
     trt = backend.module
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FfxError(f"{onnx_path}: no such file")
-    logger = logger or make_logger(backend)
+    logger = make_logger(backend, verbose)
     try:
         builder = trt.Builder(logger)
     except (TypeError, RuntimeError) as e:  # pybind11 factory returned nullptr: no CUDA device/driver
         raise BackendUnavailable(
-            f"{backend} could not create a builder ({e}); full TensorRT needs a CUDA GPU and driver to build. "
-            "Use --backend tensorrt-rtx to build ahead of time on a CPU"
+            f"{backend} could not create a builder ({e}); full TensorRT needs a CUDA GPU and driver to build; "
+            "TensorRT-RTX builds ahead of time on a CPU"
         ) from None
     if builder is None:
         raise BackendUnavailable(f"{backend} could not create a builder (no CUDA GPU or driver?)")
@@ -208,20 +333,30 @@ def parse_onnx(backend, onnx_path, logger=None):
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise FfxError(f"{onnx_path}: {backend} cannot parse the model: {_parser_errors(parser, logger)}")
-    return builder, network, parser, logger
+    if network.num_inputs == 0 or network.num_outputs == 0:
+        raise FfxError(f"{onnx_path}: {backend} parsed an empty graph; is this an ONNX model?")
+    if network.num_inputs != 1:
+        raise FfxError(f"{onnx_path}: expected one input, found {network.num_inputs}")
+    tensors = [network.get_input(0)] + [network.get_output(i) for i in range(network.num_outputs)]
+    for tensor in tensors:
+        numpy_dtype(trt, tensor.dtype, tensor.name, onnx_path)  # refuse IO types numpy lacks now, not at run time
+    return ParsedNetwork(
+        backend=backend, onnx_path=onnx_path, builder=builder, network=network, parser=parser, logger=logger,
+        input_name=tensors[0].name, input_shape=list(tensors[0].shape), input_dtype=dtype_name(tensors[0].dtype),
+        output_names=[tensor.name for tensor in tensors[1:]],
+    )
 
 
 def _network_flags(backend):
     """Strongly typed everywhere: explicit on TensorRT 10.x, the default (flag deprecated) on 11
     and TensorRT-RTX. EXPLICIT_BATCH is the default since 10 and gone in 11, so it is never set."""
-    flags = 0
-    flag_enum = getattr(backend.module, "NetworkDefinitionCreationFlag", None)
-    strongly_typed = getattr(flag_enum, "STRONGLY_TYPED", None)
-    if backend.name == "tensorrt" and backend.major == 10:
-        if strongly_typed is None:
-            raise BackendUnavailable(f"{backend} has no strongly typed networks; upgrade to TensorRT 10.1 or newer")
-        flags |= 1 << int(strongly_typed)
-    return flags
+    trt = backend.module
+    if backend.is_rtx or backend.major != 10:
+        return 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # from 10.1
+    if strongly_typed is None:
+        raise BackendUnavailable(f"{backend} has no strongly typed networks; upgrade to TensorRT 10.1 or newer")
+    return 1 << int(strongly_typed)
 
 
 def _parser_errors(parser, logger):
@@ -230,13 +365,13 @@ def _parser_errors(parser, logger):
         logged = logger.errors()
         return logged[-1] if logged else "the parser reported no details"
     first = errors[0]
-    node_name = _call(first, "node_name") or ""
-    node_op = _call(first, "node_operator") or ""
-    node_index = _call(first, "node")
+    node_name = _parser_error_field(first, "node_name") or ""
+    node_op = _parser_error_field(first, "node_operator") or ""
+    node_index = _parser_error_field(first, "node")
     where = f"node {node_name!r}" if node_name else (f"node #{node_index}" if node_index not in (None, -1) else "the graph")
     if node_op:
         where += f" ({node_op})"
-    text = f"{where}: {_one_line(_call(first, 'desc') or str(first))}"
+    text = f"{where}: {_one_line(_parser_error_field(first, 'desc') or str(first))}"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return text
@@ -251,8 +386,9 @@ def _one_line(description):
     return re.sub(r"\s*In \w+ at [^)]*", "", line).strip()
 
 
-def _call(obj, name):
-    method = getattr(obj, name, None)
+def _parser_error_field(parser_error, name):
+    """One field of an IParserError (node_name, node_operator, ... vary between versions)."""
+    method = getattr(parser_error, name, None)
     if method is None:
         return None
     with contextlib.suppress(Exception):
@@ -260,184 +396,246 @@ def _call(obj, name):
     return None
 
 
-def build_serialized_engine(
-    onnx_path,
-    backend="auto",
-    min_batch=1,
-    opt_batch=None,
-    max_batch=None,
-    workspace=None,
-    timing_cache=None,
-    optimization_level=None,
-    hardware_compatibility=None,
-    version_compatible=False,
-    compute_capabilities=None,
-    progress=None,
-    verbose=False,
-):
-    """Parse `onnx_path` and build a TensorRT plan: returns (engine bytes, EngineBuild).
+# -- step 2: configure ------------------------------------------------------------------------
 
-    `backend`: "auto", "tensorrt", "tensorrt-rtx" or a Backend. The batch profile defaults to
-    min_batch..max(opt, 32) with opt = max_batch when only that is given. `workspace` is in bytes.
-    `timing_cache` is a file path, read when present and rewritten after the build (full
-    TensorRT; TensorRT-RTX has none). `progress`: True, False, or None for a bar on TTYs only.
-    """
+@dataclasses.dataclass
+class BuilderSetup:
+    """A builder config ready to build `parsed`, and what was decided while making it."""
+
+    config: object
+    profile: dict  # {"min": [..], "opt": [..], "max": [..]} of the input
+    targets: list  # TensorRT-RTX compute capabilities the engine runs on; [] for full TensorRT
+    timing_cache: object  # the attached ITimingCache, or None
+    timing_cache_loaded_bytes: int
+    notes: list
+
+
+def configure_builder(parsed, options):
+    """BuilderSetup for `parsed` from `options` (a BuildOptions). InvalidOption for an option the
+    backend cannot honour; a note for one it ignores (TensorRT-RTX: timing cache, hardware
+    compatibility)."""
+    backend, trt = parsed.backend, parsed.backend.module
+    if options.wants_current_gpu:
+        raise InvalidOption("compute_capabilities", "target 'current' must be resolved to this GPU's compute capability first")
+    config = parsed.builder.create_builder_config()
+    notes = []
+    if options.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    if options.optimization_level is not None:
+        config.builder_optimization_level = options.optimization_level
+    if not options.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if backend.is_rtx:
+        targets = _configure_rtx(parsed, config, options, notes)
+    else:
+        targets = _configure_full_tensorrt(parsed, config, options)
+    verbosity = getattr(trt, "ProfilingVerbosity", None)
+    if verbosity is not None:  # layer names, tactics and formats for `ffx inspect --layers`
+        config.profiling_verbosity = verbosity.DETAILED
+    profile_shapes = _profile_shapes(parsed, options)
+    if profile_shapes is not None:
+        profile = parsed.builder.create_optimization_profile()
+        profile.set_shape(parsed.input_name, profile_shapes["min"], profile_shapes["opt"], profile_shapes["max"])
+        config.add_optimization_profile(profile)
+    timing_cache, loaded = None, 0
+    if options.timing_cache is not None and not backend.is_rtx:
+        timing_cache, loaded = _attach_timing_cache_full_tensorrt(config, Path(options.timing_cache))
+    fixed = {"min": parsed.input_shape, "opt": parsed.input_shape, "max": parsed.input_shape}
+    return BuilderSetup(config=config, profile=profile_shapes or fixed, targets=targets, timing_cache=timing_cache,
+                        timing_cache_loaded_bytes=loaded, notes=notes)
+
+
+def _configure_rtx(parsed, config, options, notes):
+    """TensorRT-RTX: ahead-of-time targets; the options it has no use for are noted or refused."""
+    if options.version_compatible:
+        raise InvalidOption("version_compatible", "TensorRT-RTX cannot build version-compatible engines "
+                            "(it has no lean runtime to embed); build with full TensorRT for that")
+    if options.hardware_compatibility not in (None, "none"):
+        notes.append(f"TensorRT-RTX engines are portable across {', '.join(RTX_DEFAULT_TARGETS)} by default; "
+                     "the hardware compatibility option was ignored")
+    if options.timing_cache is not None:
+        notes.append("TensorRT-RTX has no builder timing cache; the timing cache option was ignored")
+    if not options.compute_capabilities:
+        return list(RTX_DEFAULT_TARGETS)
+    _set_compute_capabilities_rtx(parsed.backend, config, options.compute_capabilities)
+    if TURING in options.compute_capabilities:
+        notes.append("Turing (7.5) on TensorRT-RTX: FP16 runs; FP32 has limits and INT8 GEMMs are unsupported there "
+                     "(support matrix); NVIDIA recommends a Turing-only engine")
+    return list(options.compute_capabilities)
+
+
+def _set_compute_capabilities_rtx(backend, config, labels):
+    enum = backend.module.ComputeCapability
+    members = []
+    for label in labels:
+        member = getattr(enum, "SM" + label.replace(".", ""), None)
+        if member is None:  # 12.1 came with TensorRT-RTX 1.5
+            raise InvalidOption("compute_capabilities", f"{backend} cannot target compute capability {label}; upgrade TensorRT-RTX")
+        members.append(member)
+    config.num_compute_capabilities = len(members)
+    for index, member in enumerate(members):
+        if not config.set_compute_capability(member, index):
+            raise FfxError(f"{backend} refused target compute capability {labels[index]}")
+
+
+def _configure_full_tensorrt(parsed, config, options):
+    """Full TensorRT builds for the GPU it runs on, optionally portable across GPUs or versions."""
+    trt = parsed.backend.module
+    if options.compute_capabilities:
+        raise InvalidOption("compute_capabilities", "target compute capabilities apply to TensorRT-RTX; full TensorRT "
+                            "builds for the GPU it runs on (or Ampere and newer with hardware compatibility)")
+    if options.hardware_compatibility not in (None, "none"):
+        member = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[options.hardware_compatibility], None)
+        if member is None:
+            raise InvalidOption("hardware_compatibility", f"{parsed.backend} has no hardware compatibility level "
+                                f"{options.hardware_compatibility}")
+        config.hardware_compatibility_level = member
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    return []
+
+
+def _profile_shapes(parsed, options):
+    """min/opt/max input shapes for a dynamic batch; None when the batch is fixed in the graph."""
+    input_shape = parsed.input_shape
+    if any(d < 0 for d in input_shape[1:]):
+        raise FfxError(f"{parsed.onnx_path}: only the batch dimension may be dynamic, input shape is {input_shape}")
+    if input_shape[0] >= 0:
+        fixed = input_shape[0]
+        for given in (options.min_batch if options.min_batch != 1 else None, options.opt_batch, options.max_batch):
+            if given is not None and given != fixed:
+                raise FfxError(f"{parsed.onnx_path}: the batch is fixed at {fixed} in the graph; re-export with a dynamic batch")
+        return None
+    rest = list(input_shape[1:])
+    minimum, optimum, maximum = options.profile_batches()
+    return {"min": [minimum, *rest], "opt": [optimum, *rest], "max": [maximum, *rest]}
+
+
+def _attach_timing_cache_full_tensorrt(config, path):
+    """Attach the timing cache in `path` (empty when absent): (cache, bytes read)."""
+    loaded = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(loaded)
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise InvalidOption("timing_cache", f"{path}: TensorRT cannot use this timing cache (made by another "
+                            "TensorRT version or GPU?); delete it and it is rebuilt")
+    return cache, len(loaded)
+
+
+def _save_timing_cache_full_tensorrt(config, path):
+    """Write the build's timing cache back to `path`, combined with whatever is on disk now (a
+    parallel build may have added to it since it was read, as trtexec does); atomic. Bytes written."""
     from ffx.artifacts import write_bytes_atomic
 
-    backend = backend if isinstance(backend, Backend) else available_backend(backend)
-    trt = backend.module
-    started = time.perf_counter()
-    notes = []
-    builder, network, parser, logger = parse_onnx(backend, onnx_path, make_logger(backend, verbose))
+    cache = config.get_timing_cache()
+    on_disk = path.read_bytes() if path.is_file() else b""
+    if on_disk:
+        other = config.create_timing_cache(on_disk)
+        if other is None or not cache.combine(other, False):
+            raise FfxError(f"{path}: the timing cache on disk could not be combined with this build's; "
+                           "delete it and it is rebuilt")
+    data = bytes(memoryview(cache.serialize()))
+    write_bytes_atomic(path, data)
+    return len(data)
 
-    if network.num_inputs == 0 or network.num_outputs == 0:
-        raise FfxError(f"{onnx_path}: {backend} parsed an empty graph; is this an ONNX model?")
-    if network.num_inputs != 1:
-        raise FfxError(f"{onnx_path}: expected one input, found {network.num_inputs}")
-    network_input = network.get_input(0)
-    input_shape = list(network_input.shape)
-    output_names = [network.get_output(i).name for i in range(network.num_outputs)]
-    profile_shapes = _profile_shapes(onnx_path, input_shape, min_batch, opt_batch, max_batch)
 
-    config = builder.create_builder_config()
-    if workspace is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
-    if optimization_level is not None:
-        if not 0 <= int(optimization_level) <= 5:
-            raise FfxError(f"builder optimization level must be 0..5, got {optimization_level}")
-        config.builder_optimization_level = int(optimization_level)
-    if hardware_compatibility not in (None, "none"):
-        if backend.name == "tensorrt-rtx":
-            notes.append("TensorRT-RTX engines are portable across Ampere and newer by default; --hardware-compatibility ignored")
-        else:
-            _set_hardware_compatibility(trt, config, hardware_compatibility)
-    if version_compatible:
-        flag = getattr(trt.BuilderFlag, "VERSION_COMPATIBLE", None)
-        if flag is None:
-            raise FfxError(f"{backend} cannot build version-compatible engines")
-        config.set_flag(flag)
-    if compute_capabilities:
-        _set_compute_capabilities(backend, config, compute_capabilities)
-    verbosity = getattr(getattr(trt, "ProfilingVerbosity", None), "DETAILED", None)
-    if verbosity is not None:  # layer names, tactics and formats for `ffx inspect --layers`
-        config.profiling_verbosity = verbosity
+# -- step 3: build ----------------------------------------------------------------------------
 
-    if profile_shapes is not None:
-        profile = builder.create_optimization_profile()
-        profile.set_shape(network_input.name, profile_shapes["min"], profile_shapes["opt"], profile_shapes["max"])
-        config.add_optimization_profile(profile)
-
-    cache_info = None
-    cache_object = None
-    if timing_cache is not None:
-        if backend.name == "tensorrt-rtx":
-            notes.append("TensorRT-RTX has no builder timing cache; --timing-cache ignored")
-        else:
-            cache_path = Path(timing_cache)
-            loaded = cache_path.read_bytes() if cache_path.is_file() else b""
-            cache_object = config.create_timing_cache(loaded)
-            config.set_timing_cache(cache_object, False)
-            cache_info = {"path": str(cache_path), "loaded_bytes": len(loaded), "saved_bytes": 0}
-
-    monitor = _progress_monitor(trt, progress)
+def build_plan(parsed, setup, progress=None):
+    """The serialized engine (bytes) of `parsed` built with `setup`. `progress`: True, False, or
+    None for a bar on TTYs only."""
+    monitor = _progress_monitor(parsed.backend.module, progress)
     if monitor is not None:
-        config.progress_monitor = monitor
+        setup.config.progress_monitor = monitor
     try:
-        serialized = builder.build_serialized_network(network, config)
+        serialized = parsed.builder.build_serialized_network(parsed.network, setup.config)
     finally:
         if monitor is not None:
             monitor.close()
     if serialized is None:
-        errors = logger.errors()
-        reason = errors[-1] if errors else "no error was logged; rerun with --verbose"
-        raise FfxError(f"{onnx_path}: {backend} failed to build an engine: {reason}")
-    engine_bytes = bytes(memoryview(serialized))
+        errors = parsed.logger.errors()
+        reason = _one_line(errors[-1]) if errors else "no error was logged; its log shows more (verbose)"
+        raise FfxError(f"{parsed.onnx_path}: {parsed.backend} failed to build an engine: {reason}")
+    return bytes(memoryview(serialized))
 
-    if cache_object is not None:
-        updated = bytes(memoryview(config.get_timing_cache().serialize()))
-        write_bytes_atomic(cache_info["path"], updated)
-        cache_info["saved_bytes"] = len(updated)
 
-    level = getattr(config, "hardware_compatibility_level", None) if backend.name == "tensorrt" else None
+@dataclasses.dataclass
+class EngineBuild:
+    """What `build_serialized_engine` did, for the sidecar."""
+
+    backend: str
+    backend_version: str
+    input_name: str
+    input_shape: list  # as parsed, -1 for the dynamic batch
+    input_dtype: str
+    output_names: list
+    profile: dict  # {"min": [..], "opt": [..], "max": [..]} of the input
+    build_seconds: float
+    options: BuildOptions
+    optimization_level: int  # the one the builder used (its default when not given)
+    hardware_compatibility: str | None  # full TensorRT's level, lower-case; None for TensorRT-RTX
+    tf32: bool  # whether FP32 layers could run in TF32
+    compute_capabilities: list  # TensorRT-RTX targets the engine runs on; [] for full TensorRT
+    timing_cache: dict | None  # {"path", "loaded_bytes", "saved_bytes"} or None
+    notes: list  # things the user should know (ignored options, ...)
+
+
+def build_serialized_engine(onnx_path, options=None, backend="auto", progress=None, verbose=False):
+    """Parse, configure, build: (engine bytes, EngineBuild). `backend`: "auto", "tensorrt",
+    "tensorrt-rtx" or a Backend; `options`: a BuildOptions (defaults when None)."""
+    options = options or BuildOptions()
+    backend = backend if isinstance(backend, Backend) else available_backend(backend)
+    started = time.perf_counter()
+    parsed = parse_onnx(backend, onnx_path, verbose)
+    setup = configure_builder(parsed, options)
+    engine_bytes = build_plan(parsed, setup, progress)
+    cache_info = None
+    if setup.timing_cache is not None:
+        path = Path(options.timing_cache)
+        saved = _save_timing_cache_full_tensorrt(setup.config, path)
+        cache_info = {"path": str(path), "loaded_bytes": setup.timing_cache_loaded_bytes, "saved_bytes": saved}
+    trt = backend.module
+    level = None if backend.is_rtx else setup.config.hardware_compatibility_level
     build = EngineBuild(
         backend=backend.name,
         backend_version=backend.version,
-        input_name=network_input.name,
-        input_shape=input_shape,
-        input_dtype=_dtype_name(network_input.dtype),
-        output_names=output_names,
-        profile=profile_shapes or {"min": input_shape, "opt": input_shape, "max": input_shape},
-        strongly_typed=True,
+        input_name=parsed.input_name,
+        input_shape=parsed.input_shape,
+        input_dtype=parsed.input_dtype,
+        output_names=parsed.output_names,
+        profile=setup.profile,
         build_seconds=round(time.perf_counter() - started, 3),
-        workspace_bytes=int(workspace) if workspace is not None else None,
-        optimization_level=int(config.builder_optimization_level),
-        hardware_compatibility=str(level).rsplit(".", 1)[-1].lower() if level is not None else None,
-        version_compatible=bool(version_compatible),
-        compute_capabilities=[_capability_label(c) for c in compute_capabilities or []],
+        options=options,
+        optimization_level=int(setup.config.builder_optimization_level),
+        hardware_compatibility=_enum_name(level).lower() if level is not None else None,
+        tf32=bool(setup.config.get_flag(trt.BuilderFlag.TF32)),
+        compute_capabilities=setup.targets,
         timing_cache=cache_info,
-        notes=notes,
+        notes=setup.notes,
     )
     return engine_bytes, build
 
 
-def _profile_shapes(onnx_path, input_shape, min_batch, opt_batch, max_batch):
-    """min/opt/max input shapes for a dynamic batch; None when the batch is fixed in the graph."""
-    if any(d < 0 for d in input_shape[1:]):
-        raise FfxError(f"{onnx_path}: only the batch dimension may be dynamic, input shape is {input_shape}")
-    if input_shape[0] >= 0:
-        fixed = input_shape[0]
-        for given in (opt_batch, max_batch):
-            if given is not None and given != fixed:
-                raise FfxError(f"{onnx_path}: the batch is fixed at {fixed} in the graph; re-export with a dynamic batch")
-        return None
-    min_batch = int(min_batch or 1)
-    if max_batch is None:
-        max_batch = max(32, min_batch, opt_batch or 0)
-    if opt_batch is None:
-        opt_batch = min(max_batch, max(min_batch, 8))
-    if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise FfxError(f"batch profile must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}")
-    rest = list(input_shape[1:])
-    return {"min": [min_batch, *rest], "opt": [opt_batch, *rest], "max": [max_batch, *rest]}
+# -- data types -------------------------------------------------------------------------------
+
+_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+                "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8", "INT4": "int4", "FP4": "float4"}
 
 
-def _set_hardware_compatibility(trt, config, level):
-    if level not in HARDWARE_COMPATIBILITY:
-        raise FfxError(f"unknown hardware compatibility {level!r}; choose {', '.join(HARDWARE_COMPATIBILITY)}")
-    enum = getattr(trt, "HardwareCompatibilityLevel", None)
-    member = getattr(enum, HARDWARE_COMPATIBILITY[level], None)
-    if member is None:
-        raise FfxError(f"this TensorRT has no hardware compatibility level {level}")
-    config.hardware_compatibility_level = member
+def _enum_name(member):
+    return str(member).rsplit(".", 1)[-1]
 
 
-def _capability_label(capability):
-    """"SM86", "sm86", "8.6" -> "8.6"."""
-    text = str(capability).upper().replace("SM", "").replace("_", "")
-    return text if "." in text else f"{text[:-1]}.{text[-1:]}"
-
-
-def _set_compute_capabilities(backend, config, capabilities):
-    """TensorRT-RTX AOT targets, e.g. ["SM75"] for Turing (not built by default)."""
-    enum = getattr(backend.module, "ComputeCapability", None)
-    if enum is None or not hasattr(config, "set_compute_capability"):
-        raise FfxError(f"{backend} does not take target compute capabilities; they apply to TensorRT-RTX")
-    members = []
-    for capability in capabilities:
-        key = "SM" + _capability_label(capability).replace(".", "")
-        member = getattr(enum, key, None) or getattr(enum, str(capability).upper(), None)
-        if member is None:
-            known = [m for m in enum.__members__ if m.startswith("SM")]
-            raise FfxError(f"unknown compute capability {capability!r}; {backend} knows {', '.join(known)}")
-        members.append(member)
-    config.num_compute_capabilities = len(members)
-    for index, member in enumerate(members):
-        config.set_compute_capability(member, index)
-
-
-_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32", "INT64": "int64"}
-
-
-def _dtype_name(dtype):
-    name = str(dtype).rsplit(".", 1)[-1]
+def dtype_name(dtype):
+    """A TensorRT DataType as ffx writes it: DataType.HALF -> "float16"."""
+    name = _enum_name(dtype)
     return _DTYPE_NAMES.get(name, name.lower())
+
+
+def numpy_dtype(trt, dtype, tensor_name, where):
+    """The numpy type of a TensorRT IO tensor; FfxError for types numpy has none for (BF16, FP8,
+    INT4, FP4), which an engine's inputs and outputs must not use here."""
+    try:
+        return trt.nptype(dtype)
+    except TypeError:
+        raise FfxError(f"{where}: tensor {tensor_name!r} is {dtype_name(dtype)}, which numpy has no type for; "
+                       "keep the model's inputs and outputs float32 (or float16)") from None

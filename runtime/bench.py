@@ -60,13 +60,12 @@ def bench_runner(runner, batch, iterations=50, warmup=5, max_seconds=10.0, seed=
     for _ in range(warmup):
         runner.infer(images)
     timings, phases = [], []
-    split = hasattr(runner, "phase_timing")
     deadline = time.perf_counter() + max_seconds
     while len(timings) < iterations and (len(timings) < 5 or time.perf_counter() < deadline):
         start = time.perf_counter()
         runner.infer(images)
         timings.append(time.perf_counter() - start)
-    if split:
+    if runner.supports_phase_timing:
         # A separate pass: reading the events synchronizes, which must not distort the latencies.
         runner.phase_timing = True
         try:
@@ -109,11 +108,15 @@ def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, prov
                     if on_skip:
                         on_skip(f"{runner.name}: the graph's batch is fixed at {runner.fixed_batch}; batch {batch} skipped")
                     continue
+                if batch < runner.min_batch:  # padding would time more images than the batch claims
+                    if on_skip:
+                        on_skip(f"{runner.name}: batch {batch} is below its profile (min {runner.min_batch}); skipped")
+                    continue
                 result = bench_runner(runner, batch, iterations=iterations, warmup=warmup, max_seconds=max_seconds)
                 results.append(result)
                 if on_result:
                     on_result(result)
-            for note in getattr(runner, "notes", []):
+            for note in runner.notes:
                 if on_skip:
                     on_skip(note)
     return results

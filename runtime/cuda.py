@@ -3,8 +3,9 @@
 The TensorRT engine runner needs device memory, page-locked host memory, a stream, async copies
 and (optionally) CUDA graph capture. Jetsons usually carry pycuda (compiled on the device);
 NVIDIA's own samples moved to cuda-python (`cuda.bindings.runtime`). Both are wrapped here with
-the same methods so the runner never cares which one it got. Nothing here is imported unless an
-engine is actually run.
+the same methods so the runner never cares which one it got. Released pycuda has no
+stream-capture API, so CUDA graphs go through cuda-python only (`supports_graphs`). Nothing here
+is imported unless an engine is actually run.
 """
 
 import ctypes
@@ -12,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from ffx.errors import BackendUnavailable
+from ffx.errors import BackendUnavailable, FfxError
 
 CUDA_LIBRARIES = ("pycuda", "cuda-python")
 
@@ -28,17 +29,28 @@ class GpuInfo:
         return dataclasses.asdict(self)
 
 
-def open_cuda(preferred="auto", device=0):
-    """A CudaApi for `device`, from pycuda, cuda-python, or the first that works (auto)."""
+GRAPHS_NEED_CUDA_PYTHON = ("CUDA graphs need cuda-python (`pip install cuda-python`): released pycuda has no "
+                           "stream-capture API")
+
+
+def open_cuda(preferred="auto", device=0, graphs=False):
+    """A CudaApi for `device`, from pycuda, cuda-python, or the first that works (auto).
+    `graphs`: CUDA graphs will be captured, which only cuda-python can do."""
     if preferred not in ("auto", *CUDA_LIBRARIES):
         raise BackendUnavailable(f"unknown CUDA library {preferred!r}; choose auto, pycuda or cuda-python")
+    if graphs and preferred == "pycuda":
+        raise FfxError(GRAPHS_NEED_CUDA_PYTHON)
     order = CUDA_LIBRARIES if preferred == "auto" else (preferred,)
+    if graphs:
+        order = ("cuda-python",)
     reasons = []
     for name in order:
         try:
             return PycudaApi(device) if name == "pycuda" else CudaPythonApi(device)
         except BackendUnavailable as e:
             reasons.append(str(e))
+    if graphs:
+        raise BackendUnavailable(f"{GRAPHS_NEED_CUDA_PYTHON} ({reasons[0]})")
     raise BackendUnavailable(
         "running a TensorRT engine needs a CUDA GPU and pycuda or cuda-python ("
         + "; ".join(reasons)
@@ -62,6 +74,7 @@ class CudaApi:
     """What the engine runner uses. Pointers and stream handles are plain ints (what TensorRT takes)."""
 
     name = "?"
+    supports_graphs = False
 
     def gpu_info(self):
         raise NotImplementedError
@@ -99,15 +112,23 @@ class CudaApi:
         """Milliseconds between two recorded events (waits for `end`)."""
         raise NotImplementedError
 
-    def begin_capture(self, stream):
+    def destroy_stream(self, stream):
         raise NotImplementedError
 
-    def end_capture(self, stream):
-        """Finish a stream capture; returns an instantiated graph to pass to `launch_graph`."""
+    def destroy_event(self, event):
         raise NotImplementedError
+
+    def capture_graph(self, stream, enqueue):
+        """Capture what `enqueue()` (returning True on success) puts on `stream` into an
+        instantiated graph for `launch_graph`; None when the capture failed (the CUDA error is
+        cleared, so the caller can run without a graph)."""
+        raise FfxError(GRAPHS_NEED_CUDA_PYTHON)
 
     def launch_graph(self, graph, stream):
-        raise NotImplementedError
+        raise FfxError(GRAPHS_NEED_CUDA_PYTHON)
+
+    def destroy_graph(self, graph):
+        raise FfxError(GRAPHS_NEED_CUDA_PYTHON)
 
     def close(self):
         pass
@@ -117,6 +138,7 @@ class PycudaApi(CudaApi):
     name = "pycuda"
 
     def __init__(self, device=0):
+        self.context = None
         try:
             import pycuda.driver as driver
         except Exception as e:  # ImportError, or OSError when libcuda is missing
@@ -169,23 +191,22 @@ class PycudaApi(CudaApi):
         end.synchronize()
         return float(start.time_till(end))
 
-    def begin_capture(self, stream):
-        stream.begin_capture()
+    # pycuda's Stream and Event free themselves when the last reference goes; the runner drops its own.
+    def destroy_stream(self, stream):
+        pass
 
-    def end_capture(self, stream):
-        return stream.end_capture().instantiate()
-
-    def launch_graph(self, graph, stream):
-        graph.launch(stream)
+    def destroy_event(self, event):
+        pass
 
     def close(self):
-        if getattr(self, "context", None) is not None:
+        if self.context is not None:
             self.context.pop()
             self.context = None
 
 
 class CudaPythonApi(CudaApi):
     name = "cuda-python"
+    supports_graphs = True
 
     def __init__(self, device=0):
         try:
@@ -265,20 +286,60 @@ class CudaPythonApi(CudaApi):
         self._check(self.cudart.cudaEventSynchronize(end), "cudaEventSynchronize")
         return float(self._check(self.cudart.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
 
-    def begin_capture(self, stream):
-        mode = self.cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
-        self._check(self.cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+    def destroy_stream(self, stream):
+        self._check(self.cudart.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
-    def end_capture(self, stream):
-        graph = self._check(self.cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-        return self._check(self.cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+    def destroy_event(self, event):
+        self._check(self.cudart.cudaEventDestroy(event), "cudaEventDestroy")
+
+    def capture_graph(self, stream, enqueue):
+        cudart = self.cudart
+        # Thread-local: other threads' CUDA calls are neither captured nor made to fail meanwhile.
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+        enqueued, graph = False, None
+        try:
+            enqueued = bool(enqueue())
+        finally:
+            # Always end the capture, even when enqueue raised: a stream left capturing breaks every later call.
+            error, graph = cudart.cudaStreamEndCapture(stream)
+            if not (enqueued and self._succeeded(error)):
+                self._discard_capture(graph)
+        if not (enqueued and self._succeeded(error)):
+            return None
+        error, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
+        if not self._succeeded(error):
+            self._discard_capture(graph)
+            return None
+        return CapturedGraph(graph, graph_exec)
+
+    def _succeeded(self, error):
+        return int(error) == int(self.cudart.cudaError_t.cudaSuccess)
+
+    def _discard_capture(self, graph):
+        """Free a failed capture's graph and clear the error it left, as trtexec does."""
+        if graph is not None and int(graph) != 0:
+            self.cudart.cudaGraphDestroy(graph)
+        self.cudart.cudaGetLastError()
 
     def launch_graph(self, graph, stream):
-        self._check(self.cudart.cudaGraphLaunch(graph, stream), "cudaGraphLaunch")
+        self._check(self.cudart.cudaGraphLaunch(graph.graph_exec, stream), "cudaGraphLaunch")
+
+    def destroy_graph(self, graph):
+        self._check(self.cudart.cudaGraphExecDestroy(graph.graph_exec), "cudaGraphExecDestroy")
+        self._check(self.cudart.cudaGraphDestroy(graph.graph), "cudaGraphDestroy")
 
     def close(self):
         while self._host_blocks:
             self.cudart.cudaFreeHost(self._host_blocks.pop())
+
+
+@dataclasses.dataclass(frozen=True)
+class CapturedGraph:
+    """A captured CUDA graph and its executable instance (both freed by `destroy_graph`)."""
+
+    graph: object
+    graph_exec: object
 
 
 @dataclasses.dataclass

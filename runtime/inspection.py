@@ -85,15 +85,14 @@ def inspect_engine(path, load_engine=True):
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "sidecar_file": str(sidecar_path(path)) if sidecar else None,
-        "sidecar": sidecar,
+        "sidecar": sidecar.to_dict() if sidecar else None,
         "sidecar_matches_engine": None,
         "loadable_here": None,
         "layers": None,
         "layers_unavailable": None,
     }
     if sidecar:
-        recorded = (sidecar.get("engine") or {}).get("sha256")
-        info["sidecar_matches_engine"] = recorded == info["sha256"] if recorded else None
+        info["sidecar_matches_engine"] = sidecar.engine.sha256 == info["sha256"]
         info["compatibility"] = engine_compatibility_here(sidecar)
     if not load_engine:
         info["layers_unavailable"] = "not loaded (--no-load)"
@@ -137,7 +136,7 @@ def engine_compatibility_here(sidecar):
     from ffx.tensorrt import available_backend
 
     try:
-        backend = available_backend(sidecar.get("backend", "auto"))
+        backend = available_backend(sidecar.backend)
     except BackendUnavailable as e:
         return str(e)
     gpu = current_gpu()

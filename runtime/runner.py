@@ -32,19 +32,25 @@ class Runner:
         with open_runner("model.engine") as runner:
             logits = runner.infer(images)    # float32 [N, C, H, W] -> float32 [N, classes]
 
-    Subclasses set `backend`, `precision`, `metadata`, `input_shape` and `max_batch` in __init__
-    (cheap, no heavy loading) and implement _activate/_infer/_deactivate.
+    Subclasses set `backend`, `precision`, `metadata`, `input_shape` and the batch limits in
+    __init__ (cheap, no heavy loading) and implement _activate/_infer/_deactivate. Every member
+    callers read is declared here, so no caller needs hasattr.
     """
 
     backend = "?"
+    supports_phase_timing = False  # True: setting `phase_timing` fills `last_phases_ms` per call
 
     def __init__(self, path):
         self.path = Path(path)
         self.precision = "fp32"
         self.metadata = {}
         self.input_shape = None  # (C, H, W)
+        self.min_batch = 1  # smallest batch one call can take; shorter batches are zero-padded
         self.max_batch = None  # largest batch one call can take; None = unlimited
         self.fixed_batch = None  # a graph with a fixed batch takes exactly this many images
+        self.notes = []  # things the user should know about this run (fallbacks, ...)
+        self.phase_timing = False
+        self.last_phases_ms = None  # {"h2d_ms", "compute_ms", "d2h_ms"} of the last call when phase_timing
         self.active = False
 
     # -- what the runner is --------------------------------------------------------------------
@@ -102,7 +108,8 @@ class Runner:
 
         Args:
             images: float32 [N, C, H, W]. Batches larger than the runner takes are split, and a
-                fixed-batch graph's last chunk is zero-padded.
+                chunk shorter than it takes (a fixed batch, an engine's minimum batch) is
+                zero-padded, its padding rows dropped from the result.
 
         Returns:
             float32 logits [N, classes].
@@ -116,12 +123,13 @@ class Runner:
                 f"got {list(images.shape)}"
             )
         step = self.fixed_batch or self.max_batch or len(images)
+        smallest = self.fixed_batch or self.min_batch
         outputs = []
         for start in range(0, len(images), max(step, 1)):
             chunk = images[start:start + step]
             count = len(chunk)
-            if self.fixed_batch and count < self.fixed_batch:
-                pad = np.zeros((self.fixed_batch - count, *chunk.shape[1:]), np.float32)
+            if count < smallest:
+                pad = np.zeros((smallest - count, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
             outputs.append(np.asarray(self._infer(chunk), dtype=np.float32)[:count])
         if not outputs:

@@ -216,7 +216,7 @@ def verify(
                 overlap += _count_overlap(calibration, batch)
     skipped = loaded.num_skipped
     for runner in (candidate_runner, reference_runner):
-        warnings.extend(getattr(runner, "notes", []))
+        warnings.extend(runner.notes)
     if not labels:
         raise FfxError(f"{data}: no readable images")
     if overlap:
@@ -287,10 +287,9 @@ def calibration_images_of(model_path):
 
         manifest = calibration_manifest_path(model_path, onnx_metadata(load_onnx(model_path)))
     elif kind == "engine":
-        sidecar = read_sidecar(model_path) or {}
-        entry = sidecar.get("calibration_manifest") or {}
-        if entry.get("file"):
-            candidate = Path(entry["file"])
+        sidecar = read_sidecar(model_path)
+        if sidecar is not None and sidecar.calibration_manifest is not None:
+            candidate = Path(sidecar.calibration_manifest.file)
             candidate = candidate if candidate.is_absolute() else model_path.parent / candidate
             manifest = candidate if candidate.is_file() else None
     if manifest is None:

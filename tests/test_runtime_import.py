@@ -12,7 +12,7 @@ BLOCKED = ("torch", "tensorrt", "tensorrt_rtx_bindings", "pycuda", "cuda")
 IMPORT_EVERYTHING = """
 import importlib, sys
 for name in ["ffx.runtime", "ffx.runtime.runner", "ffx.runtime.onnxrt", "ffx.runtime.engine", "ffx.runtime.cuda",
-             "ffx.runtime.sidecar", "ffx.runtime.build", "ffx.runtime.verify", "ffx.runtime.bench",
+             "ffx.runtime.sidecar", "ffx.runtime.engine_file", "ffx.runtime.verify", "ffx.runtime.bench",
              "ffx.runtime.predict", "ffx.runtime.inspection", "ffx.runtime.onnx_model", "ffx.runtime.pytorch",
              "ffx.commands.build_engine", "ffx.commands.verify", "ffx.commands.bench",
              "ffx.commands.predict", "ffx.commands.inspect", "ffx.tensorrt"]:

@@ -7,7 +7,7 @@ import pytest
 from ffx.errors import BackendUnavailable, FfxError
 from ffx.runtime import open_runner, runner_kind
 from ffx.runtime.cuda import GpuInfo
-from ffx.runtime.sidecar import compatibility_problem, describe_build
+from ffx.runtime.sidecar import EngineSidecar, compatibility_problem, describe_build
 from helpers import needs_rtx
 
 
@@ -91,10 +91,11 @@ def test_engine_without_gpu_says_so(mini, tmp_path):
 
     if needs_gpu_reason() is None:
         pytest.skip("a GPU is present: tests/test_runtime_gpu.py covers engines")
-    from ffx.runtime.build import build_engine
+    from ffx.runtime.engine_file import write_engine
+    from ffx.tensorrt import BuildOptions
 
     engine = tmp_path / "mini.engine"
-    build_engine(mini.onnx, engine, backend="tensorrt-rtx", max_batch=2, progress=False)
+    write_engine(mini.onnx, engine, BuildOptions(max_batch=2), backend="tensorrt-rtx", progress=False)
     runner = open_runner(engine)
     # Everything the sidecar knows is there before any GPU is touched.
     assert (runner.backend, runner.precision, runner.max_batch, runner.input_shape) == ("tensorrt-rtx", "fp32", 2, (3, 28, 28))
@@ -104,19 +105,125 @@ def test_engine_without_gpu_says_so(mini, tmp_path):
     assert not runner.active
 
 
-# -- sidecar compatibility (pure logic) -----------------------------------------------------------
+def test_short_chunks_are_padded_up_to_the_minimum_batch(mini):
+    # An engine built with --min-batch 4 (or a fixed batch) must not abort on the last short
+    # chunk of verify/bench data: Runner.infer pads it. Checked on the real ONNX Runtime runner
+    # given the same limits, against unpadded results.
+    images = _images(6)
+    with open_runner(mini.onnx) as reference:
+        expected = reference.infer(images)
+    runner = open_runner(mini.onnx)
+    runner.min_batch, runner.max_batch = 4, 4
+    seen = []
+    real_infer = runner._infer
+    runner._infer = lambda chunk: seen.append(len(chunk)) or real_infer(chunk)
+    with runner:
+        np.testing.assert_allclose(runner.infer(images), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(runner.infer(images[:1]), expected[:1], rtol=1e-5, atol=1e-6)
+    assert seen == [4, 4, 4]  # 6 images -> 4 + (2 padded to 4); 1 image -> padded to 4
+
+
+def test_runner_base_declares_what_callers_read(mini):
+    runner = open_runner(mini.onnx)
+    assert runner.notes == [] and runner.phase_timing is False and runner.last_phases_ms is None
+    assert runner.supports_phase_timing is False and runner.min_batch == 1
+
+
+# -- sidecars: the record, its validation, and what it says about a GPU (pure logic) -----------------
 
 ORIN = GpuInfo("Orin", "8.7", 0, "pycuda")
-RTX4090 = GpuInfo("NVIDIA GeForce RTX 4090", "8.9", 0, "cuda-python")
 T4 = GpuInfo("Tesla T4", "7.5", 0, "cuda-python")
-BLACKWELL = GpuInfo("NVIDIA RTX PRO 6000", "12.0", 0, "cuda-python")
+A100 = GpuInfo("NVIDIA A100-SXM4-80GB", "8.0", 0, "cuda-python")
+RTX3090 = GpuInfo("NVIDIA GeForce RTX 3090", "8.6", 0, "cuda-python")
+RTX4090 = GpuInfo("NVIDIA GeForce RTX 4090", "8.9", 0, "cuda-python")
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", 0, "cuda-python")
+RTX5090 = GpuInfo("NVIDIA GeForce RTX 5090", "12.0", 0, "cuda-python")
+GB10 = GpuInfo("NVIDIA GB10", "12.1", 0, "cuda-python")
+
+
+def _sidecar_dict(**changes):
+    """A complete, valid sidecar as `ffx build-engine` writes it (full TensorRT on an Orin)."""
+    data = {
+        "format": "ffx-engine-sidecar", "sidecar_version": 2,
+        "engine": {"file": "model.engine", "sha256": "a" * 64, "bytes": 1000},
+        "backend": "tensorrt", "backend_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
+        "target_compute_capabilities": [], "hardware_compatibility": "none", "version_compatible": False,
+        "precision": "int8", "onnx": {"file": "model.int8.onnx", "sha256": "b" * 64}, "calibration_manifest": None,
+        "profile": {"input": "images", "min": [1, 3, 28, 28], "opt": [8, 3, 28, 28], "max": [32, 3, 28, 28]},
+        "input_dtype": "float32", "outputs": ["logits"], "build_seconds": 1.5,
+        "builder": {"optimization_level": 3, "workspace_bytes": None, "timing_cache": None, "strongly_typed": True,
+                    "tf32": True},
+        "built_at": "2026-11-21T18:00:00+00:00", "built_on": {"machine": "aarch64", "system": "Linux"},
+        "ffx_version": "0.1.0", "metadata": {"num_classes": 10}, "notes": [],
+    }
+    data.update(changes)
+    return data
 
 
 def _trt_sidecar(**changes):
-    sidecar = {"backend": "tensorrt", "backend_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
-               "hardware_compatibility": None, "version_compatible": False, "onnx": {"file": "model.int8.onnx"}}
-    sidecar.update(changes)
-    return sidecar
+    return EngineSidecar.from_dict(_sidecar_dict(**changes))
+
+
+def _rtx_sidecar(targets=("8.6", "8.9", "12.0")):
+    return _trt_sidecar(backend="tensorrt-rtx", backend_version="1.7.1.116", gpu=None,
+                        target_compute_capabilities=list(targets), hardware_compatibility=None)
+
+
+def test_sidecar_round_trips_through_its_dict():
+    sidecar = _trt_sidecar()
+    assert sidecar.to_dict() == _sidecar_dict()
+    assert EngineSidecar.from_dict(sidecar.to_dict()) == sidecar
+
+
+@pytest.mark.parametrize("change, field, problem", [
+    ({"backend_version": 10}, "backend_version", "must be a string"),
+    ({"version_compatible": "yes"}, "version_compatible", "must be true or false"),
+    ({"backend": "tensorflow"}, "backend", "must be one of tensorrt, tensorrt-rtx"),
+    ({"precision": "fp64"}, "precision", "must be one of"),
+    ({"gpu": {"name": "Orin", "compute_capability": "CURREN.T"}}, "gpu.compute_capability", "must be a compute capability"),
+    ({"engine": {"file": "m.engine", "sha256": "xyz", "bytes": 10}}, "engine.sha256", "64 hexadecimal digits"),
+    ({"engine": {"file": "m.engine", "sha256": "a" * 64, "bytes": -1}}, "engine.bytes", "a whole number >= 1"),
+    ({"engine": {"file": "m.engine", "sha256": "a" * 64}}, "engine.bytes", "is missing"),
+    ({"profile": {"input": "images", "min": [1, 3], "opt": [0, 3], "max": [4, 3]}}, "profile.opt", "positive sizes"),
+    ({"profile": {"input": "images", "min": [8, 3], "opt": [4, 3], "max": [16, 3]}}, "profile", "min <= opt <= max"),
+    ({"builder": {"optimization_level": 9, "workspace_bytes": None, "timing_cache": None, "strongly_typed": True,
+                  "tf32": True}}, "builder.optimization_level", "0..5"),
+    ({"builder": {"optimization_level": 3, "workspace_bytes": None, "timing_cache": None, "strongly_typed": True}},
+     "builder.tf32", "is missing"),
+    ({"build_seconds": True}, "build_seconds", "a number of seconds"),
+    ({"target_compute_capabilities": ["8.6"]}, "target_compute_capabilities", "must be empty for full TensorRT"),
+    ({"backend": "tensorrt-rtx", "target_compute_capabilities": ["8.0"]}, "target_compute_capabilities",
+     "lists 8.0, which TensorRT-RTX does not run on"),
+])
+def test_every_sidecar_field_is_validated(tmp_path, change, field, problem):
+    import json
+
+    from ffx.runtime.sidecar import read_sidecar, sidecar_path
+
+    engine = tmp_path / "model.engine"
+    sidecar_path(engine).write_text(json.dumps(_sidecar_dict(**change)))
+    with pytest.raises(FfxError, match="field") as caught:
+        read_sidecar(engine)
+    message = str(caught.value)
+    assert message.startswith(f"{sidecar_path(engine)}: field '{field}' ") and problem in message, message
+
+
+def test_missing_fields_and_newer_formats_are_named(tmp_path):
+    data = _sidecar_dict()
+    del data["precision"]
+    with pytest.raises(FfxError, match="field 'precision' is missing"):
+        EngineSidecar.from_dict(data, source="x.engine.json")
+    with pytest.raises(FfxError, match="x.engine.json: sidecar version 3 is newer"):
+        EngineSidecar.from_dict(_sidecar_dict(sidecar_version=3), source="x.engine.json")
+
+
+def test_version_1_sidecars_still_read():
+    data = _sidecar_dict(sidecar_version=1, backend="tensorrt-rtx", backend_version="1.7.1.116", gpu=None,
+                         target_compute_capabilities=[], hardware_compatibility=None)
+    del data["builder"]["tf32"]
+    sidecar = EngineSidecar.from_dict(data)
+    assert sidecar.builder.tf32 is None
+    assert sidecar.targets == ["8.6", "8.9", "12.0"]  # [] meant TensorRT-RTX's default
 
 
 def test_same_machine_is_compatible():
@@ -128,9 +235,15 @@ def test_other_tensorrt_version_is_one_actionable_sentence():
     assert "TensorRT 10.3.0" in problem and "10.7.0" in problem
     assert "ffx build-engine model.int8.onnx" in problem
     assert problem.count(". ") == 0  # one sentence
-    # ... unless the engine was built version-compatible (same major).
-    assert compatibility_problem(_trt_sidecar(version_compatible=True), "tensorrt", "10.7.0", ORIN) is None
-    assert compatibility_problem(_trt_sidecar(version_compatible=True), "tensorrt", "11.0.0", ORIN) is not None
+
+
+@pytest.mark.parametrize("runtime_version, loads", [
+    ("10.3.0", True), ("10.7.0", True), ("10.3.1", True),  # same or newer, same major
+    ("10.2.0", False), ("10.3.0.26", True), ("11.0.0", False), ("9.3.0", False),
+])
+def test_version_compatible_engines_load_on_the_same_or_a_newer_minor(runtime_version, loads):
+    problem = compatibility_problem(_trt_sidecar(version_compatible=True), "tensorrt", runtime_version, ORIN)
+    assert (problem is None) == loads, problem
 
 
 def test_other_gpu_architecture():
@@ -141,19 +254,31 @@ def test_other_gpu_architecture():
 
 
 def test_wrong_backend_family():
-    problem = compatibility_problem({"backend": "tensorrt-rtx", "backend_version": "1.7.1.116"}, "tensorrt", "10.3.0", ORIN)
+    problem = compatibility_problem(_rtx_sidecar(), "tensorrt", "10.3.0", ORIN)
     assert "only TensorRT-RTX can load it" in problem
 
 
-def test_rtx_targets():
-    sidecar = {"backend": "tensorrt-rtx", "backend_version": "1.7.1.116", "gpu": None, "target_compute_capabilities": []}
-    assert "ahead of time for compute capability 8.0, 8.6, 8.9, 12.0" in describe_build(sidecar)
-    assert compatibility_problem(sidecar, "tensorrt-rtx", "1.7.1.116", RTX4090) is None
-    assert compatibility_problem(sidecar, "tensorrt-rtx", "1.7.1.116", BLACKWELL) is None
-    assert "7.5" in compatibility_problem(sidecar, "tensorrt-rtx", "1.7.1.116", T4)
-    turing = dict(sidecar, target_compute_capabilities=["SM75"])
+@pytest.mark.parametrize("gpu, loads", [(RTX3090, True), (RTX4090, True), (RTX5090, True), (GB10, False), (T4, False)])
+def test_rtx_default_engine_on_each_supported_gpu(gpu, loads):
+    sidecar = _rtx_sidecar()
+    assert "ahead of time for compute capability 8.6, 8.9, 12.0" in describe_build(sidecar)
+    problem = compatibility_problem(sidecar, "tensorrt-rtx", "1.7.1.116", gpu)
+    assert (problem is None) == loads, problem
+    if not loads:  # membership, not "12.0 and later"
+        assert gpu.name in problem and "rebuild it here" in problem
+
+
+@pytest.mark.parametrize("gpu, name", [(A100, "A100"), (H100, "H100"), (ORIN, "Orin")])
+def test_rtx_engine_on_a_gpu_tensorrt_rtx_does_not_support(gpu, name):
+    problem = compatibility_problem(_rtx_sidecar(), "tensorrt-rtx", "1.7.1.116", gpu)
+    assert f"TensorRT-RTX does not run on {gpu.name}" in problem and name in problem
+    assert "`--backend tensorrt`" in problem and problem.count(". ") == 0
+
+
+def test_turing_engine_runs_on_turing_only():
+    turing = _rtx_sidecar(targets=["7.5"])
     assert compatibility_problem(turing, "tensorrt-rtx", "1.7.1.116", T4) is None
-    assert compatibility_problem(turing, "tensorrt-rtx", "1.7.1.116", RTX4090) is not None
+    assert "RTX 4090" in compatibility_problem(turing, "tensorrt-rtx", "1.7.1.116", RTX4090)
 
 
 def test_no_gpu_visible_checks_versions_only():

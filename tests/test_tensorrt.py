@@ -6,8 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ffx.errors import BackendUnavailable, FfxError
-from ffx.tensorrt import available_backend, build_serialized_engine
+from ffx.errors import BackendUnavailable, FfxError, InvalidOption
+from ffx.tensorrt import BuildOptions, available_backend, build_serialized_engine
 from helpers import needs_rtx
 
 pytestmark = needs_rtx
@@ -61,7 +61,8 @@ def _linear_model(path, precision="fp32", features=8, classes=4, batch="batch"):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_rtx_builds_every_precision_on_the_cpu(tmp_path, precision):
     path = _linear_model(tmp_path / f"linear.{precision}.onnx", precision)
-    engine, build = build_serialized_engine(path, backend="tensorrt-rtx", min_batch=1, opt_batch=2, max_batch=4, progress=False)
+    engine, build = build_serialized_engine(path, BuildOptions(min_batch=1, opt_batch=2, max_batch=4), backend="tensorrt-rtx",
+                                            progress=False)
     assert isinstance(engine, bytes) and len(engine) > 1000
     assert build.backend == "tensorrt-rtx"
     import tensorrt_rtx_bindings
@@ -70,7 +71,8 @@ def test_rtx_builds_every_precision_on_the_cpu(tmp_path, precision):
     assert build.input_name == "images" and build.output_names == ["logits"]
     assert build.profile == {"min": [1, 8], "opt": [2, 8], "max": [4, 8]}
     assert build.input_dtype == "float32"
-    assert build.strongly_typed
+    assert build.compute_capabilities == ["8.6", "8.9", "12.0"]  # TensorRT-RTX's default targets
+    assert build.tf32 is True  # TensorRT's default: FP32 layers may run in TF32
 
 
 def test_auto_picks_an_installed_backend():
@@ -113,12 +115,14 @@ def test_not_onnx_and_missing_files(tmp_path):
 
 
 def test_bad_profiles_are_refused(tmp_path):
-    path = _linear_model(tmp_path / "linear.onnx")
-    with pytest.raises(FfxError, match="min <= opt <= max"):
-        build_serialized_engine(path, backend="tensorrt-rtx", min_batch=4, max_batch=2, progress=False)
+    with pytest.raises(InvalidOption, match="min <= opt <= max") as caught:
+        BuildOptions(min_batch=4, max_batch=2)
+    assert caught.value.option == "min_batch"
+    with pytest.raises(InvalidOption, match="positive whole number"):
+        BuildOptions(max_batch=0)
     fixed = _linear_model(tmp_path / "fixed.onnx", batch=2)
     with pytest.raises(FfxError, match="fixed at 2"):
-        build_serialized_engine(fixed, backend="tensorrt-rtx", max_batch=8, progress=False)
+        build_serialized_engine(fixed, BuildOptions(max_batch=8), backend="tensorrt-rtx", progress=False)
     _, build = build_serialized_engine(fixed, backend="tensorrt-rtx", progress=False)
     assert build.profile["max"] == [2, 8]
 
@@ -126,17 +130,88 @@ def test_bad_profiles_are_refused(tmp_path):
 def test_rtx_specific_options_are_reported_not_silently_dropped(tmp_path):
     path = _linear_model(tmp_path / "linear.onnx")
     cache = tmp_path / "timing.cache"
-    _, build = build_serialized_engine(
-        path, backend="tensorrt-rtx", max_batch=2, timing_cache=cache, hardware_compatibility="ampere-plus",
-        optimization_level=1, compute_capabilities=["SM86", "8.9"], workspace=64 << 20, progress=False,
-    )
+    options = BuildOptions(max_batch=2, timing_cache=cache, hardware_compatibility="ampere-plus", optimization_level=1,
+                           compute_capabilities=("SM86", "8.9"), workspace_bytes=64 << 20)
+    _, build = build_serialized_engine(path, options, backend="tensorrt-rtx", progress=False)
     assert any("timing cache" in note for note in build.notes)
-    assert any("hardware-compatibility" in note for note in build.notes)
+    assert any("hardware compatibility" in note for note in build.notes)
+    assert not any("--" in note for note in build.notes)  # library notes name no CLI flags
     assert not cache.exists()
     assert build.optimization_level == 1
     assert build.compute_capabilities == ["8.6", "8.9"]
-    assert build.workspace_bytes == 64 << 20
-    with pytest.raises(FfxError, match="unknown compute capability"):
-        build_serialized_engine(path, backend="tensorrt-rtx", compute_capabilities=["SM99"], progress=False)
-    with pytest.raises(FfxError, match="0..5"):
-        build_serialized_engine(path, backend="tensorrt-rtx", optimization_level=9, progress=False)
+    assert build.options.workspace_bytes == 64 << 20
+    with pytest.raises(InvalidOption, match="0..5"):
+        BuildOptions(optimization_level=9)
+
+
+def test_no_tf32_clears_the_builder_flag(tmp_path):
+    path = _linear_model(tmp_path / "linear.onnx")
+    _, build = build_serialized_engine(path, BuildOptions(max_batch=2, tf32=False), backend="tensorrt-rtx", progress=False)
+    assert build.tf32 is False
+
+
+@pytest.mark.parametrize("given, expected", [
+    (("SM75",), ("7.5",)), (("8.6", "sm_89", "120"), ("8.6", "8.9", "12.0")), (("current",), ("current",)),
+    (("8.9", "8.9"), ("8.9",)),
+])
+def test_compute_capabilities_are_normalized(given, expected):
+    assert BuildOptions(compute_capabilities=given).compute_capabilities == expected
+
+
+@pytest.mark.parametrize("given, message", [
+    (("none",), "not a target"),
+    (("SM99",), "does not run on this GPU"),
+    (("8.0",), r"A100.*--backend tensorrt"),
+    (("9.0",), r"H100/H200.*--backend tensorrt"),
+    (("banana",), "not a compute capability"),
+    (("current", "8.6"), "cannot be combined"),
+])
+def test_unknown_and_unsupported_targets_are_refused(given, message):
+    with pytest.raises(InvalidOption, match=message) as caught:
+        BuildOptions(compute_capabilities=given)
+    assert caught.value.option == "compute_capabilities"
+
+
+def test_current_target_is_recorded_as_the_real_capability():
+    options = BuildOptions(compute_capabilities=("current",))
+    assert options.with_current_gpu("8.9").compute_capabilities == ("8.9",)
+    with pytest.raises(InvalidOption, match="none is visible"):
+        options.with_current_gpu(None)
+    with pytest.raises(InvalidOption, match="H100"):  # the building GPU is one TensorRT-RTX does not run on
+        options.with_current_gpu("9.0")
+
+
+def test_turing_target_replaces_the_default_and_says_so(tmp_path):
+    path = _linear_model(tmp_path / "linear.fp16.onnx", "fp16")
+    _, build = build_serialized_engine(path, BuildOptions(max_batch=2, compute_capabilities=("7.5",)),
+                                       backend="tensorrt-rtx", progress=False)
+    assert build.compute_capabilities == ["7.5"]
+    assert any("Turing" in note for note in build.notes)
+
+
+def test_version_compatible_is_refused_by_tensorrt_rtx(tmp_path):
+    path = _linear_model(tmp_path / "linear.onnx")
+    with pytest.raises(InvalidOption, match="version-compatible") as caught:
+        build_serialized_engine(path, BuildOptions(version_compatible=True), backend="tensorrt-rtx", progress=False)
+    assert caught.value.option == "version_compatible"
+
+
+def test_io_types_numpy_lacks_are_refused_before_building(tmp_path):
+    images = helper.make_tensor_value_info("images", TensorProto.BFLOAT16, ["batch", 4])
+    logits = helper.make_tensor_value_info("logits", TensorProto.BFLOAT16, ["batch", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["images"], ["logits"])], "g", [images], [logits]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "bf16.onnx")
+    with pytest.raises(FfxError, match="'images' is bfloat16, which numpy has no type for"):
+        build_serialized_engine(tmp_path / "bf16.onnx", backend="tensorrt-rtx", progress=False)
+
+
+@pytest.mark.parametrize("member, name", [("BF16", "bfloat16"), ("FP8", "float8"), ("INT4", "int4")])
+def test_numpy_dtype_names_the_tensor(member, name):
+    import tensorrt_rtx_bindings as trt_rtx
+
+    from ffx.tensorrt import numpy_dtype
+
+    assert numpy_dtype(trt_rtx, trt_rtx.DataType.HALF, "x", "m.engine") == np.float16
+    with pytest.raises(FfxError, match=f"m.engine: tensor 'logits' is {name}"):
+        numpy_dtype(trt_rtx, getattr(trt_rtx.DataType, member), "logits", "m.engine")

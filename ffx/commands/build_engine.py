@@ -3,8 +3,9 @@ import dataclasses
 import click
 
 from ffx.cli import print_json, warn
-from ffx.errors import FfxError
-from ffx.tensorrt import HARDWARE_COMPATIBILITY
+from ffx.compute_capability import RTX_DEFAULT_TARGETS, RTX_SUPPORTED
+from ffx.errors import FfxError, InvalidOption
+from ffx.tensorrt import HARDWARE_COMPATIBILITY, backend_label
 
 
 def parse_size(text):
@@ -19,8 +20,25 @@ def parse_size(text):
     except (ValueError, OverflowError):  # "abc"; "inf" overflows int()
         size = 0
     if size <= 0:
-        raise FfxError(f"--workspace {text!r}: give a positive size such as 512M, 2G or a number of MiB")
+        raise InvalidOption("workspace_bytes", f"{text!r}: give a positive size such as 512M, 2G or a number of MiB")
     return size
+
+
+# BuildOptions field -> the flag that sets it, for messages about a wrong value.
+OPTION_FLAGS = {
+    "min_batch": "--min-batch",
+    "opt_batch": "--opt-batch",
+    "max_batch": "--max-batch",
+    "workspace_bytes": "--workspace",
+    "timing_cache": "--timing-cache",
+    "optimization_level": "--builder-optimization-level",
+    "hardware_compatibility": "--hardware-compatibility",
+    "version_compatible": "--version-compatible",
+    "compute_capabilities": "--compute-capability",
+    "tf32": "--no-tf32",
+    "calib_data": "--calib-data",  # write_engine's own options
+    "precision": "--fp16/--int8",
+}
 
 
 @click.command("build-engine")
@@ -34,74 +52,81 @@ def parse_size(text):
 @click.option("--calib-percentile", "percentile", type=click.FloatRange(0, 100, min_open=True), help="Percentile for --calib-method percentile.")
 @click.option("--calib-keep-fp", "keep_fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as `ffx calibrate --keep-fp` (e.g. head,patch_embed).")
 @click.option("--calib-seed", "seed", type=int, help="Seed of the calibration image selection.")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="Full TensorRT (GPU machines, Jetson) or TensorRT-RTX (builds ahead of time, even without a GPU).")
-@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--opt-batch", type=click.IntRange(min=1), help="Batch the kernels are tuned for [default: min(8, max)].")
-@click.option("--max-batch", type=click.IntRange(min=1), help="Largest batch the engine accepts [default: 32].")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="Full TensorRT (GPU machines, Jetson) or TensorRT-RTX (RTX GPUs; builds ahead of time, even without a GPU).")
+@click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch the engine accepts; shorter batches are zero-padded when run.")
+@click.option("--opt-batch", type=int, help="Batch the kernels are tuned for [default: min(8, max)].")
+@click.option("--max-batch", type=int, help="Largest batch the engine accepts [default: 32].")
 @click.option("--workspace", help="Builder workspace limit, e.g. 512M or 2G (plain numbers are MiB). Lower it on Jetson if builds run out of memory.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file, read when present and updated after the build (full TensorRT).")
-@click.option("--builder-optimization-level", "optimization_level", type=click.IntRange(0, 5), help="0 builds fastest, 5 searches longest [TensorRT default: 3].")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file, read when present and merged back after the build (full TensorRT).")
+@click.option("--builder-optimization-level", "optimization_level", type=int, help="0 builds fastest, 5 searches longest [TensorRT default: 3].")
 @click.option("--hardware-compatibility", type=click.Choice(list(HARDWARE_COMPATIBILITY)), help="Let the engine run on other GPU architectures (full TensorRT; Ampere or newer).")
-@click.option("--version-compatible", is_flag=True, help="Let the engine load on later TensorRT versions of the same major.")
-@click.option("--compute-capability", "compute_capabilities", multiple=True, help="TensorRT-RTX target, e.g. 8.6 or SM75 (repeatable); default: 8.0, 8.6, 8.9, 12.0.")
+@click.option("--version-compatible", is_flag=True, help="Let the engine load on the same or a newer TensorRT of the same major version (full TensorRT only).")
+@click.option("--compute-capability", "compute_capabilities", multiple=True, metavar="CC",
+              help=f"TensorRT-RTX target, e.g. 8.6 or SM75; repeat it for several. The list REPLACES the default "
+                   f"({', '.join(RTX_DEFAULT_TARGETS)}); `current` means this machine's GPU. Supported: {', '.join(RTX_SUPPORTED)}.")
+@click.option("--no-tf32", "no_tf32", is_flag=True, help="Keep FP32 layers in full FP32 (TensorRT allows TF32 on Ampere and newer by default); for exact FP32 comparisons.")
 @click.option("--verbose", is_flag=True, help="Print TensorRT's log.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(model, output, fp16, int8, calib_data, num_images, method, percentile, keep_fp, seed, backend, min_batch, opt_batch, max_batch,
             workspace, timing_cache, optimization_level, hardware_compatibility, version_compatible,
-            compute_capabilities, verbose, as_json):
+            compute_capabilities, no_tf32, verbose, as_json):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, with a JSON sidecar.
 
     The engine is a plain plan file (trtexec loads it); OUTPUT.json beside it records the
-    backend and version, GPU, precision, ONNX and calibration hashes, the batch profile and the
-    model's metadata, so `ffx verify`, `bench` and `predict` need no further flags.
+    backend and version, GPU or TensorRT-RTX targets, precision, TF32, ONNX and calibration
+    hashes, the batch profile and the model's metadata, so `ffx verify`, `bench` and `predict`
+    need no further flags.
+
+    TensorRT-RTX does not run on A100 (8.0), H100/H200 (9.0) or Jetson: use `--backend tensorrt`
+    there. A Turing (7.5) engine is built on its own: `--compute-capability 7.5`.
 
     \b
     Examples:
       ffx build-engine model.int8.onnx -o model.engine
       ffx build-engine model.onnx --int8 --calib-data train/ -o model.int8.engine
       ffx build-engine model.onnx --fp16 --backend tensorrt-rtx -o model.fp16.engine
+      ffx build-engine model.onnx --backend tensorrt-rtx --compute-capability 7.5 -o model.turing.engine
       ffx build-engine model.onnx -o model.engine --max-batch 8 --workspace 1G --timing-cache trt.cache
     """
-    from ffx.runtime.build import build_engine
+    from ffx.runtime.engine_file import write_engine
+    from ffx.tensorrt import BuildOptions
 
     if (num_images or method or percentile is not None or keep_fp or seed is not None) and not (int8 and calib_data):
         raise click.UsageError("the --calib-* options apply to --int8 with --calib-data")
     if percentile is not None and method not in (None, "percentile"):
         raise click.UsageError(f"--calib-percentile applies to --calib-method percentile, not {method}")
+    if fp16 and int8:
+        raise FfxError("choose one of --fp16 and --int8 (an INT8 graph keeps its unquantized layers in float)")
     if percentile is not None:
         method = "percentile"
-    report = build_engine(
-        model,
-        output,
-        fp16=fp16,
-        int8=int8,
-        calib_data=calib_data,
-        calib_options={"num_images": num_images, "method": method, "percentile": percentile,
-                       "keep_fp": tuple(keep_fp) or None, "seed": seed},
-        backend=backend,
-        min_batch=min_batch,
-        opt_batch=opt_batch,
-        max_batch=max_batch,
-        workspace=parse_size(workspace) if workspace else None,
-        timing_cache=timing_cache,
-        optimization_level=optimization_level,
-        hardware_compatibility=hardware_compatibility,
-        version_compatible=version_compatible,
-        compute_capabilities=list(compute_capabilities) or None,
-        progress=None if not as_json else False,
-        verbose=verbose,
-    )
+    try:
+        options = BuildOptions(
+            min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+            workspace_bytes=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
+            optimization_level=optimization_level, hardware_compatibility=hardware_compatibility,
+            version_compatible=version_compatible, compute_capabilities=tuple(compute_capabilities), tf32=not no_tf32,
+        )
+        report = write_engine(
+            model, output, options, precision="fp16" if fp16 else "int8" if int8 else None, calib_data=calib_data,
+            calib_options={"num_images": num_images, "method": method, "percentile": percentile,
+                           "keep_fp": tuple(keep_fp) or None, "seed": seed},
+            backend=backend, progress=None if not as_json else False, verbose=verbose,
+        )
+    except InvalidOption as e:
+        raise FfxError(f"{OPTION_FLAGS.get(e.option, e.option)}: {e}") from None
     if as_json:
         print_json(dataclasses.asdict(report))
         return
     for note in report.notes:
         warn(note)
-    label = "TensorRT-RTX" if report.backend == "tensorrt-rtx" else "TensorRT"
     profile = report.profile
     batches = f"batch {profile['min'][0]}..{profile['opt'][0]}..{profile['max'][0]} (min..opt..max)"
-    click.echo(f"{report.engine}: {label} {report.backend_version}, {report.precision}, {batches}, "
+    click.echo(f"{report.engine}: {backend_label(report.backend)} {report.backend_version}, {report.precision}, {batches}, "
                f"{report.engine_bytes / (1 << 20):.1f} MiB, built in {report.build_seconds:.1f} s")
     if report.calibrated_onnx:
         click.echo(f"built from {report.calibrated_onnx} (written by this build's calibration)")
-    where = f"on {report.gpu['name']} ({report.gpu['compute_capability']})" if report.gpu else "ahead of time, no GPU"
-    click.echo(f"sidecar {report.sidecar} ({where}); sha256 {report.engine_sha256}")
+    if report.backend == "tensorrt-rtx":
+        where = f"ahead of time for compute capability {', '.join(report.targets)}"
+    else:
+        where = f"on {report.gpu['name']} ({report.gpu['compute_capability']})" if report.gpu else "no GPU recorded"
+    click.echo(f"sidecar {report.sidecar} ({where}{'' if report.tf32 else ', TF32 off'}); sha256 {report.engine_sha256}")

@@ -65,25 +65,25 @@ def _print_onnx(info, _layers):
 
 
 def _print_engine(info, layers):
-    from ffx.runtime.sidecar import describe_build
+    from ffx.runtime.sidecar import EngineSidecar, describe_build
 
-    sidecar = info["sidecar"]
     click.echo(f"{info['path']}: TensorRT plan, {info['bytes'] / (1 << 20):.1f} MiB, sha256 {info['sha256'][:16]}...")
-    if not sidecar:
+    if not info["sidecar"]:
         click.echo("no sidecar: where and how it was built is unknown")
     else:
-        profile = sidecar.get("profile") or {}
-        click.echo(f"built by {describe_build(sidecar)}, {sidecar.get('precision')}, in {sidecar.get('build_seconds')} s "
-                   f"at {sidecar.get('built_at')} (ffx {sidecar.get('ffx_version')})")
-        click.echo(f"profile {profile.get('input')}: min {profile.get('min')} opt {profile.get('opt')} max {profile.get('max')}")
-        onnx_entry = sidecar.get("onnx") or {}
-        click.echo(f"from {onnx_entry.get('file')} (sha256 {str(onnx_entry.get('sha256'))[:16]}...)")
-        if sidecar.get("calibration_manifest"):
-            click.echo(f"calibration manifest {sidecar['calibration_manifest'].get('file')}")
+        sidecar = EngineSidecar.from_dict(info["sidecar"], source=info["sidecar_file"])
+        profile = sidecar.profile
+        tf32 = {True: "TF32 allowed", False: "TF32 off", None: "TF32 not recorded"}[sidecar.builder.tf32]
+        click.echo(f"built by {describe_build(sidecar)}, {sidecar.precision}, {tf32}, in {sidecar.build_seconds} s "
+                   f"at {sidecar.built_at} (ffx {sidecar.ffx_version})")
+        click.echo(f"profile {profile.input}: min {profile.min} opt {profile.opt} max {profile.max}")
+        click.echo(f"from {sidecar.onnx.file} (sha256 {sidecar.onnx.sha256[:16]}...)")
+        if sidecar.calibration_manifest:
+            click.echo(f"calibration manifest {sidecar.calibration_manifest.file}")
         if info["sidecar_matches_engine"] is False:
             click.echo("WARNING: the sidecar describes a different engine file (sha256 differs): rebuild both")
-        click.echo(f"on this machine: {info.get('compatibility')}")
-        for line in _metadata_lines(sidecar.get("metadata")):
+        click.echo(f"on this machine: {info['compatibility']}")
+        for line in _metadata_lines(sidecar.metadata):
             click.echo(line)
     if info["layers"] is not None:
         entries = info["layers"].get("Layers", [])

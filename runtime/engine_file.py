@@ -1,0 +1,199 @@
+"""An engine file and its JSON sidecar from an ONNX model: what `ffx build-engine` does.
+
+The TensorRT build itself is ffx.tensorrt's (parse -> configure -> build); this module decides
+what graph to build from and writes the two files. Precision is decided in the ONNX graph
+(TensorRT 11 has no FP16/INT8 builder flags), so an FP16 or INT8 engine from an FP32 model first
+runs the calibration stage in-process (typed FP16, or Q/DQ INT8 calibrated on `calib_data`) and
+builds from the result, which is kept beside the engine so that `ffx verify` can check exactly
+that graph with ONNX Runtime too.
+"""
+
+import dataclasses
+import datetime
+import platform
+from pathlib import Path
+
+from ffx import __version__
+from ffx.artifacts import atomic_output, sha256_bytes, sha256_file
+from ffx.errors import FfxError, InvalidOption
+from ffx.runtime.onnx_model import calibration_manifest_path, graph_precision, load_onnx
+from ffx.runtime.sidecar import (
+    ENGINE_SUFFIXES,
+    BuilderRecord,
+    EngineFileRecord,
+    EngineSidecar,
+    FileRecord,
+    GpuRecord,
+    ProfileRecord,
+    sidecar_path,
+)
+from ffx.metadata import onnx_metadata
+
+
+@dataclasses.dataclass
+class BuildReport:
+    engine: str
+    sidecar: str
+    onnx: str  # the graph the engine was built from (the calibrated one when calibration ran)
+    calibrated_onnx: str | None  # written by this build's FP16/INT8 calibration step
+    backend: str
+    backend_version: str
+    precision: str
+    profile: dict
+    engine_bytes: int
+    engine_sha256: str
+    build_seconds: float
+    gpu: dict | None
+    targets: list  # TensorRT-RTX compute capabilities the engine runs on; [] for full TensorRT
+    tf32: bool
+    notes: list
+
+
+def write_engine(onnx_path, output, options=None, precision=None, calib_data=None, calib_options=None, backend="auto",
+                 progress=None, verbose=False):
+    """Build `output` (a plan file) and `output.json` from `onnx_path`; returns a BuildReport.
+
+    Args:
+        options: a BuildOptions (profile, workspace, targets, ...); defaults when None.
+        precision: None builds the graph as it is; "fp16" or "int8" convert or calibrate an FP32
+            graph first (INT8 on the images in `calib_data`, with `calib_options` for
+            `ffx.calib.calibrate_int8`), a graph already in that precision builds as it is.
+        backend: "auto", "tensorrt" or "tensorrt-rtx".
+    """
+    from ffx.runtime.cuda import current_gpu
+    from ffx.tensorrt import BuildOptions, available_backend, build_serialized_engine
+
+    onnx_path, output = Path(onnx_path), Path(output)
+    options = options or BuildOptions()
+    if output.suffix.lower() not in ENGINE_SUFFIXES:
+        raise FfxError(f"{output}: an engine file should end in {', '.join(ENGINE_SUFFIXES)}")
+    if precision not in (None, "fp16", "int8"):
+        raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16 or int8 (or the graph's own)")
+    model = load_onnx(onnx_path)
+    metadata = onnx_metadata(model) or {}
+    graph = graph_precision(model)
+    backend = available_backend(backend)  # fail before a long calibration if TensorRT is missing
+    gpu = current_gpu()
+    options = options.with_current_gpu(gpu.compute_capability if gpu else None)
+    notes = []
+    calibrated = None
+    if precision is not None and graph != precision:
+        if graph != "fp32":
+            raise FfxError(f"{onnx_path} is a {graph} graph; {precision.upper()} engines are made from FP32 models")
+        if precision == "int8":
+            if calib_data is None:
+                raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an INT8 engine needs calibration "
+                                    "images to calibrate it first (or give a model made by `ffx calibrate`)")
+            calibrated = _calibrate_int8(onnx_path, calib_data, _derived_path(output, "int8"), calib_options or {}, progress)
+        else:
+            calibrated = _convert_fp16(onnx_path, _derived_path(output, "fp16"), calib_data, progress)
+    elif calib_data is not None:
+        notes.append(f"calibration images ignored: {onnx_path.name} is already {graph}")
+
+    source = Path(calibrated) if calibrated else onnx_path
+    if calibrated:
+        model = load_onnx(source)
+        metadata = onnx_metadata(model) or metadata
+        graph = graph_precision(model)
+
+    engine_bytes, build = build_serialized_engine(source, options, backend=backend, progress=progress, verbose=verbose)
+    notes.extend(build.notes)
+    if backend.is_rtx and gpu is not None and gpu.compute_capability not in build.compute_capabilities:
+        notes.append(f"this machine's GPU, {gpu.name} ({gpu.compute_capability}), is not among the engine's targets")
+    sidecar = _sidecar(output, engine_bytes, build, source, metadata, graph, gpu, notes)
+    _write_engine_and_sidecar(output, engine_bytes, sidecar)
+    return BuildReport(
+        engine=str(output),
+        sidecar=str(sidecar_path(output)),
+        onnx=str(source),
+        calibrated_onnx=str(calibrated) if calibrated else None,
+        backend=build.backend,
+        backend_version=build.backend_version,
+        precision=graph,
+        profile=dataclasses.asdict(sidecar.profile),
+        engine_bytes=len(engine_bytes),
+        engine_sha256=sidecar.engine.sha256,
+        build_seconds=build.build_seconds,
+        gpu=dataclasses.asdict(sidecar.gpu) if sidecar.gpu else None,
+        targets=build.compute_capabilities,
+        tf32=build.tf32,
+        notes=notes,
+    )
+
+
+def _sidecar(output, engine_bytes, build, source, metadata, precision, gpu, notes):
+    """The EngineSidecar of a build: full TensorRT builds for `gpu`; a TensorRT-RTX build is ahead
+    of time and records its targets (the building GPU, if any, is recorded too)."""
+    manifest = calibration_manifest_path(source, metadata)
+    return EngineSidecar(
+        engine=EngineFileRecord(output.name, sha256_bytes(engine_bytes), len(engine_bytes)),
+        backend=build.backend,
+        backend_version=build.backend_version,
+        gpu=GpuRecord(gpu.name, gpu.compute_capability) if gpu else None,
+        target_compute_capabilities=build.compute_capabilities,
+        hardware_compatibility=build.hardware_compatibility,
+        version_compatible=build.options.version_compatible,
+        precision=precision,
+        onnx=FileRecord(_relative(source, output), sha256_file(source)),
+        calibration_manifest=FileRecord(_relative(manifest, output), sha256_file(manifest)) if manifest else None,
+        profile=ProfileRecord(build.input_name, build.profile["min"], build.profile["opt"], build.profile["max"]),
+        input_dtype=build.input_dtype,
+        outputs=build.output_names,
+        build_seconds=build.build_seconds,
+        builder=BuilderRecord(
+            optimization_level=build.optimization_level,
+            workspace_bytes=build.options.workspace_bytes,
+            timing_cache=build.timing_cache,
+            strongly_typed=True,
+            tf32=build.tf32,
+        ),
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        built_on={"machine": platform.machine(), "system": platform.system()},
+        ffx_version=__version__,
+        metadata=dict(metadata, precision=precision),
+        notes=notes,
+    )
+
+
+def _write_engine_and_sidecar(output, engine_bytes, sidecar):
+    """The two temporaries are renamed only once both are written, the engine first."""
+    import json
+
+    # The inner context renames first: the engine lands before its sidecar, so a failure between
+    # the two renames leaves any old sidecar, whose engine sha256 no longer matches (inspect notices).
+    with atomic_output(sidecar_path(output)) as sidecar_tmp, atomic_output(output) as engine_tmp:
+        engine_tmp.write_bytes(engine_bytes)
+        sidecar_tmp.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _derived_path(output, precision):
+    """Where a build's own calibration writes its graph: `OUT.engine` -> `OUT.int8.onnx`
+    (`OUT.int8.engine` -> `OUT.int8.onnx` too, not `OUT.int8.int8.onnx`)."""
+    stem = output.stem.removesuffix(f".{precision}")
+    return output.with_name(f"{stem}.{precision}.onnx")
+
+
+def _relative(path, output):
+    path, base = Path(path).resolve(), Path(output).resolve().parent
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _calibrate_int8(onnx_path, data, output, options, progress=None):
+    from ffx.calib import calibrate_int8
+
+    # None means "calibrate's own default". tensorrt_check off: the engine build right after is
+    # that check, with the user's backend.
+    given = {key: value for key, value in options.items() if value is not None}
+    report = calibrate_int8(str(onnx_path), str(data), str(output), progress=progress, tensorrt_check=False, **given)
+    return report.output
+
+
+def _convert_fp16(onnx_path, output, data, progress=None):
+    from ffx.calib import convert_fp16
+
+    report = convert_fp16(str(onnx_path), str(output), data=str(data) if data else None, progress=progress,
+                          tensorrt_check=False)
+    return report.output
