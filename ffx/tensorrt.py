@@ -17,7 +17,6 @@ named after their class (`trt`, `builder`, `network`, `parser`, `config`, `engin
 `_full_tensorrt`; a name only some versions have is looked up with `getattr(obj, "name", None)`.
 """
 
-import contextlib
 import dataclasses
 import importlib
 import re
@@ -340,10 +339,11 @@ def parse_onnx(backend, onnx_path, verbose=False):
     tensors = [network.get_input(0)] + [network.get_output(i) for i in range(network.num_outputs)]
     for tensor in tensors:
         numpy_dtype(trt, tensor.dtype, tensor.name, onnx_path)  # refuse IO types numpy lacks now, not at run time
+    tensor = tensors[0]
     return ParsedNetwork(
         backend=backend, onnx_path=onnx_path, builder=builder, network=network, parser=parser, logger=logger,
-        input_name=tensors[0].name, input_shape=list(tensors[0].shape), input_dtype=dtype_name(tensors[0].dtype),
-        output_names=[tensor.name for tensor in tensors[1:]],
+        input_name=tensor.name, input_shape=list(tensor.shape), input_dtype=dtype_name(tensor.dtype),
+        output_names=[output.name for output in tensors[1:]],
     )
 
 
@@ -364,14 +364,12 @@ def _parser_errors(parser, logger):
     if not errors:
         logged = logger.errors()
         return logged[-1] if logged else "the parser reported no details"
-    first = errors[0]
-    node_name = _parser_error_field(first, "node_name") or ""
-    node_op = _parser_error_field(first, "node_operator") or ""
-    node_index = _parser_error_field(first, "node")
+    parser_error = errors[0]
+    node_name, node_op, node_index = parser_error.node_name(), parser_error.node_operator(), parser_error.node()
     where = f"node {node_name!r}" if node_name else (f"node #{node_index}" if node_index not in (None, -1) else "the graph")
     if node_op:
         where += f" ({node_op})"
-    text = f"{where}: {_one_line(_parser_error_field(first, 'desc') or str(first))}"
+    text = f"{where}: {_one_line(parser_error.desc() or str(parser_error))}"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return text
@@ -384,16 +382,6 @@ def _one_line(description):
         return description.strip()
     line = lines[1] if len(lines) > 1 and lines[0].startswith("Invalid Node") else lines[0]
     return re.sub(r"\s*In \w+ at [^)]*", "", line).strip()
-
-
-def _parser_error_field(parser_error, name):
-    """One field of an IParserError (node_name, node_operator, ... vary between versions)."""
-    method = getattr(parser_error, name, None)
-    if method is None:
-        return None
-    with contextlib.suppress(Exception):
-        return method() if callable(method) else method
-    return None
 
 
 # -- step 2: configure ------------------------------------------------------------------------
@@ -429,9 +417,7 @@ def configure_builder(parsed, options):
         targets = _configure_rtx(parsed, config, options, notes)
     else:
         targets = _configure_full_tensorrt(parsed, config, options)
-    verbosity = getattr(trt, "ProfilingVerbosity", None)
-    if verbosity is not None:  # layer names, tactics and formats for `ffx inspect --layers`
-        config.profiling_verbosity = verbosity.DETAILED
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names, tactics, formats for `ffx inspect --layers`
     profile_shapes = _profile_shapes(parsed, options)
     if profile_shapes is not None:
         profile = parsed.builder.create_optimization_profile()
@@ -465,10 +451,10 @@ def _configure_rtx(parsed, config, options, notes):
 
 
 def _set_compute_capabilities_rtx(backend, config, labels):
-    enum = backend.module.ComputeCapability
+    trt = backend.module
     members = []
     for label in labels:
-        member = getattr(enum, "SM" + label.replace(".", ""), None)
+        member = getattr(trt.ComputeCapability, "SM" + label.replace(".", ""), None)
         if member is None:  # 12.1 came with TensorRT-RTX 1.5
             raise InvalidOption("compute_capabilities", f"{backend} cannot target compute capability {label}; upgrade TensorRT-RTX")
         members.append(member)
@@ -514,11 +500,11 @@ def _profile_shapes(parsed, options):
 def _attach_timing_cache_full_tensorrt(config, path):
     """Attach the timing cache in `path` (empty when absent): (cache, bytes read)."""
     loaded = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(loaded)
-    if cache is None or not config.set_timing_cache(cache, False):
+    timing_cache = config.create_timing_cache(loaded)
+    if timing_cache is None or not config.set_timing_cache(timing_cache, False):
         raise InvalidOption("timing_cache", f"{path}: TensorRT cannot use this timing cache (made by another "
                             "TensorRT version or GPU?); delete it and it is rebuilt")
-    return cache, len(loaded)
+    return timing_cache, len(loaded)
 
 
 def _save_timing_cache_full_tensorrt(config, path):
@@ -526,14 +512,14 @@ def _save_timing_cache_full_tensorrt(config, path):
     parallel build may have added to it since it was read, as trtexec does); atomic. Bytes written."""
     from ffx.artifacts import write_bytes_atomic
 
-    cache = config.get_timing_cache()
+    timing_cache = config.get_timing_cache()
     on_disk = path.read_bytes() if path.is_file() else b""
     if on_disk:
-        other = config.create_timing_cache(on_disk)
-        if other is None or not cache.combine(other, False):
+        disk_timing_cache = config.create_timing_cache(on_disk)
+        if disk_timing_cache is None or not timing_cache.combine(disk_timing_cache, False):
             raise FfxError(f"{path}: the timing cache on disk could not be combined with this build's; "
                            "delete it and it is rebuilt")
-    data = bytes(memoryview(cache.serialize()))
+    data = bytes(memoryview(timing_cache.serialize()))
     write_bytes_atomic(path, data)
     return len(data)
 

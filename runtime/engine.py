@@ -39,9 +39,9 @@ class EngineRunner(Runner):
             self.backend = self.sidecar.backend
             self.metadata = dict(self.sidecar.metadata)
             self.precision = self.sidecar.precision
-            profile = self.sidecar.profile
-            self.input_shape = tuple(profile.max[1:])
-            self.min_batch, self.max_batch = int(profile.min[0]), int(profile.max[0])
+            shapes = self.sidecar.profile
+            self.input_shape = tuple(shapes.max[1:])
+            self.min_batch, self.max_batch = int(shapes.min[0]), int(shapes.max[0])
         if cuda_graph and cuda_library == "pycuda" and self.backend != "tensorrt-rtx":
             raise FfxError(f"{self.path}: {GRAPHS_NEED_CUDA_PYTHON}")
         self._reset()
@@ -199,7 +199,8 @@ class EngineRunner(Runner):
         this engine cannot be captured: TensorRT then runs without a graph, as trtexec does."""
         handle = self.cuda.stream_handle(self.stream)
         graph = None
-        if self.context.is_stream_capturable(handle):
+        capturable = getattr(self.context, "is_stream_capturable", None)  # TensorRT-RTX has it, 10.3 / 11.1 do not
+        if capturable is None or capturable(handle):
             graph = self.cuda.capture_graph(self.stream, lambda: self.context.execute_async_v3(handle))
         if graph is None:
             reason = self._last_error() if self.logger.errors() else "the stream cannot be captured"
