@@ -405,6 +405,7 @@ def configure_builder(parsed, options):
     backend, trt = parsed.backend, parsed.backend.module
     if options.wants_current_gpu:
         raise InvalidOption("compute_capabilities", "target 'current' must be resolved to this GPU's compute capability first")
+    check_backend_options(backend, options)
     config = parsed.builder.create_builder_config()
     notes = []
     if options.workspace_bytes is not None:
@@ -431,11 +432,19 @@ def configure_builder(parsed, options):
                         timing_cache_loaded_bytes=loaded, notes=notes)
 
 
-def _configure_rtx(parsed, config, options, notes):
-    """TensorRT-RTX: ahead-of-time targets; the options it has no use for are noted or refused."""
-    if options.version_compatible:
+def check_backend_options(backend, options):
+    """InvalidOption for an option `backend` cannot honour: checked before any long step
+    (calibration) and again when configuring."""
+    if backend.is_rtx and options.version_compatible:
         raise InvalidOption("version_compatible", "TensorRT-RTX cannot build version-compatible engines "
                             "(it has no lean runtime to embed); build with full TensorRT for that")
+    if not backend.is_rtx and options.compute_capabilities:
+        raise InvalidOption("compute_capabilities", "target compute capabilities apply to TensorRT-RTX; full TensorRT "
+                            "builds for the GPU it runs on (or Ampere and newer with hardware compatibility)")
+
+
+def _configure_rtx(parsed, config, options, notes):
+    """TensorRT-RTX: ahead-of-time targets; the options it has no use for are noted."""
     if options.hardware_compatibility not in (None, "none"):
         notes.append(f"TensorRT-RTX engines are portable across {', '.join(RTX_DEFAULT_TARGETS)} by default; "
                      "the hardware compatibility option was ignored")
@@ -467,9 +476,6 @@ def _set_compute_capabilities_rtx(backend, config, labels):
 def _configure_full_tensorrt(parsed, config, options):
     """Full TensorRT builds for the GPU it runs on, optionally portable across GPUs or versions."""
     trt = parsed.backend.module
-    if options.compute_capabilities:
-        raise InvalidOption("compute_capabilities", "target compute capabilities apply to TensorRT-RTX; full TensorRT "
-                            "builds for the GPU it runs on (or Ampere and newer with hardware compatibility)")
     if options.hardware_compatibility not in (None, "none"):
         member = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[options.hardware_compatibility], None)
         if member is None:

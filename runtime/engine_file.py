@@ -61,7 +61,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         backend: "auto", "tensorrt" or "tensorrt-rtx".
     """
     from ffx.runtime.cuda import current_gpu
-    from ffx.tensorrt import BuildOptions, available_backend, build_serialized_engine
+    from ffx.tensorrt import BuildOptions, available_backend, build_serialized_engine, check_backend_options
 
     onnx_path, output = Path(onnx_path), Path(output)
     options = options or BuildOptions()
@@ -75,6 +75,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     backend = available_backend(backend)  # fail before a long calibration if TensorRT is missing
     gpu = current_gpu()
     options = options.with_current_gpu(gpu.compute_capability if gpu else None)
+    check_backend_options(backend, options)
     notes = []
     calibrated = None
     if precision is not None and graph != precision:

@@ -16,7 +16,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ffx.compute_capability import RTX_SUPPORTED, capability_label, parse_compute_capability, rtx_unsupported_reason
+from ffx.compute_capability import (
+    RTX_DEFAULT_TARGETS,
+    RTX_SUPPORTED,
+    capability_label,
+    parse_compute_capability,
+    rtx_unsupported_reason,
+)
 from ffx.errors import FfxError
 
 SIDECAR_FORMAT = "ffx-engine-sidecar"
@@ -110,8 +116,6 @@ class EngineSidecar:
     @property
     def targets(self):
         """Compute capabilities a TensorRT-RTX engine runs on (version-1 sidecars: [] = the default)."""
-        from ffx.compute_capability import RTX_DEFAULT_TARGETS
-
         return list(self.target_compute_capabilities or RTX_DEFAULT_TARGETS)
 
 

@@ -98,6 +98,9 @@ def test_options_reach_the_builder(cli_runner, mini, tmp_path):
     (["{onnx}", "-o", "x.engine", "--compute-capability", "9.0"], "does not run on H100/H200"),
     (["{onnx}", "-o", "x.engine", "--compute-capability", "current"], "--compute-capability: target 'current' means this machine's GPU"),
     (["{onnx}", "-o", "x.engine", "--backend", "tensorrt-rtx", "--version-compatible"], "--version-compatible: TensorRT-RTX cannot build version-compatible"),
+    # refused before calibration starts: no x.int8.onnx is left behind
+    (["{onnx}", "-o", "x.engine", "--backend", "tensorrt-rtx", "--version-compatible", "--int8", "--calib-data", "."],
+     "--version-compatible: TensorRT-RTX cannot build version-compatible"),
     (["{onnx}", "-o", "x.engine", "--backend", "tensorrt"], "pip install tensorrt"),
 ])
 def test_bad_input_exits_2_with_one_line(cli_runner, mini, tmp_path, monkeypatch, args, message):

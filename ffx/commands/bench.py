@@ -25,7 +25,7 @@ def parse_batches(text):
 @click.option("--max-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Stop a measurement early after this long (at least 5 calls).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx targets.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
-@click.option("--cuda-graph", is_flag=True, help="Engines: replay a captured CUDA graph instead of enqueuing each call.")
+@click.option("--cuda-graph", is_flag=True, help="Engines: replay captured CUDA graphs (one per batch size) instead of enqueuing each call; full TensorRT captures through cuda-python (pycuda has no graph capture).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
 def command(targets, batch_text, iterations, warmup, max_seconds, provider, threads, cuda_graph, as_json):
     """Latency and throughput of engines, ONNX models and checkpoints, side by side.
