@@ -5,6 +5,7 @@ export stage): backends are imported by the runner that needs them, when it is o
 """
 
 from ffx.runtime.runner import Runner, open_runner, runner_kind
-from ffx.runtime.sidecar import compatibility_problem, read_sidecar, sidecar_path
+from ffx.runtime.sidecar import EngineSidecar, compatibility_problem, read_sidecar, sidecar_path
 
-__all__ = ["Runner", "open_runner", "runner_kind", "read_sidecar", "sidecar_path", "compatibility_problem"]
+__all__ = ["Runner", "open_runner", "runner_kind", "EngineSidecar", "read_sidecar", "sidecar_path",
+           "compatibility_problem"]
