@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TENSORRT_RTX_MISSING
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("ffx", "export", "calib", "runtime")
 NAME_LISTS = {"TensorRT 10.3": "tensorrt-10.3.txt", "TensorRT 11.1": "tensorrt-11.1.txt"}
@@ -124,7 +126,8 @@ def listed_names(filename):
 
 
 def installed_rtx_names():
-    trt = pytest.importorskip("tensorrt_rtx_bindings", reason="needs TensorRT-RTX (pip install 'ffx[tensorrt-rtx]')")
+    import tensorrt_rtx_bindings as trt
+
     names = set()
     for name in dir(trt):
         names.add(name)
@@ -136,6 +139,8 @@ def installed_rtx_names():
 
 @pytest.fixture(scope="module")
 def flavours():
+    if TENSORRT_RTX_MISSING:
+        pytest.skip(TENSORRT_RTX_MISSING)
     return {RTX: installed_rtx_names(), **{label: listed_names(f) for label, f in NAME_LISTS.items()}}
 
 
