@@ -145,6 +145,7 @@ def train(args, train_images, train_labels, test_images, test_labels):
         generator.set_state(state["generator"])
         first_epoch, step, train_seconds = state["epoch"] + 1, state["step"], state["train_seconds"]
         print(f"resumed from {resume} after epoch {first_epoch}/{args.epochs}", flush=True)
+    accuracy = None  # of the last epoch trained in this run (a run resumed after the last epoch trains none)
     for epoch in range(first_epoch, args.epochs):
         model.train()
         started = time.perf_counter()
@@ -172,7 +173,7 @@ def train(args, train_images, train_labels, test_images, test_labels):
         accuracy = evaluate(model, test_images, test_labels)
         print(f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / steps_per_epoch:.4f}, "
               f"test top-1 {100 * accuracy:.2f}%, training time so far {train_seconds:.0f} s", flush=True)
-    return model, config, train_seconds
+    return model, config, train_seconds, accuracy
 
 
 def save_checkpoint(path, model, config, args):
@@ -276,8 +277,9 @@ def main(argv=None):
         print(f"{args.eval_only}: test top-1 {100 * accuracy:.2f}% on {len(test_images)} images")
         return 0
 
-    model, config, train_seconds = train(args, train_images, train_labels.long(), test_images, test_labels)
-    accuracy = evaluate(model, test_images, test_labels)
+    model, config, train_seconds, accuracy = train(args, train_images, train_labels.long(), test_images, test_labels)
+    if accuracy is None:
+        accuracy = evaluate(model, test_images, test_labels)
     save_checkpoint(args.output, model, config, args)
     print(f"training time {train_seconds:.0f} s ({train_seconds / 60:.1f} min) for {args.epochs} epochs")
     print(f"test top-1 {100 * accuracy:.2f}% on {len(test_images)} images")
