@@ -7,6 +7,7 @@ ONNX export (a few seconds). tests/conftest.py wraps the common ones as session 
 tests/test_runtime_models.py checks that the helpers produce what they promise.
 """
 
+import functools
 import io
 import os
 import shutil
@@ -39,6 +40,24 @@ def _tensorrt_rtx_missing():
 # The one way a test says it needs TensorRT-RTX: `@needs_rtx`, or `pytestmark = needs_rtx` for a module.
 TENSORRT_RTX_MISSING = _tensorrt_rtx_missing()
 needs_rtx = pytest.mark.skipif(TENSORRT_RTX_MISSING is not None, reason=TENSORRT_RTX_MISSING or "")
+
+
+@functools.lru_cache(maxsize=1)
+def needs_gpu_reason():
+    """None when engines can run here, else why not (a skip reason)."""
+    from ffx.errors import BackendUnavailable
+    from ffx.runtime.cuda import open_cuda
+    from ffx.tensorrt import available_backend
+
+    try:
+        backend = available_backend("auto")
+        cuda = open_cuda("auto")
+        cuda.close()
+    except BackendUnavailable as e:
+        detail = str(e).split(" (", 1)[0]
+        return f"needs a CUDA GPU and TensorRT ({detail})"
+    del backend
+    return None
 
 
 def _session_dir(tmp_path_factory, name):

@@ -7,7 +7,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.runtime.bench import latency_stats
-from helpers import qdq_model
+from helpers import needs_gpu_reason, qdq_model
 
 JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}
 
@@ -61,8 +61,6 @@ def test_bad_input_exits_2(cli_runner, mini, tmp_path, monkeypatch, args, messag
 
 
 def test_engine_batch_beyond_profile_is_skipped_not_failed(cli_runner, mini, tmp_path):
-    from test_runtime_gpu import needs_gpu_reason
-
     if needs_gpu_reason():
         pytest.skip(needs_gpu_reason())
     engine = tmp_path / "mini.engine"

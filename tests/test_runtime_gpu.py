@@ -6,7 +6,6 @@ they are skipped with that reason. scripts/run_gpu_tests.sh runs them on a GPU m
 FFX_REQUIRE_GPU=1, which turns those skips into failures.
 """
 
-import functools
 import json
 import os
 
@@ -15,25 +14,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.errors import FfxError
-from helpers import FASHION, fashion_onnx, labelled_images, qdq_model
-
-
-@functools.lru_cache(maxsize=1)
-def needs_gpu_reason():
-    """None when engines can run here, else why not (a skip reason)."""
-    from ffx.errors import BackendUnavailable
-    from ffx.runtime.cuda import open_cuda
-    from ffx.tensorrt import available_backend
-
-    try:
-        backend = available_backend("auto")
-        cuda = open_cuda("auto")
-        cuda.close()
-    except BackendUnavailable as e:
-        detail = str(e).split(" (", 1)[0]
-        return f"needs a CUDA GPU and TensorRT ({detail})"
-    del backend
-    return None
+from helpers import FASHION, fashion_onnx, labelled_images, needs_gpu_reason, qdq_model
 
 
 def _require_gpu():

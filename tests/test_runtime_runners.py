@@ -8,7 +8,7 @@ from ffx.errors import BackendUnavailable, FfxError
 from ffx.runtime import open_runner, runner_kind
 from ffx.runtime.cuda import GpuInfo
 from ffx.runtime.sidecar import EngineSidecar, compatibility_problem, describe_build
-from helpers import needs_rtx
+from helpers import needs_gpu_reason, needs_rtx
 
 
 def _images(n):
@@ -87,8 +87,6 @@ def test_missing_gpu_provider_is_backend_unavailable(mini):
 
 @needs_rtx
 def test_engine_without_gpu_says_so(mini, tmp_path):
-    from test_runtime_gpu import needs_gpu_reason
-
     if needs_gpu_reason() is None:
         pytest.skip("a GPU is present: tests/test_runtime_gpu.py covers engines")
     from ffx.runtime.engine_file import write_engine
