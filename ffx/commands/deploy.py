@@ -52,3 +52,54 @@ def triton(model, repository, name, max_batch, instances, max_queue_delay_us, as
     click.echo(f"{report.model_dir}: backend {report.backend}, {report.model_file}, max_batch_size {report.max_batch_size}, "
                f"preferred batch {report.preferred_batch_sizes}, {report.instances} instance(s)")
     click.echo(f"start it: tritonserver --model-repository={report.repository}   (see {report.model_dir}/README.txt)")
+
+
+@command.command("deepstream")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for the config, labels and model files.")
+@click.option("--approximate-normalization", is_flag=True, help="Write a config for a model with per-channel std anyway (mean std as the one scale); needs --data to measure the accuracy this costs.")
+@click.option("--data", type=click.Path(exists=True), help="Labelled images (one folder per class) for --approximate-normalization.")
+@click.option("--num-images", type=click.IntRange(min=1), default=500, show_default=True, help="Images measured with --approximate-normalization.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+def deepstream(model, output_dir, approximate_normalization, data, num_images, as_json):
+    """DeepStream nvinfer classifier config for MODEL (engine + sidecar, or ffx ONNX).
+
+    Writes config_infer_<name>.txt (network-type, batch size, network-mode from the precision,
+    model-engine-file, onnx-file, infer-dims, RGB color format, net-scale-factor and offsets),
+    a DeepStream classifier label file and the model files. nvinfer has one scale for all
+    channels: a model with a different std per channel (ImageNet) is refused; export it with
+    `ffx export --fold-normalization` and the config is exact.
+
+    \b
+    Examples:
+      ffx export --checkpoint model.pth --fold-normalization -o folded.onnx
+      ffx build-engine folded.onnx -o folded.engine
+      ffx deploy deepstream folded.engine -o deepstream/
+      ffx deploy deepstream model.engine -o ds/ --approximate-normalization --data val/
+    """
+    from ffx.errors import FfxError
+    from ffx.runtime.deepstream import PerChannelNormalization, write_deepstream_config
+
+    if data and not approximate_normalization:
+        raise click.UsageError("--data is only used with --approximate-normalization")
+    if approximate_normalization and not data:
+        raise click.UsageError("--approximate-normalization needs --data: labelled images to measure its accuracy cost")
+    try:
+        report = write_deepstream_config(model, output_dir, approximate=approximate_normalization, data=data,
+                                         num_images=num_images)
+    except PerChannelNormalization as e:
+        raise FfxError(f"{e}: re-export with `ffx export --fold-normalization` (exact), or pass "
+                       "--approximate-normalization --data DIR to measure and accept the accuracy cost") from None
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
+    for message in report.warnings:
+        warn(message)
+    offsets = ";".join(f"{o:g}" for o in report.offsets)
+    click.echo(f"{report.config}: net-scale-factor {report.net_scale_factor:.9g}, offsets {offsets}, "
+               f"network-mode {report.network_mode}, batch-size {report.batch_size}"
+               + ("" if report.exact else " (APPROXIMATE normalization)"))
+    if report.approximation:
+        a = report.approximation
+        click.echo(f"accuracy cost on {a.images} images ({a.measured_with}): top-1 {a.exact_top1:.2f}% -> "
+                   f"{a.approximate_top1:.2f}% ({a.top1_drop:+.2f} points), top-1 agreement {a.agreement:.2f}%")
