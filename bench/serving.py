@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -127,7 +126,9 @@ class ServedModel:
     """`ffx serve MODEL` on free loopback ports, stopped with SIGTERM."""
 
     def __init__(self, model, max_batch, queue_delay_us):
-        ports = _free_ports(3)
+        from ffx.runtime.serving import free_loopback_ports
+
+        ports = free_loopback_ports(3)
         self.url = f"127.0.0.1:{ports[0]}"
         self.command = [*ffx_command(), "serve", str(model), "--name", "bench", "--port", str(ports[0]),
                         "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--max-batch", str(max_batch),
@@ -152,17 +153,6 @@ class ServedModel:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def run(model, batches, requests, clients, queue_delay_us, log=print):

@@ -90,6 +90,18 @@ def check_ports_free(host, ports):
                 raise PortInUse(role, host, port) from None
 
 
+def free_loopback_ports(count):
+    """`count` distinct TCP ports free on 127.0.0.1 right now (for tests and benchmarks)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _pytriton():
     try:
         import pytriton.triton  # noqa: F401

@@ -5,7 +5,6 @@ a port in use, and a clean SIGTERM shutdown. One server for the whole module."""
 
 import concurrent.futures
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 
 from ffx.images import find_images, load_image
 from ffx.metadata import Preprocess, read_onnx_metadata
+from ffx.runtime.serving import free_loopback_ports
 from test_runtime_models import FASHION, fashion_onnx
 
 pytest.importorskip("pytriton.triton", reason="needs NVIDIA PyTriton (pip install 'ffx[serve]')")
@@ -31,17 +31,6 @@ FFX = [str(Path(sys.executable).with_name("ffx"))]  # the installed console scri
 MODEL = "fashion"
 STARTUP_SECONDS = 120
 QUEUE_DELAY_US = 5000  # long enough that concurrent requests visibly share batches on a busy machine
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _tritonserver_runs():
@@ -76,7 +65,7 @@ def model_path(tmp_path_factory):
 def server(model_path, tmp_path_factory):
     if not _tritonserver_runs():
         pytest.skip("PyTriton's tritonserver binary cannot run on this machine")
-    ports = _free_ports(3)
+    ports = free_loopback_ports(3)
     stderr_path = tmp_path_factory.mktemp("serve") / "stderr.txt"
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(
