@@ -15,6 +15,7 @@ Triton validates names, shapes and dtypes before a request reaches ffx; what it 
 (an undecodable image) comes back to the client as an error and the server keeps serving.
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -145,7 +146,10 @@ class ModelServer:
         self.runner = None
         self.triton = None
         self.info = None
-        self._lock = threading.Lock()  # the two models share one runner
+        # Every runner call (activation included) runs on this one thread: a CUDA context made
+        # current by pycuda is current only on the thread that pushed it, and the two models
+        # share one runner, which is not meant for concurrent calls.
+        self._runner_thread = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self):
@@ -156,7 +160,9 @@ class ModelServer:
         if len(set(ports.values())) != len(ports):
             raise FfxError(f"the HTTP, gRPC and metrics ports must differ (got {ports})")
         check_ports_free(self.settings.host, ports)
-        self.runner = open_runner(self.interface.path, provider=self.settings.provider).activate()
+        self._runner_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ffx-runner")
+        self.runner = self._runner_thread.submit(
+            lambda: open_runner(self.interface.path, provider=self.settings.provider).activate()).result()
         log_file = Path(tempfile.mkstemp(prefix=f"ffx-serve-{self.name}-", suffix=".log")[1])
         config = pytriton.triton.TritonConfig(
             http_address=self.settings.host, http_port=ports["HTTP"],
@@ -199,8 +205,11 @@ class ModelServer:
             with contextlib.redirect_stdout(sys.stderr):
                 triton.stop()
         if self.runner is not None:
-            self.runner.deactivate()
-            self.runner = None
+            runner, self.runner = self.runner, None
+            self._runner_thread.submit(runner.deactivate).result()
+        if self._runner_thread is not None:
+            self._runner_thread.shutdown()
+            self._runner_thread = None
 
     def __enter__(self):
         return self.start()
@@ -233,9 +242,11 @@ class ModelServer:
             strict=True,
         )
 
+    def _infer(self, images):
+        return {self.interface.output_name: self._runner_thread.submit(self.runner.infer, images).result()}
+
     def _infer_tensors(self, **inputs):
-        with self._lock:
-            return {self.interface.output_name: self.runner.infer(inputs[self.interface.input_name])}
+        return self._infer(inputs[self.interface.input_name])
 
     def _infer_encoded_images(self, image):
         from pytriton.exceptions import PyTritonValidationError
@@ -248,8 +259,7 @@ class ModelServer:
                 arrays.append(preprocess_image(decode_rgb(bytes(row[0]), name=f"image {index}"), self.preprocess))
             except (UnreadableImage, FfxError) as e:
                 raise PyTritonValidationError(str(e)) from None
-        with self._lock:
-            return {self.interface.output_name: self.runner.infer(np.stack(arrays))}
+        return self._infer(np.stack(arrays))
 
 
 def serve_until_stopped(model_path, settings, on_ready=None):

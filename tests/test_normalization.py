@@ -82,7 +82,7 @@ def test_predict_and_verify_feed_a_folded_model_scaled_pixels(cli_runner, tmp_pa
     assert top1[0] == top1[1] and len(top1[0]) >= 50
     # verify: the folded candidate gets scaled RGB, the PyTorch reference normalized RGB.
     result = cli_runner.invoke(cli, ["verify", str(folded), "--reference", str(FASHION / "model.pth"), "--data",
-                                     str(FASHION / "val"), "--limit", "200", "--json"], catch_exceptions=False)
+                                     str(FASHION / "val"), "--limit", "100", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["agreement"] == 100.0 and report["max_abs_error"] < 1e-4
