@@ -13,8 +13,7 @@ import pytest
 from ffx.cli import cli
 from ffx.images import find_images, load_rgb, normalize_pixels, resize_and_crop
 from ffx.metadata import IMAGENET_MEAN, IMAGENET_STD, Preprocess, onnx_metadata, read_onnx_metadata, set_onnx_metadata
-from test_normalization import fashion_folded_onnx
-from test_runtime_models import FASHION, FASHION_CLASSES, _session_dir, fashion_onnx
+from helpers import FASHION, FASHION_CLASSES, _session_dir, fashion_folded_onnx, fashion_onnx
 
 
 def _deploy(cli_runner, *args):

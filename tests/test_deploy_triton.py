@@ -7,7 +7,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.metadata import read_onnx_metadata
-from test_runtime_models import FASHION_CLASSES, fashion_onnx
+from helpers import FASHION_CLASSES, fashion_onnx
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="needs tritonclient[grpc] (pip install 'ffx[serve]')")

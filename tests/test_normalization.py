@@ -12,18 +12,7 @@ import pytest
 from ffx.cli import cli
 from ffx.images import normalize_pixels
 from ffx.metadata import Preprocess, read_onnx_metadata
-from test_runtime_models import FASHION, _session_dir, fashion_onnx
-
-
-def fashion_folded_onnx(tmp_path_factory, input_scale=1):
-    """The fixture's ONNX with its normalization folded (RGB in [0, input_scale]), made once per session."""
-    from ffx.export.normalization import fold_onnx_file
-
-    source = fashion_onnx(tmp_path_factory)
-    path = _session_dir(tmp_path_factory, "fashion-model") / f"fashion.folded{input_scale}.onnx"
-    if not path.is_file():
-        fold_onnx_file(source, path, input_scale=input_scale)
-    return path
+from helpers import FASHION, fashion_folded_onnx, fashion_onnx
 
 
 def _logits(path, images):

@@ -20,7 +20,7 @@ import pytest
 from ffx.images import find_images, load_image
 from ffx.metadata import Preprocess, read_onnx_metadata
 from ffx.runtime.serving import free_loopback_ports
-from test_runtime_models import FASHION, fashion_onnx
+from helpers import FASHION, fashion_onnx
 
 pytest.importorskip("pytriton.triton", reason="needs NVIDIA PyTriton (pip install 'ffx[serve]')")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install 'ffx[serve]')")
