@@ -93,7 +93,7 @@ def _tensor_type(path, value_info):
 
 
 def _engine_interface(path):
-    sidecar = read_sidecar(path, required=True)
+    sidecar = read_sidecar(path, required=True).to_dict()  # validated; kept as a dict for ffx.json
     info = sidecar.get("metadata") or {}
     profile = sidecar.get("profile") or {}
     try:
