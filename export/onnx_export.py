@@ -62,7 +62,8 @@ class ExportReport:
 
 
 def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OPSET,
-                source_path: str | Path | None = None, check_images_dir: str | Path | None = None) -> ExportReport:
+                source_path: str | Path | None = None, check_images_dir: str | Path | None = None,
+                fold_normalization: bool = False, input_scale: float = 1.0) -> ExportReport:
     """Export a network to ONNX with ffx metadata, after a parity check against PyTorch.
 
     Nothing is written unless every check passes.
@@ -73,6 +74,9 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         opset: ONNX opset, at least MIN_OPSET (17, which keeps LayerNormalization fused).
         source_path: the checkpoint the weights came from; its sha256 goes into the metadata.
         check_images_dir: a folder of images; up to 32 of them join the parity check.
+        fold_normalization: fold mean/std into the first convolution, so that the graph takes
+            RGB in [0, input_scale]; parity is then checked against PyTorch fed the normalized input.
+        input_scale: 1.0 or 255.0, with fold_normalization.
 
     Returns:
         ExportReport: output path, sha256, parameters, opset, input shape, parity differences.
@@ -86,11 +90,16 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
     started = time.perf_counter()
     model, config = resolved.model, resolved.config
     graph = _trace_to_onnx(_FoldedPositions(model).eval(), config, opset)
+    preprocess = resolved.preprocess
+    if fold_normalization:
+        from ffx.export.normalization import fold_normalization_into_graph
+
+        preprocess = fold_normalization_into_graph(graph, preprocess, input_scale)
     info = {
         "arch": resolved.arch,
         "config": config.to_dict(),
         "num_classes": config.num_classes,
-        "preprocess": resolved.preprocess.to_dict(),
+        "preprocess": preprocess.to_dict(),
         "class_names": resolved.class_names,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
@@ -104,8 +113,8 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
     _check_graph(graph)
     data = graph.SerializeToString()
 
-    inputs = _parity_inputs(config, resolved.preprocess, check_images_dir)
-    max_abs, max_rel = _parity(model, data, inputs)
+    inputs = _parity_inputs(config, preprocess, check_images_dir)
+    max_abs, max_rel = _parity(model, data, inputs, preprocess)
     if not max_abs <= PARITY_ATOL + PARITY_RTOL * max_rel[1]:
         raise GateFailed(
             f"parity check failed: ONNX Runtime differs from PyTorch by up to {max_abs:.3g} "
@@ -211,7 +220,12 @@ def _check_graph(graph):
 def _parity_inputs(config, preprocess, check_images_dir):
     generator = np.random.default_rng(0)
     shape = (config.in_chans, config.img_size, config.img_size)
-    batches = [generator.standard_normal((n, *shape), dtype=np.float32) for n in (1, 3)]
+    if preprocess.normalization_folded:
+        from ffx.export.normalization import random_pixels
+
+        batches = random_pixels(preprocess)
+    else:
+        batches = [generator.standard_normal((n, *shape), dtype=np.float32) for n in (1, 3)]
     if check_images_dir:
         from ffx.images import UnreadableImage, find_images, load_image
 
@@ -226,8 +240,11 @@ def _parity_inputs(config, preprocess, check_images_dir):
     return batches
 
 
-def _parity(model, onnx_bytes, batches):
-    """(max abs diff, (max rel diff, max |torch logit|)) between PyTorch and ONNX Runtime."""
+def _parity(model, onnx_bytes, batches, preprocess):
+    """(max abs diff, (max rel diff, max |torch logit|)) between PyTorch and ONNX Runtime. A graph
+    with folded normalization is compared with PyTorch fed the normalized input."""
+    from ffx.export.normalization import normalize_network_input
+
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -238,7 +255,8 @@ def _parity(model, onnx_bytes, batches):
     max_abs = max_rel = max_ref = 0.0
     for batch in batches:
         with torch.no_grad():
-            expected = model(torch.from_numpy(batch)).numpy()
+            reference_input = normalize_network_input(batch, preprocess) if preprocess.normalization_folded else batch
+            expected = model(torch.from_numpy(reference_input)).numpy()
         actual = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         diff = np.abs(actual.astype(np.float64) - expected)
         max_abs = max(max_abs, float(diff.max()))

@@ -24,6 +24,8 @@ COMMANDS = {
     "bench": ("ffx.commands.bench", "Latency and throughput of engines, ONNX models, checkpoints."),
     "predict": ("ffx.commands.predict", "Top-k classes for images."),
     "inspect": ("ffx.commands.inspect", "Show what an ONNX model or engine contains."),
+    "deploy": ("ffx.commands.deploy", "Triton model repository or DeepStream config for a model."),
+    "serve": ("ffx.commands.serve", "Serve a model over HTTP and gRPC with Triton Inference Server."),
 }
 
 

@@ -312,6 +312,7 @@ class Batch:
     labels: list  # int or None per image
     items: list  # the ImageItem of each image
     sha256: list  # content hash of each file
+    pixels: np.ndarray = None  # uint8 (N, H, W, 3) resized and cropped, before normalization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,8 +452,10 @@ def _process_context():
 def _make_batch(pending, preprocess):
     items, pixels, hashes = zip(*pending)
     # Workers return uint8 pixels; normalizing the whole batch here is cheap and bit-identical.
-    images = normalize_pixels(np.stack(pixels), preprocess)
-    return Batch(images=images, labels=[item.label for item in items], items=list(items), sha256=list(hashes))
+    pixels = np.stack(pixels)
+    images = normalize_pixels(pixels, preprocess)
+    return Batch(images=images, labels=[item.label for item in items], items=list(items), sha256=list(hashes),
+                 pixels=pixels)
 
 
 def load_batches(items, preprocess, batch_size, workers=2, progress=None, warn=print_warning, description="images"):

@@ -114,7 +114,13 @@ def resize_and_crop(img, preprocess):
 
 def normalize_pixels(pixels, preprocess):
     """uint8 (..., H, W, 3) -> float32 (..., 3, H, W): /255, minus mean, over std. One image or a
-    batch give bit-identical values."""
+    batch give bit-identical values. A network with the normalization folded in gets the pixels
+    scaled to [0, input_scale] only."""
+    if getattr(preprocess, "normalization_folded", False):
+        array = np.asarray(pixels, dtype=np.float32)
+        if preprocess.input_scale != 255.0:
+            array = array / np.float32(255.0 / preprocess.input_scale)
+        return np.ascontiguousarray(np.moveaxis(array, -1, -3))
     array = np.asarray(pixels, dtype=np.float32) / 255.0
     array = (array - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
     return np.ascontiguousarray(np.moveaxis(array, -1, -3))

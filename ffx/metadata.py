@@ -29,15 +29,31 @@ class Preprocess:
     interpolation: str = "bicubic"
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    # True when mean/std are folded into the network's first layer: the network then takes RGB
+    # scaled to [0, input_scale] (1.0 or 255.0) and mean/std only record what was folded.
+    normalization_folded: bool = False
+    input_scale: float = 1.0
 
     def to_dict(self):
-        return {
+        d = {
             "input_size": list(self.input_size),
             "resize": self.resize,
             "interpolation": self.interpolation,
             "mean": list(self.mean),
             "std": list(self.std),
         }
+        if self.normalization_folded:  # absent otherwise: unfolded models keep their old metadata
+            d["normalization_folded"] = True
+            d["input_scale"] = self.input_scale
+        return d
+
+    def folded(self, input_scale=1.0):
+        """The same transform for a network with mean/std folded in, taking [0, input_scale] RGB."""
+        return dataclasses.replace(self, normalization_folded=True, input_scale=float(input_scale))
+
+    def same_pixels(self, other):
+        """Whether both transforms resize and crop alike (and so differ at most in normalization)."""
+        return (self.input_size, self.resize, self.interpolation) == (other.input_size, other.resize, other.interpolation)
 
     @classmethod
     def from_dict(cls, d):
@@ -48,6 +64,8 @@ class Preprocess:
                 interpolation=str(d["interpolation"]),
                 mean=tuple(float(v) for v in d["mean"]),
                 std=tuple(float(v) for v in d["std"]),
+                normalization_folded=bool(d.get("normalization_folded", False)),
+                input_scale=float(d.get("input_scale", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FfxError(f"preprocessing metadata is incomplete or malformed ({e!r}): {d}") from None

@@ -53,10 +53,21 @@ def latency_stats(seconds, batch):
     }
 
 
+def _random_input(runner, batch, seed):
+    """Random images in the range the model takes: normalized RGB is about standard normal; a
+    model with its normalization folded in takes RGB in [0, input_scale]."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, *runner.input_shape)
+    preprocess = runner.metadata.get("preprocess") or {}
+    if preprocess.get("normalization_folded"):
+        return rng.uniform(0.0, float(preprocess.get("input_scale", 1.0)), shape).astype(np.float32)
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
 def bench_runner(runner, batch, iterations=50, warmup=5, max_seconds=10.0, seed=0):
     """Time `runner.infer` on one batch; stops after `iterations` calls or `max_seconds` (at
     least 5 calls). The runner must be active."""
-    images = np.random.default_rng(seed).standard_normal((batch, *runner.input_shape), dtype=np.float32)
+    images = _random_input(runner, batch, seed)
     for _ in range(warmup):
         runner.infer(images)
     timings, phases = [], []

@@ -180,6 +180,7 @@ def verify(
         FfxError: missing files, unreadable data, models that disagree on preprocessing (exit 2).
     """
     from ffx.datasets import load_batches, open_dataset, select_images
+    from ffx.images import normalize_pixels
 
     started = time.perf_counter()
     warnings = []
@@ -191,7 +192,7 @@ def verify(
         raise FfxError(f"{data}: no such directory")
     candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
     reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads)
-    preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings)
+    preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings)
     class_names = candidate_runner.class_names or reference_runner.class_names
 
     dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
@@ -209,7 +210,9 @@ def verify(
         loaded = load_batches(items, preprocess, batch_size, workers=workers, progress=progress,
                               warn=warnings.append, description="verify")
         for batch in loaded:
-            reference_logits.append(reference_runner.infer(batch.images))
+            reference_images = (batch.images if reference_preprocess is None
+                                else normalize_pixels(batch.pixels, reference_preprocess))
+            reference_logits.append(reference_runner.infer(reference_images))
             candidate_logits.append(candidate_runner.infer(batch.images))
             labels.append(np.asarray(batch.labels))
             if calibration:
@@ -259,12 +262,19 @@ def _model_summary(runner, top1, top5):
 
 
 def _shared_preprocess(candidate, reference, warnings):
-    """The candidate's preprocessing (what deployment will use), fed to both models."""
+    """(the candidate's preprocessing, what deployment will use; the reference's own when the
+    two differ only in where the normalization happens, else None: the reference gets the
+    candidate's input too). A model with its normalization folded in takes scaled RGB, the
+    unfolded one normalized RGB, from the very same pixels."""
     candidate_has = "preprocess" in candidate.metadata
     reference_has = "preprocess" in reference.metadata
     if not candidate_has and not reference_has:
         raise FfxError("neither model carries preprocessing metadata; export them with `ffx export`")
     chosen = candidate if candidate_has else reference
+    if (candidate_has and reference_has and candidate.preprocess != reference.preprocess
+            and candidate.preprocess.same_pixels(reference.preprocess)
+            and _network_input_range(candidate.preprocess) != _network_input_range(reference.preprocess)):
+        return candidate.preprocess, reference.preprocess
     if candidate_has and reference_has and candidate.preprocess != reference.preprocess:
         warnings.append(
             f"the models were exported with different preprocessing ({candidate.preprocess} vs "
@@ -273,7 +283,11 @@ def _shared_preprocess(candidate, reference, warnings):
     if candidate.input_shape and reference.input_shape and tuple(candidate.input_shape) != tuple(reference.input_shape):
         raise FfxError(f"the models take different inputs: {candidate.name} {candidate.input_shape}, "
                        f"{reference.name} {reference.input_shape}")
-    return chosen.preprocess
+    return chosen.preprocess, None
+
+
+def _network_input_range(preprocess):
+    return preprocess.normalization_folded, preprocess.input_scale
 
 
 def calibration_images_of(model_path):

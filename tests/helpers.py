@@ -101,6 +101,17 @@ def fashion_onnx(tmp_path_factory):
     return onnx_path
 
 
+def fashion_folded_onnx(tmp_path_factory, input_scale=1):
+    """The fixture's ONNX with its normalization folded (RGB in [0, input_scale]), made once per session."""
+    from ffx.export.normalization import fold_onnx_file
+
+    source = fashion_onnx(tmp_path_factory)
+    path = _session_dir(tmp_path_factory, "fashion-model") / f"fashion.folded{input_scale}.onnx"
+    if not path.is_file():
+        fold_onnx_file(source, path, input_scale=input_scale)
+    return path
+
+
 def labelled_images(tmp_path_factory, per_class=3):
     """A small class-folder data set of real PNGs: the fixture's images when present, else
     synthetic gray 28x28 images."""

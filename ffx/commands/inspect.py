@@ -38,7 +38,9 @@ def _metadata_lines(metadata):
     if metadata.get("preprocess"):
         p = metadata["preprocess"]
         lines.append(f"preprocess: resize {p.get('resize')} {p.get('interpolation')}, crop {p.get('input_size')}, "
-                     f"mean {p.get('mean')}, std {p.get('std')}")
+                     f"mean {p.get('mean')}, std {p.get('std')}"
+                     + (f" (folded into the model: it takes RGB in [0, {p.get('input_scale', 1.0):g}])"
+                        if p.get("normalization_folded") else ""))
     if names:
         lines.append(f"classes: {len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
     if metadata.get("calibration"):

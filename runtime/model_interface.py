@@ -1,0 +1,114 @@
+"""What a serving system must know about a model, read from the model itself: tensor names,
+dtypes, dims without the batch, batch limits, class names, preprocessing.
+
+An ffx ONNX carries it in its graph and `ffx` metadata; an engine in its JSON sidecar (the batch
+profile it was built with and the metadata of the ONNX it came from). Triton repositories,
+DeepStream configs and `ffx serve` are all written from this one description.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import onnx
+
+from ffx.errors import FfxError
+from ffx.metadata import Preprocess, onnx_metadata
+from ffx.runtime.runner import runner_kind
+from ffx.runtime.sidecar import read_sidecar
+
+# ONNX element types ffx graphs use at their inputs and outputs -> numpy dtype names.
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+                onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}
+
+
+@dataclasses.dataclass
+class ModelInterface:
+    path: Path
+    kind: str  # "engine" or "onnx"
+    input_name: str
+    input_dtype: str  # numpy dtype name
+    input_dims: tuple  # (C, H, W), no batch
+    output_name: str
+    output_dtype: str
+    output_dims: tuple  # (classes,)
+    min_batch: int
+    opt_batch: int | None  # the engine profile's tuned batch; None for ONNX (any batch)
+    max_batch: int | None  # the engine profile's largest batch; None for ONNX (no limit)
+    precision: str
+    class_names: list | None
+    metadata: dict
+    sidecar: dict | None = None  # engines only
+
+    @property
+    def preprocess(self):
+        if "preprocess" not in self.metadata:
+            raise FfxError(f"{self.path}: carries no preprocessing metadata; export it with `ffx export`")
+        return Preprocess.from_dict(self.metadata["preprocess"])
+
+
+def read_model_interface(path):
+    """The ModelInterface of an ffx ONNX or an engine with its sidecar; FfxError otherwise."""
+    path = Path(path)
+    kind = runner_kind(path)
+    if not path.is_file():
+        raise FfxError(f"{path}: no such file")
+    if kind == "onnx":
+        return _onnx_interface(path)
+    if kind == "engine":
+        return _engine_interface(path)
+    raise FfxError(f"{path}: is a checkpoint; export it with `ffx export` (and build an engine) first")
+
+
+def _onnx_interface(path):
+    from ffx.runtime.onnx_model import graph_precision, load_onnx
+
+    model = load_onnx(path)
+    info = onnx_metadata(model)
+    if info is None:
+        raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise FfxError(f"{path}: expected one input and one output, found {len(graph.input)} and {len(graph.output)}")
+    input_dtype, input_dims = _tensor_type(path, graph.input[0])
+    output_dtype, output_dims = _tensor_type(path, graph.output[0])
+    return ModelInterface(
+        path=path, kind="onnx",
+        input_name=graph.input[0].name, input_dtype=input_dtype, input_dims=input_dims,
+        output_name=graph.output[0].name, output_dtype=output_dtype, output_dims=output_dims,
+        min_batch=1, opt_batch=None, max_batch=None,
+        precision=info.get("precision") or graph_precision(model),
+        class_names=info.get("class_names"), metadata=info,
+    )
+
+
+def _tensor_type(path, value_info):
+    tensor_type = value_info.type.tensor_type
+    dtype = _ONNX_DTYPES.get(tensor_type.elem_type)
+    dims = tensor_type.shape.dim
+    if dtype is None:
+        raise FfxError(f"{path}: tensor {value_info.name!r} has an element type ffx cannot serve ({tensor_type.elem_type})")
+    if len(dims) < 2 or dims[0].dim_value or any(not d.dim_value for d in dims[1:]):
+        raise FfxError(f"{path}: tensor {value_info.name!r} must have a dynamic batch and fixed other dims")
+    return dtype, tuple(d.dim_value for d in dims[1:])
+
+
+def _engine_interface(path):
+    sidecar = read_sidecar(path, required=True).to_dict()  # validated; kept as a dict for ffx.json
+    info = sidecar.get("metadata") or {}
+    profile = sidecar.get("profile") or {}
+    try:
+        min_shape, opt_shape, max_shape = profile["min"], profile["opt"], profile["max"]
+    except KeyError:
+        raise FfxError(f"{path}: its sidecar has no batch profile; rebuild it with `ffx build-engine`") from None
+    if not info.get("num_classes") or "preprocess" not in info:
+        raise FfxError(f"{path}: its sidecar lacks the model's metadata; rebuild it with `ffx build-engine`")
+    outputs = sidecar.get("outputs") or [info.get("output_name", "logits")]
+    return ModelInterface(
+        path=path, kind="engine",
+        input_name=profile.get("input") or info.get("input_name", "images"),
+        input_dtype=sidecar.get("input_dtype", "float32"), input_dims=tuple(max_shape[1:]),
+        output_name=outputs[0], output_dtype="float32", output_dims=(int(info["num_classes"]),),
+        min_batch=int(min_shape[0]), opt_batch=int(opt_shape[0]), max_batch=int(max_shape[0]),
+        precision=sidecar.get("precision", info.get("precision", "fp32")),
+        class_names=info.get("class_names"), metadata=info, sidecar=sidecar,
+    )
