@@ -3,7 +3,8 @@
 import datetime
 
 
-def render(results, plot_path=None, json_path="bench/results.json"):
+def render(results, plot_path=None, json_path="bench/results.json", serving=None,
+           serving_path="bench/serving_results.json"):
     out = []
     add = out.append
     minutes = results.get("seconds", 0) / 60
@@ -34,6 +35,8 @@ def render(results, plot_path=None, json_path="bench/results.json"):
         add(_analysis(results))
     if results.get("roofline"):
         add(_roofline(results["roofline"]))
+    if serving:
+        add(_serving(serving, serving_path))
     add(_reproduce(results))
     return "\n".join(out)
 
@@ -191,6 +194,41 @@ def _deep_fidelity(deep, shallow):
         lines.append(f"| {r['model']} | {s['agreement']:.2f} | {r['agreement']:.2f} | {s['top1_drop']:+.2f} | "
                      f"{r['top1_drop']:+.2f} | {s['logit_cosine_min']:.4f} | {r['logit_cosine_min']:.4f} |")
     return text + "\n".join(lines) + "\n"
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+def _serving(result, path):
+    from bench.serving import markdown
+
+    clients, load = result["clients"], result["machine"]
+    rows = {row["batch"]: row for row in result["rows"]}
+    lines = ["## 6. Serving: `ffx serve` (Triton via PyTriton) vs ONNX Runtime directly\n",
+             f"A separate run, not part of `python -m bench.run_all` (which re-renders this section from its JSON): "
+             f"`python -m bench.serving --requests {result['requests_per_measurement']} --json bench/serving_results.json` (the numbers "
+             f"are in [`{path}`]({path})). Model: the Fashion fixture exported to ONNX (`{result['model']}`), FP32, CPU "
+             f"ONNX Runtime through ffx's runner; {result['requests_per_measurement']} timed requests of real "
+             f"preprocessed images per cell, HTTP on loopback, dynamic batching with a {result['max_queue_delay_us']} us "
+             "queue delay. \"direct\": the same runner called in-process; \"1 client\": requests back to back; "
+             f"\"{clients} clients\": concurrent HTTP clients (images per execution: Triton's own statistics, inference "
+             "count over execution count). images/s = images over the summed (1 client, direct) or wall (concurrent) "
+             "time, so slow outliers count.\n"]
+    busy = max(load["load_average_before"][0], load["load_average_after"][0]) > 0.5 * load["cpu_count"]
+    if busy:
+        lines.append(f"**The machine was shared and noisy**: {load['cpu_count']} CPUs, load average "
+                     f"{load['load_average_before'][0]} when the run began and {load['load_average_after'][0]} at its "
+                     "end, so the p99 columns mostly measure other processes and the absolute figures are not this "
+                     "model's speed; the comparison of columns within a row is the useful part, and even that is rough.\n")
+    lines.append(markdown(result) + "\n")
+    one = rows.get(1)
+    if one:
+        direct, served, many = one["direct_onnxruntime"], one["served_1_client"], one[f"served_{clients}_clients"]
+        more = "more" if many["images_per_s"] > direct["images_per_s"] else "fewer"
+        lines.append(f"At batch 1 one client pays the HTTP + Triton + PyTriton round trip per request (p50 "
+                     f"{served['p50_ms']} ms served vs {direct['p50_ms']} ms direct); {clients} concurrent clients get "
+                     f"their requests merged by the dynamic batcher ({many['mean_images_per_execution']} images per "
+                     f"execution) and in this run {more} images/s than a single direct caller. Nothing here ran on a GPU.\n")
+    return "\n".join(lines) + "\n"
 
 
 # -- paper configs -----------------------------------------------------------------------------

@@ -230,8 +230,11 @@ def _write_outputs(results, args):
         plot_path = plot.plot(results["fidelity"], results["speed"]["fashion"], args.plot)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(_without_work_paths(results), indent=1, sort_keys=True) + "\n")
+    serving_json = BENCH / "serving_results.json"  # written by python -m bench.serving, a separate run
+    serving = json.loads(serving_json.read_text()) if serving_json.is_file() else None
     args.out.write_text(report.render(results, plot_path=_relative(plot_path, args.out.parent) if plot_path else None,
-                                      json_path=_relative(args.json, args.out.parent)))
+                                      json_path=_relative(args.json, args.out.parent), serving=serving,
+                                      serving_path=_relative(serving_json, args.out.parent)))
 
 
 def _without_work_paths(results):
