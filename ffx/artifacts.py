@@ -36,6 +36,18 @@ def atomic_output(path):
         raise
 
 
+def refuse_overwriting_inputs(output, inputs):
+    """FfxError when writing `output` would replace one of `inputs` (paths or None):
+    `ffx export --checkpoint m.pth -o m.pth` must not destroy the checkpoint."""
+    output = Path(output)
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source)
+        if source.exists() and (source.resolve() == output.resolve() or (output.exists() and os.path.samefile(source, output))):
+            raise FfxError(f"{output}: is also an input of this command; choose another output path")
+
+
 def _current_umask():
     mask = os.umask(0)
     os.umask(mask)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.errors import FfxError
-from ffx.metadata import Preprocess
+from ffx.metadata import Preprocess, validate_metadata
 from ffx.runtime.sidecar import ENGINE_SUFFIXES
 
 ONNX_SUFFIXES = (".onnx",)
@@ -68,11 +68,11 @@ class Runner:
                 f"{self.path}: carries no preprocessing metadata; export it with `ffx export` so that "
                 "images are prepared exactly as in training"
             )
-        return Preprocess.from_dict(self.metadata["preprocess"])
+        return Preprocess.from_dict(self.metadata["preprocess"], self.path)
 
     @property
     def class_names(self):
-        names = self.metadata.get("class_names")
+        names = validate_metadata(self.metadata, self.path).get("class_names")
         return list(names) if names else None
 
     @property

@@ -3,6 +3,7 @@ import dataclasses
 import click
 
 from ffx.cli import print_json, warn
+from ffx.metadata import escape_text
 
 
 @click.command("predict")
@@ -28,5 +29,6 @@ def command(model, images, topk, provider, as_json):
         print_json([dataclasses.asdict(p) for p in predictions])
         return
     for prediction in predictions:
-        ranked = "  ".join(f"{row['name']} {row['probability']:.1%}" for row in prediction.top)
-        click.echo(f"{prediction.image}: {ranked}")
+        # Class names come from the model file: escape control characters before printing them.
+        ranked = "  ".join(f"{escape_text(row['name'])} {row['probability']:.1%}" for row in prediction.top)
+        click.echo(f"{escape_text(prediction.image)}: {ranked}")
