@@ -209,6 +209,7 @@ class ResolvedModel:
     preprocess: Preprocess
     class_names: list | None
     weights: str  # "random" or where in the checkpoint the weights came from
+    preprocess_recorded: bool = False  # False: the architecture's default (ImageNet) was assumed
 
 
 def resolve_model(arch=None, checkpoint=None, use_ema=False, num_classes=None, seed=0):
@@ -258,7 +259,8 @@ def resolve_model(arch=None, checkpoint=None, use_ema=False, num_classes=None, s
         class_names = imagenet_class_names()
     if class_names is not None and len(class_names) != config.num_classes:
         raise FfxError(f"the checkpoint lists {len(class_names)} class names for {config.num_classes} classes")
-    return ResolvedModel(model, name, config, preprocess, class_names, loaded.source if loaded else "random")
+    recorded = loaded is not None and "preprocess" in loaded.extras
+    return ResolvedModel(model, name, config, preprocess, class_names, loaded.source if loaded else "random", recorded)
 
 
 def _refuse_non_finite(weights, path):

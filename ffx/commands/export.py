@@ -46,7 +46,14 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, output, as_
         raise click.UsageError("--ema needs --checkpoint")
     if not checkpoint:
         warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
+    if not as_json:
+        click.echo(f"exporting {checkpoint or arch}: load, trace, ONNX Runtime parity check ...", err=True)
     resolved = resolve_model(arch, checkpoint, use_ema=ema, num_classes=num_classes)
+    if checkpoint and not resolved.preprocess_recorded:
+        p = resolved.preprocess
+        warn(f"{checkpoint} records no preprocessing; assuming the ImageNet evaluation transform (resize {p.resize} "
+             f"{p.interpolation}, center crop {p.input_size[1]}x{p.input_size[2]}, mean {list(p.mean)}, std {list(p.std)}). "
+             "If the model was trained otherwise, save it in the checkpoint's `ffx` entry as `preprocess`")
     report = export_onnx(resolved, output, opset=opset, source_path=checkpoint, check_images_dir=check_images)
     if as_json:
         print_json(dataclasses.asdict(report))
@@ -57,4 +64,4 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, output, as_
     )
     checked = "random inputs" + (f" and {report.check_images} images" if report.check_images else "")
     click.echo(f"parity vs PyTorch on {checked}: max abs diff {report.max_abs_diff:.2e}, max rel diff {report.max_rel_diff:.2e}")
-    click.echo(f"sha256 {report.sha256}  ({report.seconds:.1f} s)")
+    click.echo(f"ONNX sha256 {report.sha256}  ({report.seconds:.1f} s)")

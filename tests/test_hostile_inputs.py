@@ -1,0 +1,202 @@
+"""Every command against a corpus of hostile and careless inputs (tests/hostile_corpus.py).
+
+For each case: the documented exit code (2 for a refusal, 0 where the input is handled or bad
+images are skipped and counted), no traceback, no output file left behind, every input byte for
+byte unchanged, and a bounded time. Commands run in-process through Click's CliRunner.
+"""
+
+import collections
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import hostile_corpus
+from ffx.cli import cli
+
+# No single case may take longer than this (the slowest real work, a small calibration, takes a
+# few seconds; an allocation blow-up or a hang takes far longer).
+CASE_SECONDS = 60
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, mini, images):
+    root = tmp_path_factory.mktemp("hostile")
+    return root, hostile_corpus.build_corpus(root, mini, images)
+
+
+def _sidecars_validated():
+    import ffx.runtime.sidecar as sidecar
+
+    return hasattr(sidecar, "EngineSidecar")
+
+
+def _run(case):
+    before = {Path(p): Path(p).read_bytes() for p in case.inputs if Path(p).is_file()}
+    started = time.perf_counter()
+    result = CliRunner().invoke(cli, case.args)
+    seconds = time.perf_counter() - started
+    problems = []
+    if result.exc_info and not isinstance(result.exc_info[1], SystemExit):
+        problems.append(f"traceback: {result.exc_info[1]!r}")
+    if result.exit_code != case.expect:
+        problems.append(f"exit {result.exit_code}, expected {case.expect}: {result.stderr.strip()[-300:]}")
+    if "Traceback" in result.stderr:
+        problems.append("'Traceback' on stderr")
+    if case.expect == 2 and len([line for line in result.stderr.splitlines() if line.startswith("Error:")]) != 1:
+        problems.append(f"not one 'Error:' line: {result.stderr.strip()[-300:]}")
+    if case.stderr_has and case.stderr_has not in result.stderr.lower():
+        problems.append(f"stderr lacks {case.stderr_has!r}: {result.stderr.strip()[-300:]}")
+    for path, data in before.items():
+        if not path.is_file() or path.read_bytes() != data:
+            problems.append(f"input {path.name} was modified")
+    for path in case.outputs:
+        if Path(path).exists():
+            problems.append(f"output {Path(path).name} was left behind")
+    if seconds > CASE_SECONDS:
+        problems.append(f"took {seconds:.0f} s")
+    return problems
+
+
+def _check_category(corpus, category, skip=()):
+    _root, cases = corpus
+    selected = [case for case in cases if case.category == category and case.name not in skip]
+    assert selected
+    failures = {case.name: problems for case in selected if (problems := _run(case))}
+    assert not failures, "\n".join(f"{name}: {'; '.join(problems)}" for name, problems in failures.items())
+    return selected
+
+
+def test_hostile_checkpoints(corpus):
+    root, _cases = corpus
+    _check_category(corpus, "checkpoint")
+    assert not (root / "checkpoints" / "PAYLOAD_RAN").exists()  # the malicious pickle never ran
+
+
+def test_onnx_models_ffx_did_not_write_or_that_were_edited(corpus):
+    _check_category(corpus, "onnx")
+
+
+def test_engines_with_broken_sidecars(corpus):
+    skip = ()
+    if not _sidecars_validated():
+        # The engine sidecar's schema (EngineSidecar) is another change; until it lands, a
+        # sidecar with wrong field types still reaches EngineRunner unchecked.
+        skip = [case.name for case in corpus[1] if case.name.endswith("engine_sidecar_wrong_types")]
+    _check_category(corpus, "engine", skip=skip)
+    if skip:
+        pytest.xfail("engine sidecar field types are validated by EngineSidecar (not in this tree yet)")
+
+
+def test_invalid_calibration_manifest_is_shown_not_fatal(corpus):
+    _check_category(corpus, "manifest")
+
+
+def test_hostile_images_are_skipped_and_counted(corpus):
+    _check_category(corpus, "image")
+
+
+def test_outputs_never_replace_inputs(corpus):
+    _check_category(corpus, "lost-data")
+
+
+def test_absurd_counts_are_bounded(corpus):
+    _check_category(corpus, "bounds")
+
+
+def test_corpus_size_matches_readme(corpus):
+    """The README's Reliability section lists the corpus per category: keep it true."""
+    counts = collections.Counter(case.category for case in corpus[1])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for category, count in counts.items():
+        assert f"| {category} | {count} |" in readme, f"README reliability table: {category} should list {count} cases"
+    assert f"{sum(counts.values())} cases" in readme
+
+
+# -- single behaviours the corpus cannot show through exit codes ------------------------------------
+
+
+def test_parity_check_fails_on_nan_logits(mini, tmp_path):
+    """Python's max() drops a NaN that comes second; the parity gate must not."""
+    import torch
+
+    from ffx.errors import GateFailed
+    from ffx.export.checkpoint import resolve_model
+    from ffx.export.onnx_export import export_onnx
+
+    resolved = resolve_model(None, str(mini.checkpoint))
+    with torch.no_grad():
+        resolved.model.head.bias[0] = float("nan")
+    with pytest.raises(GateFailed, match="NaN"):
+        export_onnx(resolved, tmp_path / "nan.onnx")
+    assert not (tmp_path / "nan.onnx").exists()
+
+
+@pytest.mark.parametrize("damage", ["nan", "shape", "negative", "truncated"])
+def test_damaged_statistics_cache_entry_is_a_miss(tmp_path, damage):
+    from ffx.calib import statistics
+
+    tensors = ["a", "b"]
+    stats = statistics.ActivationStatistics(
+        kind="histogram", tensors=tensors, absmax=np.ones(2), hist_range=np.full(2, 2.0),
+        histograms=np.ones((2, statistics.HISTOGRAM_BINS), np.int64), images_used=4, skipped=[],
+        reference_indices=[0], reference_logits=np.zeros((1, 10), np.float32))
+    statistics._save_cache(tmp_path, "key", stats)
+    assert statistics._load_cache(tmp_path, "key", tensors) is not None
+    if damage == "truncated":
+        path = statistics._cache_file(tmp_path, "key")
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        if damage == "nan":
+            stats.absmax = np.array([1.0, np.nan])
+        elif damage == "shape":
+            stats.histograms = np.ones((2, 7), np.int64)
+        else:
+            stats.histograms = -np.ones((2, statistics.HISTOGRAM_BINS), np.int64)
+        statistics._save_cache(tmp_path, "key", stats)
+    assert statistics._load_cache(tmp_path, "key", tensors) is None
+
+
+def test_unwritable_cache_folder_is_a_warning(mini, images, tmp_path, cli_runner):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    output = tmp_path / "mini.int8.onnx"
+    result = cli_runner.invoke(cli, ["calibrate", str(mini.onnx), "--data", str(images), "--workers", "0",
+                                     "--no-tensorrt-check", "--cache-dir", str(blocker / "calib"), "-o", str(output)])
+    assert result.exit_code == 0, result.stderr
+    assert "continuing without it" in result.stderr
+    assert output.is_file()
+
+
+def test_build_engine_keeps_a_calibrated_model_the_user_made(mini, images, tmp_path, cli_runner):
+    pytest.importorskip("tensorrt_rtx_bindings")
+    mine = tmp_path / "net.fp16.onnx"
+    mine.write_bytes(b"the user's own fp16 model")
+    engine = tmp_path / "net.engine"
+    result = cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "--fp16", "--backend", "tensorrt-rtx", "-o", str(engine)])
+    assert result.exit_code == 0, result.stderr
+    assert mine.read_bytes() == b"the user's own fp16 model"
+    assert (tmp_path / "net.engine.fp16.onnx").is_file()
+
+
+def test_control_characters_in_class_names_are_escaped(mini, tmp_path, cli_runner):
+    import json
+
+    import onnx
+
+    from ffx.metadata import onnx_metadata, set_onnx_metadata
+
+    model = onnx.load(str(mini.onnx))
+    info = onnx_metadata(model)
+    info["class_names"] = ["\x1b[2J\x1b[31mred"] * 10
+    set_onnx_metadata(model, info)
+    path = tmp_path / "escapes.onnx"
+    onnx.save(model, path)
+    image = hostile_corpus.images(tmp_path / "images")["good"]
+    for args in (["predict", str(path), str(image)], ["inspect", str(path)]):
+        result = cli_runner.invoke(cli, args)
+        assert result.exit_code == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\\x1b" in result.stdout
+    assert json.loads(json.dumps(info))  # the JSON output keeps the names as they are
