@@ -22,7 +22,7 @@ from ffx import __version__
 from ffx.artifacts import refuse_overwriting_inputs, sha256_bytes, sha256_file, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.checkpoint import ResolvedModel
-from ffx.metadata import set_onnx_metadata
+from ffx.metadata import METADATA_FORMAT_VERSION, set_onnx_metadata
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -92,6 +92,8 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         "config": config.to_dict(),
         "num_classes": config.num_classes,
         "preprocess": resolved.preprocess.to_dict(),
+        "preprocess_recorded": resolved.preprocess_recorded,  # False: ImageNet default assumed
+        "format_version": METADATA_FORMAT_VERSION,
         "class_names": resolved.class_names,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,

@@ -350,6 +350,20 @@ def build_corpus(root, mini, labelled):
         unreadable = name in ("garbage", "empty", "truncated") or name.startswith("external_")
         cases.append(Case("onnx", f"inspect/{name}", ["inspect", str(path)], expect=2 if unreadable else 0, inputs=(path,)))
 
+    # A model from another tool runs once its preprocessing is given; without, the flag is named.
+    preprocess = root / "preprocess.json"
+    preprocess.write_text(json.dumps({"input_size": [3, 8, 8], "resize": 8, "interpolation": "bilinear",
+                                      "mean": [0.5] * 3, "std": [0.25] * 3}))
+    foreign = str(models["foreign_no_metadata"])
+    cases.append(Case("onnx", "predict/foreign_with_preprocess_flag", ["predict", foreign, good_image, "--preprocess",
+                                                                       str(preprocess)], expect=0, inputs=(preprocess,)))
+    cases.append(Case("onnx", "predict/foreign_names_the_flag", ["predict", foreign, good_image], stderr_has="--preprocess"))
+    cases.append(Case("onnx", "verify/foreign_with_preprocess_flag",
+                      ["verify", foreign, "--reference", foreign, "--data", str(labelled), "--preprocess", str(preprocess)],
+                      expect=0))
+    cases.append(Case("onnx", "predict/preprocess_flag_invalid", ["predict", foreign, good_image, "--preprocess",
+                                                                  '{"input_size": [3, 8, 8], "resize": 8}']))
+
     ext_int8 = out / "external.int8.onnx"
     cases.append(Case("onnx", "calibrate/external_data_in_folder",
                       ["calibrate", str(external), "--data", str(labelled), "--no-cache", "--workers", "0",

@@ -200,3 +200,66 @@ def test_control_characters_in_class_names_are_escaped(mini, tmp_path, cli_runne
         assert result.exit_code == 0, result.stderr
         assert "\x1b" not in result.stdout and "\\x1b" in result.stdout
     assert json.loads(json.dumps(info))  # the JSON output keeps the names as they are
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
+def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
+    """SIGTERM mid-calibration (the workers decoding): ffx exits promptly, its decoding workers with it (nothing holds
+    the caller's stdout afterwards), no temporary folder and no output are left."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(600):
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    output = tmp_path / "out.int8.onnx"
+    ffx = shutil.which("ffx", path=str(Path(sys.executable).parent)) or "ffx"
+    process = subprocess.Popen([ffx, "calibrate", str(mini.onnx), "--data", str(data), "--num-images", "600",
+                                "--workers", "2", "--no-cache", "--no-tensorrt-check", "-o", str(output)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(scratch)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and len(_descendants(process.pid)) < 3:
+        time.sleep(0.05)  # the forkserver and two decoding workers
+    assert process.poll() is None, "calibration ended before its workers started"
+    time.sleep(1.0)
+    workers = _descendants(process.pid)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)  # returns only once every holder of the pipes is gone
+    assert process.returncode == 143, stderr.decode()[-500:]
+    assert b"Traceback" not in stderr
+    assert not output.exists() and not output.with_suffix(".json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not [p for p in scratch.iterdir() if p.name.startswith(("ffx-", "tmp"))], list(scratch.iterdir())
+    time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+
+
+def _descendants(pid):
+    """Process ids below `pid` (Linux /proc)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            queue.extend(children)
+    return found
+
+
+def _state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
