@@ -193,14 +193,10 @@ def onnx_metadata(model, source="the model"):
 
 def read_onnx_metadata(path):
     """Read the ``ffx`` metadata of an ONNX file; FfxError when the file is not an ffx model."""
+    from ffx.onnx_file import load_onnx
+
     path = Path(path)
-    if not path.is_file():
-        raise FfxError(f"{path}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError, ValueError, ... for non-ONNX files
-        raise FfxError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
-    info = onnx_metadata(model, path)
+    info = onnx_metadata(load_onnx(path), path)
     if info is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
     return validate_metadata(info, path)

@@ -57,20 +57,25 @@ def _save(path, obj):
     return path
 
 
+def _broken_files(folder, good):
+    """{garbage, empty, truncated: path} with the suffix of the good file `good`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(good).suffix
+    data = Path(good).read_bytes()
+    contents = {"garbage": np.random.default_rng(0).bytes(4096), "empty": b"", "truncated": data[: len(data) // 2]}
+    files = {}
+    for name, content in contents.items():
+        files[name] = folder / f"{name}{suffix}"
+        files[name].write_bytes(content)
+    return files
+
+
 def checkpoints(folder, mini):
     """{name: path} of hostile checkpoints."""
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
     good = _mini_state(mini)
-    files = {}
-    (folder / "garbage.pth").write_bytes(np.random.default_rng(0).bytes(4096))
-    files["garbage"] = folder / "garbage.pth"
-    (folder / "empty.pth").write_bytes(b"")
-    files["empty"] = folder / "empty.pth"
-    data = Path(mini.checkpoint).read_bytes()
-    (folder / "truncated.pth").write_bytes(data[: len(data) // 2])
-    files["truncated"] = folder / "truncated.pth"
+    files = _broken_files(folder, mini.checkpoint)
     files["malicious"] = _save(folder / "malicious.pth", {"model": _RunsCode(folder / "PAYLOAD_RAN")})
     files["list"] = _save(folder / "list.pth", [1, 2, 3])
     files["no_weights"] = _save(folder / "no_weights.pth", {"epoch": 3, "args": None})
@@ -137,15 +142,7 @@ def onnx_models(folder, mini):
     """{name: path} of ONNX files ffx did not write, or wrote and someone then edited."""
     from ffx.metadata import onnx_metadata, set_onnx_metadata
 
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    (folder / "garbage.onnx").write_bytes(np.random.default_rng(1).bytes(4096))
-    files["garbage"] = folder / "garbage.onnx"
-    (folder / "empty.onnx").write_bytes(b"")
-    files["empty"] = folder / "empty.onnx"
-    data = Path(mini.onnx).read_bytes()
-    (folder / "truncated.onnx").write_bytes(data[: len(data) // 3])
-    files["truncated"] = folder / "truncated.onnx"
+    files = _broken_files(folder, mini.onnx)
 
     foreign = {
         "foreign_no_metadata": _foreign_graph(),

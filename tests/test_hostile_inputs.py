@@ -263,3 +263,19 @@ def _state(pid):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """Writing into /dev/full fails with ENOSPC, as a full disk does: the partial file is
+    removed and the error names the output."""
+    from ffx.artifacts import atomic_output
+    from ffx.errors import FfxError
+
+    output = tmp_path / "model.onnx"
+    with pytest.raises(FfxError, match="model.onnx: No space left on device"):
+        with atomic_output(output) as tmp:
+            tmp.write_bytes(b"part")
+            with open("/dev/full", "wb") as full:
+                full.write(b"x" * 65536)
+                full.flush()
+    assert list(tmp_path.iterdir()) == []
