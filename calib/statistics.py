@@ -165,6 +165,11 @@ def _run_collection(kind, model, tensors, items, preprocess, workers, progress, 
                           description="calibration images")
     for batch in loader:
         outputs = session.run([output_name, *fetched], {input_name: batch.images})
+        if not np.isfinite(outputs[0]).all():
+            raise FfxError(
+                f"the FP32 model's outputs are not finite (NaN or Inf) on "
+                f"{', '.join(relative_path(item) for item in batch.items[:3])}; it cannot be calibrated"
+            )
         values = dict(zip(fetched, outputs[1:]))
         values.setdefault(input_name, batch.images)
         values.setdefault(output_name, outputs[0])

@@ -219,6 +219,19 @@ def onnx_models(folder, mini):
     return files
 
 
+def nan_output_model(folder, mini):
+    """The mini model with its classifier (the final Gemm) weights edited to NaN: every output is NaN."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(mini.onnx))
+    head = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
+    weight = next(t for t in model.graph.initializer if t.name == head.input[1])
+    nan = np.full(numpy_helper.to_array(weight).shape, np.nan, np.float32)
+    weight.CopyFrom(numpy_helper.from_array(nan, weight.name))
+    path = folder / "nan_output.onnx"
+    onnx.save(model, path)
+    return path
+
+
 def external_data_model(folder, mini):
     """The mini model saved with its weights in a data file beside it (what big exports do)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -360,6 +373,14 @@ def build_corpus(root, mini, labelled):
                       expect=0))
     cases.append(Case("onnx", "predict/preprocess_flag_invalid", ["predict", foreign, good_image, "--preprocess",
                                                                   '{"input_size": [3, 8, 8], "resize": 8}']))
+
+    nan_model = nan_output_model(root / "nan", mini)
+    for flags in ([], ["--fp16"]):
+        target = out / f"nan_output{'.fp16' if flags else '.int8'}.onnx"
+        cases.append(Case("onnx", f"calibrate/nan_output{''.join(flags)}",
+                          ["calibrate", str(nan_model), *flags, "--data", str(labelled), "--no-cache", "--workers", "0",
+                           "--no-tensorrt-check", "-o", str(target)],
+                          inputs=(nan_model,), outputs=(target, target.with_suffix(".json")), stderr_has="not finite"))
 
     ext_int8 = out / "external.int8.onnx"
     cases.append(Case("onnx", "calibrate/external_data_in_folder",
