@@ -16,13 +16,14 @@ if _missing:
     )
 
 from ffx.export.onnx_export import MIN_OPSET  # noqa: E402  (imports torch)
+from ffx.metadata import MAX_CLASSES  # noqa: E402
 
 
 @click.command("export")
 @click.option("--arch", help="Registered architecture: ff_tiny, ff_base, ff_large (or linear_*). Inferred from the checkpoint when omitted.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="DeiT training checkpoint, state dict or .safetensors.")
 @click.option("--ema", is_flag=True, help="Use the checkpoint's model_ema weights instead of model.")
-@click.option("--num-classes", type=click.IntRange(min=1), help="Classifier size when it differs from the architecture's.")
+@click.option("--num-classes", type=click.IntRange(1, MAX_CLASSES), help="Classifier size when it differs from the architecture's.")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=MIN_OPSET, show_default=True, help="ONNX opset (>= 17 keeps LayerNorm fused).")
 @click.option("--check-images", type=click.Path(file_okay=False), help="Also compare ONNX Runtime and PyTorch on up to 32 real images from this folder.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX model.")

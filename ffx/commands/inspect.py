@@ -75,12 +75,12 @@ def _text(value, limit=80):
 
 
 def _print_onnx(info, _layers):
+    opsets = ", ".join(f"{domain} {version}" for domain, version in info["opset"].items())
     click.echo(f"{info['path']}: ONNX, {info['bytes'] / (1 << 20):.1f} MiB, {info['precision']}, "
-               f"{info['parameters']:,} weights, opset {info['opset']}, producer {info['producer'] or '?'}")
-    for tensor in info["inputs"]:
-        click.echo(f"input  {tensor['name']} {tensor['shape']} {tensor['dtype']}")
-    for tensor in info["outputs"]:
-        click.echo(f"output {tensor['name']} {tensor['shape']} {tensor['dtype']}")
+               f"{info['parameters']:,} weights, opset {opsets}, producer {escape_text(info['producer'] or '?')}")
+    for label, tensors in (("input ", info["inputs"]), ("output", info["outputs"])):
+        for tensor in tensors:
+            click.echo(f"{label} {escape_text(tensor['name'])} [{' x '.join(map(str, tensor['shape']))}] {tensor['dtype']}")
     click.echo(f"{info['nodes']} nodes: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
     click.echo(f"Q/DQ nodes: {info['qdq_nodes']}" + (
         f" (quantized inputs of: {', '.join(f'{op} {n}' for op, n in info['quantized_inputs_of'].items())})"
