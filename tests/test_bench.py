@@ -7,7 +7,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.runtime.bench import latency_stats
-from helpers import qdq_model
+from helpers import needs_rtx, qdq_model
 
 JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}
 
@@ -85,12 +85,12 @@ def test_latency_stats():
     assert latency_stats([0.01] * 10, 1)["cv"] == pytest.approx(0.0, abs=1e-9)
 
 
+@needs_rtx
 def test_engine_that_cannot_run_here_is_skipped_beside_other_targets(cli_runner, mini, tmp_path):
     """On a machine without a GPU an engine cannot run: with other targets it is skipped with a
     warning and the rest are measured; alone, it is an error (exit 2)."""
     from test_runtime_gpu import needs_gpu_reason
 
-    pytest.importorskip("tensorrt_rtx_bindings")
     if not needs_gpu_reason():
         pytest.skip("this machine can run engines")
     engine = tmp_path / "mini.engine"

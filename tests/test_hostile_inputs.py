@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import hostile_corpus
 from ffx.cli import cli
+from helpers import needs_rtx
 
 # No single case may take longer than this (the slowest real work, a small calibration, takes a
 # few seconds; an allocation blow-up or a hang takes far longer).
@@ -170,8 +171,8 @@ def test_unwritable_cache_folder_is_a_warning(mini, images, tmp_path, cli_runner
     assert output.is_file()
 
 
+@needs_rtx
 def test_build_engine_keeps_a_calibrated_model_the_user_made(mini, images, tmp_path, cli_runner):
-    pytest.importorskip("tensorrt_rtx_bindings")
     mine = tmp_path / "net.fp16.onnx"
     mine.write_bytes(b"the user's own fp16 model")
     engine = tmp_path / "net.engine"

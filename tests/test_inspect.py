@@ -80,8 +80,8 @@ def test_bad_input_exits_2(cli_runner, tmp_path, name):
     assert result.stderr.startswith("Error: ") and str(tmp_path / name) in result.stderr
 
 
+@needs_rtx
 def test_sidecar_given_directly_describes_its_engine(cli_runner, mini, tmp_path):
-    pytest.importorskip("tensorrt_rtx_bindings")
     engine = tmp_path / "mini.engine"
     assert cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "--backend", "tensorrt-rtx", "-o", str(engine)]).exit_code == 0
     result = cli_runner.invoke(cli, ["inspect", str(engine) + ".json"])
