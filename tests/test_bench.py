@@ -43,7 +43,8 @@ def test_table_for_people(cli_runner, mini):
 
 @pytest.mark.parametrize("args, message", [
     (["{onnx}", "--batch", "1,x"], "--batch"),
-    (["{onnx}", "--batch", "0"], "positive"),
+    (["{onnx}", "--batch", "0"], "from 1 to 4096"),
+    (["{onnx}", "--batch", "1000000000"], "from 1 to 4096"),
     (["missing.onnx"], "no such file"),
     (["{onnx}", "notes.txt"], "unknown model type"),
     (["{onnx}", "--provider", "cuda"], "CUDAExecutionProvider"),
