@@ -1,4 +1,5 @@
 import dataclasses
+import time
 
 import click
 
@@ -46,6 +47,11 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, thre
     from ffx.runtime.bench import bench
 
     batches = parse_batches(batch_text)
+    started = time.perf_counter()
+    interactive = not as_json and click.get_text_stream("stderr").isatty()
+    if interactive:
+        click.echo(f"benchmarking {len(targets)} target(s) x {len(batches)} batch size(s), "
+                   f"up to {max_seconds:g} s each ...", err=True)
     echo_row = None if as_json else _row_printer()
     results = bench(targets, batches, iterations=iterations, warmup=warmup, max_seconds=max_seconds,
                     provider=provider, cuda_graph=cuda_graph, threads=threads, on_result=echo_row, on_skip=warn)
@@ -57,6 +63,8 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, thre
         if not result.stable:
             warn(f"{result.target} batch {result.batch}: timings vary (CV {result.cv:.0%} > {UNSTABLE_CV:.0%}); "
                  "close other programs or raise --iterations")
+    if interactive:
+        click.echo(f"{len(results)} measurement(s) in {time.perf_counter() - started:.1f} s", err=True)
     if as_json:
         print_json([dataclasses.asdict(r) for r in results])
 

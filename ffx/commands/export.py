@@ -47,7 +47,7 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, output, as_
         raise click.UsageError("--ema needs --checkpoint")
     if not checkpoint:
         warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
-    if not as_json:
+    if not as_json and click.get_text_stream("stderr").isatty():  # scripts get one line per outcome
         click.echo(f"exporting {checkpoint or arch}: load, trace, ONNX Runtime parity check ...", err=True)
     resolved = resolve_model(arch, checkpoint, use_ema=ema, num_classes=num_classes)
     if checkpoint and not resolved.preprocess_recorded:
