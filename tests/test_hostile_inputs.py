@@ -28,12 +28,6 @@ def corpus(tmp_path_factory, mini, images):
     return root, hostile_corpus.build_corpus(root, mini, images)
 
 
-def _sidecars_validated():
-    import ffx.runtime.sidecar as sidecar
-
-    return hasattr(sidecar, "EngineSidecar")
-
-
 def _run(case):
     before = {Path(p): Path(p).read_bytes() for p in case.inputs if Path(p).is_file()}
     started = time.perf_counter()
@@ -61,9 +55,9 @@ def _run(case):
     return problems
 
 
-def _check_category(corpus, category, skip=()):
+def _check_category(corpus, category):
     _root, cases = corpus
-    selected = [case for case in cases if case.category == category and case.name not in skip]
+    selected = [case for case in cases if case.category == category]
     assert selected
     failures = {case.name: problems for case in selected if (problems := _run(case))}
     assert not failures, "\n".join(f"{name}: {'; '.join(problems)}" for name, problems in failures.items())
@@ -81,14 +75,7 @@ def test_onnx_models_ffx_did_not_write_or_that_were_edited(corpus):
 
 
 def test_engines_with_broken_sidecars(corpus):
-    skip = ()
-    if not _sidecars_validated():
-        # The engine sidecar's schema (EngineSidecar) is another change; until it lands, a
-        # sidecar with wrong field types still reaches EngineRunner unchecked.
-        skip = [case.name for case in corpus[1] if case.name.endswith("engine_sidecar_wrong_types")]
-    _check_category(corpus, "engine", skip=skip)
-    if skip:
-        pytest.xfail("engine sidecar field types are validated by EngineSidecar (not in this tree yet)")
+    _check_category(corpus, "engine")
 
 
 def test_invalid_calibration_manifest_is_shown_not_fatal(corpus):
