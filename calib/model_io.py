@@ -6,9 +6,10 @@ from pathlib import Path
 
 import onnx
 
-from ffx.artifacts import atomic_output, sha256_bytes
+from ffx.artifacts import atomic_output, sha256_bytes, sha256_file
 from ffx.errors import FfxError
-from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata
+from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
+from ffx.onnx_file import load_onnx
 
 
 @dataclasses.dataclass
@@ -33,14 +34,18 @@ def load_source_model(path):
     path = Path(path)
     if not path.is_file():
         raise FfxError(f"{path}: no such file")
-    data = path.read_bytes()
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as e:  # DecodeError, ValueError, ... for files that are not ONNX
-        raise FfxError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
-    info = onnx_metadata(model)
+    model = load_onnx(path)  # checks that external data stays inside the model's folder
+    external = any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    if external:
+        # Calibration runs sessions from the model in memory: bring the weights in with it.
+        onnx.load_external_data_for_model(model, str(path.resolve().parent))
+        digest = sha256_bytes(model.SerializeToString())
+    else:
+        digest = sha256_file(path)
+    info = onnx_metadata(model, path)
     if info is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
+    validate_metadata(info, path)
     precision = info.get("precision", "fp32")
     if precision != "fp32":
         raise FfxError(f"{path}: is already {precision}; calibrate the FP32 model that `ffx export` wrote")
@@ -53,7 +58,7 @@ def load_source_model(path):
         raise FfxError(f"{path}: its ffx metadata has no preprocessing; re-export it with `ffx export`")
     if len(model.graph.input) != 1:
         raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
-    return SourceModel(path, model, info, sha256_bytes(data), Preprocess.from_dict(info["preprocess"]))
+    return SourceModel(path, model, info, digest, Preprocess.from_dict(info["preprocess"], path))
 
 
 def output_paths(source, output, suffix):

@@ -125,9 +125,10 @@ def collect_statistics(kind, model, tensors, items, preprocess, key, cache_dir=N
         try:
             _save_cache(Path(cache_dir), key, stats)
             stats.cache = "miss"
-        except OSError as e:
+        except (OSError, FfxError) as e:  # atomic_output reports an unwritable folder as FfxError
             if warn is not None:
-                warn(f"could not write the calibration cache in {cache_dir} ({e.strerror or e}); continuing without it")
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                warn(f"could not write the calibration cache in {cache_dir} ({reason}); continuing without it")
     return stats
 
 
@@ -164,6 +165,11 @@ def _run_collection(kind, model, tensors, items, preprocess, workers, progress, 
                           description="calibration images")
     for batch in loader:
         outputs = session.run([output_name, *fetched], {input_name: batch.images})
+        if not np.isfinite(outputs[0]).all():
+            raise FfxError(
+                f"the FP32 model's outputs are not finite (NaN or Inf) on "
+                f"{', '.join(relative_path(item) for item in batch.items[:3])}; it cannot be calibrated"
+            )
         values = dict(zip(fetched, outputs[1:]))
         values.setdefault(input_name, batch.images)
         values.setdefault(output_name, outputs[0])
@@ -244,14 +250,17 @@ def _cache_file(cache_dir, key):
 
 def _load_cache(cache_dir, key, tensors):
     path = _cache_file(cache_dir, key)
-    if not path.is_file():
+    try:
+        if not path.is_file():
+            return None
+    except OSError:  # an unreadable cache folder is no cache
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             if meta.get("key") != key or meta.get("version") != STATISTICS_VERSION or meta.get("tensors") != list(tensors):
                 return None
-            return ActivationStatistics(
+            stats = ActivationStatistics(
                 kind=meta["kind"],
                 tensors=meta["tensors"],
                 absmax=data["absmax"],
@@ -264,6 +273,32 @@ def _load_cache(cache_dir, key, tensors):
             )
     except Exception:  # a damaged entry is recomputed, never trusted
         return None
+    return stats if _plausible(stats) else None
+
+
+def _plausible(stats):
+    """Whether a cache entry has the shapes and values this collector writes: an entry damaged or
+    planted by someone else (wrong shapes, NaN, negative counts) is a cache miss, not a crash."""
+    count = len(stats.tensors)
+    arrays_ok = (
+        stats.kind in ("histogram", "absmax")
+        and stats.absmax.shape == (count,) and stats.hist_range.shape == (count,)
+        and stats.absmax.dtype.kind == "f" and stats.hist_range.dtype.kind == "f"
+        and bool(np.isfinite(stats.absmax).all() and (stats.absmax >= 0).all())
+        and bool(np.isfinite(stats.hist_range).all() and (stats.hist_range >= 0).all())
+        and stats.histograms.dtype.kind in "iu" and bool((stats.histograms >= 0).all())
+        and stats.histograms.shape == ((count, HISTOGRAM_BINS) if stats.kind == "histogram" else (count, 0))
+        and stats.reference_logits.ndim == 2 and stats.reference_logits.dtype.kind == "f"
+        and bool(np.isfinite(stats.reference_logits).all())
+    )
+    lists_ok = (
+        isinstance(stats.skipped, list) and all(isinstance(s, dict) for s in stats.skipped)
+        and isinstance(stats.reference_indices, list)
+        and all(isinstance(i, int) and 0 <= i for i in stats.reference_indices)
+        and len(stats.reference_indices) == len(stats.reference_logits)
+        and stats.images_used >= 0
+    )
+    return arrays_ok and lists_ok
 
 
 def _save_cache(cache_dir, key, stats):

@@ -18,7 +18,18 @@ import torch
 
 from ffx.errors import FfxError
 from ffx.export.configs import ARCHITECTURES, FFConfig, default_preprocess, get_architecture
-from ffx.metadata import Preprocess
+from ffx.metadata import MAX_CLASSES, Preprocess, validate_metadata
+
+# Limits checked on shapes alone, before any tensor is materialised: a few KB of stride-0 views
+# or one stray `blocks.99999999.*` key must not turn into an out-of-memory kill or a hang. The
+# largest published configuration (linear_large) has 206 M parameters, depth 24, dim 1024.
+MAX_PARAMETERS = 2_000_000_000
+MAX_DEPTH = 256
+MAX_EMBED_DIM = 16384
+MAX_TOKENS = 16385
+# A zip entry that inflates more than this many times and to more than 64 MiB is a zip bomb:
+# torch writes its checkpoints uncompressed.
+MAX_ZIP_RATIO = 100
 
 # Checkpoint keys that can hold the weights, in order of preference.
 _WEIGHT_KEYS = ("model", "state_dict", "module")
@@ -40,8 +51,37 @@ def load_checkpoint(path, use_ema=False):
         if use_ema:
             raise FfxError(f"{path}: a safetensors file holds one set of weights; --ema does not apply")
         return LoadedCheckpoint(_load_safetensors(path), "state dict")
+    _refuse_zip_bomb(path)
     raw = _load_pickle(path)
-    return _pick_weights(raw, path, use_ema)
+    loaded = _pick_weights(raw, path, use_ema)
+    _check_tensor_sizes(loaded.state_dict, path)
+    return loaded
+
+
+def _refuse_zip_bomb(path):
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise FfxError(f"{path}: not a readable PyTorch checkpoint (corrupt zip: {e})") from None
+    for entry in entries:
+        if entry.file_size > (64 << 20) and entry.file_size > MAX_ZIP_RATIO * max(entry.compress_size, 1):
+            raise FfxError(f"{path}: refused: zip entry {entry.filename} would inflate from {entry.compress_size:,} "
+                           f"to {entry.file_size:,} bytes (a zip bomb, not a checkpoint torch wrote)")
+
+
+def _check_tensor_sizes(state_dict, path):
+    """Refuse before anything is copied when the tensors' shapes add up to an absurd model."""
+    total = 0
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise FfxError(f"{path}: weight {key!r} is a {type(value).__name__}, not a tensor")
+        total += value.numel()
+        if total > MAX_PARAMETERS:
+            raise FfxError(f"{path}: its tensors hold more than {MAX_PARAMETERS:,} values (at {key} "
+                           f"{tuple(value.shape)}); ffx refuses checkpoints that large")
 
 
 def _load_safetensors(path):
@@ -108,12 +148,27 @@ def infer_config(state_dict):
             "cannot infer the architecture: the checkpoint lacks " + ", ".join(missing)
             + " (is this a feed-forward-only ViT checkpoint?)"
         )
+    ranks = {"patch_embed.proj.weight": 4, "blocks.0.norm2.weight": 1, "blocks.0.mlp1.fc1.weight": 2,
+             "head.weight": 2, "pos_encoding.pos_embed": 4}
+    for key, rank in ranks.items():
+        if state_dict[key].dim() != rank:
+            raise FfxError(f"cannot infer the architecture: {key} has shape {tuple(state_dict[key].shape)}, expected {rank} dimensions")
     embed_dim, in_chans, patch, patch_w = state_dict["patch_embed.proj.weight"].shape
     num_tokens = state_dict["blocks.0.norm2.weight"].shape[0]
-    grid = math.isqrt(num_tokens - 1)
-    if patch != patch_w or grid * grid != num_tokens - 1:
+    grid = math.isqrt(max(num_tokens - 1, 0))
+    if patch != patch_w or num_tokens < 2 or grid * grid != num_tokens - 1:
         raise FfxError(f"cannot infer the architecture: {num_tokens} tokens is not 1 + a square patch grid")
-    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+    blocks = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))})
+    depth = len(blocks)
+    if blocks != list(range(depth)):
+        stray = next(index for position, index in enumerate(blocks) if index != position)
+        raise FfxError(f"cannot infer the architecture: the checkpoint's blocks are not numbered 0..{depth - 1} "
+                       f"(found blocks.{stray}.*)")
+    limits = (("embedding dim", embed_dim, MAX_EMBED_DIM), ("depth", depth, MAX_DEPTH), ("token count", num_tokens, MAX_TOKENS),
+              ("class count", state_dict["head.weight"].shape[0], MAX_CLASSES))
+    for label, value, limit in limits:
+        if value > limit:
+            raise FfxError(f"cannot infer the architecture: {label} {value} exceeds ffx's limit of {limit}")
     return FFConfig(
         patch_size=int(patch),
         embed_dim=int(embed_dim),
@@ -154,6 +209,7 @@ class ResolvedModel:
     preprocess: Preprocess
     class_names: list | None
     weights: str  # "random" or where in the checkpoint the weights came from
+    preprocess_recorded: bool = False  # False: the architecture's default (ImageNet) was assumed
 
 
 def resolve_model(arch=None, checkpoint=None, use_ema=False, num_classes=None, seed=0):
@@ -176,11 +232,6 @@ def resolve_model(arch=None, checkpoint=None, use_ema=False, num_classes=None, s
     else:
         raise FfxError("give --arch, --checkpoint, or both")
 
-    if loaded is not None and "preprocess" in loaded.extras:
-        preprocess = Preprocess.from_dict(loaded.extras["preprocess"])
-    if preprocess.input_size[1:] != (config.img_size, config.img_size):
-        raise FfxError(f"preprocessing crops to {preprocess.input_size[1:]} but the network takes {config.img_size}x{config.img_size}")
-
     if loaded is None:
         torch.manual_seed(seed)
         model = FFVisionTransformer(config)
@@ -190,15 +241,34 @@ def resolve_model(arch=None, checkpoint=None, use_ema=False, num_classes=None, s
             model = FFVisionTransformer(config)
         check_state_dict(loaded.state_dict, model.state_dict(), name)
         weights = {k: v.float().contiguous() for k, v in loaded.state_dict.items()}
+        _refuse_non_finite(weights, checkpoint)
         model.load_state_dict(weights, strict=True, assign=True)
     model.eval()
+
+    # The checkpoint's own metadata is checked after its weights, so that a wrong --arch is
+    # reported as mismatched keys rather than as a preprocessing size.
+    if loaded is not None and loaded.extras:
+        validate_metadata({**loaded.extras, "num_classes": config.num_classes}, f"{checkpoint} (its `ffx` entry)")
+    if loaded is not None and "preprocess" in loaded.extras:
+        preprocess = Preprocess.from_dict(loaded.extras["preprocess"], f"{checkpoint} (its `ffx` entry)")
+    if preprocess.input_size[1:] != (config.img_size, config.img_size):
+        raise FfxError(f"preprocessing crops to {preprocess.input_size[1:]} but the network takes {config.img_size}x{config.img_size}")
 
     class_names = loaded.extras.get("class_names") if loaded is not None else None
     if class_names is None and config.num_classes == 1000:
         class_names = imagenet_class_names()
     if class_names is not None and len(class_names) != config.num_classes:
         raise FfxError(f"the checkpoint lists {len(class_names)} class names for {config.num_classes} classes")
-    return ResolvedModel(model, name, config, preprocess, class_names, loaded.source if loaded else "random")
+    recorded = loaded is not None and "preprocess" in loaded.extras
+    return ResolvedModel(model, name, config, preprocess, class_names, loaded.source if loaded else "random", recorded)
+
+
+def _refuse_non_finite(weights, path):
+    bad = [key for key, tensor in weights.items() if not bool(torch.isfinite(tensor).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise FfxError(f"{path}: {len(bad)} weight tensor{'s hold' if len(bad) > 1 else ' holds'} NaN or Inf ({shown}); "
+                       "the training run diverged or the file is damaged")
 
 
 def _registered_name(config):

@@ -21,9 +21,7 @@ from onnx import numpy_helper
 
 from ffx.artifacts import sha256_bytes, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
-from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata
-
-INPUT_SCALES = (1.0, 255.0)
+from ffx.metadata import INPUT_SCALES, Preprocess, onnx_metadata, set_onnx_metadata
 
 
 def fold_normalization_into_graph(model, preprocess, input_scale=1.0):

@@ -19,10 +19,10 @@ import onnx
 import torch
 
 from ffx import __version__
-from ffx.artifacts import sha256_bytes, sha256_file, write_bytes_atomic
+from ffx.artifacts import refuse_overwriting_inputs, sha256_bytes, sha256_file, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.checkpoint import ResolvedModel
-from ffx.metadata import set_onnx_metadata
+from ffx.metadata import METADATA_FORMAT_VERSION, set_onnx_metadata
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -87,6 +87,7 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
     """
     if opset < MIN_OPSET:
         raise FfxError(f"--opset {opset}: ffx needs opset >= {MIN_OPSET} for the fused LayerNormalization op")
+    refuse_overwriting_inputs(output, [source_path])
     started = time.perf_counter()
     model, config = resolved.model, resolved.config
     graph = _trace_to_onnx(_FoldedPositions(model).eval(), config, opset)
@@ -100,6 +101,8 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         "config": config.to_dict(),
         "num_classes": config.num_classes,
         "preprocess": preprocess.to_dict(),
+        "preprocess_recorded": resolved.preprocess_recorded,  # False: ImageNet default assumed
+        "format_version": METADATA_FORMAT_VERSION,
         "class_names": resolved.class_names,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
@@ -115,6 +118,8 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
 
     inputs = _parity_inputs(config, preprocess, check_images_dir)
     max_abs, max_rel = _parity(model, data, inputs, preprocess)
+    if not (np.isfinite(max_abs) and np.isfinite(max_rel[1])):
+        raise GateFailed(f"parity check failed: PyTorch or ONNX Runtime produced NaN or Inf logits; {output} was not written")
     if not max_abs <= PARITY_ATOL + PARITY_RTOL * max_rel[1]:
         raise GateFailed(
             f"parity check failed: ONNX Runtime differs from PyTorch by up to {max_abs:.3g} "
@@ -259,7 +264,8 @@ def _parity(model, onnx_bytes, batches, preprocess):
             expected = model(torch.from_numpy(reference_input)).numpy()
         actual = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         diff = np.abs(actual.astype(np.float64) - expected)
-        max_abs = max(max_abs, float(diff.max()))
-        max_rel = max(max_rel, float((diff / (np.abs(expected) + 1e-6)).max()))
-        max_ref = max(max_ref, float(np.abs(expected).max()))
+        # np.max, not max(): Python's max() silently drops a NaN that comes second.
+        max_abs = float(np.max([max_abs, diff.max()]))
+        max_rel = float(np.max([max_rel, (diff / (np.abs(expected) + 1e-6)).max()]))
+        max_ref = float(np.max([max_ref, np.abs(expected).max()]))
     return max_abs, (max_rel, max_ref)

@@ -6,6 +6,7 @@ leaves a partial model, engine or sidecar behind.
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -13,6 +14,9 @@ import tempfile
 from pathlib import Path
 
 from ffx.errors import FfxError
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @contextlib.contextmanager
@@ -30,10 +34,25 @@ def atomic_output(path):
         # mkstemp creates the file 0600; give the artefact the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            raise FfxError(f"{path}: {e.strerror or 'no space left'} while writing it; free space and run again "
+                           "(nothing was written)") from None
         raise
+
+
+def refuse_overwriting_inputs(output, inputs):
+    """FfxError when writing `output` would replace one of `inputs` (paths or None):
+    `ffx export --checkpoint m.pth -o m.pth` must not destroy the checkpoint."""
+    output = Path(output)
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source)
+        if source.exists() and (source.resolve() == output.resolve() or (output.exists() and os.path.samefile(source, output))):
+            raise FfxError(f"{output}: is also an input of this command; choose another output path")
 
 
 def _current_umask():

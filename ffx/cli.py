@@ -9,6 +9,7 @@ with exit code 2 (1 for a failed accuracy gate), never as a traceback.
 import importlib
 import importlib.util
 import json
+import signal
 import sys
 
 import click
@@ -50,9 +51,9 @@ class LazyGroup(click.Group):
         except FfxError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             click.echo("Interrupted; no partial output was written.", err=True)
-            ctx.exit(130)
+            ctx.exit(143 if isinstance(e, Terminated) else 130)
 
 
 def _module_exists(module_name):
@@ -84,5 +85,16 @@ def warn(message):
     click.echo(f"Warning: {message}", err=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs: decoding workers are shut
+    down, temporary folders and partial outputs removed (the default action would kill the
+    process with none of that and leave the workers holding the caller's stdout)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main():
+    signal.signal(signal.SIGTERM, _raise_terminated)
     sys.exit(cli.main(prog_name="ffx"))

@@ -27,6 +27,7 @@ import multiprocessing
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -401,7 +402,7 @@ class BatchLoader:
             while next_chunk < len(chunks) or in_flight:
                 while next_chunk < len(chunks) and len(in_flight) < 3 * self.workers:
                     paths = [str(item.path) for item in chunks[next_chunk]]
-                    with _main_module_hidden():  # a submit may start a worker
+                    with _main_module_hidden(), _interrupts_deferred():  # a submit may start a worker
                         future = executor.submit(decode_files, paths, preprocess)
                     in_flight.append((chunks[next_chunk], future))
                     next_chunk += 1
@@ -409,6 +410,22 @@ class BatchLoader:
                 yield from zip(chunk_items, future.result())
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold SIGINT/SIGTERM while a submit may be starting a worker: interrupted half-way, the
+    parent would tear the pool down while the new worker still unpickles its queues, and the
+    worker would print a traceback. The signal is delivered as soon as the submit returns."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _ignore_interrupts():

@@ -11,6 +11,10 @@ class FfxError(Exception):
     exit_code = 2
 
 
+class MissingPreprocess(FfxError):
+    """A model that carries no preprocessing (not exported by ffx): commands say how to give it."""
+
+
 class GateFailed(FfxError):
     """An accuracy or parity gate failed: exit code 1."""
 

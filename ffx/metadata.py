@@ -9,6 +9,7 @@ known), ``source_sha256``, ``ffx_version`` and, after calibration, ``precision``
 import dataclasses
 import functools
 import json
+import math
 from pathlib import Path
 
 import onnx
@@ -16,8 +17,18 @@ import onnx
 from ffx.errors import FfxError
 
 METADATA_KEY = "ffx"
+# Version of the metadata layout below; a reader refuses a newer one instead of misreading it.
+METADATA_FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+# Bounds on what metadata may ask for, checked before anything is allocated: the largest
+# network input side and resize target ffx accepts (a 4096 x 4096 float32 image is 192 MiB).
+MAX_INPUT_SIDE = 4096
+MAX_RESIZE = 8192
+# A model with its normalization folded in takes RGB in [0, 1] or [0, 255].
+INPUT_SCALES = (1.0, 255.0)
+MAX_CLASSES = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,19 +67,112 @@ class Preprocess:
         return (self.input_size, self.resize, self.interpolation) == (other.input_size, other.resize, other.interpolation)
 
     @classmethod
-    def from_dict(cls, d):
-        try:
-            return cls(
-                input_size=tuple(int(v) for v in d["input_size"]),
-                resize=int(d["resize"]),
-                interpolation=str(d["interpolation"]),
-                mean=tuple(float(v) for v in d["mean"]),
-                std=tuple(float(v) for v in d["std"]),
-                normalization_folded=bool(d.get("normalization_folded", False)),
-                input_scale=float(d.get("input_scale", 1.0)),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise FfxError(f"preprocessing metadata is incomplete or malformed ({e!r}): {d}") from None
+    def from_dict(cls, d, source="model"):
+        """The validated transform of a metadata dict; FfxError naming `source` and the field."""
+
+        def bad(field, problem):
+            return FfxError(f"{source}: ffx metadata field preprocess.{field} {problem}")
+
+        if not isinstance(d, dict):
+            raise FfxError(f"{source}: ffx metadata field preprocess must be an object, found {_kind(d)}")
+        missing = [name for name in ("input_size", "resize", "interpolation", "mean", "std") if name not in d]
+        if missing:
+            raise bad(missing[0], "is missing")
+        size = d["input_size"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 3 and all(_is_int(v) for v in size)):
+            raise bad("input_size", f"must be [C, H, W] integers, found {_short(size)}")
+        channels, height, width = size
+        if channels != 3:
+            raise bad("input_size", f"has {channels} channels; ffx feeds RGB images (3)")
+        if not (1 <= height <= MAX_INPUT_SIDE and 1 <= width <= MAX_INPUT_SIDE):
+            raise bad("input_size", f"{height}x{width} is outside 1..{MAX_INPUT_SIDE} pixels")
+        resize = d["resize"]
+        if not _is_int(resize) or not max(height, width) <= resize <= MAX_RESIZE:
+            raise bad("resize", f"must be an integer from {max(height, width)} (the crop) to {MAX_RESIZE}, found {_short(resize)}")
+        if d["interpolation"] not in INTERPOLATIONS:
+            raise bad("interpolation", f"{_short(d['interpolation'])} is not one of {', '.join(INTERPOLATIONS)}")
+        mean = _finite_floats(d["mean"], 3, lambda problem: bad("mean", problem))
+        std = _finite_floats(d["std"], 3, lambda problem: bad("std", problem))
+        if min(std) <= 0:
+            raise bad("std", f"must be positive, found {list(std)}")
+        folded = d.get("normalization_folded", False)
+        if not isinstance(folded, bool):
+            raise bad("normalization_folded", f"must be true or false, found {_short(folded)}")
+        input_scale = d.get("input_scale", 1.0)
+        if input_scale not in INPUT_SCALES or isinstance(input_scale, bool):
+            raise bad("input_scale", f"must be one of {', '.join(f'{v:g}' for v in INPUT_SCALES)}, found {_short(input_scale)}")
+        return cls(input_size=(3, int(height), int(width)), resize=int(resize), interpolation=d["interpolation"],
+                   mean=mean, std=std, normalization_folded=folded, input_scale=float(input_scale))
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value):
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _short(value, limit=40):
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _finite_floats(values, count, bad):
+    if not (isinstance(values, (list, tuple)) and len(values) == count):
+        raise bad(f"must be a list of {count} numbers (one per channel), found {_short(values)}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise bad(f"must hold finite numbers, found {_short(values)}")
+    return tuple(float(v) for v in values)
+
+
+def validate_metadata(info, source="model"):
+    """`info` when it is well-formed ffx metadata; FfxError naming `source` and the first bad field.
+
+    Optional fields may be absent (models from other tools carry only what they know); those
+    present must have the right type and range, and class names must be one string per class."""
+    if not isinstance(info, dict):
+        raise FfxError(f"{source}: ffx metadata must be a JSON object, found {_kind(info)}")
+    version = info.get("format_version", METADATA_FORMAT_VERSION)
+    if not _is_int(version) or version < 1:
+        raise FfxError(f"{source}: ffx metadata field format_version must be a positive integer, found {_short(version)}")
+    if version > METADATA_FORMAT_VERSION:
+        raise FfxError(f"{source}: ffx metadata format_version {version} is newer than this ffx reads "
+                       f"({METADATA_FORMAT_VERSION}); upgrade ffx")
+    num_classes = info.get("num_classes")
+    if num_classes is not None and not (_is_int(num_classes) and 1 <= num_classes <= MAX_CLASSES):
+        raise FfxError(f"{source}: ffx metadata field num_classes must be an integer from 1 to {MAX_CLASSES}, "
+                       f"found {_short(num_classes)}")
+    names = info.get("class_names")
+    if names is not None:
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise FfxError(f"{source}: ffx metadata field class_names must be a list of strings, found {_short(names)}")
+        if num_classes is not None and len(names) != num_classes:
+            raise FfxError(f"{source}: ffx metadata field class_names lists {len(names)} names for {num_classes} classes")
+    for field in ("input_name", "output_name", "arch", "precision"):
+        if info.get(field) is not None and not isinstance(info[field], str):
+            raise FfxError(f"{source}: ffx metadata field {field} must be a string, found {_short(info[field])}")
+    if info.get("preprocess") is not None:
+        Preprocess.from_dict(info["preprocess"], source)
+    return info
+
+
+def metadata_problem(info, source="model"):
+    """The one-line reason `info` is invalid, or None (for `ffx inspect`, which shows it anyway)."""
+    try:
+        validate_metadata(info, source)
+    except FfxError as e:
+        return str(e)
+    return None
+
+
+def escape_text(text):
+    """`text` with control characters (terminal escapes, newlines) shown as escapes, for printing
+    names that come from files."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @functools.cache
@@ -97,27 +201,26 @@ def set_onnx_metadata(model, info):
     entry.value = json.dumps(info, sort_keys=True)
 
 
-def onnx_metadata(model):
-    """The ``ffx`` metadata dict of an `onnx.ModelProto`, or None when absent."""
+def onnx_metadata(model, source="the model"):
+    """The ``ffx`` metadata dict of an `onnx.ModelProto` (not yet validated), or None when absent."""
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             try:
-                return json.loads(prop.value)
-            except json.JSONDecodeError:
-                raise FfxError("the model's ffx metadata is not valid JSON") from None
+                info = json.loads(prop.value)
+            except (json.JSONDecodeError, RecursionError):
+                raise FfxError(f"{source}: its ffx metadata is not valid JSON") from None
+            if not isinstance(info, dict):
+                raise FfxError(f"{source}: ffx metadata must be a JSON object, found {_kind(info)}")
+            return info
     return None
 
 
 def read_onnx_metadata(path):
     """Read the ``ffx`` metadata of an ONNX file; FfxError when the file is not an ffx model."""
+    from ffx.onnx_file import load_onnx
+
     path = Path(path)
-    if not path.is_file():
-        raise FfxError(f"{path}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError, ValueError, ... for non-ONNX files
-        raise FfxError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
-    info = onnx_metadata(model)
+    info = onnx_metadata(load_onnx(path), path)
     if info is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
-    return info
+    return validate_metadata(info, path)

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from ffx.errors import BackendUnavailable
 from ffx.runtime.runner import open_runner
 
 UNSTABLE_CV = 0.10  # coefficient of variation above which timings are flagged as unstable
@@ -103,10 +104,24 @@ def bench_runner(runner, batch, iterations=50, warmup=5, max_seconds=10.0, seed=
 def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, provider="cpu", cuda_graph=False,
           threads=None, on_result=None, on_skip=None):
     """BenchResults for every target and batch. Targets are opened one at a time (only one
-    model's memory in use). A batch beyond an engine's profile is skipped via `on_skip(message)`."""
+    model's memory in use). A batch beyond an engine's profile is skipped via `on_skip(message)`,
+    and so is a target that cannot run on this machine (an engine without a GPU) when others can;
+    when none can, BackendUnavailable says why."""
     runners = [open_runner(t, provider=provider, cuda_graph=cuda_graph, threads=threads) for t in targets]
-    for runner in runners:  # fail before measuring anything when one target cannot run here
-        runner.check_available()
+    available = []
+    for runner in runners:  # checked before measuring anything
+        try:
+            runner.check_available()
+        except BackendUnavailable as e:
+            if len(runners) == 1:
+                raise
+            if on_skip:
+                on_skip(f"{runner.name} skipped: {e}")
+            continue
+        available.append(runner)
+    if not available:
+        raise BackendUnavailable("none of the targets can run on this machine (see the warnings above)")
+    runners = available
     results = []
     for runner in runners:
         with runner:

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 
 from ffx import __version__
-from ffx.artifacts import atomic_output, sha256_bytes, sha256_file
+from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file
 from ffx.errors import FfxError, InvalidOption
 from ffx.runtime.onnx_model import calibration_manifest_path, graph_precision, load_onnx
 from ffx.runtime.sidecar import (
@@ -27,7 +27,7 @@ from ffx.runtime.sidecar import (
     ProfileRecord,
     sidecar_path,
 )
-from ffx.metadata import onnx_metadata
+from ffx.metadata import onnx_metadata, validate_metadata
 
 
 @dataclasses.dataclass
@@ -69,8 +69,10 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         raise FfxError(f"{output}: an engine file should end in {', '.join(ENGINE_SUFFIXES)}")
     if precision not in (None, "fp16", "int8"):
         raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16 or int8 (or the graph's own)")
+    refuse_overwriting_inputs(output, [onnx_path, calib_data])
+    refuse_overwriting_inputs(sidecar_path(output), [onnx_path])
     model = load_onnx(onnx_path)
-    metadata = onnx_metadata(model) or {}
+    metadata = validate_metadata(onnx_metadata(model, onnx_path) or {}, onnx_path)
     graph = graph_precision(model)
     backend = available_backend(backend)  # fail before a long calibration if TensorRT is missing
     gpu = current_gpu()
@@ -85,9 +87,9 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
             if calib_data is None:
                 raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an INT8 engine needs calibration "
                                     "images to calibrate it first (or give a model made by `ffx calibrate`)")
-            calibrated = _calibrate_int8(onnx_path, calib_data, _derived_path(output, "int8"), calib_options or {}, progress)
+            calibrated = _calibrate_int8(onnx_path, calib_data, _derived_path(output, "int8", onnx_path, notes), calib_options or {}, progress)
         else:
-            calibrated = _convert_fp16(onnx_path, _derived_path(output, "fp16"), calib_data, progress)
+            calibrated = _convert_fp16(onnx_path, _derived_path(output, "fp16", onnx_path, notes), calib_data, progress)
     elif calib_data is not None:
         notes.append(f"calibration images ignored: {onnx_path.name} is already {graph}")
 
@@ -167,11 +169,18 @@ def _write_engine_and_sidecar(output, engine_bytes, sidecar):
         sidecar_tmp.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def _derived_path(output, precision):
+def _derived_path(output, precision, source, notes):
     """Where a build's own calibration writes its graph: `OUT.engine` -> `OUT.int8.onnx`
-    (`OUT.int8.engine` -> `OUT.int8.onnx` too, not `OUT.int8.int8.onnx`)."""
+    (`OUT.int8.engine` -> `OUT.int8.onnx` too, not `OUT.int8.int8.onnx`). A graph or manifest
+    already there (the user's own calibration, or the input) is never replaced: the build's
+    graph then goes to `OUT.engine.int8.onnx`, which belongs to the engine like its sidecar."""
     stem = output.stem.removesuffix(f".{precision}")
-    return output.with_name(f"{stem}.{precision}.onnx")
+    derived = output.with_name(f"{stem}.{precision}.onnx")
+    if derived.exists() or derived.with_suffix(".json").exists() or derived.resolve() == Path(source).resolve():
+        kept = derived
+        derived = output.with_name(f"{output.name}.{precision}.onnx")
+        notes.append(f"kept the existing {kept.name}; the build's {precision} graph is {derived.name}")
+    return derived
 
 
 def _relative(path, output):

@@ -43,7 +43,10 @@ def inspect_onnx(path):
             count *= dim
         parameters += count
     ops = op_histogram(model)
-    metadata = onnx_metadata(model)
+    try:
+        metadata, metadata_error = onnx_metadata(model, path), None
+    except FfxError as e:  # inspect shows the graph anyway and flags the metadata
+        metadata, metadata_error = None, str(e)
     manifest = calibration_manifest_path(path, metadata)
     return {
         "kind": "onnx",
@@ -64,6 +67,7 @@ def inspect_onnx(path):
         "parameters": parameters,
         "calibration_manifest": str(manifest) if manifest else None,
         "metadata": metadata,
+        "metadata_error": metadata_error,
     }
 
 

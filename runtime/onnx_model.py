@@ -7,20 +7,9 @@ from pathlib import Path
 
 import onnx
 
-from ffx.errors import FfxError
+from ffx.onnx_file import load_onnx  # noqa: F401  (runtime modules import it from here)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-def load_onnx(path):
-    """The ModelProto of `path` without its external weights (enough to inspect the graph)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FfxError(f"{path}: no such file")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # DecodeError, ValueError, ... for files that are not ONNX
-        raise FfxError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
 
 
 def op_histogram(model):
@@ -47,7 +36,9 @@ def calibration_manifest_path(onnx_path, metadata=None):
     onnx_path = Path(onnx_path)
     calibration = (metadata or {}).get("calibration")
     named = calibration.get("manifest") if isinstance(calibration, dict) else None
-    candidates = ([onnx_path.parent / named] if isinstance(named, str) else []) + [onnx_path.with_suffix(".json")]
+    # A bare file name beside the model: metadata must not point ffx at other folders.
+    beside = isinstance(named, str) and named != "" and Path(named).name == named
+    candidates = ([onnx_path.parent / named] if beside else []) + [onnx_path.with_suffix(".json")]
     return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 

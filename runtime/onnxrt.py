@@ -1,8 +1,11 @@
 """ONNX Runtime runner: the exact graph TensorRT builds from, on the CPU (int8 and float16
 kernels included) or on a GPU through the CUDA or TensorRT execution provider."""
 
+import numpy as np
+import onnx
+
 from ffx.errors import BackendUnavailable, FfxError
-from ffx.metadata import onnx_metadata
+from ffx.metadata import onnx_metadata, validate_metadata
 from ffx.runtime.onnx_model import graph_precision, load_onnx
 from ffx.runtime.runner import ONNX_PROVIDERS, Runner
 
@@ -11,6 +14,19 @@ _PROVIDER_NAMES = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+def _input_dtype(graph_input, path):
+    """numpy dtype of the image input: float32, or float16 (fed the same normalized values).
+    Integer inputs expect raw pixels, which ffx's normalized images are not."""
+    elem_type = graph_input.type.tensor_type.elem_type
+    if elem_type == onnx.TensorProto.FLOAT:
+        return np.float32
+    if elem_type == onnx.TensorProto.FLOAT16:
+        return np.float16
+    name = onnx.helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type else "undefined"
+    raise FfxError(f"{path}: input {graph_input.name!r} is {name}; ffx feeds normalized float32 (or float16) images: "
+                   "export the model with a float input that takes the normalized image")
 
 
 class OnnxRuntimeRunner(Runner):
@@ -31,7 +47,7 @@ class OnnxRuntimeRunner(Runner):
         self.provider = provider
         self.threads = threads
         model = load_onnx(self.path)
-        self.metadata = onnx_metadata(model) or {}
+        self.metadata = validate_metadata(onnx_metadata(model, self.path) or {}, self.path)
         self.precision = graph_precision(model)
         graph_inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
         if len(graph_inputs) != 1:
@@ -45,6 +61,7 @@ class OnnxRuntimeRunner(Runner):
         self.input_shape = tuple(shape[1:])
         self.fixed_batch = shape[0]
         self.input_name = graph_inputs[0].name
+        self.input_dtype = _input_dtype(graph_inputs[0], self.path)
         self.session = None
         if self.provider != "cpu":
             self.backend = f"onnxruntime-{self.provider}"
@@ -78,7 +95,7 @@ class OnnxRuntimeRunner(Runner):
         self.output_name = self.session.get_outputs()[0].name
 
     def _infer(self, images):
-        return self.session.run([self.output_name], {self.input_name: images})[0]
+        return self.session.run([self.output_name], {self.input_name: images.astype(self.input_dtype, copy=False)})[0]
 
     def _deactivate(self):
         self.session = None

@@ -37,13 +37,18 @@ def expand_images(paths):
     return files
 
 
-def predict(model, images, topk=5, batch_size=32, provider="cpu", on_skip=None):
-    """[Prediction] for every readable image; unreadable ones are reported through `on_skip`."""
+def predict(model, images, topk=5, batch_size=32, provider="cpu", on_skip=None, preprocess=None):
+    """[Prediction] for every readable image; unreadable ones are reported through `on_skip`.
+    `preprocess` (a Preprocess) overrides the model's own, for models exported by other tools."""
     files = expand_images(images)
     if not files:
         raise FfxError("no images given")
     runner = open_runner(model, provider=provider)
-    preprocess = runner.preprocess
+    if preprocess is None:
+        preprocess = runner.preprocess
+    elif runner.input_shape and tuple(runner.input_shape) != tuple(preprocess.input_size):
+        raise FfxError(f"the given preprocessing makes {tuple(preprocess.input_size)} inputs but {model} takes "
+                       f"{tuple(runner.input_shape)}")
     names = runner.class_names
     predictions = []
     with runner:

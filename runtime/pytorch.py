@@ -45,6 +45,7 @@ class CheckpointRunner(Runner):
             "class_names": self.resolved.class_names,
             "precision": "fp32",
             "weights": self.resolved.weights,
+            "preprocess_recorded": self.resolved.preprocess_recorded,
         }
         self.input_shape = (config.in_chans, config.img_size, config.img_size)
         self.model = None

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ffx.errors import FfxError
-from ffx.metadata import Preprocess
+from ffx.errors import FfxError, MissingPreprocess
+from ffx.metadata import Preprocess, validate_metadata
 from ffx.runtime.sidecar import ENGINE_SUFFIXES
 
 ONNX_SUFFIXES = (".onnx",)
@@ -64,15 +64,15 @@ class Runner:
     @property
     def preprocess(self):
         if "preprocess" not in self.metadata:
-            raise FfxError(
-                f"{self.path}: carries no preprocessing metadata; export it with `ffx export` so that "
-                "images are prepared exactly as in training"
+            raise MissingPreprocess(
+                f"{self.path}: carries no preprocessing metadata; export it with `ffx export` or give its "
+                "preprocessing (input size, resize, interpolation, mean, std) as JSON"
             )
-        return Preprocess.from_dict(self.metadata["preprocess"])
+        return Preprocess.from_dict(self.metadata["preprocess"], self.path)
 
     @property
     def class_names(self):
-        names = self.metadata.get("class_names")
+        names = validate_metadata(self.metadata, self.path).get("class_names")
         return list(names) if names else None
 
     @property

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ffx.errors import FfxError
+from ffx.errors import FfxError, MissingPreprocess
+from ffx.metadata import Preprocess
 from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
 from ffx.runtime.runner import open_runner, runner_kind
 from ffx.runtime.sidecar import read_sidecar
@@ -157,6 +158,7 @@ def verify(
     seed: int = 0,
     strict: bool = False,
     threads: int | None = None,
+    preprocess: Preprocess | None = None,
 ) -> VerifyReport:
     """The accuracy gate: both models on the same preprocessed labelled images, compared.
 
@@ -171,6 +173,8 @@ def verify(
         progress: show a progress bar (None: when stderr is a terminal).
         strict: gate on the upper end of the drop's 95% interval instead of the estimate, so a
             pass means the data rule out a larger drop.
+        preprocess: overrides the preprocessing the models carry (models exported by other
+            tools); None: the candidate's, else the reference's.
 
     Returns:
         VerifyReport: top-1/top-5 of both, the drop with its interval, agreement, logit errors,
@@ -192,7 +196,7 @@ def verify(
         raise FfxError(f"{data}: no such directory")
     candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
     reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads)
-    preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings)
+    preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings, preprocess)
     class_names = candidate_runner.class_names or reference_runner.class_names
 
     dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
@@ -261,16 +265,27 @@ def _model_summary(runner, top1, top5):
             "top1": top1, "top5": top5}
 
 
-def _shared_preprocess(candidate, reference, warnings):
+def _shared_preprocess(candidate, reference, warnings, given=None):
     """(the candidate's preprocessing, what deployment will use; the reference's own when the
     two differ only in where the normalization happens, else None: the reference gets the
     candidate's input too). A model with its normalization folded in takes scaled RGB, the
-    unfolded one normalized RGB, from the very same pixels."""
+    unfolded one normalized RGB, from the very same pixels. `given` (from the user) overrides both."""
+    for runner in (candidate, reference):
+        size = tuple((given.input_size if given else None) or ())
+        if given and runner.input_shape and tuple(runner.input_shape) != size:
+            raise FfxError(f"the given preprocessing makes {size} inputs but {runner.name} takes {tuple(runner.input_shape)}")
+    if given is not None:
+        return given, None
     candidate_has = "preprocess" in candidate.metadata
     reference_has = "preprocess" in reference.metadata
     if not candidate_has and not reference_has:
-        raise FfxError("neither model carries preprocessing metadata; export them with `ffx export`")
+        raise MissingPreprocess("neither model carries preprocessing metadata; export them with `ffx export` or give the "
+                                "preprocessing (input size, resize, interpolation, mean, std) as JSON")
     chosen = candidate if candidate_has else reference
+    if all(runner.metadata.get("preprocess_recorded") is False for runner in (candidate, reference)
+           if "preprocess" in runner.metadata):
+        warnings.append("the preprocessing both models carry was assumed at export (the ImageNet default), "
+                        "not recorded with the trained weights: a mismatch with training would go unnoticed")
     if (candidate_has and reference_has and candidate.preprocess != reference.preprocess
             and candidate.preprocess.same_pixels(reference.preprocess)
             and _network_input_range(candidate.preprocess) != _network_input_range(reference.preprocess)):

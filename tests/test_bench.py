@@ -7,7 +7,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.runtime.bench import latency_stats
-from helpers import needs_gpu_reason, qdq_model
+from helpers import needs_gpu_reason, needs_rtx, qdq_model
 
 JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}
 
@@ -43,7 +43,8 @@ def test_table_for_people(cli_runner, mini):
 
 @pytest.mark.parametrize("args, message", [
     (["{onnx}", "--batch", "1,x"], "--batch"),
-    (["{onnx}", "--batch", "0"], "positive"),
+    (["{onnx}", "--batch", "0"], "from 1 to 4096"),
+    (["{onnx}", "--batch", "1000000000"], "from 1 to 4096"),
     (["missing.onnx"], "no such file"),
     (["{onnx}", "notes.txt"], "unknown model type"),
     (["{onnx}", "--provider", "cuda"], "CUDAExecutionProvider"),
@@ -81,3 +82,21 @@ def test_latency_stats():
     # Population std: sqrt((98 * 0.3**2 + 9.7**2 + 19.7**2) / 100) = sqrt(4.91), over the mean 10.3.
     assert stats["cv"] == pytest.approx(4.91 ** 0.5 / 10.3)
     assert latency_stats([0.01] * 10, 1)["cv"] == pytest.approx(0.0, abs=1e-9)
+
+
+@needs_rtx
+def test_engine_that_cannot_run_here_is_skipped_beside_other_targets(cli_runner, mini, tmp_path):
+    """On a machine without a GPU an engine cannot run: with other targets it is skipped with a
+    warning and the rest are measured; alone, it is an error (exit 2)."""
+
+    if not needs_gpu_reason():
+        pytest.skip("this machine can run engines")
+    engine = tmp_path / "mini.engine"
+    built = cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "--backend", "tensorrt-rtx", "-o", str(engine)])
+    assert built.exit_code == 0, built.stderr
+    result = cli_runner.invoke(cli, ["bench", str(engine), str(mini.onnx), "--iterations", "5", "--warmup", "0", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert [row["target"] for row in json.loads(result.stdout)] == [str(mini.onnx)]
+    assert "mini.engine skipped" in result.stderr
+    alone = cli_runner.invoke(cli, ["bench", str(engine), "--iterations", "5"])
+    assert alone.exit_code == 2 and "Traceback" not in alone.stderr

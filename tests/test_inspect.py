@@ -23,7 +23,7 @@ def test_onnx_inputs_opset_ops_and_metadata(cli_runner, mini):
     assert info["metadata"]["num_classes"] == 10
 
     text = _inspect(cli_runner, mini.onnx).stdout
-    assert "input  images ['batch', 3, 28, 28] float32" in text
+    assert "input  images [batch x 3 x 28 x 28] float32" in text and "opset ai.onnx 17" in text
     assert "LayerNormalization 5" in text and "Q/DQ nodes: 0" in text and "classes: 10" in text
 
 
@@ -78,3 +78,13 @@ def test_bad_input_exits_2(cli_runner, tmp_path, name):
     result = _inspect(cli_runner, tmp_path / name)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
     assert result.stderr.startswith("Error: ") and str(tmp_path / name) in result.stderr
+
+
+@needs_rtx
+def test_sidecar_given_directly_describes_its_engine(cli_runner, mini, tmp_path):
+    engine = tmp_path / "mini.engine"
+    assert cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "--backend", "tensorrt-rtx", "-o", str(engine)]).exit_code == 0
+    result = cli_runner.invoke(cli, ["inspect", str(engine) + ".json"])
+    assert result.exit_code == 0, result.stderr
+    assert "TensorRT plan" in result.stdout and "built by TensorRT-RTX" in result.stdout
+    assert "not loaded" in result.stdout  # the sidecar alone never loads the engine

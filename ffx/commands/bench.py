@@ -1,4 +1,5 @@
 import dataclasses
+import time
 
 import click
 
@@ -7,13 +8,17 @@ from ffx.errors import FfxError
 from ffx.runtime.bench import UNSTABLE_CV
 
 
+# Larger batches only measure the machine's memory; 4096 ViT inputs at 224x224 are 2.3 GiB.
+MAX_BATCH = 4096
+
+
 def parse_batches(text):
     try:
         batches = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
         raise FfxError(f"--batch {text!r}: give comma-separated sizes such as 1,8,32") from None
-    if not batches or min(batches) < 1:
-        raise FfxError(f"--batch {text!r}: sizes must be positive")
+    if not batches or min(batches) < 1 or max(batches) > MAX_BATCH:
+        raise FfxError(f"--batch {text!r}: sizes must be from 1 to {MAX_BATCH}")
     return batches
 
 
@@ -42,6 +47,11 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, thre
     from ffx.runtime.bench import bench
 
     batches = parse_batches(batch_text)
+    started = time.perf_counter()
+    interactive = not as_json and click.get_text_stream("stderr").isatty()
+    if interactive:
+        click.echo(f"benchmarking {len(targets)} target(s) x {len(batches)} batch size(s), "
+                   f"up to {max_seconds:g} s each ...", err=True)
     echo_row = None if as_json else _row_printer()
     results = bench(targets, batches, iterations=iterations, warmup=warmup, max_seconds=max_seconds,
                     provider=provider, cuda_graph=cuda_graph, threads=threads, on_result=echo_row, on_skip=warn)
@@ -53,6 +63,8 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, thre
         if not result.stable:
             warn(f"{result.target} batch {result.batch}: timings vary (CV {result.cv:.0%} > {UNSTABLE_CV:.0%}); "
                  "close other programs or raise --iterations")
+    if interactive:
+        click.echo(f"{len(results)} measurement(s) in {time.perf_counter() - started:.1f} s", err=True)
     if as_json:
         print_json([dataclasses.asdict(r) for r in results])
 

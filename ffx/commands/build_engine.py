@@ -129,4 +129,4 @@ def command(model, output, fp16, int8, calib_data, num_images, method, percentil
         where = f"ahead of time for compute capability {', '.join(report.targets)}"
     else:
         where = f"on {report.gpu['name']} ({report.gpu['compute_capability']})" if report.gpu else "no GPU recorded"
-    click.echo(f"sidecar {report.sidecar} ({where}{'' if report.tf32 else ', TF32 off'}); sha256 {report.engine_sha256}")
+    click.echo(f"sidecar {report.sidecar} ({where}{'' if report.tf32 else ', TF32 off'}); engine sha256 {report.engine_sha256}")

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import click
 
@@ -95,4 +96,5 @@ def _print_summary(report):
         click.echo(f"{trt['backend']}: parsed and built ({trt['seconds']:.1f} s)")
     else:
         click.echo(f"TensorRT check skipped: {trt['reason']}")
-    click.echo(f"manifest {report.manifest}, sha256 {report.sha256} ({report.seconds:.1f} s, statistics cache: {report.cache})")
+    click.echo(f"manifest {report.manifest}; {Path(report.output).name} sha256 {report.sha256} "
+               f"({report.seconds:.1f} s, statistics cache: {report.cache})")

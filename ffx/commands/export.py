@@ -16,13 +16,14 @@ if _missing:
     )
 
 from ffx.export.onnx_export import MIN_OPSET  # noqa: E402  (imports torch)
+from ffx.metadata import MAX_CLASSES  # noqa: E402
 
 
 @click.command("export")
 @click.option("--arch", help="Registered architecture: ff_tiny, ff_base, ff_large (or linear_*). Inferred from the checkpoint when omitted.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="DeiT training checkpoint, state dict or .safetensors.")
 @click.option("--ema", is_flag=True, help="Use the checkpoint's model_ema weights instead of model.")
-@click.option("--num-classes", type=click.IntRange(min=1), help="Classifier size when it differs from the architecture's.")
+@click.option("--num-classes", type=click.IntRange(1, MAX_CLASSES), help="Classifier size when it differs from the architecture's.")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=MIN_OPSET, show_default=True, help="ONNX opset (>= 17 keeps LayerNorm fused).")
 @click.option("--check-images", type=click.Path(file_okay=False), help="Also compare ONNX Runtime and PyTorch on up to 32 real images from this folder.")
 @click.option("--fold-normalization", is_flag=True, help="Fold mean/std into the first layer: the model takes RGB in [0, 1] (see --input-scale). Needed by DeepStream.")
@@ -57,7 +58,14 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
         return
     if not checkpoint:
         warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
+    if not as_json and click.get_text_stream("stderr").isatty():  # scripts get one line per outcome
+        click.echo(f"exporting {checkpoint or arch}: load, trace, ONNX Runtime parity check ...", err=True)
     resolved = resolve_model(arch, checkpoint, use_ema=ema, num_classes=num_classes)
+    if checkpoint and not resolved.preprocess_recorded:
+        p = resolved.preprocess
+        warn(f"{checkpoint} records no preprocessing; assuming the ImageNet evaluation transform (resize {p.resize} "
+             f"{p.interpolation}, center crop {p.input_size[1]}x{p.input_size[2]}, mean {list(p.mean)}, std {list(p.std)}). "
+             "If the model was trained otherwise, save it in the checkpoint's `ffx` entry as `preprocess`")
     report = export_onnx(resolved, output, opset=opset, source_path=checkpoint, check_images_dir=check_images,
                          fold_normalization=fold_normalization, input_scale=float(input_scale))
     if as_json:
@@ -71,7 +79,7 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
     click.echo(f"parity vs PyTorch on {checked}: max abs diff {report.max_abs_diff:.2e}, max rel diff {report.max_rel_diff:.2e}")
     if fold_normalization:
         click.echo(f"normalization folded into the first layer: the model takes RGB in [0, {input_scale}]")
-    click.echo(f"sha256 {report.sha256}  ({report.seconds:.1f} s)")
+    click.echo(f"ONNX sha256 {report.sha256}  ({report.seconds:.1f} s)")
 
 
 def _fold_existing_onnx(source, fold_normalization, input_scale, checkpoint_options, output, as_json):
@@ -87,4 +95,4 @@ def _fold_existing_onnx(source, fold_normalization, input_scale, checkpoint_opti
         return
     click.echo(f"{report.output}: {report.source} with its normalization folded; the model takes RGB in [0, {input_scale:g}]")
     click.echo(f"parity vs the original on normalized inputs: max abs diff {report.max_abs_diff:.2e} "
-               f"(tolerance {report.tolerance:.2e}); sha256 {report.sha256}")
+               f"(tolerance {report.tolerance:.2e}); ONNX sha256 {report.sha256}")

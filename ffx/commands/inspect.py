@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import click
 
 from ffx.cli import print_json
+from ffx.metadata import escape_text, metadata_problem
 
 
 @click.command("inspect")
@@ -19,9 +22,14 @@ def command(path, no_load, layers, as_json):
     Examples:
       ffx inspect model.int8.onnx
       ffx inspect model.engine --layers
+      ffx inspect model.engine.json          # a sidecar alone: never loads the engine
     """
     from ffx.runtime.inspection import inspect_file
+    from ffx.runtime.sidecar import ENGINE_SUFFIXES
 
+    if path.endswith(".json") and Path(path[:-len(".json")]).suffix in ENGINE_SUFFIXES:
+        # A sidecar given directly: describe its engine from the sidecar alone.
+        path, no_load = path[:-len(".json")], True
     info = inspect_file(path, load_engine=not no_load)
     if as_json:
         print_json(info)
@@ -29,32 +37,52 @@ def command(path, no_load, layers, as_json):
     {"onnx": _print_onnx, "engine": _print_engine, "checkpoint": _print_checkpoint}[info["kind"]](info, layers)
 
 
-def _metadata_lines(metadata):
+def _metadata_lines(metadata, source, error=None):
+    """Readable lines for the ffx metadata; what is invalid is flagged, never a reason to stop."""
+    if error:
+        return [f"ffx metadata: INVALID: {escape_text(error)}"]
     if not metadata:
         return ["ffx metadata: none (not exported by ffx)"]
-    names = metadata.get("class_names")
     shown = {k: v for k, v in metadata.items() if k not in ("class_names", "config", "preprocess", "calibration")}
-    lines = ["ffx metadata: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items()) if v is not None)]
-    if metadata.get("preprocess"):
-        p = metadata["preprocess"]
-        lines.append(f"preprocess: resize {p.get('resize')} {p.get('interpolation')}, crop {p.get('input_size')}, "
-                     f"mean {p.get('mean')}, std {p.get('std')}"
-                     + (f" (folded into the model: it takes RGB in [0, {p.get('input_scale', 1.0):g}])"
+    lines = ["ffx metadata: " + ", ".join(f"{k} {_text(v)}" for k, v in sorted(shown.items()) if v is not None)]
+    problem = metadata_problem(metadata, source)
+    if problem:
+        lines.append(f"INVALID: {escape_text(problem)}")
+    p = metadata.get("preprocess")
+    if isinstance(p, dict):
+        lines.append(f"preprocess: resize {_text(p.get('resize'))} {_text(p.get('interpolation'))}, "
+                     f"crop {_text(p.get('input_size'))}, mean {_text(p.get('mean'))}, std {_text(p.get('std'))}"
+                     + (f" (folded into the model: it takes RGB in [0, {_text(p.get('input_scale', 1.0))}])"
                         if p.get("normalization_folded") else ""))
-    if names:
-        lines.append(f"classes: {len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
-    if metadata.get("calibration"):
-        lines.append(f"calibration: {metadata['calibration']}")
+    names = metadata.get("class_names")
+    if isinstance(names, list) and names:
+        shown_names = ", ".join(_text(n) for n in names[:5])
+        lines.append(f"classes: {len(names)} ({shown_names}{', ...' if len(names) > 5 else ''})")
+    calibration = metadata.get("calibration")
+    if isinstance(calibration, dict):
+        lines.append("calibration: " + ", ".join(f"{k} {_text(v)}" for k, v in sorted(calibration.items())
+                                                 if not isinstance(v, (dict, list))))
     return lines
 
 
+def _text(value, limit=80):
+    """A metadata value as plain text: lists joined, control characters escaped, long ones cut."""
+    if isinstance(value, (list, tuple)):
+        text = " x ".join(map(str, value)) if all(isinstance(v, int) for v in value) else ", ".join(
+            f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    else:
+        text = str(value)
+    text = escape_text(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _print_onnx(info, _layers):
+    opsets = ", ".join(f"{domain} {version}" for domain, version in info["opset"].items())
     click.echo(f"{info['path']}: ONNX, {info['bytes'] / (1 << 20):.1f} MiB, {info['precision']}, "
-               f"{info['parameters']:,} weights, opset {info['opset']}, producer {info['producer'] or '?'}")
-    for tensor in info["inputs"]:
-        click.echo(f"input  {tensor['name']} {tensor['shape']} {tensor['dtype']}")
-    for tensor in info["outputs"]:
-        click.echo(f"output {tensor['name']} {tensor['shape']} {tensor['dtype']}")
+               f"{info['parameters']:,} weights, opset {opsets}, producer {escape_text(info['producer'] or '?')}")
+    for label, tensors in (("input ", info["inputs"]), ("output", info["outputs"])):
+        for tensor in tensors:
+            click.echo(f"{label} {escape_text(tensor['name'])} [{' x '.join(map(str, tensor['shape']))}] {tensor['dtype']}")
     click.echo(f"{info['nodes']} nodes: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
     click.echo(f"Q/DQ nodes: {info['qdq_nodes']}" + (
         f" (quantized inputs of: {', '.join(f'{op} {n}' for op, n in info['quantized_inputs_of'].items())})"
@@ -62,7 +90,7 @@ def _print_onnx(info, _layers):
     click.echo("initializers: " + ", ".join(f"{dtype} {n}" for dtype, n in info["initializer_dtypes"].items()))
     if info["calibration_manifest"]:
         click.echo(f"calibration manifest: {info['calibration_manifest']}")
-    for line in _metadata_lines(info["metadata"]):
+    for line in _metadata_lines(info["metadata"], info["path"], info.get("metadata_error")):
         click.echo(line)
 
 
@@ -85,7 +113,7 @@ def _print_engine(info, layers):
         if info["sidecar_matches_engine"] is False:
             click.echo("WARNING: the sidecar describes a different engine file (sha256 differs): rebuild both")
         click.echo(f"on this machine: {info['compatibility']}")
-        for line in _metadata_lines(sidecar.metadata):
+        for line in _metadata_lines(sidecar.metadata, info["sidecar_file"]):
             click.echo(line)
     if info["layers"] is not None:
         entries = info["layers"].get("Layers", [])
@@ -105,5 +133,5 @@ def _print_checkpoint(info, _layers):
                f"weights from {info['weights']}")
     config = info["config"]
     click.echo("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
-    for line in _metadata_lines(info["metadata"]):
+    for line in _metadata_lines(info["metadata"], info["path"]):
         click.echo(line)

@@ -3,6 +3,8 @@ import dataclasses
 import click
 
 from ffx.cli import print_json, warn
+from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
+from ffx.metadata import escape_text
 
 
 @click.command("predict")
@@ -10,8 +12,9 @@ from ffx.cli import print_json, warn
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
+@preprocess_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
-def command(model, images, topk, provider, as_json):
+def command(model, images, topk, provider, preprocess_text, as_json):
     """Top-k classes for IMAGES (files or folders) with MODEL (engine, ONNX or checkpoint).
 
     Preprocessing and class names come from the model's metadata.
@@ -20,13 +23,17 @@ def command(model, images, topk, provider, as_json):
     Examples:
       ffx predict model.engine cat.jpg dog.jpg
       ffx predict model.onnx photos/ --topk 3 --json
+      ffx predict other_tool.onnx cat.jpg --preprocess preprocess.json
     """
     from ffx.runtime.predict import predict
 
-    predictions = predict(model, images, topk=topk, provider=provider, on_skip=warn)
+    with naming_the_flag():
+        predictions = predict(model, images, topk=topk, provider=provider, on_skip=warn,
+                              preprocess=parse_preprocess(preprocess_text))
     if as_json:
         print_json([dataclasses.asdict(p) for p in predictions])
         return
     for prediction in predictions:
-        ranked = "  ".join(f"{row['name']} {row['probability']:.1%}" for row in prediction.top)
-        click.echo(f"{prediction.image}: {ranked}")
+        # Class names come from the model file: escape control characters before printing them.
+        ranked = "  ".join(f"{escape_text(row['name'])} {row['probability']:.1%}" for row in prediction.top)
+        click.echo(f"{escape_text(prediction.image)}: {ranked}")

@@ -1,6 +1,7 @@
 import click
 
 from ffx.cli import print_json, warn
+from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
 from ffx.errors import GateFailed
 from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
 
@@ -15,8 +16,9 @@ from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
+@preprocess_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size, provider, threads, as_json):
+def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size, provider, threads, preprocess_text, as_json):
     """Accuracy gate: CANDIDATE vs --reference on the same labelled, preprocessed images.
 
     Each model is an engine, an ONNX model or a checkpoint. Reports top-1/top-5 of both, the
@@ -31,9 +33,10 @@ def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size
     """
     from ffx.runtime.verify import verify
 
-    report = verify(candidate, reference, data, limit=limit, max_top1_drop=max_top1_drop,
-                    batch_size=batch_size, provider=provider, progress=None if not as_json else False, strict=strict,
-                    threads=threads)
+    with naming_the_flag():
+        report = verify(candidate, reference, data, limit=limit, max_top1_drop=max_top1_drop,
+                        batch_size=batch_size, provider=provider, progress=None if not as_json else False, strict=strict,
+                        threads=threads, preprocess=parse_preprocess(preprocess_text))
     for message in report.warnings:
         warn(message)
     if as_json:

@@ -1,0 +1,46 @@
+"""Opening ONNX files that ffx may not have written: refuse what is not a model, and external
+data that would make ffx read files outside the model's own folder."""
+
+from pathlib import Path
+
+import onnx
+import onnx.external_data_helper
+
+from ffx.errors import FfxError
+
+
+def load_onnx(path):
+    """The ModelProto of `path` without its external weights (enough to inspect the graph)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FfxError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # DecodeError, ValueError, ... for files that are not ONNX
+        raise FfxError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    # Protobuf parses an empty file (and some garbage) as an empty model without complaint.
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        raise FfxError(f"{path}: not a readable ONNX model (no graph inside)")
+    check_external_data(model, path)
+    return model
+
+
+def check_external_data(model, path):
+    """FfxError unless every externally stored tensor lies in a file inside the model's own
+    folder: no absolute paths, no `..`, no symlink leading out, no missing file. A model from
+    elsewhere must not make ffx read (or hash, or send to a GPU) other files on the machine."""
+    folder = Path(path).resolve().parent
+    for tensor in model.graph.initializer:
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = Path(location)
+        if not location or target.is_absolute() or ".." in target.parts:
+            raise FfxError(f"{path}: tensor {tensor.name!r} stores its data at {location!r}; external data "
+                           "must be a file name relative to the model's folder")
+        resolved = (folder / target).resolve()
+        if not resolved.is_relative_to(folder):
+            raise FfxError(f"{path}: tensor {tensor.name!r} stores its data in {location}, a link leading out of "
+                           "the model's folder; copy the data file next to the model")
+        if not resolved.is_file():
+            raise FfxError(f"{path}: tensor {tensor.name!r} stores its data in {location}, which is missing")

@@ -1,0 +1,430 @@
+"""A corpus of hostile and careless inputs for every `ffx` command, generated small in a folder.
+
+`build_corpus(root, mini)` writes the files and returns the cases: each is a command line, the
+exit code it must end with and the files it must leave untouched. tests/test_hostile_inputs.py
+runs them all; the README's Reliability section lists the categories and counts.
+"""
+
+import dataclasses
+import json
+import os
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+
+@dataclasses.dataclass
+class Case:
+    category: str
+    name: str
+    args: list
+    expect: int = 2  # exit code
+    inputs: tuple = ()  # files whose bytes must not change
+    outputs: tuple = ()  # files that must not exist afterwards
+    stderr_has: str = ""  # a word the one-line message must contain (lower case)
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    """Unpickling this would create a marker file: the payload a malicious checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _mini_state(mini):
+    import torch
+
+    checkpoint = torch.load(mini.checkpoint, weights_only=True)
+    return checkpoint
+
+
+def _save(path, obj):
+    import torch
+
+    torch.save(obj, path)
+    return path
+
+
+def _broken_files(folder, good):
+    """{garbage, empty, truncated: path} with the suffix of the good file `good`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(good).suffix
+    data = Path(good).read_bytes()
+    contents = {"garbage": np.random.default_rng(0).bytes(4096), "empty": b"", "truncated": data[: len(data) // 2]}
+    files = {}
+    for name, content in contents.items():
+        files[name] = folder / f"{name}{suffix}"
+        files[name].write_bytes(content)
+    return files
+
+
+def checkpoints(folder, mini):
+    """{name: path} of hostile checkpoints."""
+    import torch
+
+    good = _mini_state(mini)
+    files = _broken_files(folder, mini.checkpoint)
+    files["malicious"] = _save(folder / "malicious.pth", {"model": _RunsCode(folder / "PAYLOAD_RAN")})
+    files["list"] = _save(folder / "list.pth", [1, 2, 3])
+    files["no_weights"] = _save(folder / "no_weights.pth", {"epoch": 3, "args": None})
+    files["not_tensors"] = _save(folder / "not_tensors.pth", {"model": {"head.weight": "abc", "x": 1}})
+
+    def variant(name, edit):
+        checkpoint = {"model": {k: v.clone() for k, v in good["model"].items()}, "ffx": json.loads(json.dumps(good["ffx"]))}
+        edit(checkpoint)
+        files[name] = _save(folder / f"{name}.pth", checkpoint)
+
+    variant("nan_weight", lambda c: c["model"]["head.weight"].__setitem__((0, 0), float("nan")))
+    variant("inf_weight", lambda c: c["model"]["blocks.0.mlp1.fc1.weight"].__setitem__((1, 1), float("inf")))
+    variant("stray_block", lambda c: c["model"].__setitem__("blocks.99999999.norm1.weight", torch.ones(32)))
+    variant("bad_preprocess", lambda c: c["ffx"].__setitem__("preprocess", {"input_size": "abc"}))
+    variant("std_zero", lambda c: c["ffx"]["preprocess"].__setitem__("std", [0.0, 0.0, 0.0]))
+    variant("class_names_ints", lambda c: c["ffx"].__setitem__("class_names", list(range(10))))
+    variant("class_names_count", lambda c: c["ffx"].__setitem__("class_names", ["a", "b"]))
+
+    def expanded(c):
+        # A few KB on disk, hundreds of GB once materialised: every tensor a stride-0 view.
+        embed, tokens = 1 << 16, 50
+        shapes = {"patch_embed.proj.weight": (embed, 3, 32, 32), "blocks.0.norm2.weight": (tokens,),
+                  "blocks.0.mlp1.fc1.weight": (4 * embed, embed), "head.weight": (1000, embed),
+                  "pos_encoding.pos_embed": (1, embed, 14, 14)}
+        c["model"] = {k: torch.zeros(1).expand(*shape) for k, shape in shapes.items()}
+        c.pop("ffx")
+
+    variant("expanded_tensors", expanded)
+    files["zip_bomb"] = _zip_bomb(folder / "zip_bomb.pth")
+    (folder / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    files["safetensors_garbage"] = folder / "garbage.safetensors"
+    # A safetensors header claiming to be a petabyte long.
+    (folder / "header_bomb.safetensors").write_bytes(struct.pack("<Q", 1 << 50) + b"{}")
+    files["safetensors_header_bomb"] = folder / "header_bomb.safetensors"
+    return files
+
+
+def _zip_bomb(path):
+    """A zip (torch's checkpoint container) whose one entry inflates 1000x: 96 MB from ~100 KB."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", b"\0" * (96 << 20))
+    return path
+
+
+def _foreign_graph(input_name="x", dtype=TensorProto.FLOAT, shape=("N", 3, 8, 8), inputs=1, classes=10):
+    """A small classifier ffx did not export: mean over H, W then a MatMul to `classes` logits."""
+    nodes, graph_inputs = [], []
+    for i in range(inputs):
+        name = input_name if i == 0 else f"{input_name}{i}"
+        graph_inputs.append(helper.make_tensor_value_info(name, dtype, list(shape)))
+    source = graph_inputs[0].name
+    if dtype != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [source], ["as_float"], to=TensorProto.FLOAT))
+        source = "as_float"
+    nodes.append(helper.make_node("ReduceMean", [source], ["pooled"], axes=[2, 3], keepdims=0))
+    nodes.append(helper.make_node("MatMul", ["pooled", "weight"], ["logits"]))
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, classes)).astype(np.float32), "weight")
+    graph = helper.make_graph(nodes, "foreign", graph_inputs,
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def onnx_models(folder, mini):
+    """{name: path} of ONNX files ffx did not write, or wrote and someone then edited."""
+    from ffx.metadata import onnx_metadata, set_onnx_metadata
+
+    files = _broken_files(folder, mini.onnx)
+
+    foreign = {
+        "foreign_no_metadata": _foreign_graph(),
+        "foreign_two_inputs": _foreign_graph(inputs=2),
+        "foreign_float16_input": _foreign_graph(dtype=TensorProto.FLOAT16),
+        "foreign_uint8_input": _foreign_graph(dtype=TensorProto.UINT8),
+        "foreign_dynamic_spatial": _foreign_graph(shape=("N", 3, "H", "W")),
+        "foreign_rank2_input": _foreign_graph(shape=("N", 3)),
+    }
+    for name, model in foreign.items():
+        onnx.save(model, folder / f"{name}.onnx")
+        files[name] = folder / f"{name}.onnx"
+
+    good = onnx.load(str(mini.onnx))
+    info = onnx_metadata(good)
+
+    def metadata_variant(name, edit):
+        model = onnx.ModelProto()
+        model.CopyFrom(good)
+        changed = json.loads(json.dumps(info))
+        edit(changed)
+        set_onnx_metadata(model, changed)
+        onnx.save(model, folder / f"{name}.onnx")
+        files[name] = folder / f"{name}.onnx"
+
+    def set_pre(key, value):
+        return lambda d: d["preprocess"].__setitem__(key, value)
+
+    metadata_variant("meta_input_size_text", set_pre("input_size", "abc"))
+    metadata_variant("meta_input_size_negative", set_pre("input_size", [3, -28, 28]))
+    metadata_variant("meta_input_size_absurd", set_pre("input_size", [3, 1 << 20, 1 << 20]))
+    metadata_variant("meta_resize_zero", set_pre("resize", 0))
+    metadata_variant("meta_resize_absurd", set_pre("resize", 10 ** 9))
+    metadata_variant("meta_mean_length", set_pre("mean", [0.5, 0.5]))
+    metadata_variant("meta_std_zero", set_pre("std", [0.3, 0.0, 0.3]))
+    metadata_variant("meta_std_nan", set_pre("std", ["nan", 0.3, 0.3]))
+    metadata_variant("meta_interpolation", set_pre("interpolation", "magic"))
+    metadata_variant("meta_missing_field", lambda d: d["preprocess"].pop("mean"))
+    metadata_variant("meta_preprocess_list", lambda d: d.__setitem__("preprocess", [1, 2]))
+    metadata_variant("meta_not_object", lambda d: (d.clear()))
+    metadata_variant("meta_class_names_ints", lambda d: d.__setitem__("class_names", list(range(10))))
+    metadata_variant("meta_class_names_count", lambda d: d.__setitem__("class_names", ["a", "b"]))
+    metadata_variant("meta_class_names_dict", lambda d: d.__setitem__("class_names", {"a": 1}))
+    metadata_variant("meta_num_classes_text", lambda d: d.__setitem__("num_classes", "ten"))
+    metadata_variant("meta_format_version_future", lambda d: d.__setitem__("format_version", 99))
+    # Metadata that is not JSON at all.
+    model = onnx.ModelProto()
+    model.CopyFrom(good)
+    for prop in model.metadata_props:
+        if prop.key == "ffx":
+            prop.value = "{not json"
+    onnx.save(model, folder / "meta_not_json.onnx")
+    files["meta_not_json"] = folder / "meta_not_json.onnx"
+
+    # External data: the mini model's largest weight stored outside the model's folder (absolute
+    # path, `..`, a symlink leading out) or missing.
+    outside = folder.parent / "outside.bin"
+    largest = max(good.graph.initializer, key=lambda t: len(t.raw_data))
+    outside.write_bytes(largest.raw_data)
+    (folder / "escape.bin").symlink_to(outside)
+    for name, location in (("external_absolute", str(outside)), ("external_dotdot", "../outside.bin"),
+                           ("external_symlink", "escape.bin"), ("external_missing", "missing.bin")):
+        model = onnx.ModelProto()
+        model.CopyFrom(good)
+        weight = next(t for t in model.graph.initializer if t.name == largest.name)
+        length = len(weight.raw_data)
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+            entry = weight.external_data.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, folder / f"{name}.onnx")
+        files[name] = folder / f"{name}.onnx"
+    return files
+
+
+def nan_output_model(folder, mini):
+    """The mini model with its classifier (the final Gemm) weights edited to NaN: every output is NaN."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(mini.onnx))
+    head = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
+    weight = next(t for t in model.graph.initializer if t.name == head.input[1])
+    nan = np.full(numpy_helper.to_array(weight).shape, np.nan, np.float32)
+    weight.CopyFrom(numpy_helper.from_array(nan, weight.name))
+    path = folder / "nan_output.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def external_data_model(folder, mini):
+    """The mini model saved with its weights in a data file beside it (what big exports do)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(mini.onnx))
+    path = folder / "external.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="external.onnx.data")
+    return path
+
+
+def images(folder):
+    """{name: path}: one good image and hostile ones (bomb, empty, truncated, not an image)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    Image.fromarray(np.full((28, 28, 3), 128, np.uint8)).save(folder / "good.png")
+    files["good"] = folder / "good.png"
+    files["bomb"] = _decompression_bomb(folder / "bomb.png")
+    (folder / "empty.png").write_bytes(b"")
+    files["empty"] = folder / "empty.png"
+    data = (folder / "good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    files["truncated"] = folder / "truncated.png"
+    (folder / "text.jpg").write_text("not an image")
+    files["text"] = folder / "text.jpg"
+    return files
+
+
+def _decompression_bomb(path, side=20000):
+    """A 1-bit PNG of side x side pixels (400 Mpx, > PIL's 179 Mpx bomb limit) in about 50 KB."""
+    row = b"\0" + b"\0" * (side // 8)
+    compressed = zlib.compress(row * side, 9)
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed) + chunk(b"IEND", b""))
+    return path
+
+
+def engines(folder, mini):
+    """{name: path} of engine files with missing, broken or hostile sidecars (no GPU needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+
+    def engine(name, sidecar_text):
+        path = folder / f"{name}.engine"
+        path.write_bytes(b"not a real plan")
+        if sidecar_text is not None:
+            (folder / f"{name}.engine.json").write_text(sidecar_text)
+        files[name] = path
+
+    engine("engine_no_sidecar", None)
+    engine("engine_sidecar_not_json", "{broken")
+    engine("engine_sidecar_list", "[1, 2]")
+    engine("engine_sidecar_wrong_format", json.dumps({"format": "something-else"}))
+    engine("engine_sidecar_wrong_types", json.dumps({"format": "ffx-engine-sidecar", "version": 1, "backend": 5,
+                                                     "profile": "x", "metadata": "y", "gpu": 3}))
+    return files
+
+
+def calibrated_with_bad_manifest(folder, mini):
+    """A copy of the mini model named as a calibrated model, beside a manifest that is garbage."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "mini.int8.onnx"
+    model.write_bytes(Path(mini.onnx).read_bytes())
+    (folder / "mini.int8.json").write_text('{"images": [1, {"path": 5}], "data": {"path": 7}')
+    return model
+
+
+# Valid graphs whose metadata is absent or empty: bench (random inputs) and build-engine need none.
+RUNNABLE_WITHOUT_METADATA = {"foreign_no_metadata", "foreign_float16_input", "meta_not_object"}
+
+
+# -- cases ----------------------------------------------------------------------------------------
+
+
+def build_corpus(root, mini, labelled):
+    """Write the corpus under `root` and return [Case]."""
+    root = Path(root)
+    out = root / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    ckpts = checkpoints(root / "checkpoints", mini)
+    models = onnx_models(root / "onnx" / "models", mini)
+    external = external_data_model(root / "external", mini)
+    pictures = images(root / "images")
+    plans = engines(root / "engines", mini)
+    calibrated = calibrated_with_bad_manifest(root / "calibrated", mini)
+    good_image = str(pictures["good"])
+    cases = []
+
+    for name, path in ckpts.items():
+        target = out / f"{name}.onnx"
+        cases.append(Case("checkpoint", f"export/{name}", ["export", "--checkpoint", str(path), "-o", str(target)],
+                          inputs=(path,), outputs=(target,)))
+        cases.append(Case("checkpoint", f"predict/{name}", ["predict", str(path), good_image], inputs=(path,)))
+        cases.append(Case("checkpoint", f"inspect/{name}", ["inspect", str(path)], inputs=(path,)))
+    cases.append(Case("checkpoint", "verify/nan_weight", ["verify", str(mini.onnx), "--reference", str(ckpts["nan_weight"]),
+                                                          "--data", str(labelled)], inputs=(ckpts["nan_weight"],)))
+    cases.append(Case("checkpoint", "export/wrong_arch_with_preprocess",
+                      ["export", "--arch", "ff_tiny", "--checkpoint", str(mini.checkpoint), "-o", str(out / "arch.onnx")],
+                      inputs=(mini.checkpoint,), outputs=(out / "arch.onnx",), stderr_has="missing"))
+
+    for name, path in models.items():
+        int8 = out / f"{name}.int8.onnx"
+        # A valid graph without (usable) preprocessing still benchmarks (random inputs) and
+        # builds; every other command needs the preprocessing and refuses.
+        handled = {"bench": name in RUNNABLE_WITHOUT_METADATA,
+                   "build-engine": name in RUNNABLE_WITHOUT_METADATA or name == "foreign_uint8_input"}
+        cases.append(Case("onnx", f"calibrate/{name}", ["calibrate", str(path), "--data", str(labelled), "--no-cache",
+                                                        "--workers", "0", "--no-tensorrt-check", "-o", str(int8)],
+                          inputs=(path,), outputs=(int8, int8.with_suffix(".json"))))
+        cases.append(Case("onnx", f"predict/{name}", ["predict", str(path), good_image], inputs=(path,)))
+        # Empty metadata: verify prepares the images as the reference says (both see the same).
+        cases.append(Case("onnx", f"verify/{name}", ["verify", str(path), "--reference", str(mini.onnx), "--data", str(labelled)],
+                          expect=0 if name == "meta_not_object" else 2, inputs=(path,)))
+        cases.append(Case("onnx", f"bench/{name}", ["bench", str(path), "--iterations", "5", "--warmup", "0"],
+                          expect=0 if handled["bench"] else 2, inputs=(path,)))
+        engine = out / f"{name}.engine"
+        if handled["build-engine"]:
+            cases.append(Case("onnx", f"build-engine/{name}", ["build-engine", str(path), "--backend", "tensorrt-rtx",
+                                                               "-o", str(engine)], expect=0, inputs=(path,)))
+        else:
+            cases.append(Case("onnx", f"build-engine/{name}", ["build-engine", str(path), "-o", str(engine)],
+                              inputs=(path,), outputs=(engine, Path(str(engine) + ".json"))))
+        # inspect shows what it can of a readable model and flags what is invalid (exit 0).
+        unreadable = name in ("garbage", "empty", "truncated") or name.startswith("external_")
+        cases.append(Case("onnx", f"inspect/{name}", ["inspect", str(path)], expect=2 if unreadable else 0, inputs=(path,)))
+
+    # A model from another tool runs once its preprocessing is given; without, the flag is named.
+    preprocess = root / "preprocess.json"
+    preprocess.write_text(json.dumps({"input_size": [3, 8, 8], "resize": 8, "interpolation": "bilinear",
+                                      "mean": [0.5] * 3, "std": [0.25] * 3}))
+    foreign = str(models["foreign_no_metadata"])
+    cases.append(Case("onnx", "predict/foreign_with_preprocess_flag", ["predict", foreign, good_image, "--preprocess",
+                                                                       str(preprocess)], expect=0, inputs=(preprocess,)))
+    cases.append(Case("onnx", "predict/foreign_names_the_flag", ["predict", foreign, good_image], stderr_has="--preprocess"))
+    cases.append(Case("onnx", "verify/foreign_with_preprocess_flag",
+                      ["verify", foreign, "--reference", foreign, "--data", str(labelled), "--preprocess", str(preprocess)],
+                      expect=0))
+    cases.append(Case("onnx", "predict/preprocess_flag_invalid", ["predict", foreign, good_image, "--preprocess",
+                                                                  '{"input_size": [3, 8, 8], "resize": 8}']))
+
+    nan_model = nan_output_model(root / "nan", mini)
+    for flags in ([], ["--fp16"]):
+        target = out / f"nan_output{'.fp16' if flags else '.int8'}.onnx"
+        cases.append(Case("onnx", f"calibrate/nan_output{''.join(flags)}",
+                          ["calibrate", str(nan_model), *flags, "--data", str(labelled), "--no-cache", "--workers", "0",
+                           "--no-tensorrt-check", "-o", str(target)],
+                          inputs=(nan_model,), outputs=(target, target.with_suffix(".json")), stderr_has="not finite"))
+
+    ext_int8 = out / "external.int8.onnx"
+    cases.append(Case("onnx", "calibrate/external_data_in_folder",
+                      ["calibrate", str(external), "--data", str(labelled), "--no-cache", "--workers", "0",
+                       "--no-tensorrt-check", "-o", str(ext_int8)], expect=0, inputs=(external, Path(str(external) + ".data"))))
+    cases.append(Case("onnx", "predict/external_data_in_folder", ["predict", str(external), good_image], expect=0,
+                      inputs=(external,)))
+
+    for name, path in plans.items():
+        cases.append(Case("engine", f"predict/{name}", ["predict", str(path), good_image], inputs=(path,)))
+        cases.append(Case("engine", f"verify/{name}", ["verify", str(path), "--reference", str(mini.onnx), "--data", str(labelled)],
+                          inputs=(path,)))
+        cases.append(Case("engine", f"inspect/{name}", ["inspect", str(path)], expect=0 if name == "engine_no_sidecar" else 2,
+                          inputs=(path,)))
+        sidecar = Path(str(path) + ".json")
+        if sidecar.is_file():
+            cases.append(Case("engine", f"inspect-sidecar/{name}", ["inspect", str(sidecar)], inputs=(sidecar,)))
+    cases.append(Case("manifest", "inspect/calibrated_bad_manifest", ["inspect", str(calibrated)], expect=0,
+                      inputs=(calibrated, calibrated.with_suffix(".json"))))
+
+    # Images: the hostile ones are skipped and counted; with no readable image left, exit 2.
+    for name, path in pictures.items():
+        if name == "good":
+            continue
+        cases.append(Case("image", f"predict/{name}+good", ["predict", str(mini.onnx), str(path), good_image], expect=0,
+                          inputs=(path,), stderr_has="skipped"))
+        cases.append(Case("image", f"predict/{name}", ["predict", str(mini.onnx), str(path)], inputs=(path,)))
+
+    # Outputs that would destroy an input.
+    cases.append(Case("lost-data", "export/output_is_checkpoint",
+                      ["export", "--checkpoint", str(mini.checkpoint), "-o", str(mini.checkpoint)], inputs=(mini.checkpoint,)))
+    cases.append(Case("lost-data", "calibrate/output_is_model",
+                      ["calibrate", str(mini.onnx), "--data", str(labelled), "--no-cache", "-o", str(mini.onnx)],
+                      inputs=(mini.onnx,)))
+    cases.append(Case("lost-data", "build-engine/output_is_model",
+                      ["build-engine", str(mini.onnx), "-o", str(mini.onnx)], inputs=(mini.onnx,)))
+
+    # Absurd counts are bounded, not allocated.
+    cases.append(Case("bounds", "calibrate/num_images_huge",
+                      ["calibrate", str(mini.onnx), "--data", str(labelled), "--num-images", str(10 ** 15), "--no-cache",
+                       "--workers", "0", "--no-tensorrt-check", "-o", str(out / "huge.int8.onnx")],
+                      expect=0, outputs=()))
+    cases.append(Case("bounds", "verify/limit_huge",
+                      ["verify", str(mini.onnx), "--reference", str(mini.onnx), "--data", str(labelled), "--limit", str(10 ** 15)],
+                      expect=0))
+    cases.append(Case("bounds", "bench/batch_huge", ["bench", str(mini.onnx), "--batch", str(10 ** 9)]))
+    return cases

@@ -1,0 +1,269 @@
+"""Every command against a corpus of hostile and careless inputs (tests/hostile_corpus.py).
+
+For each case: the documented exit code (2 for a refusal, 0 where the input is handled or bad
+images are skipped and counted), no traceback, no output file left behind, every input byte for
+byte unchanged, and a bounded time. Commands run in-process through Click's CliRunner.
+"""
+
+import collections
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import hostile_corpus
+from ffx.cli import cli
+from helpers import needs_rtx
+
+# No single case may take longer than this (the slowest real work, a small calibration, takes a
+# few seconds; an allocation blow-up or a hang takes far longer).
+CASE_SECONDS = 60
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, mini, images):
+    root = tmp_path_factory.mktemp("hostile")
+    return root, hostile_corpus.build_corpus(root, mini, images)
+
+
+def _run(case):
+    before = {Path(p): Path(p).read_bytes() for p in case.inputs if Path(p).is_file()}
+    started = time.perf_counter()
+    result = CliRunner().invoke(cli, case.args)
+    seconds = time.perf_counter() - started
+    problems = []
+    if result.exc_info and not isinstance(result.exc_info[1], SystemExit):
+        problems.append(f"traceback: {result.exc_info[1]!r}")
+    if result.exit_code != case.expect:
+        problems.append(f"exit {result.exit_code}, expected {case.expect}: {result.stderr.strip()[-300:]}")
+    if "Traceback" in result.stderr:
+        problems.append("'Traceback' on stderr")
+    if case.expect == 2 and len([line for line in result.stderr.splitlines() if line.startswith("Error:")]) != 1:
+        problems.append(f"not one 'Error:' line: {result.stderr.strip()[-300:]}")
+    if case.stderr_has and case.stderr_has not in result.stderr.lower():
+        problems.append(f"stderr lacks {case.stderr_has!r}: {result.stderr.strip()[-300:]}")
+    for path, data in before.items():
+        if not path.is_file() or path.read_bytes() != data:
+            problems.append(f"input {path.name} was modified")
+    for path in case.outputs:
+        if Path(path).exists():
+            problems.append(f"output {Path(path).name} was left behind")
+    if seconds > CASE_SECONDS:
+        problems.append(f"took {seconds:.0f} s")
+    return problems
+
+
+def _check_category(corpus, category):
+    _root, cases = corpus
+    selected = [case for case in cases if case.category == category]
+    assert selected
+    failures = {case.name: problems for case in selected if (problems := _run(case))}
+    assert not failures, "\n".join(f"{name}: {'; '.join(problems)}" for name, problems in failures.items())
+    return selected
+
+
+def test_hostile_checkpoints(corpus):
+    root, _cases = corpus
+    _check_category(corpus, "checkpoint")
+    assert not (root / "checkpoints" / "PAYLOAD_RAN").exists()  # the malicious pickle never ran
+
+
+def test_onnx_models_ffx_did_not_write_or_that_were_edited(corpus):
+    _check_category(corpus, "onnx")
+
+
+def test_engines_with_broken_sidecars(corpus):
+    _check_category(corpus, "engine")
+
+
+def test_invalid_calibration_manifest_is_shown_not_fatal(corpus):
+    _check_category(corpus, "manifest")
+
+
+def test_hostile_images_are_skipped_and_counted(corpus):
+    _check_category(corpus, "image")
+
+
+def test_outputs_never_replace_inputs(corpus):
+    _check_category(corpus, "lost-data")
+
+
+def test_absurd_counts_are_bounded(corpus):
+    _check_category(corpus, "bounds")
+
+
+def test_corpus_size_matches_readme(corpus):
+    """The README's Reliability section lists the corpus per category: keep it true."""
+    counts = collections.Counter(case.category for case in corpus[1])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for category, count in counts.items():
+        assert f"| {category} | {count} |" in readme, f"README reliability table: {category} should list {count} cases"
+    assert f"{sum(counts.values())} cases" in readme
+
+
+# -- single behaviours the corpus cannot show through exit codes ------------------------------------
+
+
+def test_parity_check_fails_on_nan_logits(mini, tmp_path):
+    """Python's max() drops a NaN that comes second; the parity gate must not."""
+    import torch
+
+    from ffx.errors import GateFailed
+    from ffx.export.checkpoint import resolve_model
+    from ffx.export.onnx_export import export_onnx
+
+    resolved = resolve_model(None, str(mini.checkpoint))
+    with torch.no_grad():
+        resolved.model.head.bias[0] = float("nan")
+    with pytest.raises(GateFailed, match="NaN"):
+        export_onnx(resolved, tmp_path / "nan.onnx")
+    assert not (tmp_path / "nan.onnx").exists()
+
+
+@pytest.mark.parametrize("damage", ["nan", "shape", "negative", "truncated"])
+def test_damaged_statistics_cache_entry_is_a_miss(tmp_path, damage):
+    from ffx.calib import statistics
+
+    tensors = ["a", "b"]
+    stats = statistics.ActivationStatistics(
+        kind="histogram", tensors=tensors, absmax=np.ones(2), hist_range=np.full(2, 2.0),
+        histograms=np.ones((2, statistics.HISTOGRAM_BINS), np.int64), images_used=4, skipped=[],
+        reference_indices=[0], reference_logits=np.zeros((1, 10), np.float32))
+    statistics._save_cache(tmp_path, "key", stats)
+    assert statistics._load_cache(tmp_path, "key", tensors) is not None
+    if damage == "truncated":
+        path = statistics._cache_file(tmp_path, "key")
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        if damage == "nan":
+            stats.absmax = np.array([1.0, np.nan])
+        elif damage == "shape":
+            stats.histograms = np.ones((2, 7), np.int64)
+        else:
+            stats.histograms = -np.ones((2, statistics.HISTOGRAM_BINS), np.int64)
+        statistics._save_cache(tmp_path, "key", stats)
+    assert statistics._load_cache(tmp_path, "key", tensors) is None
+
+
+def test_unwritable_cache_folder_is_a_warning(mini, images, tmp_path, cli_runner):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    output = tmp_path / "mini.int8.onnx"
+    result = cli_runner.invoke(cli, ["calibrate", str(mini.onnx), "--data", str(images), "--workers", "0",
+                                     "--no-tensorrt-check", "--cache-dir", str(blocker / "calib"), "-o", str(output)])
+    assert result.exit_code == 0, result.stderr
+    assert "continuing without it" in result.stderr
+    assert output.is_file()
+
+
+@needs_rtx
+def test_build_engine_keeps_a_calibrated_model_the_user_made(mini, images, tmp_path, cli_runner):
+    mine = tmp_path / "net.fp16.onnx"
+    mine.write_bytes(b"the user's own fp16 model")
+    engine = tmp_path / "net.engine"
+    result = cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "--fp16", "--backend", "tensorrt-rtx", "-o", str(engine)])
+    assert result.exit_code == 0, result.stderr
+    assert mine.read_bytes() == b"the user's own fp16 model"
+    assert (tmp_path / "net.engine.fp16.onnx").is_file()
+
+
+def test_control_characters_in_class_names_are_escaped(mini, tmp_path, cli_runner):
+    import json
+
+    import onnx
+
+    from ffx.metadata import onnx_metadata, set_onnx_metadata
+
+    model = onnx.load(str(mini.onnx))
+    info = onnx_metadata(model)
+    info["class_names"] = ["\x1b[2J\x1b[31mred"] * 10
+    set_onnx_metadata(model, info)
+    path = tmp_path / "escapes.onnx"
+    onnx.save(model, path)
+    image = hostile_corpus.images(tmp_path / "images")["good"]
+    for args in (["predict", str(path), str(image)], ["inspect", str(path)]):
+        result = cli_runner.invoke(cli, args)
+        assert result.exit_code == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\\x1b" in result.stdout
+    assert json.loads(json.dumps(info))  # the JSON output keeps the names as they are
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
+def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
+    """SIGTERM mid-calibration (the workers decoding): ffx exits promptly, its decoding workers with it (nothing holds
+    the caller's stdout afterwards), no temporary folder and no output are left."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(600):
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    output = tmp_path / "out.int8.onnx"
+    ffx = shutil.which("ffx", path=str(Path(sys.executable).parent)) or "ffx"
+    process = subprocess.Popen([ffx, "calibrate", str(mini.onnx), "--data", str(data), "--num-images", "600",
+                                "--workers", "2", "--no-cache", "--no-tensorrt-check", "-o", str(output)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(scratch)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and len(_descendants(process.pid)) < 3:
+        time.sleep(0.05)  # the forkserver and two decoding workers
+    assert process.poll() is None, "calibration ended before its workers started"
+    time.sleep(1.0)
+    workers = _descendants(process.pid)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)  # returns only once every holder of the pipes is gone
+    assert process.returncode == 143, stderr.decode()[-500:]
+    assert b"Traceback" not in stderr
+    assert not output.exists() and not output.with_suffix(".json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not [p for p in scratch.iterdir() if p.name.startswith(("ffx-", "tmp"))], list(scratch.iterdir())
+    time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+
+
+def _descendants(pid):
+    """Process ids below `pid` (Linux /proc)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            queue.extend(children)
+    return found
+
+
+def _state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """Writing into /dev/full fails with ENOSPC, as a full disk does: the partial file is
+    removed and the error names the output."""
+    from ffx.artifacts import atomic_output
+    from ffx.errors import FfxError
+
+    output = tmp_path / "model.onnx"
+    with pytest.raises(FfxError, match="model.onnx: No space left on device"):
+        with atomic_output(output) as tmp:
+            tmp.write_bytes(b"part")
+            with open("/dev/full", "wb") as full:
+                full.write(b"x" * 65536)
+                full.flush()
+    assert list(tmp_path.iterdir()) == []
