@@ -2,17 +2,15 @@ import dataclasses
 
 import click
 
+from ffx.calib.options import DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, CalibrationOptions
 from ffx.calib.ranges import METHODS
 from ffx.cli import print_json, warn
-
-DEFAULT_METHOD = "entropy"
-DEFAULT_PERCENTILE = 99.99
 
 
 @click.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
-@click.option("--num-images", type=click.IntRange(min=1), default=512, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
+@click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
 @click.option("--method", type=click.Choice(METHODS), help=f"INT8 range method (default {DEFAULT_METHOD}: TensorRT's KL-divergence calibration).")
 @click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image selection.")
@@ -41,28 +39,29 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, fp16, ou
       ffx calibrate tiny.onnx --data calib/ --method percentile --percentile 99.9 --keep-fp head
       ffx calibrate tiny.onnx --fp16 --data calib/ -o tiny.fp16.onnx
     """
-    tensorrt_check = not no_tensorrt_check
     if fp16:
         for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp)):
             if value:
                 raise click.UsageError(f"{name} applies to INT8 calibration, not --fp16")
+    elif data is None:
+        raise click.UsageError("INT8 calibration needs --data DIR (images like the ones the model will see)")
+    if percentile is not None and method not in (None, "percentile"):
+        raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
+    options = CalibrationOptions(
+        method=method or ("percentile" if percentile is not None else DEFAULT_METHOD),
+        percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
+        num_images=num_images, seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir,
+        use_cache=not no_cache,
+    )
+    checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend, "warn": warn}
+    if fp16:
         from ffx.calib import convert_fp16
 
-        report = convert_fp16(model, output, data=data, num_images=num_images, seed=seed, cache_dir=cache_dir,
-                              use_cache=not no_cache, workers=workers, tensorrt_check=tensorrt_check,
-                              tensorrt_backend=backend, warn=warn)
+        report = convert_fp16(model, output, data=data, options=options, **checks)
     else:
-        if data is None:
-            raise click.UsageError("INT8 calibration needs --data DIR (images like the ones the model will see)")
-        if percentile is not None and method not in (None, "percentile"):
-            raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
-        method = method or ("percentile" if percentile is not None else DEFAULT_METHOD)
         from ffx.calib import calibrate_int8
 
-        report = calibrate_int8(model, data, output, num_images=num_images, method=method,
-                                percentile=DEFAULT_PERCENTILE if percentile is None else percentile, seed=seed,
-                                keep_fp=keep_fp, cache_dir=cache_dir, use_cache=not no_cache, workers=workers,
-                                tensorrt_check=tensorrt_check, tensorrt_backend=backend, warn=warn)
+        report = calibrate_int8(model, data, output, options, **checks)
     if as_json:
         print_json(dataclasses.asdict(report))
         return

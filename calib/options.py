@@ -1,0 +1,63 @@
+"""What a calibration is asked to do, validated once, with the defaults in one place.
+
+The command builds one `CalibrationOptions` from its flags and passes it down; the library
+never re-reads keyword arguments. Messages name the setting, not a CLI flag (the command maps
+errors to flags).
+"""
+
+import dataclasses
+from pathlib import Path
+
+from ffx.calib.ranges import METHODS
+from ffx.calib.statistics import default_cache_dir
+from ffx.errors import FfxError
+
+DEFAULT_METHOD = "entropy"
+DEFAULT_PERCENTILE = 99.99
+DEFAULT_NUM_IMAGES = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationOptions:
+    """Settings of one INT8 calibration or FP16 conversion.
+
+    Attributes:
+        method: INT8 range method, one of `ranges.METHODS`.
+        percentile: |x| percentile for method "percentile" (ignored otherwise).
+        num_images: calibration images to choose (stratified, seeded).
+        seed: seed of the image choice.
+        keep_fp: layers left unquantized, as users name them (``head``, ``blocks.3.mlp2``).
+        workers: image decoding processes (0: decode in this process).
+        cache_dir: where activation statistics are cached (None: the default cache folder).
+        use_cache: read and write cached statistics at all.
+    """
+
+    method: str = DEFAULT_METHOD
+    percentile: float = DEFAULT_PERCENTILE
+    num_images: int = DEFAULT_NUM_IMAGES
+    seed: int = 0
+    keep_fp: tuple = ()
+    workers: int = 2
+    cache_dir: str | None = None
+    use_cache: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise FfxError(f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not 0 < self.percentile <= 100:
+            raise FfxError(f"the percentile must be in (0, 100], got {self.percentile}")
+        if self.num_images < 1:
+            raise FfxError(f"the number of calibration images must be at least 1, got {self.num_images}")
+        if self.workers < 0:
+            raise FfxError(f"the number of decoding workers cannot be negative, got {self.workers}")
+        object.__setattr__(self, "keep_fp", tuple(self.keep_fp))
+
+    @property
+    def statistics_cache(self):
+        """The statistics cache folder, or None when caching is off."""
+        if not self.use_cache:
+            return None
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
