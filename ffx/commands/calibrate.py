@@ -6,6 +6,8 @@ from ffx.calib.options import DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCEN
 from ffx.calib.ranges import METHODS
 from ffx.cli import print_json, warn
 
+DEFAULT_SEARCH_IMAGES = 1000
+
 
 @click.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -15,6 +17,10 @@ from ffx.cli import print_json, warn
 @click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image selection.")
 @click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated).")
+@click.option("--target-agreement", type=click.FloatRange(min=0, max=100), metavar="PCT", help="Keep the fewest layers in float (cheapest first by FLOPs) for INT8 to agree with FP32's top-1 on at least PCT % of held-out images; exit 1 if it cannot.")
+@click.option("--max-top1-drop", type=click.FloatRange(min=0), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points (needs labelled images); both may be given.")
+@click.option("--held-out", "held_out", type=click.Path(), help="Images the target is measured on (default: the images of --data not used for calibration).")
+@click.option("--held-out-images", type=click.IntRange(min=1), default=DEFAULT_SEARCH_IMAGES, show_default=True, help="How many held-out images the target is measured on.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (default ~/.cache/ffx/calib, or $FFX_CACHE_DIR/calib).")
@@ -23,8 +29,8 @@ from ffx.cli import print_json, warn
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def command(model, data, num_images, method, percentile, seed, keep_fp, fp16, output, cache_dir, no_cache, workers,
-            backend, no_tensorrt_check, as_json):
+def command(model, data, num_images, method, percentile, seed, keep_fp, target_agreement, max_top1_drop, held_out,
+            held_out_images, fp16, output, cache_dir, no_cache, workers, backend, no_tensorrt_check, as_json):
     """Turn an FP32 ffx ONNX model into a TensorRT-ready INT8 (Q/DQ) or FP16 ONNX.
 
     INT8: activation ranges from real images, Q/DQ on the inputs of Conv/MatMul/Gemm only
@@ -37,10 +43,17 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, fp16, ou
     Examples:
       ffx calibrate tiny.onnx --data imagenet/train -o tiny.int8.onnx
       ffx calibrate tiny.onnx --data calib/ --method percentile --percentile 99.9 --keep-fp head
+      ffx calibrate tiny.onnx --data train/ --target-agreement 99.9 --held-out-images 5000
       ffx calibrate tiny.onnx --fp16 --data calib/ -o tiny.fp16.onnx
     """
+    searching = target_agreement is not None or max_top1_drop is not None
+    if searching and keep_fp:
+        raise click.UsageError("--keep-fp and --target-agreement/--max-top1-drop exclude each other: the search chooses the float layers")
+    if held_out and not searching:
+        raise click.UsageError("--held-out applies to --target-agreement/--max-top1-drop")
     if fp16:
-        for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp)):
+        for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp),
+                            ("--target-agreement", target_agreement), ("--max-top1-drop", max_top1_drop)):
             if value:
                 raise click.UsageError(f"{name} applies to INT8 calibration, not --fp16")
     elif data is None:
@@ -61,11 +74,24 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, fp16, ou
     else:
         from ffx.calib import calibrate_int8
 
-        report = calibrate_int8(model, data, output, options, **checks)
+        search = None
+        if searching:
+            search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, held_out, held_out_images,
+                                     quiet=as_json)
+            options = options.replace(keep_fp=tuple(search["keep_fp"]))
+        report = calibrate_int8(model, data, output, options, keep_fp_search=search, **checks)
     if as_json:
         print_json(dataclasses.asdict(report))
         return
     _print_summary(report)
+
+
+def _search_keep_fp(model, data, options, target_agreement, max_top1_drop, held_out, held_out_images, quiet):
+    from ffx.calib.mixed_precision import Target, search_keep_fp
+
+    target = Target(agreement=target_agreement, max_top1_drop=max_top1_drop)
+    log = None if quiet else (lambda message: click.echo(f"search: {message}", err=True))
+    return search_keep_fp(model, data, options, target, held_out_images, held_out, warn=warn, log=log)
 
 
 def _print_summary(report):
@@ -80,6 +106,14 @@ def _print_summary(report):
         source = f"overflow preflight on {report.num_images} images ({report.skipped_images} skipped)" if report.num_images else "no overflow preflight"
         kept = f"{len(report.fp32_tensors)} tensors kept in float32" if report.fp32_tensors else "no tensor kept in float32"
         click.echo(f"{report.output}: FP16 with float32 inputs/outputs, {source}, {kept}")
+    search = report.keep_fp_search if report.precision == "int8" else None
+    if search:
+        measured = search["measured"]
+        top1 = f", top-1 {measured['top1']:.2f}% (FP32 {search['fp32_top1']:.2f}%)" if measured["top1"] is not None else ""
+        click.echo(
+            f"target met on {search['held_out_images']} held-out images: agreement {measured['agreement']:.2f}%{top1} "
+            f"with {len(search['keep_fp'])} layers in float ({100 * search['float_flops_share']:.1f}% of the FLOPs)"
+        )
     ort = report.onnxruntime
     if ort["images"]:
         agreeing = round(ort["top1_agreement"] * ort["images"])
