@@ -25,6 +25,8 @@ from ffx.calib.layers import network_layers, resolve_layer_selection
 from ffx.calib.conversion import Checks, ConversionReport, check_and_write, gather_statistics, report_fields
 from ffx.calib.model_io import load_source_model, output_paths
 from ffx.calib.options import CalibrationOptions
+from ffx.calib.outliers import (bias_corrections, bias_of, correct_biases, dequantized_weight, output_aware_thresholds,
+                                post_gelu_layers)
 from ffx.calib.ranges import ENTROPY_FLOOR, activation_threshold
 from ffx.calib.statistics import HISTOGRAM_BINS
 from ffx.errors import FfxError
@@ -69,8 +71,9 @@ def calibrate_int8(onnx_path, data, output=None, options=CalibrationOptions(), *
 
     tensors = list(dict.fromkeys(layer.activation for layer in layers))  # all layers: --keep-fp reuses the cache
     images, stats = gather_statistics("histogram", source, data, tensors, options, progress, warn)
-    thresholds = activation_thresholds(stats, quantized, options)
+    thresholds, corrections = outlier_handled_ranges(source, quantized, stats, images.items, options)
     qdq_model = insert_qdq(source, thresholds, [layer.node for layer in kept])
+    correct_biases(qdq_model, source, corrections)
     scales = _activation_scales(qdq_model)
 
     method = options.method
@@ -86,6 +89,11 @@ def calibrate_int8(onnx_path, data, output=None, options=CalibrationOptions(), *
         "weights": "per-channel symmetric int8",
         "quantized_op_types": QUANTIZED_OP_TYPES,
     }
+    # Only when asked for, so that a default calibration's manifest stays byte for byte the same.
+    if options.gelu_range != "histogram":
+        params["gelu_range"] = options.gelu_range
+    if options.bias_correction:
+        params["bias_correction"] = options.bias_correction
     manifest = {
         "ffx_version": __version__,
         "precision": "int8",
@@ -148,6 +156,27 @@ def activation_thresholds(stats, layers, options):
             options.method, stats.histograms[i], stats.hist_range[i], stats.absmax[i], options.percentile
         )
     return thresholds
+
+
+def outlier_handled_ranges(source, layers, stats, items, options):
+    """(thresholds {activation: |x| threshold}, bias corrections {layer: array}) of `layers`:
+    the histogram thresholds of the options' method, with the post-GELU ranges and the bias
+    corrections of calib/outliers.py when the options ask for them."""
+    thresholds = activation_thresholds(stats, layers, options)
+    if options.gelu_range == "histogram" and not options.bias_correction:
+        return thresholds, {}
+    first = insert_qdq(source, thresholds, [])
+    weights = {layer.name: dequantized_weight(first, layer) for layer in layers if layer.op_type == "MatMul"}
+    if options.gelu_range == "output":
+        gelu_layers = [layer for layer in post_gelu_layers(layers) if layer.name in weights]
+        absmax = {tensor: float(stats.absmax[stats.index(tensor)]) for tensor in thresholds}
+        thresholds.update(output_aware_thresholds(source, weights, gelu_layers, absmax, items, options.workers))
+    corrections = {}
+    if options.bias_correction:
+        biased = [layer for layer in layers if layer.name in weights and bias_of(source.model, layer)]
+        corrections = bias_corrections(source, weights, biased, thresholds, items, options.bias_correction,
+                                       options.workers)
+    return thresholds, corrections
 
 
 def insert_qdq(source, thresholds, excluded_nodes):

@@ -8,6 +8,7 @@ errors to flags).
 import dataclasses
 from pathlib import Path
 
+from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.ranges import METHODS
 from ffx.calib.statistics import default_cache_dir
 from ffx.errors import FfxError
@@ -30,6 +31,10 @@ class CalibrationOptions:
         workers: image decoding processes (0: decode in this process).
         cache_dir: where activation statistics are cached (None: the default cache folder).
         use_cache: read and write cached statistics at all.
+        gelu_range: "histogram" (the method's threshold) or "output" (post-GELU tensors: the
+            threshold with the least error in the layer's output; see calib/outliers.py).
+        bias_correction: None, "channel" or "position": subtract the mean INT8 output error
+            from each quantized MatMul's bias.
     """
 
     method: str = DEFAULT_METHOD
@@ -40,6 +45,8 @@ class CalibrationOptions:
     workers: int = 2
     cache_dir: str | None = None
     use_cache: bool = True
+    gelu_range: str = "histogram"
+    bias_correction: str | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -50,6 +57,10 @@ class CalibrationOptions:
             raise FfxError(f"the number of calibration images must be at least 1, got {self.num_images}")
         if self.workers < 0:
             raise FfxError(f"the number of decoding workers cannot be negative, got {self.workers}")
+        if self.gelu_range not in GELU_RANGES:
+            raise FfxError(f"unknown post-GELU range {self.gelu_range!r}; choose one of {', '.join(GELU_RANGES)}")
+        if self.bias_correction not in (None, *BIAS_CORRECTIONS):
+            raise FfxError(f"unknown bias correction {self.bias_correction!r}; choose one of {', '.join(BIAS_CORRECTIONS)}")
         object.__setattr__(self, "keep_fp", tuple(self.keep_fp))
 
     @property

@@ -15,7 +15,8 @@ import onnx
 from onnx import numpy_helper
 
 from ffx.calib.conversion import gather_statistics
-from ffx.calib.int8 import activation_thresholds, insert_qdq, quantization_plan
+from ffx.calib.int8 import insert_qdq, outlier_handled_ranges, quantization_plan
+from ffx.calib.outliers import bias_of, correct_biases
 from ffx.calib.model_io import load_source_model
 from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
@@ -109,10 +110,12 @@ def fidelity_of(logits, reference, labels=None):
 class QuantizedVariants:
     """The source model with any chosen set of its quantizable layers in INT8."""
 
-    def __init__(self, source, layers, thresholds):
+    def __init__(self, source, layers, thresholds, corrections):
         self.source = source
         self.layers = layers
         self.all_int8 = insert_qdq(source, thresholds, [])
+        correct_biases(self.all_int8, source, corrections)
+        self.corrected = set(corrections)
         self.weights = {init.name: init for init in source.model.graph.initializer}
 
     def with_float(self, float_layers):
@@ -129,6 +132,11 @@ class QuantizedVariants:
             if layer.weight not in present:
                 model.graph.initializer.append(self.weights[layer.weight])
                 present.add(layer.weight)
+        initializers = {init.name: init for init in model.graph.initializer}
+        for layer in float_layers:
+            if layer in self.corrected:  # a float layer has no INT8 error to correct
+                _, bias = bias_of(self.source.model, layer)
+                initializers[bias].CopyFrom(self.weights[bias])
         _drop_unused(model)
         return model
 
@@ -211,7 +219,7 @@ def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progr
     layers, _ = quantization_plan(source, ())
     tensors = list(dict.fromkeys(layer.activation for layer in layers))  # the cache entry calibrate_int8 uses
     images, stats = gather_statistics("histogram", source, data, tensors, options, progress, warn)
-    variants = QuantizedVariants(source, layers, activation_thresholds(stats, layers, options))
+    variants = QuantizedVariants(source, layers, *outlier_handled_ranges(source, layers, stats, images.items, options))
     held_out = held_out_set(source, images, held_out_images, options.seed, held_out_data, progress, warn)
     return source, variants, held_out, stats
 
