@@ -64,6 +64,7 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=DEFAULT_HEL
     kept = []
     if not target.met_by(fidelity, fp32_top1):
         harm = {}
+        log(f"ranking the {len(variants.layers)} layers: each alone in INT8 on {len(held_out)} held-out images")
         for layer in variants.layers:
             alone = held_out.fidelity(variants.quantized_only(layer))
             harm[layer.name] = 10 ** (-alone.snr_db / 10)  # its logit error power, relative to the logits'

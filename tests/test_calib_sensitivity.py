@@ -14,7 +14,7 @@ from ffx.calib.model_io import load_source_model
 from ffx.calib.sensitivity import held_out_set, prepare, run_model
 from ffx.cli import cli
 from ffx.errors import FfxError
-from test_calib import _export, _photos, _small_checkpoint
+from test_calib import RTX_MISSING, _export, _photos, _small_checkpoint
 
 FASHION = Path(__file__).resolve().parent / "fixtures" / "fashion"
 needs_fashion_model = pytest.mark.skipif(not (FASHION / "model.pth").is_file(), reason=f"{FASHION / 'model.pth'} is absent")
@@ -62,13 +62,16 @@ def test_held_out_images_are_never_calibration_images(fashion, folder):
     assert len(source_set) == 50 and "val" in source_set.source
 
 
+def _sensitivity(cli_runner, fashion, folder, *extra):
+    return cli_runner.invoke(cli, [
+        "sensitivity", str(fashion), "--data", str(FASHION / "train"), "--held-out", str(FASHION / "val"),
+        "--num-images", "100", "--calib-images", "100", "--workers", "0", "--cache-dir", str(folder / "cache"), *extra])
+
+
 @needs_fashion_model
 def test_sensitivity_ranks_every_layer(fashion, folder, cli_runner):
     plot = folder / "sensitivity.png"
-    result = cli_runner.invoke(cli, [
-        "sensitivity", str(fashion), "--data", str(FASHION / "train"), "--held-out", str(FASHION / "val"),
-        "--num-images", "100", "--calib-images", "100", "--workers", "0", "--cache-dir", str(folder / "cache"),
-        "--plot", str(plot), "--json"])
+    result = _sensitivity(cli_runner, fashion, folder, "--plot", str(plot), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     names = {row["name"] for row in report["layers"]}
@@ -85,9 +88,7 @@ def test_sensitivity_ranks_every_layer(fashion, folder, cli_runner):
     assert max(row["float_alone"]["snr_db"] for row in report["layers"]) > report["all_int8"]["snr_db"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    table = cli_runner.invoke(cli, [
-        "sensitivity", str(fashion), "--data", str(FASHION / "train"), "--held-out", str(FASHION / "val"),
-        "--num-images", "100", "--calib-images", "100", "--workers", "0", "--cache-dir", str(folder / "cache")])
+    table = _sensitivity(cli_runner, fashion, folder)
     assert table.exit_code == 0 and "statistics cache: hit" in table.output
     first = next(line for line in table.stdout.splitlines() if line.split()[:1] == ["1"])
     assert first.split()[1] == report["layers"][0]["name"]
@@ -181,3 +182,36 @@ def test_calibration_options_are_validated_once():
         options.method = "max"
     assert CalibrationOptions(use_cache=False).statistics_cache is None
     assert CalibrationOptions(cache_dir="c").statistics_cache == Path("c")
+
+
+@needs_fashion_model
+def test_outlier_options_raise_the_logit_snr_and_keep_the_placement(fashion, folder):
+    from ffx.calib.sensitivity import fidelity_of
+
+    plain_options = _options(folder)
+    both = plain_options.replace(gelu_range="output", bias_correction="position")
+    plain = calibrate_int8(fashion, FASHION / "train", folder / "o.plain.onnx", plain_options, tensorrt_check=False,
+                           warn=None)
+    treated = calibrate_int8(fashion, FASHION / "train", folder / "o.both.onnx", both, warn=None,
+                             tensorrt_check=RTX_MISSING is None, tensorrt_backend="tensorrt-rtx")
+    if RTX_MISSING is None:
+        assert treated.tensorrt["status"] == "built", treated.tensorrt
+    manifest = json.loads(Path(treated.manifest).read_text())
+    assert manifest["params"]["gelu_range"] == "output" and manifest["params"]["bias_correction"] == "position"
+    assert "gelu_range" not in json.loads(Path(plain.manifest).read_text())["params"]
+    model = onnx.load(treated.output)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("QuantizeLinear") == 18 and ops == [node.op_type for node in onnx.load(plain.output).graph.node]
+    biases = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    fc1_add = next(node for node in model.graph.node if node.op_type == "Add" and node.input[0] == "val_14")
+    assert biases[fc1_add.input[1]] == (50, 384)  # one bias per token and channel
+
+    _, variants, held_out, _ = prepare(fashion, FASHION / "train", both, 200, FASHION / "val")
+    scored = {name: fidelity_of(run_model(Path(report.output).read_bytes(), held_out.images), held_out.reference_logits)
+              for name, report in (("plain", plain), ("both", treated))}
+    assert scored["both"].snr_db > scored["plain"].snr_db + 1.0, scored
+    kept = [layer for layer in variants.layers if layer.name == "blocks.0.mlp1.fc1"]
+    written = calibrate_int8(fashion, FASHION / "train", folder / "o.kept.onnx", both.replace(keep_fp=("blocks.0.mlp1.fc1",)),
+                             tensorrt_check=False, warn=None)
+    np.testing.assert_allclose(run_model(variants.with_float(kept), held_out.images),
+                               run_model(Path(written.output).read_bytes(), held_out.images), rtol=0, atol=1e-5)
