@@ -13,6 +13,7 @@ that reads or writes a tensor whose |x| comes within `OVERFLOW_HEADROOM` of the 
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -38,8 +39,9 @@ class Fp16Report(ConversionReport):
     fp32_tensors: list  # [{"tensor", "absmax", "node", "after_layer"}] kept in float32
 
 
-def convert_fp16(onnx_path, output=None, data=None, options=CalibrationOptions(), *, progress=None,
-                 tensorrt_check=True, tensorrt_backend="auto", warn=print_warning):
+def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=None,
+                 options: CalibrationOptions = CalibrationOptions(), *, progress=None, tensorrt_check: bool = True,
+                 tensorrt_backend: str = "auto", warn=print_warning) -> Fp16Report:
     """Convert an FP32 ffx model to a float16-typed ONNX with float32 inputs and outputs.
 
     Args:
@@ -51,7 +53,11 @@ def convert_fp16(onnx_path, output=None, data=None, options=CalibrationOptions()
         progress, tensorrt_check, tensorrt_backend, warn: as for `calibrate_int8`.
 
     Returns:
-        Fp16Report. Raises FfxError for bad input, GateFailed when TensorRT rejects the result.
+        Fp16Report: output and manifest paths, the tensors kept in float32 and the checks.
+
+    Raises:
+        FfxError: bad input (exit 2 in the CLI).
+        GateFailed: TensorRT rejects the result (exit 1); nothing is written.
     """
     started = time.perf_counter()
     source = load_source_model(onnx_path)
@@ -66,7 +72,7 @@ def convert_fp16(onnx_path, output=None, data=None, options=CalibrationOptions()
         images, stats = gather_statistics("absmax", source, data, produced, options, progress, warn)
         absmax = dict(zip(stats.tensors, (float(v) for v in stats.absmax)))
     elif warn is not None:
-        warn("no --data: the float16 overflow preflight was skipped (every tensor is float16)")
+        warn("no calibration images: the float16 overflow preflight was skipped (every tensor is float16)")
 
     limit = FP16_MAX / OVERFLOW_HEADROOM
     large = {name for name, value in absmax.items() if value > limit}

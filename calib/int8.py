@@ -1,6 +1,6 @@
 """FP32 ONNX -> INT8 ONNX with Q/DQ nodes placed for TensorRT (explicit quantization).
 
-The recipe (see shared/brief/tensorrt.md): Q/DQ only on the inputs of Conv, MatMul and Gemm;
+The recipe (TensorRT's explicit-quantization placement): Q/DQ only on the inputs of Conv, MatMul and Gemm;
 activations per-tensor symmetric int8, weights per-channel symmetric int8; LayerNormalization,
 GELU, residual Adds, Transposes and biases stay float (TensorRT rejects an int32 bias
 DequantizeLinear, and quantized norms/residuals wreck ViT accuracy). Ranges come from
@@ -44,8 +44,10 @@ class CalibrationReport(ConversionReport):
     keep_fp_search: dict | None  # how --target-agreement chose kept_fp_layers (None: given by the user)
 
 
-def calibrate_int8(onnx_path, data, output=None, options=CalibrationOptions(), *, progress=None, tensorrt_check=True,
-                   tensorrt_backend="auto", warn=print_warning, keep_fp_search=None):
+def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None,
+                   options: CalibrationOptions = CalibrationOptions(), *, progress=None, tensorrt_check: bool = True,
+                   tensorrt_backend: str = "auto", warn=print_warning,
+                   keep_fp_search: dict | None = None) -> CalibrationReport:
     """Calibrate an FP32 ffx model to a TensorRT-ready INT8 (Q/DQ) ONNX.
 
     Args:
@@ -60,8 +62,12 @@ def calibrate_int8(onnx_path, data, output=None, options=CalibrationOptions(), *
         keep_fp_search: the record of a search that chose `options.keep_fp`, kept in the manifest.
 
     Returns:
-        CalibrationReport. Raises FfxError for bad input, GateFailed when TensorRT rejects the
-        result (nothing is written then).
+        CalibrationReport: output and manifest paths, method, images used, quantized and kept
+        layers, the onnxruntime agreement check and the TensorRT check.
+
+    Raises:
+        FfxError: bad input (exit 2 in the CLI).
+        GateFailed: TensorRT rejects the result (exit 1); nothing is written.
     """
     started = time.perf_counter()
     source = load_source_model(onnx_path)
@@ -187,7 +193,9 @@ def insert_qdq(source, thresholds, excluded_nodes):
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         import onnxruntime
 
-        raise FfxError(f"onnxruntime {onnxruntime.__version__} is too old for ffx calibrate; pip install -U onnxruntime")
+        # Not stale: onnxruntime publishes no wheel past 1.23 for Python 3.10 (JetPack 6), and setup.cfg allows that.
+        raise FfxError(f"INT8 calibration needs onnxruntime 1.27 or newer (found {onnxruntime.__version__}; on Python 3.10, "
+                       "where none exists, calibrate on Python 3.11+ and copy the Q/DQ model over)")
     ranges = TensorsData(
         CalibrationMethod.MinMax,
         {tensor: (np.float32(-threshold), np.float32(threshold)) for tensor, threshold in thresholds.items()},

@@ -14,10 +14,9 @@ from ffx.calib.model_io import load_source_model
 from ffx.calib.sensitivity import held_out_set, prepare, run_model
 from ffx.cli import cli
 from ffx.errors import FfxError
-from test_calib import RTX_MISSING, _export, _photos, _small_checkpoint
+from helpers import FASHION, TENSORRT_RTX_MISSING, fashion_onnx, needs_fashion_model
+from test_calib import _export, _photos, _small_checkpoint
 
-FASHION = Path(__file__).resolve().parent / "fixtures" / "fashion"
-needs_fashion_model = pytest.mark.skipif(not (FASHION / "model.pth").is_file(), reason=f"{FASHION / 'model.pth'} is absent")
 # Small counts keep the module fast; the statistics are cached in the module's folder.
 OPTIONS = dict(num_images=100, workers=0)
 
@@ -28,8 +27,8 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fashion(folder):
-    return _export(FASHION / "model.pth", folder / "fashion.onnx")
+def fashion(tmp_path_factory):
+    return fashion_onnx(tmp_path_factory)
 
 
 def _options(folder):
@@ -193,8 +192,8 @@ def test_outlier_options_raise_the_logit_snr_and_keep_the_placement(fashion, fol
     plain = calibrate_int8(fashion, FASHION / "train", folder / "o.plain.onnx", plain_options, tensorrt_check=False,
                            warn=None)
     treated = calibrate_int8(fashion, FASHION / "train", folder / "o.both.onnx", both, warn=None,
-                             tensorrt_check=RTX_MISSING is None, tensorrt_backend="tensorrt-rtx")
-    if RTX_MISSING is None:
+                             tensorrt_check=TENSORRT_RTX_MISSING is None, tensorrt_backend="tensorrt-rtx")
+    if TENSORRT_RTX_MISSING is None:
         assert treated.tensorrt["status"] == "built", treated.tensorrt
     manifest = json.loads(Path(treated.manifest).read_text())
     assert manifest["params"]["gelu_range"] == "output" and manifest["params"]["bias_correction"] == "position"
