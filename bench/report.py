@@ -1,6 +1,11 @@
-"""BENCHMARKS.md from one run's results (bench/results.json): every number comes from there."""
+"""BENCHMARKS.md from one run's results (bench/results.json): every number comes from there (section 6
+from bench/int8_accuracy.json, which `python -m bench.int8_accuracy` writes)."""
 
 import datetime
+import json
+from pathlib import Path
+
+INT8_ACCURACY = Path(__file__).resolve().parent / "int8_accuracy.json"
 
 
 def render(results, plot_path=None, json_path="bench/results.json"):
@@ -34,6 +39,10 @@ def render(results, plot_path=None, json_path="bench/results.json"):
         add(_analysis(results))
     if results.get("roofline"):
         add(_roofline(results["roofline"]))
+    if INT8_ACCURACY.is_file():  # written by its own script: python -m bench.int8_accuracy
+        from bench.int8_accuracy import section
+
+        add(section(json.loads(INT8_ACCURACY.read_text())))
     add(_reproduce(results))
     return "\n".join(out)
 
