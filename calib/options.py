@@ -1,8 +1,8 @@
 """What a calibration is asked to do, validated once, with the defaults in one place.
 
 The command builds one `CalibrationOptions` from its flags and passes it down; the library
-never re-reads keyword arguments. Messages name the setting, not a CLI flag (the command maps
-errors to flags).
+never re-reads keyword arguments. A wrong value raises InvalidOption naming the field, not a
+CLI flag: the command that set the field maps it to its flag (calibration_option_error).
 """
 
 import dataclasses
@@ -11,7 +11,7 @@ from pathlib import Path
 from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.ranges import METHODS
 from ffx.calib.statistics import default_cache_dir
-from ffx.errors import FfxError
+from ffx.errors import FfxError, InvalidOption
 
 DEFAULT_METHOD = "entropy"
 DEFAULT_PERCENTILE = 99.99
@@ -50,17 +50,17 @@ class CalibrationOptions:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise FfxError(f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise InvalidOption("method", f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not 0 < self.percentile <= 100:
-            raise FfxError(f"the percentile must be in (0, 100], got {self.percentile}")
+            raise InvalidOption("percentile", f"the percentile must be in (0, 100], got {self.percentile}")
         if self.num_images < 1:
-            raise FfxError(f"the number of calibration images must be at least 1, got {self.num_images}")
+            raise InvalidOption("num_images", f"the number of calibration images must be at least 1, got {self.num_images}")
         if self.workers < 0:
-            raise FfxError(f"the number of decoding workers cannot be negative, got {self.workers}")
+            raise InvalidOption("workers", f"the number of decoding workers cannot be negative, got {self.workers}")
         if self.gelu_range not in GELU_RANGES:
-            raise FfxError(f"unknown post-GELU range {self.gelu_range!r}; choose one of {', '.join(GELU_RANGES)}")
+            raise InvalidOption("gelu_range", f"unknown post-GELU range {self.gelu_range!r}; choose one of {', '.join(GELU_RANGES)}")
         if self.bias_correction not in (None, *BIAS_CORRECTIONS):
-            raise FfxError(f"unknown bias correction {self.bias_correction!r}; choose one of {', '.join(BIAS_CORRECTIONS)}")
+            raise InvalidOption("bias_correction", f"unknown bias correction {self.bias_correction!r}; choose one of {', '.join(BIAS_CORRECTIONS)}")
         object.__setattr__(self, "keep_fp", tuple(self.keep_fp))
 
     @property
@@ -72,3 +72,14 @@ class CalibrationOptions:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+# CalibrationOptions field -> the flag of `ffx calibrate` / `ffx sensitivity` that sets it.
+OPTION_FLAGS = {"method": "--method", "percentile": "--percentile", "num_images": "--num-images", "seed": "--seed",
+                "keep_fp": "--keep-fp", "workers": "--workers", "cache_dir": "--cache-dir",
+                "gelu_range": "--gelu-range", "bias_correction": "--bias-correction"}
+
+
+def calibration_option_error(error, flags=OPTION_FLAGS):
+    """An FfxError naming the command's flag for an InvalidOption about a CalibrationOptions field."""
+    return FfxError(f"{flags.get(error.option, error.option)}: {error}")

@@ -2,10 +2,12 @@ import dataclasses
 
 import click
 
-from ffx.calib.options import DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, CalibrationOptions
+from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, CalibrationOptions,
+                                calibration_option_error)
 from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.ranges import METHODS
 from ffx.cli import print_json, warn
+from ffx.errors import InvalidOption
 
 DEFAULT_SEARCH_IMAGES = 1000
 
@@ -65,12 +67,15 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         raise click.UsageError("INT8 calibration needs --data DIR (images like the ones the model will see)")
     if percentile is not None and method not in (None, "percentile"):
         raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
-    options = CalibrationOptions(
-        method=method or ("percentile" if percentile is not None else DEFAULT_METHOD),
-        percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
-        num_images=num_images, seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir,
-        use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction,
-    )
+    try:
+        options = CalibrationOptions(
+            method=method or ("percentile" if percentile is not None else DEFAULT_METHOD),
+            percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
+            num_images=num_images, seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir,
+            use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction,
+        )
+    except InvalidOption as e:
+        raise calibration_option_error(e) from None
     checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend, "warn": warn}
     if fp16:
         from ffx.calib import convert_fp16

@@ -2,10 +2,12 @@ import sys
 
 import click
 
-from ffx.calib.options import DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, CalibrationOptions
+from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, OPTION_FLAGS,
+                                CalibrationOptions, calibration_option_error)
 from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.ranges import METHODS
 from ffx.cli import print_json, warn
+from ffx.errors import InvalidOption
 
 DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a minute on a small model
 
@@ -45,9 +47,12 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
     """
     from ffx.calib.sensitivity import layer_sensitivity
 
-    options = CalibrationOptions(method=method, percentile=percentile, num_images=calib_images, seed=seed,
-                                 workers=workers, cache_dir=cache_dir, use_cache=not no_cache, gelu_range=gelu_range,
-                                 bias_correction=bias_correction)
+    try:
+        options = CalibrationOptions(method=method, percentile=percentile, num_images=calib_images, seed=seed,
+                                     workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
+                                     gelu_range=gelu_range, bias_correction=bias_correction)
+    except InvalidOption as e:
+        raise calibration_option_error(e, dict(OPTION_FLAGS, num_images="--calib-images")) from None
 
     def on_layer(index, count, name):
         if not as_json and sys.stderr.isatty():  # a progress line for people; logs get the table only
