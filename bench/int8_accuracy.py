@@ -240,6 +240,13 @@ def markdown(result):
     return "\n".join(lines)
 
 
+def without_work_paths(result):
+    """The result with each model's path cut to its file name (the work folder is temporary)."""
+    for row in result["rows"]:
+        row["path"] = Path(row["path"]).name
+    return result
+
+
 def section(result):
     """BENCHMARKS.md's section for a run (bench/report.py includes it when bench/int8_accuracy.json exists)."""
     autopilot = next(row for row in result["rows"] if row["model"] == AUTOPILOT)
@@ -278,7 +285,7 @@ def main(argv=None):
     parser.add_argument("--modelopt-python", help="python of a virtual environment with nvidia-modelopt")
     parser.add_argument("--out", default="bench/int8_accuracy.json")
     args = parser.parse_args(argv)
-    result = run(args)
+    result = without_work_paths(run(args))
     Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(section(result))
 
