@@ -171,7 +171,9 @@ def outlier_handled_ranges(source, layers, stats, items, options):
     thresholds = activation_thresholds(stats, layers, options)
     if options.gelu_range == "histogram" and not options.bias_correction:
         return thresholds, {}
-    first = insert_qdq(source, thresholds, [])
+    # The weights as quantized, from a graph with exactly these layers in INT8 (the others excluded).
+    others = [layer.node for layer in network_layers(source.model, source.info) if layer not in layers]
+    first = insert_qdq(source, thresholds, others)
     weights = {layer.name: dequantized_weight(first, layer) for layer in layers if layer.op_type == "MatMul"}
     if options.gelu_range == "output":
         gelu_layers = [layer for layer in post_gelu_layers(layers) if layer.name in weights]
