@@ -95,16 +95,17 @@ def export(arch_or_checkpoint, output):
 
 
 def bench_end_to_end(workdir, photos):
-    from ffx.calib import calibrate_int8
+    from ffx.calib import CalibrationOptions, calibrate_int8
 
     tiny = export("ff_tiny", workdir / "tiny.onnx")
     results = {}
     started = time.perf_counter()
-    report = calibrate_int8(tiny, photos, workdir / "tiny.int8.onnx", num_images=512, cache_dir=workdir / "cache", warn=None)
+    report = calibrate_int8(tiny, photos, workdir / "tiny.int8.onnx", CalibrationOptions(cache_dir=workdir / "cache"), warn=None)
     results["entropy_cold"] = {"seconds": round(time.perf_counter() - started, 2), "cache": report.cache,
                                "tensorrt": report.tensorrt, "num_images": report.num_images}
     started = time.perf_counter()
-    report = calibrate_int8(tiny, photos, workdir / "tiny.mse.onnx", num_images=512, method="mse", cache_dir=workdir / "cache", warn=None)
+    report = calibrate_int8(tiny, photos, workdir / "tiny.mse.onnx", CalibrationOptions(method="mse", cache_dir=workdir / "cache"),
+                            warn=None)
     results["mse_cached"] = {"seconds": round(time.perf_counter() - started, 2), "cache": report.cache}
     print(f"ff_tiny, 512 photos, end to end (statistics + Q/DQ + onnxruntime + {results['entropy_cold']['tensorrt'].get('backend')} checks): "
           f"{results['entropy_cold']['seconds']:.1f} s; switching to mse with cached statistics: {results['mse_cached']['seconds']:.1f} s")
@@ -139,7 +140,7 @@ def _torch_logits(checkpoint, items, preprocess, batch_size=250):
 
 
 def bench_accuracy(workdir, checkpoint, calib, val, num_images):
-    from ffx.calib import calibrate_int8, convert_fp16
+    from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
     from ffx.datasets import open_dataset
     from ffx.metadata import Preprocess, read_onnx_metadata
 
@@ -156,8 +157,8 @@ def bench_accuracy(workdir, checkpoint, calib, val, num_images):
     print(f"Fashion-MNIST fixture model, {len(items)} images of {val}: FP32 PyTorch top-1 {top1(reference):.2%}")
     for method in METHODS:
         started = time.perf_counter()
-        report = calibrate_int8(fp32, calib, workdir / f"fashion.{method}.onnx", num_images=num_images, method=method,
-                                cache_dir=workdir / "cache", warn=None)
+        report = calibrate_int8(fp32, calib, workdir / f"fashion.{method}.onnx",
+                                CalibrationOptions(method=method, num_images=num_images, cache_dir=workdir / "cache"), warn=None)
         seconds = time.perf_counter() - started
         logits, _ = _evaluate(report.output, items, preprocess)
         results[f"int8_{method}"] = {"top1": top1(logits), "delta_pt": 100 * (top1(logits) - top1(reference)),
@@ -165,7 +166,8 @@ def bench_accuracy(workdir, checkpoint, calib, val, num_images):
                                      "cache": report.cache, "tensorrt": report.tensorrt.get("status")}
         print(f"  INT8 {method:10s} top-1 {top1(logits):.2%} ({100 * (top1(logits) - top1(reference)):+.2f} pt), "
               f"agreement {agreement(logits):.2%}  [{seconds:.1f} s, cache {report.cache}, TensorRT {report.tensorrt.get('status')}]")
-    report = convert_fp16(fp32, workdir / "fashion.fp16.onnx", data=calib, num_images=num_images, cache_dir=workdir / "cache", warn=None)
+    report = convert_fp16(fp32, workdir / "fashion.fp16.onnx", data=calib,
+                          options=CalibrationOptions(num_images=num_images, cache_dir=workdir / "cache"), warn=None)
     logits, _ = _evaluate(report.output, items, preprocess)
     results["fp16"] = {"top1": top1(logits), "agreement": agreement(logits), "fp32_tensors": len(report.fp32_tensors),
                        "tensorrt": report.tensorrt.get("status")}
@@ -175,14 +177,14 @@ def bench_accuracy(workdir, checkpoint, calib, val, num_images):
 
 
 def bench_builds(workdir, photos, archs):
-    from ffx.calib import calibrate_int8, convert_fp16
+    from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
     from ffx.calib.validate import check_tensorrt
 
     results = {}
     for arch in archs:
         model = export(arch, workdir / f"{arch}.onnx")
         fp32 = check_tensorrt(Path(model).read_bytes())
-        int8 = calibrate_int8(model, photos, workdir / f"{arch}.int8.onnx", num_images=16, cache_dir=workdir / "cache",
+        int8 = calibrate_int8(model, photos, workdir / f"{arch}.int8.onnx", CalibrationOptions(num_images=16, cache_dir=workdir / "cache"),
                               warn=None, tensorrt_check=False)
         int8_check = check_tensorrt(Path(int8.output).read_bytes())
         fp16 = convert_fp16(model, workdir / f"{arch}.fp16.onnx", warn=None, tensorrt_check=False)

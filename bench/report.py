@@ -1,6 +1,12 @@
-"""BENCHMARKS.md from one run's results (bench/results.json): every number comes from there."""
+"""BENCHMARKS.md from one run's results (bench/results.json): every number comes from there (section 6
+from bench/int8_accuracy.json, which `python -m bench.int8_accuracy` writes, section 7 from
+bench/serving_results.json, which `python -m bench.serving` writes)."""
 
 import datetime
+import json
+from pathlib import Path
+
+INT8_ACCURACY = Path(__file__).resolve().parent / "int8_accuracy.json"
 
 
 def render(results, plot_path=None, json_path="bench/results.json", serving=None,
@@ -35,6 +41,10 @@ def render(results, plot_path=None, json_path="bench/results.json", serving=None
         add(_analysis(results))
     if results.get("roofline"):
         add(_roofline(results["roofline"]))
+    if INT8_ACCURACY.is_file():  # written by its own script: python -m bench.int8_accuracy
+        from bench.int8_accuracy import section
+
+        add(section(json.loads(INT8_ACCURACY.read_text())))
     if serving:
         add(_serving(serving, serving_path))
     add(_reproduce(results))
@@ -203,7 +213,7 @@ def _serving(result, path):
 
     clients, load = result["clients"], result["machine"]
     rows = {row["batch"]: row for row in result["rows"]}
-    lines = ["## 6. Serving: `ffx serve` (Triton via PyTriton) vs ONNX Runtime directly\n",
+    lines = ["## 7. Serving: `ffx serve` (Triton via PyTriton) vs ONNX Runtime directly\n",
              f"A separate run, not part of `python -m bench.run_all` (which re-renders this section from its JSON): "
              f"`python -m bench.serving --requests {result['requests_per_measurement']} --json bench/serving_results.json` (the numbers "
              f"are in [`{path}`]({path})). Model: the Fashion fixture exported to ONNX (`{result['model']}`), FP32, CPU "

@@ -20,13 +20,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ffx import __version__
-from ffx.artifacts import sha256_bytes
 from ffx.datasets import print_warning
+from ffx.calib.conversion import Checks, ConversionReport, check_and_write, gather_statistics, report_fields
 from ffx.calib.layers import network_layers
-from ffx.calib.model_io import finish_model, load_source_model, manifest_bytes, output_paths, write_outputs
-from ffx.calib.selection import choose_calibration_images, decode_reference_images
-from ffx.calib.statistics import collect_statistics, default_cache_dir, statistics_key
-from ffx.calib.validate import check_onnxruntime, tensorrt_gate
+from ffx.calib.model_io import load_source_model, output_paths
+from ffx.calib.options import CalibrationOptions
 from ffx.errors import FfxError
 
 FP16_MAX = 65504.0
@@ -37,38 +35,22 @@ FP16_AGREEMENT_WARNING = 0.99
 
 
 @dataclasses.dataclass
-class Fp16Report:
-    output: str
-    manifest: str
-    sha256: str
-    precision: str
-    method: str  # "fp16"
-    num_images: int  # images of the overflow preflight (0 without --data)
-    skipped_images: int
-    quantized_layers: list  # always []: nothing is int8 in an FP16 graph
+class Fp16Report(ConversionReport):
     fp32_tensors: list  # [{"tensor", "absmax", "node", "after_layer"}] kept in float32
-    cache: str
-    onnxruntime: dict
-    tensorrt: dict
-    input_sha256: str
-    image_list_sha256: str | None
-    seconds: float
 
 
-def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=None, num_images: int = 512,
-                 seed: int = 0, cache_dir: str | Path | None = None, use_cache: bool = True, workers: int = 2,
-                 progress=None, tensorrt_check: bool = True, tensorrt_backend: str = "auto",
-                 warn=print_warning) -> Fp16Report:
-    """Write the float16 version (float32 inputs and outputs) of an FP32 ffx ONNX model, plus OUT.json.
+def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=None,
+                 options: CalibrationOptions = CalibrationOptions(), *, progress=None, tensorrt_check: bool = True,
+                 tensorrt_backend: str = "auto", warn=print_warning) -> Fp16Report:
+    """Convert an FP32 ffx model to a float16-typed ONNX with float32 inputs and outputs.
 
     Args:
-        onnx_path: the FP32 model written by `ffx export`.
-        output: the FP16 model to write (default MODEL.fp16.onnx beside the input).
-        data: images for the overflow preflight (folder, list file or ImageDataset): tensors whose
-            values come near the float16 limit stay float32. None skips the preflight.
-        num_images, seed, cache_dir, use_cache, workers, progress: as for `calibrate_int8`.
-        tensorrt_check, tensorrt_backend: build the result with TensorRT or TensorRT-RTX when installed.
-        warn: called with each warning message (None: silent).
+        onnx_path: the FP32 ONNX that `ffx export` wrote.
+        output: the model to write (default MODEL.fp16.onnx); its manifest is OUT.json.
+        data: images for the overflow preflight (folder, list file or ImageDataset); None skips it.
+        options: image count, seed, workers and cache of the preflight (the range method and
+            keep_fp apply to INT8 only).
+        progress, tensorrt_check, tensorrt_backend, warn: as for `calibrate_int8`.
 
     Returns:
         Fp16Report: output and manifest paths, the tensors kept in float32 and the checks.
@@ -87,15 +69,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
     images = stats = None
     absmax = {}
     if data is not None:
-        images = choose_calibration_images(data, num_images, seed, source.info.get("class_names"), warn)
-        key = statistics_key("absmax", source.sha256, source.preprocess, images.sha256, produced)
-        stats = collect_statistics(
-            "absmax", model, produced, images.items, source.preprocess, key,
-            cache_dir=(cache_dir or default_cache_dir()) if use_cache else None,
-            workers=workers, progress=progress, warn=warn, relative_path=images.dataset.relative_path,
-        )
-        if stats.images_used == 0:
-            raise FfxError(f"none of the {len(images.items)} chosen images in {images.data_path} could be read")
+        images, stats = gather_statistics("absmax", source, data, produced, options, progress, warn)
         absmax = dict(zip(stats.tensors, (float(v) for v in stats.absmax)))
     elif warn is not None:
         warn("no calibration images: the float16 overflow preflight was skipped (every tensor is float16)")
@@ -126,8 +100,8 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
         "input": {"file": source.path.name, "sha256": source.sha256},
         "params": {
             "method": "fp16",
-            "num_images": num_images if data is not None else 0,
-            "seed": seed if data is not None else None,
+            "num_images": options.num_images if data is not None else 0,
+            "seed": options.seed if data is not None else None,
             "overflow_limit": limit,
             "io": "float32",
         },
@@ -143,50 +117,27 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
         "fp32_tensors": fp32_tensors,
         "fp32_nodes": [model.graph.node[i].name for i in sorted(fp32_nodes)],
     }
-    manifest_data = manifest_bytes(manifest)
     calibration = {
         "method": "fp16",
         "params": manifest["params"],
         "image_list_sha256": manifest["image_list_sha256"],
         "images_used": manifest["images_used"],
         "fp32_tensors": [t["tensor"] for t in fp32_tensors],
-        "manifest": manifest_path.name,
-        "manifest_sha256": sha256_bytes(manifest_data),
-        "input_sha256": source.sha256,
     }
-    model_data = finish_model(fp16_model, source, "fp16", calibration)
-
-    reference = decode_reference_images(images, stats.reference_indices, source.preprocess) if stats else None
+    checks = Checks("FP16", FP16_AGREEMENT_WARNING, "", tensorrt_check, tensorrt_backend)
     try:
-        ort_check = check_onnxruntime(
-            model_data, source.input_name, reference, stats.reference_logits if reference is not None else None,
-            input_shape=source.input_shape,
-        )
+        model_data, ort_check, trt_check = check_and_write(
+            fp16_model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn)
     except FfxError as e:
         if data is None and "inf/NaN" in str(e):
             raise FfxError(f"{e}: float16 overflows; pass --data so the preflight keeps the tensors near "
                            f"the limit in float32 ({output} was not written)") from None
         raise
-    if ort_check.top1_agreement is not None and ort_check.top1_agreement < FP16_AGREEMENT_WARNING and warn is not None:
-        warn(f"FP16 agrees with FP32 on only {ort_check.top1_agreement:.1%} of {ort_check.images} calibration images")
-    trt_check = tensorrt_gate(model_data, tensorrt_backend, tensorrt_check, "FP16", output)
-    write_outputs(output, model_data, manifest_path, manifest_data)
     return Fp16Report(
-        output=str(output),
-        manifest=str(manifest_path),
-        sha256=sha256_bytes(model_data),
+        **report_fields(output, manifest_path, model_data, source, images, stats, ort_check, trt_check, started),
         precision="fp16",
         method="fp16",
-        num_images=stats.images_used if stats else 0,
-        skipped_images=len(stats.skipped) if stats else 0,
-        quantized_layers=[],
         fp32_tensors=fp32_tensors,
-        cache=stats.cache if stats else "off",
-        onnxruntime=dataclasses.asdict(ort_check),
-        tensorrt=trt_check,
-        input_sha256=source.sha256,
-        image_list_sha256=images.list_sha256 if images else None,
-        seconds=round(time.perf_counter() - started, 2),
     )
 
 

@@ -22,12 +22,13 @@ import onnx
 from ffx import __version__
 from ffx.datasets import print_warning
 from ffx.calib.layers import network_layers, resolve_layer_selection
-from ffx.calib.model_io import finish_model, load_source_model, manifest_bytes, output_paths, write_outputs
-from ffx.calib.ranges import ENTROPY_FLOOR, METHODS, activation_threshold
-from ffx.calib.selection import choose_calibration_images, decode_reference_images
-from ffx.calib.statistics import HISTOGRAM_BINS, collect_statistics, default_cache_dir, statistics_key
-from ffx.calib.validate import check_onnxruntime, tensorrt_gate
-from ffx.artifacts import sha256_bytes
+from ffx.calib.conversion import Checks, ConversionReport, check_and_write, gather_statistics, report_fields
+from ffx.calib.model_io import load_source_model, output_paths
+from ffx.calib.options import CalibrationOptions
+from ffx.calib.outliers import (bias_corrections, bias_of, correct_biases, dequantized_weight, output_aware_thresholds,
+                                post_gelu_layers)
+from ffx.calib.ranges import ENTROPY_FLOOR, activation_threshold
+from ffx.calib.statistics import HISTOGRAM_BINS
 from ffx.errors import FfxError
 
 QUANTIZED_OP_TYPES = ["Conv", "MatMul", "Gemm"]
@@ -36,44 +37,29 @@ AGREEMENT_WARNING = 0.9
 
 
 @dataclasses.dataclass
-class CalibrationReport:
-    output: str
-    manifest: str
-    sha256: str
-    precision: str
-    method: str
+class CalibrationReport(ConversionReport):
     percentile: float | None
-    num_images: int  # images whose activations set the ranges
-    skipped_images: int
     quantized_layers: list
     kept_fp_layers: list
-    cache: str  # hit, miss or off
-    onnxruntime: dict
-    tensorrt: dict
-    input_sha256: str
-    image_list_sha256: str
-    seconds: float
+    keep_fp_search: dict | None  # how --target-agreement chose kept_fp_layers (None: given by the user)
 
 
-def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None, num_images: int = 512,
-                   method: str = "entropy", percentile: float = 99.99, seed: int = 0, keep_fp=(),
-                   cache_dir: str | Path | None = None, use_cache: bool = True, workers: int = 2, progress=None,
-                   tensorrt_check: bool = True, tensorrt_backend: str = "auto", warn=print_warning) -> CalibrationReport:
-    """Calibrate an FP32 ffx ONNX model to INT8 and write the Q/DQ model plus its manifest (OUT.json).
+def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None,
+                   options: CalibrationOptions = CalibrationOptions(), *, progress=None, tensorrt_check: bool = True,
+                   tensorrt_backend: str = "auto", warn=print_warning,
+                   keep_fp_search: dict | None = None) -> CalibrationReport:
+    """Calibrate an FP32 ffx model to a TensorRT-ready INT8 (Q/DQ) ONNX.
 
     Args:
-        onnx_path: the FP32 model written by `ffx export` (its metadata gives the preprocessing).
-        data: calibration images: a folder, a list file (`path label` per line) or an ImageDataset.
-        output: the Q/DQ model to write (default MODEL.int8.onnx beside the input).
-        num_images: images to calibrate on, stratified across classes and chosen with `seed`.
-        method: range method, one of METHODS ("entropy", "max", "percentile", "mse").
-        percentile: the percentile of |x| for method "percentile".
-        keep_fp: layer names to leave in float (e.g. "head", "blocks.3").
-        cache_dir, use_cache: where activation statistics are cached, and whether to use the cache.
-        workers: image-decoding processes (0 decodes in this process).
-        progress: show progress bars (None: when stderr is a terminal).
-        tensorrt_check, tensorrt_backend: build the result with TensorRT or TensorRT-RTX when installed.
+        onnx_path: the FP32 ONNX that `ffx export` wrote.
+        data: calibration images (a folder, a list file or an ImageDataset).
+        output: the Q/DQ model to write (default MODEL.int8.onnx); its manifest is OUT.json.
+        options: method, image count, seed, layers kept in float, workers, cache.
+        progress: show a progress bar (None: when stderr is a terminal).
+        tensorrt_check: build the result with TensorRT/TensorRT-RTX before writing it.
+        tensorrt_backend: "auto", "tensorrt" or "tensorrt-rtx".
         warn: called with each warning message (None: silent).
+        keep_fp_search: the record of a search that chose `options.keep_fp`, kept in the manifest.
 
     Returns:
         CalibrationReport: output and manifest paths, method, images used, quantized and kept
@@ -84,52 +70,36 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         GateFailed: TensorRT rejects the result (exit 1); nothing is written.
     """
     started = time.perf_counter()
-    if method not in METHODS:
-        raise FfxError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "percentile" and not 0 < percentile <= 100:
-        raise FfxError(f"--percentile must be in (0, 100], got {percentile}")
     source = load_source_model(onnx_path)
     output, manifest_path = output_paths(source, output, "int8")
-    layers = network_layers(source.model, source.info)
-    if not layers:
-        raise FfxError(f"{onnx_path}: no Conv, MatMul or Gemm with constant weights to quantize")
-    kept = resolve_layer_selection(layers, keep_fp)
+    layers, kept = quantization_plan(source, options.keep_fp)
     quantized = [layer for layer in layers if layer not in kept]
-    if not quantized:
-        raise FfxError("--keep-fp keeps every layer in float; nothing would be quantized")
 
-    images = choose_calibration_images(data, num_images, seed, source.info.get("class_names"), warn)
     tensors = list(dict.fromkeys(layer.activation for layer in layers))  # all layers: --keep-fp reuses the cache
-    key = statistics_key("histogram", source.sha256, source.preprocess, images.sha256, tensors)
-    stats = collect_statistics(
-        "histogram", source.model, tensors, images.items, source.preprocess, key,
-        cache_dir=(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None,
-        workers=workers, progress=progress, warn=warn, relative_path=images.dataset.relative_path,
-    )
-    if stats.images_used == 0:
-        raise FfxError(f"none of the {len(images.items)} chosen images in {images.data_path} could be read")
-
-    thresholds = {}
-    for layer in quantized:
-        i = stats.index(layer.activation)
-        thresholds[layer.activation] = activation_threshold(
-            method, stats.histograms[i], stats.hist_range[i], stats.absmax[i], percentile
-        )
-    qdq_model = _insert_qdq(source, thresholds, [layer.node for layer in kept])
+    images, stats = gather_statistics("histogram", source, data, tensors, options, progress, warn)
+    thresholds, corrections = outlier_handled_ranges(source, quantized, stats, images.items, options)
+    qdq_model = insert_qdq(source, thresholds, [layer.node for layer in kept])
+    correct_biases(qdq_model, source, corrections)
     scales = _activation_scales(qdq_model)
 
+    method = options.method
     params = {
         "method": method,
-        "percentile": percentile if method == "percentile" else None,
+        "percentile": options.percentile if method == "percentile" else None,
         "entropy_floor": ENTROPY_FLOOR if method == "entropy" else None,
-        "num_images": num_images,
-        "seed": seed,
+        "num_images": options.num_images,
+        "seed": options.seed,
         "keep_fp": [layer.name for layer in kept],
         "histogram_bins": HISTOGRAM_BINS,
         "activations": "per-tensor symmetric int8",
         "weights": "per-channel symmetric int8",
         "quantized_op_types": QUANTIZED_OP_TYPES,
     }
+    # Only when asked for, so that a default calibration's manifest stays byte for byte the same.
+    if options.gelu_range != "histogram":
+        params["gelu_range"] = options.gelu_range
+    if options.bias_correction:
+        params["bias_correction"] = options.bias_correction
     manifest = {
         "ffx_version": __version__,
         "precision": "int8",
@@ -149,51 +119,75 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         "skipped": stats.skipped,
         "layers": [_layer_entry(layer, stats, thresholds, scales) for layer in layers],
     }
-    manifest_data = manifest_bytes(manifest)
+    if keep_fp_search is not None:
+        manifest["keep_fp_search"] = keep_fp_search
     calibration = {
         "method": method,
         "params": params,
         "image_list_sha256": images.list_sha256,
         "images_used": stats.images_used,
-        "manifest": manifest_path.name,
-        "manifest_sha256": sha256_bytes(manifest_data),
-        "input_sha256": source.sha256,
     }
-    model_data = finish_model(qdq_model, source, "int8", calibration)
-
-    reference = decode_reference_images(images, stats.reference_indices, source.preprocess)
-    ort_check = check_onnxruntime(
-        model_data, source.input_name, reference, stats.reference_logits if reference is not None else None,
-        input_shape=source.input_shape,
-    )
-    if ort_check.top1_agreement is not None and ort_check.top1_agreement < AGREEMENT_WARNING and warn is not None:
-        warn(
-            f"INT8 agrees with FP32 on only {ort_check.top1_agreement:.0%} of {ort_check.images} calibration images; "
-            "try another --method or --keep-fp head,patch_embed"
-        )
-    trt_check = tensorrt_gate(model_data, tensorrt_backend, tensorrt_check, "INT8", output)
-    write_outputs(output, model_data, manifest_path, manifest_data)
+    checks = Checks("INT8", AGREEMENT_WARNING, "; try another --method or --keep-fp head,patch_embed",
+                    tensorrt_check, tensorrt_backend)
+    model_data, ort_check, trt_check = check_and_write(
+        qdq_model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn)
     return CalibrationReport(
-        output=str(output),
-        manifest=str(manifest_path),
-        sha256=sha256_bytes(model_data),
+        **report_fields(output, manifest_path, model_data, source, images, stats, ort_check, trt_check, started),
         precision="int8",
         method=method,
         percentile=params["percentile"],
-        num_images=stats.images_used,
-        skipped_images=len(stats.skipped),
         quantized_layers=[layer.name for layer in quantized],
         kept_fp_layers=[layer.name for layer in kept],
-        cache=stats.cache,
-        onnxruntime=dataclasses.asdict(ort_check),
-        tensorrt=trt_check,
-        input_sha256=source.sha256,
-        image_list_sha256=images.list_sha256,
-        seconds=round(time.perf_counter() - started, 2),
+        keep_fp_search=keep_fp_search,
     )
 
 
-def _insert_qdq(source, thresholds, excluded_nodes):
+def quantization_plan(source, keep_fp):
+    """(every quantizable layer, the ones `keep_fp` keeps in float) of the source model."""
+    layers = network_layers(source.model, source.info)
+    if not layers:
+        raise FfxError(f"{source.path}: no Conv, MatMul or Gemm with constant weights to quantize")
+    kept = resolve_layer_selection(layers, keep_fp)
+    if len(kept) == len(layers):
+        raise FfxError("--keep-fp keeps every layer in float; nothing would be quantized")
+    return layers, kept
+
+
+def activation_thresholds(stats, layers, options):
+    """{activation tensor: |x| clipping threshold} of `layers` under the options' range method."""
+    thresholds = {}
+    for layer in layers:
+        i = stats.index(layer.activation)
+        thresholds[layer.activation] = activation_threshold(
+            options.method, stats.histograms[i], stats.hist_range[i], stats.absmax[i], options.percentile
+        )
+    return thresholds
+
+
+def outlier_handled_ranges(source, layers, stats, items, options):
+    """(thresholds {activation: |x| threshold}, bias corrections {layer: array}) of `layers`:
+    the histogram thresholds of the options' method, with the post-GELU ranges and the bias
+    corrections of calib/outliers.py when the options ask for them."""
+    thresholds = activation_thresholds(stats, layers, options)
+    if options.gelu_range == "histogram" and not options.bias_correction:
+        return thresholds, {}
+    # The weights as quantized, from a graph with exactly these layers in INT8 (the others excluded).
+    others = [layer.node for layer in network_layers(source.model, source.info) if layer not in layers]
+    first = insert_qdq(source, thresholds, others)
+    weights = {layer.name: dequantized_weight(first, layer) for layer in layers if layer.op_type == "MatMul"}
+    if options.gelu_range == "output":
+        gelu_layers = [layer for layer in post_gelu_layers(layers) if layer.name in weights]
+        absmax = {tensor: float(stats.absmax[stats.index(tensor)]) for tensor in thresholds}
+        thresholds.update(output_aware_thresholds(source, weights, gelu_layers, absmax, items, options.workers))
+    corrections = {}
+    if options.bias_correction:
+        biased = [layer for layer in layers if layer.name in weights and bias_of(source.model, layer)]
+        corrections = bias_corrections(source, weights, biased, thresholds, items, options.bias_correction,
+                                       options.workers)
+    return thresholds, corrections
+
+
+def insert_qdq(source, thresholds, excluded_nodes):
     """Q/DQ nodes from onnxruntime's quantizer with our ranges (passed as its calibration cache)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data

@@ -20,6 +20,8 @@ from ffx.errors import FfxError
 COMMANDS = {
     "export": ("ffx.commands.export", "PyTorch checkpoint -> ONNX with metadata and a parity check."),
     "calibrate": ("ffx.commands.calibrate", "FP32 ONNX -> INT8 (Q/DQ) or FP16 ONNX for TensorRT."),
+    "sensitivity": ("ffx.commands.sensitivity", "Which layers cost INT8 accuracy, ranked, on held-out images."),
+    "compare": ("ffx.commands.compare", "Block by block: where a quantized graph's error enters and grows."),
     "build-engine": ("ffx.commands.build_engine", "ONNX -> TensorRT / TensorRT-RTX engine + sidecar."),
     "verify": ("ffx.commands.verify", "Accuracy gate: candidate vs reference on labelled images."),
     "bench": ("ffx.commands.bench", "Latency and throughput of engines, ONNX models, checkpoints."),

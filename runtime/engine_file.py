@@ -192,12 +192,12 @@ def _relative(path, output):
 
 
 def _calibrate_int8(onnx_path, data, output, options, progress=None):
-    from ffx.calib import calibrate_int8
+    from ffx.calib import CalibrationOptions, calibrate_int8
 
     # None means "calibrate's own default". tensorrt_check off: the engine build right after is
     # that check, with the user's backend.
-    given = {key: value for key, value in options.items() if value is not None}
-    report = calibrate_int8(str(onnx_path), str(data), str(output), progress=progress, tensorrt_check=False, **given)
+    given = CalibrationOptions(**{key: value for key, value in options.items() if value is not None})
+    report = calibrate_int8(str(onnx_path), str(data), str(output), given, progress=progress, tensorrt_check=False)
     return report.output
 
 

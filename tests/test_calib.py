@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ffx.calib import calibrate_int8, convert_fp16
+from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
 from ffx.cli import cli
 from ffx.errors import FfxError
 from ffx.metadata import onnx_metadata
@@ -74,11 +74,21 @@ def photos(workdir):
     return _photos(workdir / "photos")
 
 
-def _calibrate(model, data, output, **options):
-    options.setdefault("tensorrt_check", False)
-    options.setdefault("warn", None)
-    options.setdefault("workers", 0)
-    return calibrate_int8(model, data, output, **options)
+OPTION_FIELDS = {field.name for field in dataclasses.fields(CalibrationOptions)}
+
+
+def _split(settings):
+    """(CalibrationOptions, the call's other keyword arguments) of a test's keyword arguments."""
+    options = {key: value for key, value in settings.items() if key in OPTION_FIELDS}
+    return CalibrationOptions(**options), {key: value for key, value in settings.items() if key not in OPTION_FIELDS}
+
+
+def _calibrate(model, data, output, **settings):
+    settings.setdefault("tensorrt_check", False)
+    settings.setdefault("warn", None)
+    settings.setdefault("workers", 0)
+    options, arguments = _split(settings)
+    return calibrate_int8(model, data, output, options, **arguments)
 
 
 def _consumers(model):
@@ -239,12 +249,12 @@ def test_cli_errors_exit_2_without_output_or_traceback(small_model, photos, work
 
 
 def test_ctrl_c_leaves_no_partial_output(small_model, photos, workdir, cli_runner, monkeypatch):
-    import ffx.calib.int8
+    import ffx.calib.conversion
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ffx.calib.int8, "check_onnxruntime", interrupted)  # the moment before the write
+    monkeypatch.setattr(ffx.calib.conversion, "check_onnxruntime", interrupted)  # the moment before the write
     out = workdir / "interrupted.onnx"
     result = cli_runner.invoke(cli, ["calibrate", str(small_model), "--data", str(photos), "-o", str(out), "--no-cache"])
     assert result.exit_code == 130 and "no partial output" in result.output
@@ -254,12 +264,13 @@ def test_ctrl_c_leaves_no_partial_output(small_model, photos, workdir, cli_runne
 # --- FP16 ------------------------------------------------------------------------------------
 
 
-def _fp16(model, output, **options):
-    options.setdefault("tensorrt_check", False)
-    options.setdefault("warn", None)
-    options.setdefault("workers", 0)
-    options.setdefault("use_cache", False)
-    return convert_fp16(model, output, **options)
+def _fp16(model, output, **settings):
+    settings.setdefault("tensorrt_check", False)
+    settings.setdefault("warn", None)
+    settings.setdefault("workers", 0)
+    settings.setdefault("use_cache", False)
+    options, arguments = _split(settings)
+    return convert_fp16(model, output, options=options, **arguments)
 
 
 def _run(path, images):
@@ -318,7 +329,7 @@ def test_tensorrt_rtx_builds_the_int8_and_fp16_graphs_of_ff_tiny(workdir, photos
     tiny = workdir / "tiny.onnx"
     result = cli_runner.invoke(cli, ["export", "--arch", "ff_tiny", "-o", str(tiny)])
     assert result.exit_code == 0, result.output
-    int8 = calibrate_int8(tiny, photos, workdir / "tiny.int8.onnx", num_images=6, warn=None, workers=0, use_cache=False)
+    int8 = _calibrate(tiny, photos, workdir / "tiny.int8.onnx", num_images=6, use_cache=False, tensorrt_check=True)
     assert int8.tensorrt["status"] == "built" and "TensorRT" in int8.tensorrt["backend"], int8.tensorrt
     assert len(int8.quantized_layers) == 50
     fp16 = convert_fp16(tiny, workdir / "tiny.fp16.onnx", warn=None)
@@ -353,7 +364,7 @@ def test_a_graph_tensorrt_rejects_is_reported_and_not_written(small_model, photo
     assert check.status == "failed" and "bias_DequantizeLinear" in check.reason and "Int32" in check.reason
 
     # As if onnxruntime's quantizer regressed to quantizing biases: ffx must refuse to write.
-    monkeypatch.setattr(ffx.calib.int8, "_insert_qdq", lambda *args: _int32_bias_graph(small_model, workdir))
+    monkeypatch.setattr(ffx.calib.int8, "insert_qdq", lambda *args: _int32_bias_graph(small_model, workdir))
     out = workdir / "rejected.onnx"
     result = cli_runner.invoke(cli, ["calibrate", str(small_model), "--data", str(photos), "-o", str(out),
                                      "--backend", "tensorrt-rtx", "--workers", "0"])
@@ -379,9 +390,10 @@ def test_int8_and_fp16_keep_the_fashion_models_accuracy(workdir):
     from ffx.metadata import Preprocess
 
     fp32 = _export(FASHION / "model.pth", workdir / "fashion.onnx")
-    int8 = calibrate_int8(fp32, FASHION / "train", workdir / "fashion.int8.onnx", warn=None, use_cache=False)
-    fp16 = convert_fp16(fp32, workdir / "fashion.fp16.onnx", data=FASHION / "train", num_images=128, warn=None,
-                        use_cache=False)
+    int8 = calibrate_int8(fp32, FASHION / "train", workdir / "fashion.int8.onnx", CalibrationOptions(use_cache=False),
+                          warn=None)
+    fp16 = convert_fp16(fp32, workdir / "fashion.fp16.onnx", data=FASHION / "train",
+                        options=CalibrationOptions(num_images=128, use_cache=False), warn=None)
     assert int8.num_images == 512 and int8.skipped_images == 0
     if TENSORRT_RTX_MISSING is None:
         assert int8.tensorrt["status"] == fp16.tensorrt["status"] == "built"

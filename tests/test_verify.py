@@ -149,10 +149,11 @@ def test_bad_input_exits_2(cli_runner, mini, images, tmp_path, case):
 
 
 def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tmp_path):
-    from ffx.calib import calibrate_int8
+    from ffx.calib import CalibrationOptions, calibrate_int8
 
     quantized = tmp_path / "mini.int8.onnx"
-    calibrate_int8(str(mini.onnx), str(images), str(quantized), num_images=10, tensorrt_check=False, warn=None)
+    calibrate_int8(str(mini.onnx), str(images), str(quantized), CalibrationOptions(num_images=10),
+                   tensorrt_check=False, warn=None)
     result = _verify(cli_runner, quantized, "--reference", mini.onnx, "--data", images, "--max-top1-drop", "100", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -184,11 +185,12 @@ def scrambled_checkpoint(tmp_path_factory):
 
 @needs_fashion_model
 def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_path_factory):
-    from ffx.calib import calibrate_int8
+    from ffx.calib import CalibrationOptions, calibrate_int8
 
     onnx_path = fashion_onnx(tmp_path_factory)
     quantized = tmp_path / "fashion.int8.onnx"
-    calibrate_int8(str(onnx_path), str(FASHION / "train"), str(quantized), num_images=300, tensorrt_check=False, warn=None)
+    calibrate_int8(str(onnx_path), str(FASHION / "train"), str(quantized), CalibrationOptions(num_images=300),
+                   tensorrt_check=False, warn=None)
     result = _verify(cli_runner, quantized, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val", "--threads", "1",
                      "--json")
     assert result.exit_code == 0, result.output

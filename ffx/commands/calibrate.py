@@ -3,31 +3,41 @@ from pathlib import Path
 
 import click
 
+from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, CalibrationOptions,
+                                calibration_option_error)
+from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.ranges import METHODS
 from ffx.cli import print_json, warn
+from ffx.errors import InvalidOption
 
-DEFAULT_METHOD = "entropy"
-DEFAULT_PERCENTILE = 99.99
+DEFAULT_SEARCH_IMAGES = 1000
 
 
 @click.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
-@click.option("--num-images", type=click.IntRange(min=1), default=512, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
+@click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
 @click.option("--method", type=click.Choice(METHODS), help=f"INT8 range method (default {DEFAULT_METHOD}: TensorRT's KL-divergence calibration).")
 @click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image selection.")
 @click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated).")
+@click.option("--target-agreement", type=click.FloatRange(min=0, max=100), metavar="PCT", help="Keep the fewest layers in float (cheapest first by FLOPs) for INT8 to agree with FP32's top-1 on at least PCT % of held-out images; exit 1 if it cannot.")
+@click.option("--max-top1-drop", type=click.FloatRange(min=0), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points (needs labelled images); both may be given.")
+@click.option("--held-out", "held_out", type=click.Path(), help="Images the target is measured on (default: the images of --data not used for calibration).")
+@click.option("--held-out-images", type=click.IntRange(min=1), default=DEFAULT_SEARCH_IMAGES, show_default=True, help="How many held-out images the target is measured on.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
+@click.option("--gelu-range", type=click.Choice(GELU_RANGES), default="histogram", show_default=True, help="Ranges of the post-GELU tensors (each fc2's input): the --method's, or 'output': the one with the least error in the layer's output.")
+@click.option("--bias-correction", type=click.Choice(BIAS_CORRECTIONS), help="Subtract each quantized MatMul's mean INT8 output error from its bias, per output channel or per output position (token and channel).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (default ~/.cache/ffx/calib, or $FFX_CACHE_DIR/calib).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes (0: decode in this process).")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def command(model, data, num_images, method, percentile, seed, keep_fp, fp16, output, cache_dir, no_cache, workers,
-            backend, no_tensorrt_check, as_json):
+def command(model, data, num_images, method, percentile, seed, keep_fp, target_agreement, max_top1_drop, held_out,
+            held_out_images, fp16, output, gelu_range, bias_correction, cache_dir, no_cache, workers, backend,
+            no_tensorrt_check, as_json):
     """Turn an FP32 ffx ONNX model into a TensorRT-ready INT8 (Q/DQ) or FP16 ONNX.
 
     INT8: activation ranges from real images, Q/DQ on the inputs of Conv/MatMul/Gemm only
@@ -40,34 +50,59 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, fp16, ou
     Examples:
       ffx calibrate tiny.onnx --data imagenet/train -o tiny.int8.onnx
       ffx calibrate tiny.onnx --data calib/ --method percentile --percentile 99.9 --keep-fp head
+      ffx calibrate tiny.onnx --data train/ --target-agreement 99.9 --held-out-images 5000
       ffx calibrate tiny.onnx --fp16 --data calib/ -o tiny.fp16.onnx
     """
-    tensorrt_check = not no_tensorrt_check
+    searching = target_agreement is not None or max_top1_drop is not None
+    if searching and keep_fp:
+        raise click.UsageError("--keep-fp and --target-agreement/--max-top1-drop exclude each other: the search chooses the float layers")
+    if held_out and not searching:
+        raise click.UsageError("--held-out applies to --target-agreement/--max-top1-drop")
     if fp16:
-        for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp)):
+        for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp),
+                            ("--target-agreement", target_agreement), ("--max-top1-drop", max_top1_drop),
+                            ("--gelu-range", gelu_range != "histogram"), ("--bias-correction", bias_correction)):
             if value:
                 raise click.UsageError(f"{name} applies to INT8 calibration, not --fp16")
+    elif data is None:
+        raise click.UsageError("INT8 calibration needs --data DIR (images like the ones the model will see)")
+    if percentile is not None and method not in (None, "percentile"):
+        raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
+    try:
+        options = CalibrationOptions(
+            method=method or ("percentile" if percentile is not None else DEFAULT_METHOD),
+            percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
+            num_images=num_images, seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir,
+            use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction,
+        )
+    except InvalidOption as e:
+        raise calibration_option_error(e) from None
+    checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend, "warn": warn}
+    if fp16:
         from ffx.calib import convert_fp16
 
-        report = convert_fp16(model, output, data=data, num_images=num_images, seed=seed, cache_dir=cache_dir,
-                              use_cache=not no_cache, workers=workers, tensorrt_check=tensorrt_check,
-                              tensorrt_backend=backend, warn=warn)
+        report = convert_fp16(model, output, data=data, options=options, **checks)
     else:
-        if data is None:
-            raise click.UsageError("INT8 calibration needs --data DIR (images like the ones the model will see)")
-        if percentile is not None and method not in (None, "percentile"):
-            raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
-        method = method or ("percentile" if percentile is not None else DEFAULT_METHOD)
         from ffx.calib import calibrate_int8
 
-        report = calibrate_int8(model, data, output, num_images=num_images, method=method,
-                                percentile=DEFAULT_PERCENTILE if percentile is None else percentile, seed=seed,
-                                keep_fp=keep_fp, cache_dir=cache_dir, use_cache=not no_cache, workers=workers,
-                                tensorrt_check=tensorrt_check, tensorrt_backend=backend, warn=warn)
+        search = None
+        if searching:
+            search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, held_out, held_out_images,
+                                     quiet=as_json)
+            options = options.replace(keep_fp=tuple(search["keep_fp"]))
+        report = calibrate_int8(model, data, output, options, keep_fp_search=search, **checks)
     if as_json:
         print_json(dataclasses.asdict(report))
         return
     _print_summary(report)
+
+
+def _search_keep_fp(model, data, options, target_agreement, max_top1_drop, held_out, held_out_images, quiet):
+    from ffx.calib.mixed_precision import Target, search_keep_fp
+
+    target = Target(agreement=target_agreement, max_top1_drop=max_top1_drop)
+    log = None if quiet else (lambda message: click.echo(f"search: {message}", err=True))
+    return search_keep_fp(model, data, options, target, held_out_images, held_out, warn=warn, log=log)
 
 
 def _print_summary(report):
@@ -82,6 +117,14 @@ def _print_summary(report):
         source = f"overflow preflight on {report.num_images} images ({report.skipped_images} skipped)" if report.num_images else "no overflow preflight"
         kept = f"{len(report.fp32_tensors)} tensors kept in float32" if report.fp32_tensors else "no tensor kept in float32"
         click.echo(f"{report.output}: FP16 with float32 inputs/outputs, {source}, {kept}")
+    search = report.keep_fp_search if report.precision == "int8" else None
+    if search:
+        measured = search["measured"]
+        top1 = f", top-1 {measured['top1']:.2f}% (FP32 {search['fp32_top1']:.2f}%)" if measured["top1"] is not None else ""
+        click.echo(
+            f"target met on {search['held_out_images']} held-out images: agreement {measured['agreement']:.2f}%{top1} "
+            f"with {len(search['keep_fp'])} layers in float ({100 * search['float_flops_share']:.1f}% of the FLOPs)"
+        )
     ort = report.onnxruntime
     if ort["images"]:
         agreeing = round(ort["top1_agreement"] * ort["images"])

@@ -1,0 +1,148 @@
+"""Block by block, how far a converted graph (INT8 Q/DQ, FP16) drifts from its FP32 source.
+
+The points compared are the residual stream of the network: the embedded tokens, the output of
+each block's feature MLP and token MLP (the residual Adds), and the logits. Every point is read
+from both graphs on the same preprocessed images (the converted graph keeps the FP32 tensor
+names), so the table shows where the error enters and how it grows through depth, the idea of
+Polygraphy's mark-all comparison written for this network.
+"""
+
+import dataclasses
+
+import numpy as np
+import onnx
+
+from ffx.calib.layers import network_layers
+from ffx.calib.model_io import load_source_model
+from ffx.datasets import load_batches, open_dataset, select_images
+from ffx.errors import FfxError
+
+DEFAULT_IMAGES = 200
+BATCH = 50
+
+
+@dataclasses.dataclass
+class PointError:
+    point: str  # embedding, blocks.N.mlp1, blocks.N.mlp2, logits
+    tensor: str
+    relative_error: float  # ||candidate - fp32|| / ||fp32|| over all images
+    cosine_min: float  # per-image cosine similarity, worst image
+    snr_db: float
+    growth: float | None  # relative_error / the previous point's
+
+
+@dataclasses.dataclass
+class LayerwiseComparison:
+    reference: str
+    candidate: str
+    images: int
+    agreement: float  # % of images with the same top-1 class
+    points: list  # PointError, input to output
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def residual_points(model, info):
+    """[(point name, tensor)] of the residual stream in graph order: the embedded tokens, each
+    residual Add, and the graph output."""
+    produced = {out for node in model.graph.node if node.op_type != "Constant" for out in node.output}
+    residual_adds = [node for node in model.graph.node
+                     if node.op_type == "Add" and len(node.input) == 2 and all(name in produced for name in node.input)]
+    layers = network_layers(model, info)
+    depth = (len(layers) - 2) // 4 if layers and layers[0].name == "patch_embed" else None
+    points = []
+    if depth is not None and len(residual_adds) == 2 * depth:
+        embedding = residual_adds[0].input[0] if depth else None
+        if embedding:
+            points.append(("embedding", embedding))
+        points += [(f"blocks.{i // 2}.mlp{1 + i % 2}", node.output[0]) for i, node in enumerate(residual_adds)]
+    else:
+        points += [(node.name, node.output[0]) for node in residual_adds]
+    points.append(("logits", model.graph.output[0].name))
+    return points
+
+
+def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_IMAGES, seed=0, progress=None,
+                      warn=None):
+    """Compare the residual stream of `candidate_path` with its FP32 source `reference_path` on
+    `num_images` images of `data`.
+
+    Returns:
+        LayerwiseComparison, input to output.
+    """
+    source = load_source_model(reference_path)
+    candidate = _load_candidate(candidate_path)
+    points = residual_points(source.model, source.info)
+    candidate_tensors = {out for node in candidate.graph.node for out in node.output}
+    candidate_tensors.update(value.name for value in candidate.graph.output)
+    missing = [tensor for _, tensor in points if tensor not in candidate_tensors]
+    if missing:
+        raise FfxError(f"{candidate_path}: has no tensor {missing[0]!r} of {reference_path}; "
+                       "compare a graph converted from this FP32 model")
+    dataset = open_dataset(data, class_names=source.info.get("class_names"), warn=None)
+    items = select_images(dataset.items, num_images, seed)
+    tensors = [tensor for _, tensor in points]
+    reference_session = _session_with_outputs(source.model, tensors)
+    candidate_session = _session_with_outputs(candidate, tensors)
+    sums = {tensor: [0.0, 0.0] for tensor in tensors}  # [sum fp32^2, sum error^2]
+    cosine_min = dict.fromkeys(tensors, 1.0)
+    agreeing = count = 0
+    for batch in load_batches(items, source.preprocess, BATCH, workers=0, progress=progress, warn=warn,
+                              description="images"):
+        expected = _run(reference_session, tensors, batch.images)
+        produced = _run(candidate_session, tensors, batch.images)
+        for tensor in tensors:
+            r = expected[tensor].reshape(len(batch.images), -1).astype(np.float64)
+            c = produced[tensor].reshape(len(batch.images), -1).astype(np.float64)
+            sums[tensor][0] += float(np.sum(r ** 2))
+            sums[tensor][1] += float(np.sum((c - r) ** 2))
+            cosine = np.sum(r * c, axis=1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1), 1e-30)
+            cosine_min[tensor] = min(cosine_min[tensor], float(cosine.min()))
+        logits = tensors[-1]
+        agreeing += int(np.sum(expected[logits].argmax(1) == produced[logits].argmax(1)))
+        count += len(batch.images)
+    if count == 0:
+        raise FfxError(f"none of the {len(items)} chosen images in {data} could be read")
+    rows, previous = [], None
+    for name, tensor in points:
+        signal, noise = sums[tensor]
+        relative = float(np.sqrt(noise / signal)) if signal > 0 else float("inf")
+        rows.append(PointError(
+            point=name, tensor=tensor, relative_error=relative, cosine_min=cosine_min[tensor],
+            snr_db=round(10 * np.log10(signal / noise), 3) if noise > 0 else float("inf"),
+            growth=round(relative / previous, 3) if previous else None,
+        ))
+        previous = relative
+    return LayerwiseComparison(str(reference_path), str(candidate_path), count, round(100 * agreeing / count, 4), rows)
+
+
+def _load_candidate(path):
+    try:
+        return onnx.load(str(path))
+    except FileNotFoundError:
+        raise FfxError(f"{path}: no such file") from None
+    except Exception as e:  # DecodeError and friends for files that are not ONNX
+        raise FfxError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+
+
+def _session_with_outputs(model, tensors):
+    import onnxruntime
+
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    outputs = {value.name for value in augmented.graph.output}
+    for tensor in tensors:
+        if tensor not in outputs:
+            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return onnxruntime.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types
+        raise FfxError(f"onnxruntime cannot load the graph: {str(e).splitlines()[0]}") from None
+
+
+def _run(session, tensors, images):
+    name = session.get_inputs()[0].name
+    return dict(zip(tensors, session.run(tensors, {name: images})))

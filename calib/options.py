@@ -1,0 +1,85 @@
+"""What a calibration is asked to do, validated once, with the defaults in one place.
+
+The command builds one `CalibrationOptions` from its flags and passes it down; the library
+never re-reads keyword arguments. A wrong value raises InvalidOption naming the field, not a
+CLI flag: the command that set the field maps it to its flag (calibration_option_error).
+"""
+
+import dataclasses
+from pathlib import Path
+
+from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
+from ffx.calib.ranges import METHODS
+from ffx.calib.statistics import default_cache_dir
+from ffx.errors import FfxError, InvalidOption
+
+DEFAULT_METHOD = "entropy"
+DEFAULT_PERCENTILE = 99.99
+DEFAULT_NUM_IMAGES = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationOptions:
+    """Settings of one INT8 calibration or FP16 conversion.
+
+    Attributes:
+        method: INT8 range method, one of `ranges.METHODS`.
+        percentile: |x| percentile for method "percentile" (ignored otherwise).
+        num_images: calibration images to choose (stratified, seeded).
+        seed: seed of the image choice.
+        keep_fp: layers left unquantized, as users name them (``head``, ``blocks.3.mlp2``).
+        workers: image decoding processes (0: decode in this process).
+        cache_dir: where activation statistics are cached (None: the default cache folder).
+        use_cache: read and write cached statistics at all.
+        gelu_range: "histogram" (the method's threshold) or "output" (post-GELU tensors: the
+            threshold with the least error in the layer's output; see calib/outliers.py).
+        bias_correction: None, "channel" or "position": subtract the mean INT8 output error
+            from each quantized MatMul's bias.
+    """
+
+    method: str = DEFAULT_METHOD
+    percentile: float = DEFAULT_PERCENTILE
+    num_images: int = DEFAULT_NUM_IMAGES
+    seed: int = 0
+    keep_fp: tuple = ()
+    workers: int = 2
+    cache_dir: str | None = None
+    use_cache: bool = True
+    gelu_range: str = "histogram"
+    bias_correction: str | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise InvalidOption("method", f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not 0 < self.percentile <= 100:
+            raise InvalidOption("percentile", f"the percentile must be in (0, 100], got {self.percentile}")
+        if self.num_images < 1:
+            raise InvalidOption("num_images", f"the number of calibration images must be at least 1, got {self.num_images}")
+        if self.workers < 0:
+            raise InvalidOption("workers", f"the number of decoding workers cannot be negative, got {self.workers}")
+        if self.gelu_range not in GELU_RANGES:
+            raise InvalidOption("gelu_range", f"unknown post-GELU range {self.gelu_range!r}; choose one of {', '.join(GELU_RANGES)}")
+        if self.bias_correction not in (None, *BIAS_CORRECTIONS):
+            raise InvalidOption("bias_correction", f"unknown bias correction {self.bias_correction!r}; choose one of {', '.join(BIAS_CORRECTIONS)}")
+        object.__setattr__(self, "keep_fp", tuple(self.keep_fp))
+
+    @property
+    def statistics_cache(self):
+        """The statistics cache folder, or None when caching is off."""
+        if not self.use_cache:
+            return None
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+# CalibrationOptions field -> the flag of `ffx calibrate` / `ffx sensitivity` that sets it.
+OPTION_FLAGS = {"method": "--method", "percentile": "--percentile", "num_images": "--num-images", "seed": "--seed",
+                "keep_fp": "--keep-fp", "workers": "--workers", "cache_dir": "--cache-dir",
+                "gelu_range": "--gelu-range", "bias_correction": "--bias-correction"}
+
+
+def calibration_option_error(error, flags=OPTION_FLAGS):
+    """An FfxError naming the command's flag for an InvalidOption about a CalibrationOptions field."""
+    return FfxError(f"{flags.get(error.option, error.option)}: {error}")

@@ -1,0 +1,34 @@
+"""The sensitivity ranking as a picture (matplotlib, an optional dependency: `pip install matplotlib`)."""
+
+from pathlib import Path
+
+from ffx.artifacts import atomic_output
+from ffx.errors import FfxError
+
+
+def draw_sensitivity(report, path):
+    """Per layer, most harmful first: logit SNR with the layer alone in INT8 and the FLOPs share."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FfxError("drawing the plot needs matplotlib (pip install matplotlib)") from None
+    path = Path(path)
+    names = [row.name for row in report.layers]
+    figure, (snr_axis, flops_axis) = plt.subplots(1, 2, sharey=True, figsize=(10, 0.28 * len(names) + 1.8))
+    positions = list(range(len(names)))[::-1]
+    snr_axis.barh(positions, [row.quantized_alone.snr_db for row in report.layers], color="#d62728",
+                  label="only this layer INT8")
+    snr_axis.axvline(report.all_int8.snr_db, color="#444444", linestyle="--", label="every layer INT8")
+    snr_axis.set_xlabel("logit SNR vs FP32 (dB, higher is better)")
+    snr_axis.set_yticks(positions, names, fontsize=8)
+    snr_axis.legend(fontsize=8, loc="lower right")
+    flops_axis.barh(positions, [100 * row.flops_share for row in report.layers], color="#1f77b4")
+    flops_axis.set_xlabel("share of matrix-product FLOPs (%)")
+    figure.suptitle(f"INT8 sensitivity, {report.held_out_images} held-out images ({report.method} ranges)", fontsize=10)
+    figure.tight_layout()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(figure)

@@ -1,0 +1,90 @@
+import sys
+
+import click
+
+from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, OPTION_FLAGS,
+                                CalibrationOptions, calibration_option_error)
+from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
+from ffx.calib.ranges import METHODS
+from ffx.cli import print_json, warn
+from ffx.errors import InvalidOption
+
+DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a minute on a small model
+
+
+@click.command("sensitivity")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
+@click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT, show_default=True, help="Held-out images every variant is measured on.")
+@click.option("--held-out", type=click.Path(), help="Measure on these images instead of the rest of --data.")
+@click.option("--calib-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Calibration images (as `ffx calibrate --num-images`: the same value reuses its cached statistics).")
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True, help="INT8 range method.")
+@click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), default=DEFAULT_PERCENTILE, show_default=True, help="Percentile of |x| for --method percentile.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image selection.")
+@click.option("--gelu-range", type=click.Choice(GELU_RANGES), default="histogram", show_default=True, help="Ranges of the post-GELU tensors (each fc2's input): the --method's, or 'output': the one with the least error in the layer's output.")
+@click.option("--bias-correction", type=click.Choice(BIAS_CORRECTIONS), help="Subtract each quantized MatMul's mean INT8 output error from its bias, per output channel or per output position (token and channel).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (as for `ffx calibrate`).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the ranking into this image file (.png, .svg, .pdf; needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+def command(model, data, num_images, held_out, calib_images, method, percentile, seed, gelu_range, bias_correction,
+            cache_dir, no_cache, workers, plot, as_json):
+    """Which layers cost INT8 accuracy: every quantizable layer quantized alone and kept in
+    float alone, against FP32 on held-out images.
+
+    For each layer (named as --keep-fp takes them): top-1 agreement with FP32, mean logit
+    cosine and logit SNR with only that layer in INT8 and with every layer but it in INT8, and
+    its share of the model's matrix-product FLOPs. Layers are ranked most harmful first (lowest
+    SNR quantized alone). The INT8 graph is the one `ffx calibrate` writes with the same options,
+    from the same cached statistics; everything runs on onnxruntime (CPU).
+
+    \b
+    Examples:
+      ffx sensitivity model.onnx --data train/
+      ffx sensitivity model.onnx --data calib/ --held-out val/ --num-images 1000 --plot sens.png
+      ffx sensitivity model.onnx --data train/ --json > sensitivity.json
+    """
+    from ffx.calib.sensitivity import layer_sensitivity
+
+    try:
+        options = CalibrationOptions(method=method, percentile=percentile, num_images=calib_images, seed=seed,
+                                     workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
+                                     gelu_range=gelu_range, bias_correction=bias_correction)
+    except InvalidOption as e:
+        raise calibration_option_error(e, dict(OPTION_FLAGS, num_images="--calib-images")) from None
+
+    def on_layer(index, count, name):
+        if not as_json and sys.stderr.isatty():  # a progress line for people; logs get the table only
+            click.echo(f"\rmeasuring layer {index + 1}/{count} ({name})\033[K", err=True, nl=index + 1 == count)
+
+    report = layer_sensitivity(model, data, options, num_images, held_out, warn=warn, on_layer=on_layer)
+    if plot:
+        from ffx.calib.sensitivity_plot import draw_sensitivity
+
+        draw_sensitivity(report, plot)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    _print_table(report)
+    if plot:
+        click.echo(f"plot written to {plot}")
+
+
+def _print_table(report):
+    base = report.all_int8
+    top1 = f", top-1 {base.top1:.2f}% (FP32 {report.fp32_top1:.2f}%)" if base.top1 is not None else ""
+    click.echo(f"{report.model}: {report.method} INT8 from {report.calibration_images} calibration images "
+               f"(statistics cache: {report.cache}); measured on {report.held_out_images} held-out images "
+               f"from {report.held_out_source}")
+    click.echo(f"all layers INT8: agreement {base.agreement:.2f}%, logit cosine {base.cosine:.5f}, "
+               f"SNR {base.snr_db:.1f} dB{top1}")
+    width = max(len(row.name) for row in report.layers)
+    click.echo(f"{'rank':>4}  {'layer':<{width}}  {'FLOPs':>6}  {'INT8 alone: agree':>17} {'cosine':>8} {'SNR dB':>7}"
+               f"  {'float alone: agree':>18} {'SNR dB':>7}")
+    for rank, row in enumerate(report.layers, 1):
+        q, f = row.quantized_alone, row.float_alone
+        click.echo(f"{rank:>4}  {row.name:<{width}}  {100 * row.flops_share:5.1f}%  {q.agreement:16.2f}% {q.cosine:8.5f} "
+                   f"{q.snr_db:7.1f}  {f.agreement:17.2f}% {f.snr_db:7.1f}")
+    click.echo(f"({report.seconds:.1f} s) keep the top layers in float with `ffx calibrate --keep-fp NAME,...`, or let "
+               "`ffx calibrate --target-agreement PCT` choose them")

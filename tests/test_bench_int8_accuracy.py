@@ -1,0 +1,28 @@
+"""bench/int8_accuracy.py's report: the conclusion follows the measured numbers."""
+
+from bench.int8_accuracy import AUTOPILOT, section
+
+
+def _row(model, agreement, ratio_1, ratio_8, keep_fp=()):
+    return {"model": model, "tool": "ffx", "error": None, "keep_fp": list(keep_fp), "agreement": agreement,
+            "top1": 89.3, "top1_drop": 0.03, "snr_db": 33.4, "tensorrt_rtx": "built",
+            "images_per_s": {"1": 1000.0, "8": 4000.0}, "speed_vs_plain_int8": {"1": ratio_1, "8": ratio_8}}
+
+
+def _result(autopilot):
+    return {"checkpoint": "tests/fixtures/fashion/model.pth", "test_images": 10000, "fp32_top1": 89.33,
+            "calibration_images": 512, "held_out_images": 2000, "fp32_images_per_s": {"1": 900.0, "8": 3000.0},
+            "rows": [_row("ffx INT8 (entropy, default)", 99.68, 1.0, 1.0), autopilot],
+            "autopilot_verify": {"exit_code": 0, "agreement": autopilot["agreement"], "images": 10000},
+            "load_average": [1.0, 1.0, 1.0], "cpus": 2, "speed_args": "--threads 1"}
+
+
+def test_the_conclusion_follows_the_numbers():
+    met = section(_result(_row(AUTOPILOT, 99.91, 0.95, 0.97, ["blocks.0.mlp1.fc2"])))
+    assert "agreement on the 10,000 test images 99.91% (met" in met and "0.95x at batch 1, 0.97x at batch 8 (met" in met
+    assert "| blocks.0.mlp1.fc2 | 99.91% |" in met and "NOT met" not in met
+    missed = section(_result(_row(AUTOPILOT, 99.85, 0.85, 0.97)))
+    assert "99.85% (NOT met" in missed and "0.85x at batch 1, 0.97x at batch 8 (NOT met" in missed
+    failed = _result(_row(AUTOPILOT, 99.85, 1, 1))
+    failed["rows"][1].update(error="Error: top-1 agreement with FP32 >= 99.9% cannot be reached")
+    assert "did not produce a model: Error: top-1 agreement" in section(failed)
