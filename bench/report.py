@@ -203,6 +203,14 @@ def _deep_fidelity(deep, shallow):
             continue
         lines.append(f"| {r['model']} | {s['agreement']:.2f} | {r['agreement']:.2f} | {s['top1_drop']:+.2f} | "
                      f"{r['top1_drop']:+.2f} | {s['logit_cosine_min']:.4f} | {r['logit_cosine_min']:.4f} |")
+    pairs = [(shallow_rows[r["model"]]["agreement"], r["agreement"]) for r in deep["rows"]
+             if r["precision"] == "int8" and r["model"] in shallow_rows]
+    if pairs:
+        shallow_mean, deep_mean = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+        verdict = ("the deeper, wider-mixing network lost no INT8 agreement here" if deep_mean >= shallow_mean
+                   else "depth and token width cost INT8 agreement here")
+        lines.append(f"\nOver the {len(pairs)} INT8 models, agreement with FP32 averages {shallow_mean:.2f}% on the "
+                     f"shallow fixture and {deep_mean:.2f}% on the deep one: {verdict} (each on its own test images).")
     return text + "\n".join(lines) + "\n"
 
 
