@@ -22,7 +22,6 @@ import concurrent.futures
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import multiprocessing
 import re
 import signal
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ffx.artifacts import sha256_file
 from ffx.errors import FfxError
 from ffx.images import IMAGE_EXTENSIONS, decode_files, find_images, is_image_file, normalize_pixels
 from ffx.metadata import Preprocess, imagenet_class_names, imagenet_wnids
@@ -491,13 +491,9 @@ def describe_skipped(skipped):
     )
 
 
-def file_sha256(path, chunk_size=1 << 20):
+def file_sha256(path):
     """sha256 of a file's bytes, or None when it cannot be read (it will be skipped later)."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk_size):
-                digest.update(block)
+        return sha256_file(path)
     except OSError:
         return None
-    return digest.hexdigest()

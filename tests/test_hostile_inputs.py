@@ -204,9 +204,12 @@ def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
+    # Large photos (hard links of one file: cheap to make, seconds to decode) so that a quiet machine is still
+    # decoding when the signal arrives.
     rng = np.random.default_rng(0)
-    for i in range(600):
-        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)).save(data / "0.jpg", quality=95)
+    for i in range(1, 600):
+        os.link(data / "0.jpg", data / f"{i}.jpg")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     output = tmp_path / "out.int8.onnx"
@@ -218,7 +221,8 @@ def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
     while time.monotonic() < deadline and process.poll() is None and len(_descendants(process.pid)) < 3:
         time.sleep(0.05)  # the forkserver and two decoding workers
     assert process.poll() is None, "calibration ended before its workers started"
-    time.sleep(1.0)
+    time.sleep(0.3)
+    assert process.poll() is None, "calibration ended before the signal: give it more work"
     workers = _descendants(process.pid)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=30)  # returns only once every holder of the pipes is gone
