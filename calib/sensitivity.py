@@ -12,7 +12,6 @@ import dataclasses
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ffx.calib.conversion import gather_statistics
 from ffx.calib.int8 import insert_qdq, outlier_handled_ranges, quantization_plan

@@ -12,8 +12,6 @@ import json
 import math
 from pathlib import Path
 
-import onnx
-
 from ffx.errors import FfxError
 
 METADATA_KEY = "ffx"

@@ -9,16 +9,14 @@ from ffx.artifacts import sha256_file
 from ffx.errors import BackendUnavailable, FfxError
 from ffx.metadata import onnx_metadata
 from ffx.runtime.onnx_model import QDQ_OPS, calibration_manifest_path, graph_precision, load_onnx, op_histogram
-from ffx.runtime.runner import runner_kind
+from ffx.runtime.runner import existing_model_kind
 from ffx.runtime.sidecar import compatibility_problem, read_sidecar, sidecar_path
 
 
 def inspect_file(path, load_engine=True):
     """A JSON-able dict describing `path`; `load_engine=False` never touches a GPU."""
     path = Path(path)
-    kind = runner_kind(path)
-    if not path.is_file():
-        raise FfxError(f"{path}: no such file")
+    kind = existing_model_kind(path)
     if kind == "onnx":
         return inspect_onnx(path)
     if kind == "engine":

@@ -13,7 +13,7 @@ import onnx
 
 from ffx.errors import FfxError
 from ffx.metadata import Preprocess, onnx_metadata
-from ffx.runtime.runner import runner_kind
+from ffx.runtime.runner import existing_model_kind
 from ffx.runtime.sidecar import read_sidecar
 
 # ONNX element types ffx graphs use at their inputs and outputs -> numpy dtype names.
@@ -49,9 +49,7 @@ class ModelInterface:
 def read_model_interface(path):
     """The ModelInterface of an ffx ONNX or an engine with its sidecar; FfxError otherwise."""
     path = Path(path)
-    kind = runner_kind(path)
-    if not path.is_file():
-        raise FfxError(f"{path}: no such file")
+    kind = existing_model_kind(path)
     if kind == "onnx":
         return _onnx_interface(path)
     if kind == "engine":

@@ -161,6 +161,14 @@ def runner_kind(path):
     )
 
 
+def existing_model_kind(path):
+    """runner_kind of `path`, once it is known to exist; FfxError naming the file otherwise."""
+    kind = runner_kind(path)
+    if not Path(path).is_file():
+        raise FfxError(f"{path}: no such file")
+    return kind
+
+
 def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = False, cuda_library: str = "auto",
                 arch: str | None = None, ema: bool = False, device: str = "cpu", threads: int | None = None) -> Runner:
     """The runner for a model file, picked by its type (not yet activated).
@@ -181,9 +189,7 @@ def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = Fals
         FfxError: a missing file or an unknown type; BackendUnavailable when its backend is absent.
     """
     path = Path(path)
-    kind = runner_kind(path)
-    if not path.is_file():
-        raise FfxError(f"{path}: no such file")
+    kind = existing_model_kind(path)
     if kind == "engine":
         from ffx.runtime.engine import EngineRunner
 

@@ -16,7 +16,7 @@ import numpy as np
 from ffx.errors import FfxError, MissingPreprocess
 from ffx.metadata import Preprocess
 from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
-from ffx.runtime.runner import open_runner, runner_kind
+from ffx.runtime.runner import existing_model_kind, open_runner, runner_kind
 from ffx.runtime.sidecar import read_sidecar
 
 Z_95 = 1.959963984540054
@@ -189,9 +189,7 @@ def verify(
     started = time.perf_counter()
     warnings = []
     for path in (candidate, reference):
-        runner_kind(path)
-        if not Path(path).is_file():
-            raise FfxError(f"{path}: no such file")
+        existing_model_kind(path)
     if not Path(data).exists():
         raise FfxError(f"{data}: no such directory")
     candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
