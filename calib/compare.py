@@ -16,6 +16,7 @@ from ffx.calib.layers import network_layers
 from ffx.calib.model_io import load_source_model
 from ffx.datasets import load_batches, open_dataset, select_images
 from ffx.errors import FfxError
+from ffx.onnx_file import load_external_weights, load_onnx
 
 DEFAULT_IMAGES = 200
 BATCH = 50
@@ -118,12 +119,10 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
 
 
 def _load_candidate(path):
-    try:
-        return onnx.load(str(path))
-    except FileNotFoundError:
-        raise FfxError(f"{path}: no such file") from None
-    except Exception as e:  # DecodeError and friends for files that are not ONNX
-        raise FfxError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    """The converted model with its weights, its external data checked as every model ffx reads."""
+    model = load_onnx(path)
+    load_external_weights(model, path)
+    return model
 
 
 def _session_with_outputs(model, tensors):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import onnx
 
-from ffx.artifacts import atomic_output, sha256_bytes, sha256_file
+from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file
 from ffx.errors import FfxError
 from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
-from ffx.onnx_file import load_onnx
+from ffx.onnx_file import load_external_weights, load_onnx
 
 
 @dataclasses.dataclass
@@ -35,10 +35,8 @@ def load_source_model(path):
     if not path.is_file():
         raise FfxError(f"{path}: no such file")
     model = load_onnx(path)  # checks that external data stays inside the model's folder
-    external = any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
-    if external:
-        # Calibration runs sessions from the model in memory: bring the weights in with it.
-        onnx.load_external_data_for_model(model, str(path.resolve().parent))
+    # Calibration runs sessions from the model in memory: bring the weights in with it.
+    if load_external_weights(model, path):
         digest = sha256_bytes(model.SerializeToString())
     else:
         digest = sha256_file(path)
@@ -67,8 +65,7 @@ def output_paths(source, output, suffix):
         stem = source.path.name[:-5] if source.path.name.endswith(".onnx") else source.path.name
         output = source.path.with_name(f"{stem}.{suffix}.onnx")
     output = Path(output)
-    if output.exists() and output.resolve() == source.path.resolve():
-        raise FfxError(f"{output}: is the input model; choose another output path")
+    refuse_overwriting_inputs(output, [source.path])
     if output.exists() and output.is_dir():
         raise FfxError(f"{output}: is a directory; give the output file name (e.g. {output / ('model.' + suffix + '.onnx')})")
     manifest = output.with_suffix(".json") if output.suffix == ".onnx" else output.with_name(output.name + ".json")

@@ -25,6 +25,15 @@ def load_onnx(path):
     return model
 
 
+def load_external_weights(model, path):
+    """Bring the external weights of `model` (loaded from `path` by `load_onnx`, which checked
+    where they lie) into memory, for sessions built from the model in memory. True when it had any."""
+    if not any(onnx.external_data_helper.uses_external_data(tensor) for tensor in model.graph.initializer):
+        return False
+    onnx.load_external_data_for_model(model, str(Path(path).resolve().parent))
+    return True
+
+
 def check_external_data(model, path):
     """FfxError unless every externally stored tensor lies in a file inside the model's own
     folder: no absolute paths, no `..`, no symlink leading out, no missing file. A model from

@@ -7,10 +7,10 @@ from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCE
                                 calibration_option_error)
 from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.ranges import METHODS
+from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES
 from ffx.cli import print_json, warn
 from ffx.errors import InvalidOption
 
-DEFAULT_SEARCH_IMAGES = 1000
 
 
 @click.command("calibrate")
@@ -24,7 +24,7 @@ DEFAULT_SEARCH_IMAGES = 1000
 @click.option("--target-agreement", type=click.FloatRange(min=0, max=100), metavar="PCT", help="Keep the fewest layers in float (cheapest first by FLOPs) for INT8 to agree with FP32's top-1 on at least PCT % of held-out images; exit 1 if it cannot.")
 @click.option("--max-top1-drop", type=click.FloatRange(min=0), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points (needs labelled images); both may be given.")
 @click.option("--held-out", "held_out", type=click.Path(), help="Images the target is measured on (default: the images of --data not used for calibration).")
-@click.option("--held-out-images", type=click.IntRange(min=1), default=DEFAULT_SEARCH_IMAGES, show_default=True, help="How many held-out images the target is measured on.")
+@click.option("--held-out-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT_IMAGES, show_default=True, help="How many held-out images the target is measured on.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
 @click.option("--gelu-range", type=click.Choice(GELU_RANGES), default="histogram", show_default=True, help="Ranges of the post-GELU tensors (each fc2's input): the --method's, or 'output': the one with the least error in the layer's output.")
