@@ -32,7 +32,7 @@ def atomic_output(path):
     try:
         yield Path(tmp)
         # mkstemp creates the file 0600; give the artefact the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -55,7 +55,8 @@ def refuse_overwriting_inputs(output, inputs):
             raise FfxError(f"{output}: is also an input of this command; choose another output path")
 
 
-def _current_umask():
+def current_umask():
+    """The process umask (read by setting and restoring it): the mode bits new files must not get."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

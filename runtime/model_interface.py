@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from ffx.errors import FfxError
-from ffx.metadata import Preprocess, onnx_metadata
+from ffx.metadata import Preprocess, onnx_metadata, validate_metadata
 from ffx.runtime.runner import existing_model_kind
 from ffx.runtime.sidecar import read_sidecar
 
@@ -61,9 +61,10 @@ def _onnx_interface(path):
     from ffx.runtime.onnx_model import graph_precision, load_onnx
 
     model = load_onnx(path)
-    info = onnx_metadata(model)
+    info = onnx_metadata(model, path)
     if info is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
+    validate_metadata(info, path)  # as every runner does: serve and deploy see only well-formed metadata
     graph = model.graph
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise FfxError(f"{path}: expected one input and one output, found {len(graph.input)} and {len(graph.output)}")

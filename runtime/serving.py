@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.errors import BackendUnavailable, FfxError
+from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
 DEFAULT_PORT = 8000
 SHUTDOWN_GRACE_SECONDS = 5  # Triton waits this long for in-flight requests and open connections
@@ -49,7 +50,7 @@ class ServeSettings:
     grpc_port: int | None = None  # default: http_port + 1
     metrics_port: int | None = None  # default: http_port + 2
     max_batch: int | None = None  # default: the engine profile's max batch, 32 for ONNX
-    max_queue_delay_us: int = 100
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     name: str | None = None  # default: from the file name
     provider: str = "cpu"  # ONNX Runtime execution provider
 

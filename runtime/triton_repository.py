@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ffx.artifacts import current_umask
 from ffx.errors import FfxError
 from ffx.runtime.model_interface import read_model_interface
 
@@ -152,7 +153,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
         provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~current_umask())
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -163,12 +164,6 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
         model_file=f"1/{model_file}", max_batch_size=max_batch_size, preferred_batch_sizes=preferred,
         max_queue_delay_us=queue_delay_us, instances=instances, labels=labels, files=files, warnings=warnings,
     )
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _deployment_warnings(interface):
