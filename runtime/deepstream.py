@@ -20,6 +20,7 @@ import numpy as np
 from ffx.artifacts import atomic_output
 from ffx.errors import FfxError
 from ffx.runtime.model_interface import read_model_interface
+from ffx.runtime.sidecar import recorded_file
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
 
@@ -128,9 +129,9 @@ def _model_files(interface):
     if interface.kind == "onnx":
         return {interface.path: interface.path.name}
     files = {interface.path: interface.path.name}
-    onnx_name = ((interface.sidecar or {}).get("onnx") or {}).get("file")
-    if onnx_name and (interface.path.parent / onnx_name).is_file():
-        files[interface.path.parent / onnx_name] = onnx_name
+    source_onnx = recorded_file(interface.path, interface.sidecar.onnx)
+    if source_onnx is not None:
+        files[source_onnx] = source_onnx.name
     return files
 
 
@@ -142,7 +143,7 @@ def _warnings(interface, preprocess):
             f"ffx resizes the shorter side to {preprocess.resize} and center-crops {height}x{width}; nvinfer scales "
             f"each frame or object to {height}x{width} without cropping: crop upstream (e.g. nvdspreprocess) "
             "for inputs identical to verification")
-    if (interface.sidecar or {}).get("backend") == "tensorrt-rtx":
+    if interface.sidecar is not None and interface.sidecar.backend == "tensorrt-rtx":
         warnings.append(f"{interface.path.name} was built by TensorRT-RTX, which DeepStream does not run; nvinfer "
                         "will build its own engine from the ONNX (onnx-file) on first start")
     return warnings
@@ -188,10 +189,7 @@ def measure_approximation(interface, scaling, data, num_images=500, progress=Non
 
     measured = interface.path
     if interface.kind == "engine":
-        onnx_name = ((interface.sidecar or {}).get("onnx") or {}).get("file")
-        source = interface.path.parent / onnx_name if onnx_name else None
-        if source is not None and source.is_file():
-            measured = source  # runs anywhere; the engine needs a GPU
+        measured = recorded_file(interface.path, interface.sidecar.onnx) or measured  # runs anywhere; the engine needs a GPU
     dataset = open_dataset(data, class_names=interface.class_names, warn=lambda message: None)
     if not dataset.labelled:
         raise FfxError(f"{data}: measuring the approximation needs labelled images, one folder per class")

@@ -14,7 +14,7 @@ import onnx
 from ffx.errors import FfxError
 from ffx.metadata import Preprocess, onnx_metadata, validate_metadata
 from ffx.runtime.runner import existing_model_kind
-from ffx.runtime.sidecar import read_sidecar
+from ffx.runtime.sidecar import EngineSidecar, read_sidecar
 
 # ONNX element types ffx graphs use at their inputs and outputs -> numpy dtype names.
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
@@ -37,7 +37,7 @@ class ModelInterface:
     precision: str
     class_names: list | None
     metadata: dict
-    sidecar: dict | None = None  # engines only
+    sidecar: EngineSidecar | None = None  # engines only (validated)
 
     @property
     def preprocess(self):
@@ -92,22 +92,16 @@ def _tensor_type(path, value_info):
 
 
 def _engine_interface(path):
-    sidecar = read_sidecar(path, required=True).to_dict()  # validated; kept as a dict for ffx.json
-    info = sidecar.get("metadata") or {}
-    profile = sidecar.get("profile") or {}
-    try:
-        min_shape, opt_shape, max_shape = profile["min"], profile["opt"], profile["max"]
-    except KeyError:
-        raise FfxError(f"{path}: its sidecar has no batch profile; rebuild it with `ffx build-engine`") from None
+    sidecar = read_sidecar(path, required=True)  # every field checked by the reader
+    info, profile = sidecar.metadata, sidecar.profile
     if not info.get("num_classes") or "preprocess" not in info:
         raise FfxError(f"{path}: its sidecar lacks the model's metadata; rebuild it with `ffx build-engine`")
-    outputs = sidecar.get("outputs") or [info.get("output_name", "logits")]
+    outputs = sidecar.outputs or [info.get("output_name", "logits")]
     return ModelInterface(
         path=path, kind="engine",
-        input_name=profile.get("input") or info.get("input_name", "images"),
-        input_dtype=sidecar.get("input_dtype", "float32"), input_dims=tuple(max_shape[1:]),
+        input_name=profile.input or info.get("input_name", "images"),
+        input_dtype=sidecar.input_dtype, input_dims=tuple(profile.max[1:]),
         output_name=outputs[0], output_dtype="float32", output_dims=(int(info["num_classes"]),),
-        min_batch=int(min_shape[0]), opt_batch=int(opt_shape[0]), max_batch=int(max_shape[0]),
-        precision=sidecar.get("precision", info.get("precision", "fp32")),
-        class_names=info.get("class_names"), metadata=info, sidecar=sidecar,
+        min_batch=int(profile.min[0]), opt_batch=int(profile.opt[0]), max_batch=int(profile.max[0]),
+        precision=sidecar.precision, class_names=info.get("class_names"), metadata=info, sidecar=sidecar,
     )

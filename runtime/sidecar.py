@@ -40,6 +40,15 @@ def sidecar_path(engine_path):
     return engine_path.with_name(engine_path.name + ".json")
 
 
+def recorded_file(engine_path, record):
+    """The file a sidecar record names (written relative to the engine's folder when it lies
+    below it), or None without a record or when the file is gone."""
+    if record is None:
+        return None
+    path = Path(engine_path).parent / record.file  # an absolute record stays absolute
+    return path if path.is_file() else None
+
+
 # -- the record -------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

@@ -150,7 +150,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
             triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels))
         if labels:
             (staging / "labels.txt").write_text("".join(f"{label}\n" for label in interface.class_names))
-        provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar}
+        provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))
         os.chmod(staging, 0o777 & ~current_umask())
@@ -167,13 +167,13 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
 
 
 def _deployment_warnings(interface):
-    sidecar = interface.sidecar or {}
-    if sidecar.get("backend") == "tensorrt-rtx":
+    sidecar = interface.sidecar
+    if sidecar is not None and sidecar.backend == "tensorrt-rtx":
         return [f"{interface.path.name} was built by TensorRT-RTX; Triton's tensorrt backend runs full TensorRT "
                 "and cannot load it: build the engine with TensorRT on the serving GPU (or deploy the ONNX)"]
     if interface.kind == "engine":
         return [f"{interface.path.name} loads only in a Triton release whose TensorRT is "
-                f"{sidecar.get('backend_version', 'the version that built it')}, on the GPU architecture it was built for"]
+                f"{sidecar.backend_version}, on the GPU architecture it was built for"]
     return []
 
 

@@ -17,7 +17,7 @@ from ffx.errors import FfxError, MissingPreprocess
 from ffx.metadata import Preprocess
 from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
 from ffx.runtime.runner import existing_model_kind, open_runner, runner_kind
-from ffx.runtime.sidecar import read_sidecar
+from ffx.runtime.sidecar import read_sidecar, recorded_file
 
 Z_95 = 1.959963984540054
 DEFAULT_MAX_TOP1_DROP = 0.5  # percentage points
@@ -315,10 +315,8 @@ def calibration_images_of(model_path):
         manifest = calibration_manifest_path(model_path, onnx_metadata(load_onnx(model_path)))
     elif kind == "engine":
         sidecar = read_sidecar(model_path)
-        if sidecar is not None and sidecar.calibration_manifest is not None:
-            candidate = Path(sidecar.calibration_manifest.file)
-            candidate = candidate if candidate.is_absolute() else model_path.parent / candidate
-            manifest = candidate if candidate.is_file() else None
+        if sidecar is not None:
+            manifest = recorded_file(model_path, sidecar.calibration_manifest)
     if manifest is None:
         return None
     return read_calibration_images(manifest)
