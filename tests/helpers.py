@@ -26,7 +26,6 @@ FASHION_PREPROCESS = {"input_size": [3, 28, 28], "resize": 28, "interpolation": 
                       "mean": [0.286] * 3, "std": [0.353] * 3}
 
 needs_fashion_model = pytest.mark.skipif(not FASHION_CHECKPOINT.is_file(), reason=f"{FASHION_CHECKPOINT} not present")
-needs_fashion_images = pytest.mark.skipif(not (FASHION / "val").is_dir(), reason=f"{FASHION / 'val'} not present")
 
 
 def _tensorrt_rtx_missing():

@@ -16,7 +16,7 @@ from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
 from ffx.cli import cli
 from ffx.errors import FfxError
 from ffx.metadata import onnx_metadata
-from helpers import TENSORRT_RTX_MISSING, needs_rtx, write_awkward_images, write_broken_images
+from helpers import FASHION, TENSORRT_RTX_MISSING, needs_fashion_model, needs_rtx, write_awkward_images, write_broken_images
 
 CLASS_NAMES = ["cat", "dog", "fox"]
 # A small network with the real graph structure (patch embedding, blocks with both MLPs, head):
@@ -373,12 +373,6 @@ def test_a_graph_tensorrt_rejects_is_reported_and_not_written(small_model, photo
 
 
 # --- the trained Fashion-MNIST fixture --------------------------------------------------------
-
-FASHION = Path(__file__).resolve().parent / "fixtures" / "fashion"
-needs_fashion_model = pytest.mark.skipif(
-    not (FASHION / "model.pth").is_file(), reason=f"{FASHION / 'model.pth'} is absent (scripts/train_fashion.py makes it)"
-)
-
 
 @needs_fashion_model
 def test_int8_and_fp16_keep_the_fashion_models_accuracy(workdir):

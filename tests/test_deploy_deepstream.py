@@ -13,7 +13,7 @@ import pytest
 from ffx.cli import cli
 from ffx.images import find_images, load_rgb, normalize_pixels, resize_and_crop
 from ffx.metadata import IMAGENET_MEAN, IMAGENET_STD, Preprocess, onnx_metadata, read_onnx_metadata, set_onnx_metadata
-from helpers import FASHION, FASHION_CLASSES, _session_dir, fashion_folded_onnx, fashion_onnx
+from helpers import FASHION, FASHION_CLASSES, _session_dir, fashion_folded_onnx, fashion_onnx, needs_rtx
 
 
 def _deploy(cli_runner, *args):
@@ -118,8 +118,8 @@ def test_forced_approximation_states_its_measured_cost(cli_runner, imagenet_norm
     assert float(config["net-scale-factor"]) == pytest.approx(1 / (255 * np.mean(IMAGENET_STD)), rel=1e-12)
 
 
+@needs_rtx
 def test_engine_config_names_engine_onnx_and_profile_batch(cli_runner, tmp_path_factory, tmp_path):
-    pytest.importorskip("tensorrt_rtx_bindings", reason="needs TensorRT-RTX to build an engine (pip install 'ffx[tensorrt-rtx]')")
     folded = fashion_folded_onnx(tmp_path_factory)
     engine = tmp_path / "engine" / "fashion.folded1.engine"
     built = cli_runner.invoke(cli, ["build-engine", str(folded), "-o", str(engine), "--backend", "tensorrt-rtx",
