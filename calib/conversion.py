@@ -45,15 +45,25 @@ class Checks:
 def gather_statistics(kind, source, data, tensors, options, progress, warn):
     """(CalibrationImages, ActivationStatistics) of `tensors` over the images chosen from `data`,
     read from or written to the statistics cache as `options` say."""
-    images = choose_calibration_images(data, options.num_images, options.seed, source.info.get("class_names"), warn)
-    key = statistics_key(kind, source.sha256, source.preprocess, images.sha256, tensors)
+    images = choose_images(source, data, options, warn)
+    return images, image_statistics(kind, source, images, tensors, options, progress, warn)
+
+
+def choose_images(source, data, options, warn):
+    """The calibration images `options` choose from `data` (a path or an ImageDataset)."""
+    return choose_calibration_images(data, options.num_images, options.seed, source.info.get("class_names"), warn)
+
+
+def image_statistics(kind, source, images, tensors, options, progress, warn):
+    """ActivationStatistics of `tensors` in `source.model` over the chosen `images`."""
+    key = statistics_key(kind, source.model_sha256, source.preprocess, images.sha256, tensors)
     stats = collect_statistics(
         kind, source.model, tensors, images.items, source.preprocess, key, cache_dir=options.statistics_cache,
         workers=options.workers, progress=progress, warn=warn, relative_path=images.dataset.relative_path,
     )
     if stats.images_used == 0:
         raise FfxError(f"none of the {len(images.items)} chosen images in {images.data_path} could be read")
-    return images, stats
+    return stats
 
 
 def check_and_write(model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn):

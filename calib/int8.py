@@ -22,12 +22,13 @@ import onnx
 from ffx import __version__
 from ffx.datasets import print_warning
 from ffx.calib.layers import network_layers, resolve_layer_selection
-from ffx.calib.conversion import Checks, ConversionReport, check_and_write, gather_statistics, report_fields
+from ffx.calib.conversion import Checks, ConversionReport, check_and_write, choose_images, image_statistics, report_fields
 from ffx.calib.model_io import load_source_model, output_paths
 from ffx.calib.options import CalibrationOptions
 from ffx.calib.outliers import (bias_corrections, bias_of, correct_biases, dequantized_weight, output_aware_thresholds,
                                 post_gelu_layers)
 from ffx.calib.ranges import ENTROPY_FLOOR, activation_threshold
+from ffx.calib.smoothing import SMOOTHING_ALPHA, SMOOTHING_SPREAD, smooth_post_gelu
 from ffx.calib.statistics import HISTOGRAM_BINS
 from ffx.errors import FfxError
 
@@ -72,11 +73,10 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
     started = time.perf_counter()
     source = load_source_model(onnx_path)
     output, manifest_path = output_paths(source, output, "int8")
+    quantization_plan(source, options.keep_fp)  # a bad --keep-fp fails before any image is read
+    source, images, stats, smoothed = calibration_statistics(source, data, options, progress, warn)
     layers, kept = quantization_plan(source, options.keep_fp)
     quantized = [layer for layer in layers if layer not in kept]
-
-    tensors = list(dict.fromkeys(layer.activation for layer in layers))  # all layers: --keep-fp reuses the cache
-    images, stats = gather_statistics("histogram", source, data, tensors, options, progress, warn)
     thresholds, corrections = outlier_handled_ranges(source, quantized, stats, images.items, options)
     qdq_model = insert_qdq(source, thresholds, [layer.node for layer in kept])
     correct_biases(qdq_model, source, corrections)
@@ -100,6 +100,9 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         params["gelu_range"] = options.gelu_range
     if options.bias_correction:
         params["bias_correction"] = options.bias_correction
+    if options.smooth_gelu:
+        params["smooth_gelu"] = {"alpha": SMOOTHING_ALPHA, "min_spread": SMOOTHING_SPREAD,
+                                 "tensors": [tensor.to_dict() for tensor in smoothed]}
     manifest = {
         "ffx_version": __version__,
         "precision": "int8",
@@ -140,6 +143,19 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         kept_fp_layers=[layer.name for layer in kept],
         keep_fp_search=keep_fp_search,
     )
+
+
+def calibration_statistics(source, data, options, progress=None, warn=None):
+    """(source, CalibrationImages, ActivationStatistics, [SmoothedTensor]): the images chosen from
+    `data`, the source with its outlier post-GELU tensors smoothed when `options.smooth_gelu`, and
+    the histograms of every layer's input in that graph (all layers: --keep-fp reuses the cache)."""
+    images = choose_images(source, data, options, warn)
+    smoothed = []
+    if options.smooth_gelu:
+        source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), images.items,
+                                            options.workers)
+    tensors = list(dict.fromkeys(layer.activation for layer in network_layers(source.model, source.info)))
+    return source, images, image_statistics("histogram", source, images, tensors, options, progress, warn), smoothed
 
 
 def quantization_plan(source, keep_fp):
@@ -205,10 +221,11 @@ def insert_qdq(source, thresholds, excluded_nodes):
     with tempfile.TemporaryDirectory(prefix="ffx-calibrate-") as folder:
         folder = Path(folder)
         save_tensors_data(ranges, folder / "ranges.json")
-        quantized_path = folder / "model.int8.onnx"
+        source_path, quantized_path = folder / "model.onnx", folder / "model.int8.onnx"
+        onnx.save(source.model, str(source_path))  # the graph in memory: its weights loaded, maybe smoothed
         with _quiet_onnxruntime_logging():
             quantize_static(
-                str(source.path),
+                str(source_path),
                 str(quantized_path),
                 calibration_data_reader=None,
                 quant_format=QuantFormat.QDQ,

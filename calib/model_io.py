@@ -17,8 +17,14 @@ class SourceModel:
     path: Path
     model: onnx.ModelProto
     info: dict  # its ffx metadata
-    sha256: str
+    sha256: str  # of the file: what manifests record as the input
     preprocess: Preprocess
+    derived_sha256: str | None = None  # of `model` when calibration rewrote it in memory (--smooth-gelu)
+
+    @property
+    def model_sha256(self):
+        """The hash of the graph statistics are collected on (keys the statistics cache)."""
+        return self.derived_sha256 or self.sha256
 
     @property
     def input_name(self):

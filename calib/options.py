@@ -35,6 +35,8 @@ class CalibrationOptions:
             threshold with the least error in the layer's output; see calib/outliers.py).
         bias_correction: None, "channel" or "position": subtract the mean INT8 output error
             from each quantized MatMul's bias.
+        smooth_gelu: centre and even out the channels of post-GELU tensors with outlier channels
+            before quantizing them, exactly compensated in fc2 (see calib/smoothing.py).
     """
 
     method: str = DEFAULT_METHOD
@@ -47,6 +49,7 @@ class CalibrationOptions:
     use_cache: bool = True
     gelu_range: str = "histogram"
     bias_correction: str | None = None
+    smooth_gelu: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -77,7 +80,8 @@ class CalibrationOptions:
 # CalibrationOptions field -> the flag of `ffx calibrate` / `ffx sensitivity` that sets it.
 OPTION_FLAGS = {"method": "--method", "percentile": "--percentile", "num_images": "--num-images", "seed": "--seed",
                 "keep_fp": "--keep-fp", "workers": "--workers", "cache_dir": "--cache-dir",
-                "gelu_range": "--gelu-range", "bias_correction": "--bias-correction"}
+                "gelu_range": "--gelu-range", "bias_correction": "--bias-correction",
+                "smooth_gelu": "--smooth-gelu"}
 
 
 def calibration_option_error(error, flags=OPTION_FLAGS):

@@ -13,8 +13,7 @@ import dataclasses
 import numpy as np
 import onnx
 
-from ffx.calib.conversion import gather_statistics
-from ffx.calib.int8 import insert_qdq, outlier_handled_ranges, quantization_plan
+from ffx.calib.int8 import calibration_statistics, insert_qdq, outlier_handled_ranges, quantization_plan
 from ffx.calib.outliers import bias_of, correct_biases
 from ffx.calib.model_io import load_source_model
 from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
@@ -214,10 +213,8 @@ def held_out_set(source, calibration, count, seed, held_out_data=None, progress=
 
 def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progress=None, warn=None):
     """(source, QuantizedVariants, HeldOutSet, statistics) for a sensitivity analysis or search."""
-    source = load_source_model(onnx_path)
+    source, images, stats, _ = calibration_statistics(load_source_model(onnx_path), data, options, progress, warn)
     layers, _ = quantization_plan(source, ())
-    tensors = list(dict.fromkeys(layer.activation for layer in layers))  # the cache entry calibrate_int8 uses
-    images, stats = gather_statistics("histogram", source, data, tensors, options, progress, warn)
     variants = QuantizedVariants(source, layers, *outlier_handled_ranges(source, layers, stats, images.items, options))
     held_out = held_out_set(source, images, held_out_images, options.seed, held_out_data, progress, warn)
     return source, variants, held_out, stats

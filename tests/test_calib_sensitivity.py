@@ -216,3 +216,48 @@ def test_outlier_options_raise_the_logit_snr_and_keep_the_placement(fashion, fol
                              tensorrt_check=False, warn=None)
     np.testing.assert_allclose(run_model(variants.with_float(kept), held_out.images),
                                run_model(Path(written.output).read_bytes(), held_out.images), rtol=0, atol=1e-5)
+
+
+@needs_fashion_model
+def test_smooth_gelu_evens_out_the_outlier_channels_exactly(fashion, folder, cli_runner):
+    from ffx.calib.layers import network_layers
+    from ffx.calib.selection import choose_calibration_images
+    from ffx.calib.sensitivity import fidelity_of
+    from ffx.calib.smoothing import SMOOTHING_SPREAD, smooth_post_gelu
+
+    source = load_source_model(fashion)
+    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"], None)
+    smoothed_source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), calibration.items)
+    # Block 0's feature-MLP GELU has the outlier channels; the token MLPs' GELUs do not.
+    assert "blocks.0.mlp1.fc2" in [tensor.layer for tensor in smoothed]
+    assert all(tensor.spread >= SMOOTHING_SPREAD and tensor.layer.endswith("mlp1.fc2") for tensor in smoothed)
+    assert smoothed_source.sha256 == source.sha256 and smoothed_source.model_sha256 != source.sha256
+    held_out = held_out_set(source, calibration, 200, 0, held_out_data=FASHION / "val", warn=None)
+    np.testing.assert_allclose(run_model(smoothed_source.model, held_out.images), held_out.reference_logits,
+                               rtol=0, atol=1e-4)  # the same function in FP32
+
+    def calibrate(name, *flags):
+        out = folder / name
+        result = cli_runner.invoke(cli, [
+            "calibrate", str(fashion), "--data", str(FASHION / "train"), "--num-images", "100", "--workers", "0",
+            "--cache-dir", str(folder / "cache"), *flags, "-o", str(out)]
+            + ([] if TENSORRT_RTX_MISSING is None else ["--no-tensorrt-check"]))
+        assert result.exit_code == 0, result.output
+        return out, json.loads(out.with_suffix(".json").read_text()), result.output
+
+    plain, plain_manifest, _ = calibrate("s.plain.onnx")
+    out, manifest, printed = calibrate("s.smooth.onnx", "--smooth-gelu")
+    if TENSORRT_RTX_MISSING is None:
+        assert "TensorRT-RTX" in printed and "parsed and built" in printed, printed
+    assert "smooth_gelu" not in plain_manifest["params"]
+    assert [t["layer"] for t in manifest["params"]["smooth_gelu"]["tensors"]] == [t.layer for t in smoothed]
+    model = onnx.load(out)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("QuantizeLinear") == 18 and len(ops) == len(onnx.load(plain).graph.node) + 2 * len(smoothed)
+    producer = {output: node for node in model.graph.node for output in node.output}
+    quantize = next(node for node in model.graph.node if node.op_type == "QuantizeLinear"
+                    and node.input[0] == f"{smoothed[0].tensor}/smoothed")
+    assert producer[quantize.input[0]].op_type == "Mul" and producer[producer[quantize.input[0]].input[0]].op_type == "Add"
+    scored = {name: fidelity_of(run_model(path.read_bytes(), held_out.images), held_out.reference_logits)
+              for name, path in (("plain", plain), ("smoothed", out))}
+    assert scored["smoothed"].snr_db > scored["plain"].snr_db + 2.0, scored

@@ -5,8 +5,8 @@ import click
 
 from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, CalibrationOptions,
                                 calibration_option_error)
-from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.ranges import METHODS
+from ffx.commands.outlier_options import outlier_options
 from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES
 from ffx.cli import print_json, warn
 from ffx.errors import InvalidOption
@@ -27,8 +27,7 @@ from ffx.errors import InvalidOption
 @click.option("--held-out-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT_IMAGES, show_default=True, help="How many held-out images the target is measured on.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
-@click.option("--gelu-range", type=click.Choice(GELU_RANGES), default="histogram", show_default=True, help="Ranges of the post-GELU tensors (each fc2's input): the --method's, or 'output': the one with the least error in the layer's output.")
-@click.option("--bias-correction", type=click.Choice(BIAS_CORRECTIONS), help="Subtract each quantized MatMul's mean INT8 output error from its bias, per output channel or per output position (token and channel).")
+@outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (default ~/.cache/ffx/calib, or $FFX_CACHE_DIR/calib).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes (0: decode in this process).")
@@ -36,8 +35,8 @@ from ffx.errors import InvalidOption
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(model, data, num_images, method, percentile, seed, keep_fp, target_agreement, max_top1_drop, held_out,
-            held_out_images, fp16, output, gelu_range, bias_correction, cache_dir, no_cache, workers, backend,
-            no_tensorrt_check, as_json):
+            held_out_images, fp16, output, gelu_range, bias_correction, smooth_gelu, cache_dir, no_cache, workers,
+            backend, no_tensorrt_check, as_json):
     """Turn an FP32 ffx ONNX model into a TensorRT-ready INT8 (Q/DQ) or FP16 ONNX.
 
     INT8: activation ranges from real images, Q/DQ on the inputs of Conv/MatMul/Gemm only
@@ -61,7 +60,8 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
     if fp16:
         for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp),
                             ("--target-agreement", target_agreement), ("--max-top1-drop", max_top1_drop),
-                            ("--gelu-range", gelu_range != "histogram"), ("--bias-correction", bias_correction)):
+                            ("--gelu-range", gelu_range != "histogram"), ("--bias-correction", bias_correction),
+                            ("--smooth-gelu", smooth_gelu)):
             if value:
                 raise click.UsageError(f"{name} applies to INT8 calibration, not --fp16")
     elif data is None:
@@ -73,7 +73,7 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
             method=method or ("percentile" if percentile is not None else DEFAULT_METHOD),
             percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
             num_images=num_images, seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir,
-            use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction,
+            use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction, smooth_gelu=smooth_gelu,
         )
     except InvalidOption as e:
         raise calibration_option_error(e) from None

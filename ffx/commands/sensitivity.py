@@ -4,8 +4,8 @@ import click
 
 from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, OPTION_FLAGS,
                                 CalibrationOptions, calibration_option_error)
-from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.ranges import METHODS
+from ffx.commands.outlier_options import outlier_options
 from ffx.cli import print_json, warn
 from ffx.errors import InvalidOption
 
@@ -21,15 +21,14 @@ DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a min
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True, help="INT8 range method.")
 @click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), default=DEFAULT_PERCENTILE, show_default=True, help="Percentile of |x| for --method percentile.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image selection.")
-@click.option("--gelu-range", type=click.Choice(GELU_RANGES), default="histogram", show_default=True, help="Ranges of the post-GELU tensors (each fc2's input): the --method's, or 'output': the one with the least error in the layer's output.")
-@click.option("--bias-correction", type=click.Choice(BIAS_CORRECTIONS), help="Subtract each quantized MatMul's mean INT8 output error from its bias, per output channel or per output position (token and channel).")
+@outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (as for `ffx calibrate`).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the ranking into this image file (.png, .svg, .pdf; needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(model, data, num_images, held_out, calib_images, method, percentile, seed, gelu_range, bias_correction,
-            cache_dir, no_cache, workers, plot, as_json):
+            smooth_gelu, cache_dir, no_cache, workers, plot, as_json):
     """Which layers cost INT8 accuracy: every quantizable layer quantized alone and kept in
     float alone, against FP32 on held-out images.
 
@@ -50,7 +49,8 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
     try:
         options = CalibrationOptions(method=method, percentile=percentile, num_images=calib_images, seed=seed,
                                      workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
-                                     gelu_range=gelu_range, bias_correction=bias_correction)
+                                     gelu_range=gelu_range, bias_correction=bias_correction,
+                                     smooth_gelu=smooth_gelu)
     except InvalidOption as e:
         raise calibration_option_error(e, dict(OPTION_FLAGS, num_images="--calib-images")) from None
 
