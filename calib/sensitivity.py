@@ -22,6 +22,8 @@ from ffx.errors import FfxError
 DEFAULT_HELD_OUT_IMAGES = 1000
 EVAL_BATCH = 250
 
+UNUSED_CALIBRATION_IMAGES = "(the images not used for calibration)"  # how held-out images from --data are described
+
 
 @dataclasses.dataclass
 class Fidelity:
@@ -188,7 +190,7 @@ def held_out_set(source, calibration, count, seed, held_out_data=None, progress=
             held_out_data, class_names=source.info.get("class_names"), warn=None)
         where = str(held_out_data.root if isinstance(held_out_data, ImageDataset) else held_out_data)
     else:
-        dataset, where = calibration.dataset, f"{calibration.data_path} (the images not used for calibration)"
+        dataset, where = calibration.dataset, f"{calibration.data_path} {UNUSED_CALIBRATION_IMAGES}"
     used = {str(item.path) for item in calibration.items}
     candidates = [item for item in dataset.items if str(item.path) not in used]
     if not candidates:

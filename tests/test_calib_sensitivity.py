@@ -107,6 +107,11 @@ def test_target_agreement_writes_the_search_into_the_manifest(fashion, folder, c
     assert search["measured"]["agreement"] >= 99.5 and search["fp32_top1"] - search["measured"]["top1"] <= 0.5
     assert manifest["params"]["keep_fp"] == search["keep_fp"] and search["held_out_images"] == 200
     assert search["steps"][0]["keep_fp"] == []  # the all-INT8 graph is measured first
+    low, high = search["agreement_ci95"]
+    assert low <= search["measured"]["agreement"] <= high and high - low > 0.5  # 200 images resolve little
+    if search["keep_fp"]:
+        assert search["measured"]["snr_db"] >= search["snr_floor_db"]
+    assert "95% interval" in result.output and "note: the held-out images come from --data" not in result.output
     # The measured figure is the written graph's: re-measure it on the same held-out images.
     from ffx.calib.selection import choose_calibration_images
 
@@ -114,6 +119,15 @@ def test_target_agreement_writes_the_search_into_the_manifest(fashion, folder, c
     calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"], None)
     held_out = held_out_set(source, calibration, 200, 0, held_out_data=FASHION / "val", warn=None)
     assert held_out.fidelity(out.read_bytes()).agreement == search["measured"]["agreement"]
+
+
+def test_agreement_interval_is_wilsons():
+    from ffx.calib.mixed_precision import agreement_interval
+
+    low, high = agreement_interval(99.9, 10_000)
+    assert 99.81 < low < 99.82 and 99.94 < high < 99.95
+    assert agreement_interval(100.0, 1000)[0] == pytest.approx(99.6174, abs=1e-3)  # 0 of 1000 wrong: not 100% sure
+    assert agreement_interval(0.0, 50)[0] == 0.0
 
 
 def _tied_head(state):

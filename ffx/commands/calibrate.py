@@ -7,7 +7,7 @@ from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCE
                                 calibration_option_error)
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
-from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES
+from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, UNUSED_CALIBRATION_IMAGES
 from ffx.cli import print_json, warn
 from ffx.errors import InvalidOption
 
@@ -121,10 +121,15 @@ def _print_summary(report):
     if search:
         measured = search["measured"]
         top1 = f", top-1 {measured['top1']:.2f}% (FP32 {search['fp32_top1']:.2f}%)" if measured["top1"] is not None else ""
+        low, high = search["agreement_ci95"]
         click.echo(
-            f"target met on {search['held_out_images']} held-out images: agreement {measured['agreement']:.2f}%{top1} "
-            f"with {len(search['keep_fp'])} layers in float ({100 * search['float_flops_share']:.1f}% of the FLOPs)"
+            f"target met on {search['held_out_images']} held-out images: agreement {measured['agreement']:.2f}% "
+            f"(95% interval {low:.2f}-{high:.2f}%){top1} with {len(search['keep_fp'])} layers in float "
+            f"({100 * search['float_flops_share']:.1f}% of the FLOPs)"
         )
+        if search["held_out_source"].endswith(UNUSED_CALIBRATION_IMAGES):
+            click.echo("note: the held-out images come from --data; if the model was trained on them, it agrees less on "
+                       "new images: measure with --held-out on images it never saw, or check with `ffx verify`")
     ort = report.onnxruntime
     if ort["images"]:
         agreeing = round(ort["top1_agreement"] * ort["images"])
