@@ -17,7 +17,7 @@ agreed on 99.88% of the test set, not 99.9%.
 import dataclasses
 import math
 
-from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, matmul_flops, prepare
+from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, error_power, matmul_flops, prepare
 from ffx.errors import GateFailed
 
 PRUNE_TOLERANCE_DB = 0.5  # how much logit SNR trying a layer back in INT8 may cost (12% more error power)
@@ -76,7 +76,7 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=DEFAULT_HEL
         log(f"ranking the {len(variants.layers)} layers: each alone in INT8 on {len(held_out)} held-out images")
         for layer in variants.layers:
             alone = held_out.fidelity(variants.quantized_only(layer))
-            harm[layer.name] = 10 ** (-alone.snr_db / 10)  # its logit error power, relative to the logits'
+            harm[layer.name] = error_power(alone)
         cheapest = min(variants.layers, key=lambda layer: (share[layer.name], layer.name))
         order = sorted((layer for layer in variants.layers if layer is not cheapest),
                        key=lambda layer: harm[layer.name] / max(share[layer.name], 1e-9), reverse=True)

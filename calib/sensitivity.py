@@ -42,6 +42,7 @@ class LayerSensitivity:
     flops_share: float  # share of the model's Conv/MatMul/Gemm multiply-adds
     quantized_alone: Fidelity  # only this layer in INT8
     float_alone: Fidelity  # every layer in INT8 but this one
+    error_share: float = 0.0  # its logit error power alone, as a share of the sum over all layers
 
 
 @dataclasses.dataclass
@@ -56,6 +57,9 @@ class SensitivityReport:
     layers: list  # LayerSensitivity, most harmful first
     cache: str
     seconds: float
+    # The all-INT8 SNR that the sum of the layers' error powers predicts (rounding errors of
+    # different layers are nearly independent, so they add): close to all_int8.snr_db when they do.
+    predicted_snr_db: float | None = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -254,6 +258,9 @@ def layer_sensitivity(onnx_path, data, options, held_out_images=DEFAULT_HELD_OUT
             float_alone=held_out.fidelity(variants.with_float([layer])),
         ))
     rows.sort(key=lambda row: (row.quantized_alone.snr_db, row.name))
+    powers = [error_power(row.quantized_alone) for row in rows]
+    for row, power in zip(rows, powers):
+        row.error_share = round(power / sum(powers), 4) if sum(powers) > 0 else 0.0
     fp32_top1 = (round(100 * float(np.mean(held_out.reference_logits.argmax(1) == held_out.labels)), 4)
                  if held_out.labels is not None else None)
     return SensitivityReport(
@@ -261,4 +268,10 @@ def layer_sensitivity(onnx_path, data, options, held_out_images=DEFAULT_HELD_OUT
         held_out_images=len(held_out), held_out_source=held_out.source, fp32_top1=fp32_top1,
         all_int8=held_out.fidelity(variants.all_int8), layers=rows, cache=stats.cache,
         seconds=round(time.perf_counter() - started, 2),
+        predicted_snr_db=round(-10 * np.log10(sum(powers)), 2) if sum(powers) > 0 else None,
     )
+
+
+def error_power(fidelity):
+    """A graph's logit error power relative to FP32's logits (the inverse of its SNR)."""
+    return 10 ** (-fidelity.snr_db / 10)

@@ -85,10 +85,14 @@ def test_sensitivity_ranks_every_layer(fashion, folder, cli_runner):
     # One layer in INT8 is closer to FP32 than all of them; all but one in float likewise.
     assert all(row["quantized_alone"]["snr_db"] > report["all_int8"]["snr_db"] for row in report["layers"])
     assert max(row["float_alone"]["snr_db"] for row in report["layers"]) > report["all_int8"]["snr_db"]
+    # The layers' rounding errors add: their shares sum to 1 and their sum predicts the whole graph.
+    assert sum(row["error_share"] for row in report["layers"]) == pytest.approx(1, abs=1e-3)
+    assert abs(report["predicted_snr_db"] - report["all_int8"]["snr_db"]) < 2.0, report["predicted_snr_db"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     table = _sensitivity(cli_runner, fashion, folder)
     assert table.exit_code == 0 and "statistics cache: hit" in table.output
+    assert f"the sum predicts {report['predicted_snr_db']:.1f} dB" in table.output
     first = next(line for line in table.stdout.splitlines() if line.split()[:1] == ["1"])
     assert first.split()[1] == report["layers"][0]["name"]
 

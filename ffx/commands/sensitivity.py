@@ -1,3 +1,4 @@
+import math
 import sys
 
 import click
@@ -71,6 +72,14 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
         click.echo(f"plot written to {plot}")
 
 
+def _remaining_db(report, removed_share):
+    """The all-INT8 SNR with `removed_share` of the layers' summed error power taken away."""
+    from ffx.calib.sensitivity import error_power
+
+    left = error_power(report.all_int8) - removed_share * 10 ** (-report.predicted_snr_db / 10)
+    return float("inf") if left <= 0 else -10 * math.log10(left)
+
+
 def _print_table(report):
     base = report.all_int8
     top1 = f", top-1 {base.top1:.2f}% (FP32 {report.fp32_top1:.2f}%)" if base.top1 is not None else ""
@@ -81,10 +90,15 @@ def _print_table(report):
                f"SNR {base.snr_db:.1f} dB{top1}")
     width = max(len(row.name) for row in report.layers)
     click.echo(f"{'rank':>4}  {'layer':<{width}}  {'FLOPs':>6}  {'INT8 alone: agree':>17} {'cosine':>8} {'SNR dB':>7}"
-               f"  {'float alone: agree':>18} {'SNR dB':>7}")
+               f" {'error share':>11}  {'float alone: agree':>18} {'SNR dB':>7}")
     for rank, row in enumerate(report.layers, 1):
         q, f = row.quantized_alone, row.float_alone
         click.echo(f"{rank:>4}  {row.name:<{width}}  {100 * row.flops_share:5.1f}%  {q.agreement:16.2f}% {q.cosine:8.5f} "
-                   f"{q.snr_db:7.1f}  {f.agreement:17.2f}% {f.snr_db:7.1f}")
+                   f"{q.snr_db:7.1f} {100 * row.error_share:10.1f}%  {f.agreement:17.2f}% {f.snr_db:7.1f}")
+    if report.predicted_snr_db is not None:
+        top = sum(row.error_share for row in report.layers[:3])
+        click.echo(f"error share: each layer's error alone, of their sum; the sum predicts {report.predicted_snr_db:.1f} dB "
+                   f"for all INT8 (measured {base.snr_db:.1f} dB). The top 3 layers carry {100 * top:.0f}% of it: keeping "
+                   f"them in float leaves about {_remaining_db(report, top):.1f} dB.")
     click.echo(f"({report.seconds:.1f} s) keep the top layers in float with `ffx calibrate --keep-fp NAME,...`, or let "
                "`ffx calibrate --target-agreement PCT` choose them")
