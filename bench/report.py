@@ -1,5 +1,6 @@
 """BENCHMARKS.md from one run's results (bench/results.json): every number comes from there (section 6
-from bench/int8_accuracy.json, which `python -m bench.int8_accuracy` writes, section 7 from
+from bench/int8_accuracy.json and bench/int8_noise.json, which `python -m bench.int8_accuracy` and
+`python -m bench.int8_noise` write, section 7 from
 bench/serving_results.json, which `python -m bench.serving` writes)."""
 
 import datetime
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 INT8_ACCURACY = Path(__file__).resolve().parent / "int8_accuracy.json"
+INT8_NOISE = Path(__file__).resolve().parent / "int8_noise.json"
 
 
 def render(results, plot_path=None, json_path="bench/results.json", serving=None,
@@ -45,6 +47,10 @@ def render(results, plot_path=None, json_path="bench/results.json", serving=None
         from bench.int8_accuracy import section
 
         add(section(json.loads(INT8_ACCURACY.read_text())))
+    if INT8_NOISE.is_file():  # written by its own script: python -m bench.int8_noise
+        from bench.int8_noise import section as noise_section
+
+        add(noise_section(json.loads(INT8_NOISE.read_text())))
     if serving:
         add(_serving(serving, serving_path))
     add(_reproduce(results))
