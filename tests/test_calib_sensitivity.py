@@ -93,6 +93,8 @@ def test_sensitivity_ranks_every_layer(fashion, folder, cli_runner):
     table = _sensitivity(cli_runner, fashion, folder)
     assert table.exit_code == 0 and "statistics cache: hit" in table.output
     assert f"the sum predicts {report['predicted_snr_db']:.1f} dB" in table.output
+    # Block 0's fc2 input has the outlier channels that --smooth-gelu evens out.
+    assert report["layers"][0]["name"] == "blocks.0.mlp1.fc2" and "try --smooth-gelu" in table.output
     first = next(line for line in table.stdout.splitlines() if line.split()[:1] == ["1"])
     assert first.split()[1] == report["layers"][0]["name"]
 

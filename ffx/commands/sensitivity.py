@@ -10,6 +10,9 @@ from ffx.commands.outlier_options import outlier_options
 from ffx.cli import print_json, warn
 from ffx.errors import InvalidOption
 
+# Suggest --smooth-gelu when one post-GELU layer carries at least this share of the INT8 error.
+SMOOTHING_HINT_SHARE = 0.3
+
 DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a minute on a small model
 
 
@@ -68,6 +71,10 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
         print_json(report.to_dict())
         return
     _print_table(report)
+    top = report.layers[0]
+    if not smooth_gelu and top.name.endswith(".fc2") and top.error_share >= SMOOTHING_HINT_SHARE:
+        click.echo(f"hint: {top.name} alone carries {100 * top.error_share:.0f}% of the error and its input is a "
+                   "post-GELU tensor: try --smooth-gelu (here and in `ffx calibrate`)")
     if plot:
         click.echo(f"plot written to {plot}")
 
