@@ -157,9 +157,9 @@ def section(result):
         lines.append(
             f"\nWith `--smooth-gelu`, no tensor dominates: the {len(activations)} activation tensors each cost "
             f"{min(row['snr_db'] for row in activations):.1f}-{max(row['snr_db'] for row in activations):.1f} dB "
-            f"alone (median {median:.1f} dB), which is 8-bit rounding of tensors without outlier channels; "
-            f"together they leave {smoothed['activations_only']['snr_db']:.1f} dB even with float weights. Only "
-            "keeping layers in float removes such error, a layer's share at a time.")
+            f"alone (median {median:.1f} dB); together they leave {smoothed['activations_only']['snr_db']:.1f} dB "
+            "even with float weights. With the error spread this evenly, keeping a layer in float buys back only "
+            "that layer's share.")
     return "\n".join(lines) + "\n"
 
 
