@@ -131,20 +131,28 @@ def speeds(paths):
     return result
 
 
-def run(args, log=print):
-    from ffx.calib.sensitivity import fidelity_of, run_model
-    from ffx.metadata import Preprocess, read_onnx_metadata
+def exported_fixture(args):
+    """(work folder, Fashion-MNIST folder, FP32 ONNX, its ffx metadata): the work folder made, the
+    PNG folders written there when --fashion is not given, --checkpoint exported into it."""
+    from ffx.metadata import read_onnx_metadata
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     fashion = Path(args.fashion) if args.fashion else workdir / "fashion-mnist"
     if not (fashion / "val").is_dir():
         write_fashion_folders(fashion)
-    train, test = fashion / "train", fashion / "val"
-    cache = workdir / "calib-cache"
     fp32 = workdir / "model.onnx"
     ffx("export", "--checkpoint", args.checkpoint, "-o", fp32)
-    info = read_onnx_metadata(fp32)
+    return workdir, fashion, fp32, read_onnx_metadata(fp32)
+
+
+def run(args, log=print):
+    from ffx.calib.sensitivity import fidelity_of, run_model
+    from ffx.metadata import Preprocess
+
+    workdir, fashion, fp32, info = exported_fixture(args)
+    train, test = fashion / "train", fashion / "val"
+    cache = workdir / "calib-cache"
     preprocess = Preprocess.from_dict(info["preprocess"])
     input_name = info.get("input_name", "images")
 

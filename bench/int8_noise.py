@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from bench.fidelity import FIXTURE_CHECKPOINT, decode_images, write_fashion_folders
-from bench.int8_accuracy import CALIBRATION_IMAGES, _relative, ffx
+from bench.fidelity import FIXTURE_CHECKPOINT, decode_images
+from bench.int8_accuracy import CALIBRATION_IMAGES, _relative, exported_fixture, ffx
 
 VARIANTS = {"plain INT8": [], "--smooth-gelu": ["--smooth-gelu"]}
 
@@ -102,16 +102,9 @@ def run(args, log=print):
     from ffx.calib.int8 import calibration_statistics
     from ffx.calib.model_io import load_source_model
     from ffx.calib.sensitivity import run_model
-    from ffx.metadata import Preprocess, read_onnx_metadata
+    from ffx.metadata import Preprocess
 
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    fashion = Path(args.fashion) if args.fashion else workdir / "fashion-mnist"
-    if not (fashion / "val").is_dir():
-        write_fashion_folders(fashion)
-    fp32 = workdir / "model.onnx"
-    ffx("export", "--checkpoint", args.checkpoint, "-o", fp32)
-    info = read_onnx_metadata(fp32)
+    workdir, fashion, fp32, info = exported_fixture(args)
     images, labels, _ = decode_images(fashion / "val", Preprocess.from_dict(info["preprocess"]), info.get("class_names"))
     reference = run_model(fp32.read_bytes(), images)
     results = {}
