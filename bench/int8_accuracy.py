@@ -46,8 +46,14 @@ FFX_VARIANTS = {
 # One thread: a shared machine's other load then moves every model's timing alike.
 SPEED_ARGS = "--iterations 200 --warmup 10 --max-seconds 8 --threads 1"
 AUTOPILOT = f"ffx calibrate --target-agreement {TARGET_AGREEMENT:g}"
-# The autopilot, alone and on top of an outlier option: {row name: extra flags}.
-AUTOPILOTS = {AUTOPILOT: [], f"ffx calibrate --smooth-gelu --target-agreement {TARGET_AGREEMENT:g}": ["--smooth-gelu"]}
+# The autopilot alone and with --smooth-gelu at issue 11's target, and at a target a step lower,
+# to show what each 0.1% costs: {row name: (extra flags, target agreement)}.
+AUTOPILOTS = {
+    AUTOPILOT: ([], TARGET_AGREEMENT),
+    f"ffx calibrate --smooth-gelu --target-agreement {TARGET_AGREEMENT:g}": (["--smooth-gelu"], TARGET_AGREEMENT),
+    "ffx calibrate --smooth-gelu --target-agreement 99.8": (["--smooth-gelu"], 99.8),
+}
+SPEED_BAR = 0.9  # issue 11: the autopilot's graph runs at >= 90% of the all-INT8 graph's CPU speed
 
 
 def ffx(*args, check=True):
@@ -171,16 +177,17 @@ def run(args, log=print):
                      "tensorrt_rtx": report["tensorrt"]["status"] if report else None, "keep_fp": []})
         log(f"int8_accuracy: {name}: {error or 'calibrated'}")
 
-    for index, (name, flags) in enumerate(AUTOPILOTS.items()):
+    for index, (name, (flags, target)) in enumerate(AUTOPILOTS.items()):
         output = workdir / f"ffx.autopilot.{index}.onnx"
         started = time.perf_counter()
-        search_flags = [*flags, "--target-agreement", TARGET_AGREEMENT, "--held-out-images", args.held_out_images]
+        search_flags = [*flags, "--target-agreement", target, "--held-out-images", args.held_out_images]
         report, error = calibrate(fp32, train, output, search_flags, cache)
         search = report["keep_fp_search"] if report else None
         rows.append({"model": name, "tool": "ffx", "flags": " ".join(map(str, search_flags)), "path": str(output),
                      "error": error, "tensorrt_rtx": report["tensorrt"]["status"] if report else None,
                      "keep_fp": search["keep_fp"] if search else [], "search": search,
-                     "search_seconds": round(time.perf_counter() - started, 1), "autopilot": True})
+                     "search_seconds": round(time.perf_counter() - started, 1), "autopilot": True,
+                     "target": target})
         log(f"int8_accuracy: {name}: {error or search['keep_fp']} ({time.perf_counter() - started:.0f} s)")
 
     calibration = calibration_batch(Path(rows[0]["path"]).with_suffix(".json"), train, preprocess)
@@ -276,6 +283,8 @@ def section(result):
         "was shared with other jobs, so compare speeds only within this table.\n",
         markdown(result) + "\n",
     ]
+    lines.append(f"Issue 11's bar: agreement on the test images at the target, and CPU speed at least {SPEED_BAR:.2f}x "
+                 "the all-INT8 graph's, both measured above.\n")
     for row in result["rows"]:
         if row.get("autopilot"):
             lines.append(bar(row, result["test_images"]))
@@ -283,17 +292,18 @@ def section(result):
 
 
 def bar(row, test_images):
-    """Issue 11's bar, checked for one autopilot row."""
+    """Issue 11's bar (the row's agreement target on the test images, CPU speed >= SPEED_BAR of all-INT8)."""
     if row["error"] is not None:
         return f"`{row['model']}` did not produce a model: {row['error']}\n"
     ratios = row["speed_vs_plain_int8"]
     agreement = row.get("verify", {}).get("agreement", row["agreement"])
+    target = row.get("target", TARGET_AGREEMENT)
     return (
-        f"Issue 11's bar for `{row['model']}`: agreement on the {test_images:,} test images {agreement:.2f}% "
-        f"({'met' if agreement >= TARGET_AGREEMENT else 'NOT met'}, >= {TARGET_AGREEMENT:g}%); TensorRT-RTX "
+        f"`{row['model']}`: agreement on the {test_images:,} test images {agreement:.2f}% "
+        f"({'met' if agreement >= target else 'NOT met'}, >= {target:g}%); TensorRT-RTX "
         f"{row['tensorrt_rtx']}; CPU speed vs the all-INT8 graph "
         + ", ".join(f"{ratios[str(b)]:.2f}x at batch {b}" for b in SPEED_BATCHES)
-        + f" ({'met' if min(ratios.values()) >= 0.9 else 'NOT met'}, >= 0.90x)."
+        + f" ({'met' if min(ratios.values()) >= SPEED_BAR else 'NOT met'}, >= {SPEED_BAR:.2f}x)."
         + (" The bar is set on all 10,000 test images: this run scored fewer." if test_images < 10000 else "")
         + "\n"
     )
