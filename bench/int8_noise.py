@@ -70,8 +70,10 @@ def partly_float(model, float_weights, keep_activations, keep_weights):
     return result
 
 
-def budget(model, float_weights, images, reference):
-    """The noise budget of one Q/DQ graph on `images`."""
+def budget(model, float_weights, images, reference, tensor_names=None):
+    """The noise budget of one Q/DQ graph on `images`; `tensor_names` ({tensor: what to call it})
+    names the tensors in the result (default: their ONNX names)."""
+    tensor_names = tensor_names or {}
     from ffx.calib.sensitivity import fidelity_of, run_model
 
     def score(variant):
@@ -89,7 +91,7 @@ def budget(model, float_weights, images, reference):
         for name in names:
             alone = partly_float(model, float_weights, [name] if kind == "activation" else [],
                                  [name] if kind == "weight" else [])
-            result["tensors"].append({"kind": kind, "tensor": name, **score(alone)})
+            result["tensors"].append({"kind": kind, "tensor": tensor_names.get(name, name), **score(alone)})
     powers = [10 ** (-row["snr_db"] / 10) for row in result["tensors"]]
     for row, power in zip(result["tensors"], powers):
         row["share"] = round(power / sum(powers), 4)
@@ -100,6 +102,7 @@ def budget(model, float_weights, images, reference):
 def run(args, log=print):
     from ffx.calib import CalibrationOptions
     from ffx.calib.int8 import calibration_statistics
+    from ffx.calib.layers import network_layers
     from ffx.calib.model_io import load_source_model
     from ffx.calib.sensitivity import run_model
     from ffx.metadata import Preprocess
@@ -107,7 +110,7 @@ def run(args, log=print):
     workdir, fashion, fp32, info = exported_fixture(args)
     images, labels, _ = decode_images(fashion / "val", Preprocess.from_dict(info["preprocess"]), info.get("class_names"))
     reference = run_model(fp32.read_bytes(), images)
-    results = {}
+    results = []
     for name, flags in VARIANTS.items():
         output = workdir / f"noise.{len(results)}.onnx"
         ffx("calibrate", fp32, "--data", fashion / "train", "--num-images", CALIBRATION_IMAGES, "--cache-dir",
@@ -117,9 +120,12 @@ def run(args, log=print):
                                      cache_dir=str(workdir / "calib-cache"))
         source, _, _, _ = calibration_statistics(load_source_model(fp32), fashion / "train", options)
         float_weights = {init.name: numpy_helper.to_array(init) for init in source.model.graph.initializer}
-        results[name] = budget(onnx.load(output), float_weights, images, reference)
-        log(f"int8_noise: {name}: all INT8 {results[name]['all_int8']['snr_db']:.1f} dB, "
-            f"predicted {results[name]['predicted_all_int8_snr_db']:.1f} dB")
+        layers = network_layers(source.model, source.info)
+        tensor_names = {layer.activation: f"{layer.name} input" for layer in layers}
+        tensor_names.update({layer.weight: f"{layer.name} weight" for layer in layers})
+        results.append({"graph": name, **budget(onnx.load(output), float_weights, images, reference, tensor_names)})
+        log(f"int8_noise: {name}: all INT8 {results[-1]['all_int8']['snr_db']:.1f} dB, "
+            f"predicted {results[-1]['predicted_all_int8_snr_db']:.1f} dB")
     return {"checkpoint": _relative(args.checkpoint), "test_images": int(len(labels)), "variants": results,
             "load_average": list(os.getloadavg())}
 
@@ -135,15 +141,16 @@ def section(result):
         "| graph | all INT8 (predicted from the sum) | activations only | weights only | largest shares |",
         "|---|---|---|---|---|",
     ]
-    for name, budget_ in result["variants"].items():
+    for budget_ in result["variants"]:
+        name = budget_["graph"]
         top = sorted(budget_["tensors"], key=lambda row: -row["share"])[:4]
-        shares = ", ".join(f"{row['kind']} {row['tensor']} {100 * row['share']:.0f}% ({row['snr_db']:.1f} dB)" for row in top)
+        shares = ", ".join(f"{row['tensor']} {100 * row['share']:.0f}% ({row['snr_db']:.1f} dB)" for row in top)
         lines.append(
             f"| {name} | {budget_['all_int8']['snr_db']:.1f} dB, {budget_['all_int8']['agreement']:.2f}% "
             f"({budget_['predicted_all_int8_snr_db']:.1f} dB) | {budget_['activations_only']['snr_db']:.1f} dB, "
             f"{budget_['activations_only']['agreement']:.2f}% | {budget_['weights_only']['snr_db']:.1f} dB, "
             f"{budget_['weights_only']['agreement']:.2f}% | {shares} |")
-    smoothed = result["variants"].get("--smooth-gelu")
+    smoothed = next((budget_ for budget_ in result["variants"] if budget_["graph"] == "--smooth-gelu"), None)
     if smoothed:
         activations = [row for row in smoothed["tensors"] if row["kind"] == "activation"]
         median = float(np.median([row["snr_db"] for row in activations]))
