@@ -118,6 +118,7 @@ def test_target_agreement_writes_the_search_into_the_manifest(fashion, folder, c
     if search["keep_fp"]:
         assert search["measured"]["snr_db"] >= search["snr_floor_db"]
     assert "95% interval" in result.output and "note: the held-out images come from --data" not in result.output
+    assert result.output.count("300 or more give steadier ranges") == 1  # the search and the calibration warn once
     # The measured figure is the written graph's: re-measure it on the same held-out images.
     from ffx.calib.selection import choose_calibration_images
 

@@ -77,7 +77,9 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         )
     except InvalidOption as e:
         raise calibration_option_error(e) from None
-    checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend, "warn": warn}
+    # The search and the calibration after it read the same images: say each warning once.
+    checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend,
+              "warn": _once(warn) if searching else warn}
     if fp16:
         from ffx.calib import convert_fp16
 
@@ -88,7 +90,7 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         search = None
         if searching:
             search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, held_out, held_out_images,
-                                     quiet=as_json)
+                                     quiet=as_json, warn=checks["warn"])
             options = options.replace(keep_fp=tuple(search["keep_fp"]))
         report = calibrate_int8(model, data, output, options, keep_fp_search=search, **checks)
     if as_json:
@@ -97,7 +99,18 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
     _print_summary(report)
 
 
-def _search_keep_fp(model, data, options, target_agreement, max_top1_drop, held_out, held_out_images, quiet):
+def _once(warn):
+    """`warn`, saying each distinct message only the first time."""
+    said = set()
+
+    def once(message):
+        if message not in said:
+            said.add(message)
+            warn(message)
+    return once
+
+
+def _search_keep_fp(model, data, options, target_agreement, max_top1_drop, held_out, held_out_images, quiet, warn):
     from ffx.calib.mixed_precision import Target, search_keep_fp
 
     target = Target(agreement=target_agreement, max_top1_drop=max_top1_drop)
