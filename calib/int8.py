@@ -151,8 +151,10 @@ def calibration_statistics(source, data, options, progress=None, warn=None):
     the histograms of every layer's input in that graph (all layers: --keep-fp reuses the cache)."""
     images = choose_images(source, data, options, warn)
     smoothed = []
-    if options.smooth_gelu:
-        source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), images.items,
+    if options.smooth_gelu:  # layers kept in float have no rounding to smooth for
+        layers = network_layers(source.model, source.info)
+        kept = resolve_layer_selection(layers, options.keep_fp)
+        source, smoothed = smooth_post_gelu(source, [layer for layer in layers if layer not in kept], images.items,
                                             options.workers)
     tensors = list(dict.fromkeys(layer.activation for layer in network_layers(source.model, source.info)))
     return source, images, image_statistics("histogram", source, images, tensors, options, progress, warn), smoothed

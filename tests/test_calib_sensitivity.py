@@ -282,3 +282,7 @@ def test_smooth_gelu_evens_out_the_outlier_channels_exactly(fashion, folder, cli
     scored = {name: fidelity_of(run_model(path.read_bytes(), held_out.images), held_out.reference_logits)
               for name, path in (("plain", plain), ("smoothed", out))}
     assert scored["smoothed"].snr_db > scored["plain"].snr_db + 2.0, scored
+    # A layer kept in float is not rounded, so its input is left as it is.
+    kept, kept_manifest, _ = calibrate("s.kept.onnx", "--smooth-gelu", "--keep-fp", "blocks.0.mlp1.fc2")
+    assert "blocks.0.mlp1.fc2" not in [t["layer"] for t in kept_manifest["params"]["smooth_gelu"]["tensors"]]
+    assert len(onnx.load(kept).graph.node) == len(ops) - 3 - 2  # its Q, DQ and weight DQ, and the Add and Mul
