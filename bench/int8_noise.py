@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from bench.fidelity import FIXTURE_CHECKPOINT, decode_images
 from bench.int8_accuracy import CALIBRATION_IMAGES, _relative, exported_fixture, ffx
+from ffx.calib.smoothing import SMOOTHING_SPREAD
 
 VARIANTS = {"plain INT8": [], "--smooth-gelu": ["--smooth-gelu"]}
 
@@ -105,6 +106,7 @@ def run(args, log=print):
     from ffx.calib.layers import network_layers
     from ffx.calib.model_io import load_source_model
     from ffx.calib.sensitivity import run_model
+    from ffx.calib.smoothing import channel_ranges, channel_spread
     from ffx.metadata import Preprocess
 
     workdir, fashion, fp32, info = exported_fixture(args)
@@ -118,12 +120,18 @@ def run(args, log=print):
         # The float weights of the graph that was quantized (smoothing rescales fc2's weights).
         options = CalibrationOptions(num_images=CALIBRATION_IMAGES, smooth_gelu="--smooth-gelu" in flags,
                                      cache_dir=str(workdir / "calib-cache"))
-        source, _, _, _ = calibration_statistics(load_source_model(fp32), fashion / "train", options)
+        source, calibration, _, _ = calibration_statistics(load_source_model(fp32), fashion / "train", options)
         float_weights = {init.name: numpy_helper.to_array(init) for init in source.model.graph.initializer}
         layers = network_layers(source.model, source.info)
         tensor_names = {layer.activation: f"{layer.name} input" for layer in layers}
         tensor_names.update({layer.weight: f"{layer.name} weight" for layer in layers})
         results.append({"graph": name, **budget(onnx.load(output), float_weights, images, reference, tensor_names)})
+        if not flags:  # what --smooth-gelu looks for: channels far wider than the median, in each MatMul's input
+            matmuls = [layer for layer in layers if layer.op_type == "MatMul"]
+            ranges = channel_ranges(source, calibration.items, [layer.activation for layer in matmuls])
+            results[-1]["channel_spread"] = {
+                layer.name: round(channel_spread((ranges[layer.activation][1] - ranges[layer.activation][0]) / 2), 2)
+                for layer in matmuls}
         log(f"int8_noise: {name}: all INT8 {results[-1]['all_int8']['snr_db']:.1f} dB, "
             f"predicted {results[-1]['predicted_all_int8_snr_db']:.1f} dB")
     return {"checkpoint": _relative(args.checkpoint), "test_images": int(len(labels)), "variants": results,
@@ -150,6 +158,20 @@ def section(result):
             f"({budget_['predicted_all_int8_snr_db']:.1f} dB) | {budget_['activations_only']['snr_db']:.1f} dB, "
             f"{budget_['activations_only']['agreement']:.2f}% | {budget_['weights_only']['snr_db']:.1f} dB, "
             f"{budget_['weights_only']['agreement']:.2f}% | {shares} |")
+    plain = result["variants"][0]
+    if plain.get("channel_spread"):
+        spreads = plain["channel_spread"]
+
+        def span(suffix):
+            values = [value for name, value in spreads.items() if name.endswith(suffix)]
+            return f"{min(values):.1f}-{max(values):.1f}"
+
+        lines.append(
+            f"\nChannel spread of each MatMul's input in the FP32 graph (widest channel's half-range over the median "
+            f"channel's, on the calibration sample): post-GELU fc2 inputs {span('.fc2')}, LayerNorm-output fc1 inputs "
+            f"{span('.fc1')}. Outlier channels appear only in fc2 inputs, and `--smooth-gelu` evens out those at "
+            f"{SMOOTHING_SPREAD:g} or more; the LayerNorm outputs leave scales folded into the LayerNorms "
+            "(SmoothQuant's usual place) nothing to move, so ffx has no option for them.")
     smoothed = next((budget_ for budget_ in result["variants"] if budget_["graph"] == "--smooth-gelu"), None)
     if smoothed:
         activations = [row for row in smoothed["tensors"] if row["kind"] == "activation"]
