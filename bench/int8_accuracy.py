@@ -165,7 +165,7 @@ def run(args, log=print):
     started = time.perf_counter()
     from bench.fidelity import decode_images
 
-    images, labels, _ = decode_images(test, preprocess, info.get("class_names"))
+    images, labels, _ = decode_images(test, preprocess, info.get("class_names"), per_class=args.test_per_class)
     reference = run_model(fp32.read_bytes(), images)
     log(f"int8_accuracy: {len(labels)} test images decoded, FP32 scored ({time.perf_counter() - started:.0f} s)")
 
@@ -271,13 +271,16 @@ def without_work_paths(result):
     return result
 
 
-def section(result):
+def section(result, heading="## 6. INT8 that agrees with FP32: outlier options, the --target-agreement autopilot, "
+                            "other tools"):
     """BENCHMARKS.md's section for a run (bench/report.py includes it when bench/int8_accuracy.json exists)."""
+    scored = (f"all {result['test_images']:,} test images" if result["test_images"] >= 10000 else
+              f"{result['test_images']:,} test images (the first of each class)")
     lines = [
-        "## 6. INT8 that agrees with FP32: outlier options, the --target-agreement autopilot, other tools\n",
+        heading + "\n",
         f"`{result.get('command', 'python -m bench.int8_accuracy')}` on `{Path(result['checkpoint']).name}` "
         f"({result['checkpoint']}): every INT8 model calibrated on the same {result['calibration_images']} "
-        f"Fashion-MNIST train images and scored on all {result['test_images']:,} test images against the FP32 ONNX; "
+        f"Fashion-MNIST train images and scored on {scored} against the FP32 ONNX; "
         f"the autopilot measured its target on {result['held_out_images']:,} other train images. Speed: one "
         f"`ffx bench {result['speed_args']}` run over all graphs (onnxruntime CPU, median latency); the machine "
         "was shared with other jobs, so compare speeds only within this table.\n",
@@ -316,6 +319,8 @@ def main(argv=None):
     parser.add_argument("--workdir", default="int8-accuracy-work")
     parser.add_argument("--held-out-images", type=int, default=HELD_OUT_IMAGES)
     parser.add_argument("--modelopt-python", help="python of a virtual environment with nvidia-modelopt")
+    parser.add_argument("--test-per-class", type=int, help="score on the first N test images of each class, not all "
+                        "(the deep fixture: each image costs 64x the shallow one's)")
     parser.add_argument("--out", default="bench/int8_accuracy.json")
     args = parser.parse_args(argv)
     result = without_work_paths(run(args))

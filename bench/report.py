@@ -9,6 +9,7 @@ from pathlib import Path
 
 INT8_ACCURACY = Path(__file__).resolve().parent / "int8_accuracy.json"
 INT8_NOISE = Path(__file__).resolve().parent / "int8_noise.json"
+INT8_ACCURACY_DEEP = Path(__file__).resolve().parent / "int8_accuracy_deep.json"
 
 
 def render(results, plot_path=None, json_path="bench/results.json", serving=None,
@@ -51,6 +52,10 @@ def render(results, plot_path=None, json_path="bench/results.json", serving=None
         from bench.int8_noise import section as noise_section
 
         add(noise_section(json.loads(INT8_NOISE.read_text())))
+    if INT8_ACCURACY_DEEP.is_file():  # python -m bench.int8_accuracy --checkpoint <deep> --out <this file>
+        from bench.int8_accuracy import section
+
+        add(section(json.loads(INT8_ACCURACY_DEEP.read_text()), "### 6c. The same on the deep fixture"))
     if serving:
         add(_serving(serving, serving_path))
     add(_reproduce(results))
