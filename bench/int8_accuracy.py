@@ -299,7 +299,9 @@ def bar(row, test_images):
     if row["error"] is not None:
         return f"`{row['model']}` did not produce a model: {row['error']}\n"
     ratios = row["speed_vs_plain_int8"]
+    # `ffx verify` scores the whole test folder, which may be more than the table's images.
     agreement = row.get("verify", {}).get("agreement", row["agreement"])
+    test_images = row.get("verify", {}).get("images", test_images)
     target = row.get("target", TARGET_AGREEMENT)
     return (
         f"`{row['model']}`: agreement on the {test_images:,} test images {agreement:.2f}% "

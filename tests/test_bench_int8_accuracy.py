@@ -40,3 +40,12 @@ def test_each_autopilot_gets_its_own_verdict_from_ffx_verify():
     assert f"`{smoothed}`: agreement on the 10,000 test images 99.92% (met, >= 99.9%)" in both
     assert f"`{lower}`: agreement on the 10,000 test images 99.85% (met, >= 99.8%)" in both
     assert both.count("`ffx verify` of the") == 3
+
+
+def test_the_verdict_counts_the_images_ffx_verify_scored():
+    fewer = _result(_row(AUTOPILOT, 99.85, 0.95, 0.95, verified=99.96))
+    fewer["test_images"] = 2000
+    text = section(fewer)
+    assert "2,000 test images (the first of each class)" in text  # the table's images
+    assert f"`{AUTOPILOT}`: agreement on the 10,000 test images 99.96% (met" in text  # the verdict's
+    assert "this run scored fewer" not in text
