@@ -28,7 +28,7 @@ from ffx.calib.options import CalibrationOptions
 from ffx.calib.outliers import (bias_corrections, bias_of, correct_biases, dequantized_weight, output_aware_thresholds,
                                 post_gelu_layers)
 from ffx.calib.ranges import ENTROPY_FLOOR, activation_threshold
-from ffx.calib.smoothing import SMOOTHING_ALPHA, SMOOTHING_SPREAD, smooth_post_gelu
+from ffx.calib.smoothing import SMOOTHING_ALPHA, SMOOTHING_SPREAD, smooth_post_gelu, unsmooth
 from ffx.calib.statistics import HISTOGRAM_BINS
 from ffx.errors import FfxError
 
@@ -71,7 +71,7 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         GateFailed: TensorRT rejects the result (exit 1); nothing is written.
     """
     started = time.perf_counter()
-    source = load_source_model(onnx_path)
+    original = source = load_source_model(onnx_path)
     output, manifest_path = output_paths(source, output, "int8")
     quantization_plan(source, options.keep_fp)  # a bad --keep-fp fails before any image is read
     source, images, stats, smoothed = calibration_statistics(source, data, options, progress, warn)
@@ -80,6 +80,10 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
     thresholds, corrections = outlier_handled_ranges(source, quantized, stats, images.items, options)
     qdq_model = insert_qdq(source, thresholds, [layer.node for layer in kept])
     correct_biases(qdq_model, source, corrections)
+    # A layer kept in float has nothing rounded to smooth for: its Add and Mul would only cost time.
+    kept_names = {layer.name for layer in kept}
+    unsmooth(qdq_model, original.model, [tensor for tensor in smoothed if tensor.layer in kept_names])
+    smoothed = [tensor for tensor in smoothed if tensor.layer not in kept_names]
     scales = _activation_scales(qdq_model)
 
     method = options.method
@@ -151,10 +155,8 @@ def calibration_statistics(source, data, options, progress=None, warn=None):
     the histograms of every layer's input in that graph (all layers: --keep-fp reuses the cache)."""
     images = choose_images(source, data, options, warn)
     smoothed = []
-    if options.smooth_gelu:  # layers kept in float have no rounding to smooth for
-        layers = network_layers(source.model, source.info)
-        kept = resolve_layer_selection(layers, options.keep_fp)
-        source, smoothed = smooth_post_gelu(source, [layer for layer in layers if layer not in kept], images.items,
+    if options.smooth_gelu:  # every layer, kept in float or not: one cache entry serves every --keep-fp
+        source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), images.items,
                                             options.workers)
     tensors = list(dict.fromkeys(layer.activation for layer in network_layers(source.model, source.info)))
     return source, images, image_statistics("histogram", source, images, tensors, options, progress, warn), smoothed

@@ -129,6 +129,33 @@ def _rewrite(model, original, layer, centre, half_range):
     model.graph.node.insert(position, helper.make_node("Add", [layer.activation, shift], [shifted], name=f"{layer.node}/smooth_shift"))
 
 
+def unsmooth(model, original, tensors):
+    """Undo the smoothing of `tensors` ([SmoothedTensor]) in `model`: the fc2 reads its post-GELU
+    tensor again, with the weight and bias of `original` (the unsmoothed source graph)."""
+    if not tensors:
+        return
+    originals = {init.name: init for init in original.graph.initializer}
+    initializers = {init.name: init for init in model.graph.initializer}
+    removed_nodes, removed_initializers = set(), set()
+    for tensor in tensors:
+        shift = next(node for node in model.graph.node if node.op_type == "Add" and node.input[0] == tensor.tensor
+                     and node.output[0] == f"{tensor.tensor}/shifted")
+        scale = next(node for node in model.graph.node if node.input and node.input[0] == shift.output[0])
+        fc2 = next(node for node in model.graph.node if scale.output[0] in node.input)
+        fc2.input[0] = tensor.tensor
+        removed_nodes.update({shift.name, scale.name})
+        removed_initializers.update({shift.input[1], scale.input[1]})
+        bias_add = next(node for node in model.graph.node if node.op_type == "Add" and fc2.output[0] in node.input)
+        for name in (fc2.input[1], *[name for name in bias_add.input if name in originals]):
+            initializers[name].CopyFrom(originals[name])
+    nodes = [node for node in model.graph.node if node.name not in removed_nodes]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    kept = [init for init in model.graph.initializer if init.name not in removed_initializers]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
 def _check_exact(source, smoothed, items):
     from ffx.calib.sensitivity import run_model
 

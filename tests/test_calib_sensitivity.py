@@ -286,3 +286,8 @@ def test_smooth_gelu_evens_out_the_outlier_channels_exactly(fashion, folder, cli
     kept, kept_manifest, _ = calibrate("s.kept.onnx", "--smooth-gelu", "--keep-fp", "blocks.0.mlp1.fc2")
     assert "blocks.0.mlp1.fc2" not in [t["layer"] for t in kept_manifest["params"]["smooth_gelu"]["tensors"]]
     assert len(onnx.load(kept).graph.node) == len(ops) - 3 - 2  # its Q, DQ and weight DQ, and the Add and Mul
+    fc2 = next(layer for layer in network_layers(source.model, source.info) if layer.name == "blocks.0.mlp1.fc2")
+    written = {init.name: init for init in onnx.load(kept).graph.initializer}
+    original = {init.name: init for init in source.model.graph.initializer}
+    assert written[fc2.weight] == original[fc2.weight]  # the source's own weight, not the smoothed one
+    assert not [name for name in written if name.startswith(f"{fc2.activation}/")]
