@@ -10,10 +10,9 @@ Polygraphy's mark-all comparison written for this network.
 import dataclasses
 
 import numpy as np
-import onnx
 
 from ffx.calib.layers import network_layers
-from ffx.calib.model_io import load_source_model
+from ffx.calib.model_io import cpu_session, load_source_model, with_outputs
 from ffx.datasets import load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.onnx_file import load_external_weights, load_onnx
@@ -126,18 +125,8 @@ def _load_candidate(path):
 
 
 def _session_with_outputs(model, tensors):
-    import onnxruntime
-
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    outputs = {value.name for value in augmented.graph.output}
-    for tensor in tensors:
-        if tensor not in outputs:
-            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
     try:
-        return onnxruntime.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return cpu_session(with_outputs(model, tensors))
     except Exception as e:  # onnxruntime's own exception types
         raise FfxError(f"onnxruntime cannot load the graph: {str(e).splitlines()[0]}") from None
 

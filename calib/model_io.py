@@ -35,6 +35,29 @@ class SourceModel:
         return tuple(self.preprocess.input_size)
 
 
+def with_outputs(model, tensors):
+    """A copy of `model` that also returns `tensors` (those not among its outputs already)."""
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    outputs = {value.name for value in augmented.graph.output}
+    for tensor in tensors:
+        if tensor not in outputs:
+            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+            outputs.add(tensor)
+    return augmented
+
+
+def cpu_session(model):
+    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes)."""
+    import onnxruntime
+
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def load_source_model(path):
     """The FP32 ffx model at `path`; FfxError for anything else."""
     path = Path(path)

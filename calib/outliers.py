@@ -16,9 +16,9 @@ bench/int8_accuracy.py measures both on the full Fashion-MNIST test set.
 """
 
 import numpy as np
-import onnx
 from onnx import numpy_helper
 
+from ffx.calib.model_io import cpu_session, with_outputs
 from ffx.datasets import load_batches
 
 SAMPLE_IMAGES = 128  # calibration images the extra pass runs on
@@ -67,17 +67,9 @@ def fake_quantize(x, threshold):
 
 def sampled_activations(source, items, tensors, workers=0, warn=None):
     """Yield {tensor: FP32 activations} per batch of the first SAMPLE_IMAGES calibration images."""
-    import onnxruntime
-
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(source.model)
-    graph_inputs = {value.name for value in augmented.graph.input}
+    graph_inputs = {value.name for value in source.model.graph.input}
     fetched = [tensor for tensor in tensors if tensor not in graph_inputs]
-    for tensor in fetched:
-        augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(with_outputs(source.model, fetched))
     for batch in load_batches(items[:SAMPLE_IMAGES], source.preprocess, BATCH, workers=workers, progress=False,
                               warn=None, description="outlier statistics"):
         values = dict(zip(fetched, session.run(fetched, {source.input_name: batch.images})))

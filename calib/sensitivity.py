@@ -15,7 +15,7 @@ import onnx
 
 from ffx.calib.int8 import calibration_statistics, insert_qdq, outlier_handled_ranges, quantization_plan
 from ffx.calib.outliers import bias_of, correct_biases
-from ffx.calib.model_io import load_source_model
+from ffx.calib.model_io import cpu_session, load_source_model
 from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 
@@ -84,13 +84,7 @@ class HeldOutSet:
 
 def run_model(model, images):
     """Logits of an ONNX model (bytes or ModelProto) on `images`, onnxruntime on the CPU."""
-    import onnxruntime
-
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model)
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: images[i:i + EVAL_BATCH]})[0]
                            for i in range(0, len(images), EVAL_BATCH)])

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from ffx.artifacts import atomic_output, sha256_bytes
+from ffx.calib.model_io import cpu_session
 from ffx.datasets import load_batches
 from ffx.errors import FfxError
 
@@ -133,8 +134,6 @@ def collect_statistics(kind, model, tensors, items, preprocess, key, cache_dir=N
 
 
 def _run_collection(kind, model, tensors, items, preprocess, workers, progress, warn, relative_path):
-    import onnxruntime
-
     graph_inputs = {value.name for value in model.graph.input}
     output_name = model.graph.output[0].name
     augmented = onnx.ModelProto()
@@ -150,9 +149,7 @@ def _run_collection(kind, model, tensors, items, preprocess, workers, progress, 
     else:
         fetched = _add_absmax_outputs(augmented, tensors, graph_inputs, output_name)
         batch_size = 8
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(augmented)
     input_name = model.graph.input[0].name
     del augmented
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ffx.calib.model_io import cpu_session
 from ffx.errors import BackendUnavailable, FfxError, GateFailed
 
 
@@ -29,12 +30,8 @@ class TensorRTCheck:
 def check_onnxruntime(model_bytes, input_name, images=None, reference_logits=None, input_shape=None):
     """Load the graph in onnxruntime and run it: on `images` compared with `reference_logits`, or
     on one random input. Raises FfxError when onnxruntime rejects the graph."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
     try:
-        session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        session = cpu_session(model_bytes)
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         raise FfxError(f"onnxruntime cannot load the converted graph: {str(e).splitlines()[0]}") from None
     if images is None or len(images) == 0:
