@@ -19,6 +19,7 @@ import numpy as np
 
 from ffx.artifacts import atomic_output
 from ffx.errors import FfxError
+from ffx.metadata import escape_text
 from ffx.runtime.model_interface import read_model_interface
 from ffx.runtime.sidecar import recorded_file
 
@@ -100,8 +101,10 @@ def write_deepstream_config(model_path, output_dir, approximate=False, data=None
     config_path = output_dir / f"config_infer_{name}.txt"
 
     model_files = _model_files(interface)
-    labels = ";".join(n.replace(";", ",") for n in interface.class_names) if interface.class_names else None
+    labels = ";".join(escape_text(n).replace(";", ",") for n in interface.class_names) if interface.class_names else None
     warnings = _warnings(interface, preprocess)
+    if interface.class_names and any(escape_text(n) != n for n in interface.class_names):
+        warnings.append("class names with line breaks or control characters are written escaped to labels.txt")
     batch_size = interface.max_batch or 1
     text = _config_text(interface, scaling, model_files, batch_size, labels is not None, approximation, warnings)
     outputs = {output_dir / target_name: source.read_bytes() for source, target_name in model_files.items()}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ffx.artifacts import current_umask
 from ffx.errors import FfxError
+from ffx.metadata import escape_text
 from ffx.runtime.model_interface import read_model_interface
 
 DEFAULT_ONNX_MAX_BATCH = 32
@@ -138,6 +139,9 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     warnings = _deployment_warnings(interface)
     model_file, backend = _MODEL_FILES[interface.kind]
     labels = bool(interface.class_names) and len(interface.class_names) == interface.output_dims[0]
+    if labels and any(escape_text(label) != label for label in interface.class_names):
+        warnings.append("class names with line breaks or control characters are written escaped to labels.txt "
+                        "(one name per line)")
     try:
         repository.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repository))
@@ -149,7 +153,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
         (staging / "config.pbtxt").write_text(
             triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels))
         if labels:
-            (staging / "labels.txt").write_text("".join(f"{label}\n" for label in interface.class_names))
+            (staging / "labels.txt").write_text("".join(f"{escape_text(label)}\n" for label in interface.class_names))
         provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))

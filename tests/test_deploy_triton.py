@@ -61,6 +61,24 @@ def test_onnx_repository(cli_runner, tmp_path_factory, tmp_path):
     assert report["warnings"] == [] and not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")]
 
 
+def test_class_names_with_line_breaks_keep_one_label_per_class(cli_runner, tmp_path_factory, tmp_path):
+    """labels.txt is one name per line: a name with a line break would shift every label after it."""
+    import onnx
+
+    from ffx.metadata import onnx_metadata, set_onnx_metadata
+
+    model = onnx.load(str(fashion_onnx(tmp_path_factory)))
+    info = onnx_metadata(model)
+    info["class_names"] = [f"line\nbreak {i}" if i % 2 else name for i, name in enumerate(FASHION_CLASSES)]
+    set_onnx_metadata(model, info)
+    onnx.save(model, tmp_path / "names.onnx")
+    result = _deploy(cli_runner, tmp_path / "names.onnx", "-o", tmp_path / "repo", "--json")
+    assert result.exit_code == 0, result.output
+    labels = (tmp_path / "repo" / "names" / "labels.txt").read_text().splitlines()
+    assert len(labels) == 10 and labels[0] == FASHION_CLASSES[0] and labels[1] == "line\\nbreak 1"
+    assert any("escaped" in warning for warning in json.loads(result.stdout)["warnings"])
+
+
 def test_engine_repository_takes_its_batch_profile(cli_runner, fashion_engine, tmp_path):
     result = _deploy(cli_runner, fashion_engine, "-o", tmp_path / "repo", "--json")
     assert result.exit_code == 0, result.output
