@@ -14,8 +14,9 @@ import numpy as np
 from ffx.calib.layers import network_layers
 from ffx.calib.model_io import cpu_session, load_source_model, with_outputs
 from ffx.datasets import load_batches, open_dataset, select_images
-from ffx.errors import FfxError
-from ffx.onnx_file import load_external_weights, load_onnx
+from ffx.errors import FfxError, from_onnxruntime
+from ffx.metadata import lineage_mismatch, onnx_metadata, validate_metadata
+from ffx.onnx_file import input_size_mismatch, load_external_weights, load_onnx
 
 DEFAULT_IMAGES = 200
 BATCH = 50
@@ -72,7 +73,7 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
         LayerwiseComparison, input to output.
     """
     source = load_source_model(reference_path)
-    candidate = _load_candidate(candidate_path)
+    candidate, candidate_info = _load_candidate(candidate_path)
     points = residual_points(source.model, source.info)
     candidate_tensors = {out for node in candidate.graph.node for out in node.output}
     candidate_tensors.update(value.name for value in candidate.graph.output)
@@ -80,11 +81,14 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
     if missing:
         raise FfxError(f"{candidate_path}: has no tensor {missing[0]!r} of {reference_path}; "
                        "compare a graph converted from this FP32 model")
+    lineage = lineage_mismatch(candidate_info, source.info)
+    if lineage and warn:
+        warn(f"{candidate_path} was {lineage}: the comparison is between two networks, not a conversion and its source")
     dataset = open_dataset(data, class_names=source.info.get("class_names"), warn=None)
     items = select_images(dataset.items, num_images, seed)
     tensors = [tensor for _, tensor in points]
-    reference_session = _session_with_outputs(source.model, tensors)
-    candidate_session = _session_with_outputs(candidate, tensors)
+    reference_session = _session_with_outputs(source.model, tensors, reference_path)
+    candidate_session = _session_with_outputs(candidate, tensors, candidate_path)
     sums = {tensor: [0.0, 0.0] for tensor in tensors}  # [sum fp32^2, sum error^2]
     cosine_min = dict.fromkeys(tensors, 1.0)
     agreeing = count = 0
@@ -95,6 +99,10 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
         for tensor in tensors:
             r = expected[tensor].reshape(len(batch.images), -1).astype(np.float64)
             c = produced[tensor].reshape(len(batch.images), -1).astype(np.float64)
+            if r.shape != c.shape:
+                raise FfxError(f"{candidate_path}: its tensor {tensor!r} has shape {list(produced[tensor].shape)} where "
+                               f"{reference_path}'s has {list(expected[tensor].shape)}; compare a graph converted from "
+                               "this FP32 model")
             sums[tensor][0] += float(np.sum(r ** 2))
             sums[tensor][1] += float(np.sum((c - r) ** 2))
             cosine = np.sum(r * c, axis=1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1), 1e-30)
@@ -118,17 +126,22 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
 
 
 def _load_candidate(path):
-    """The converted model with its weights, its external data checked as every model ffx reads."""
+    """(the converted model with its weights, its ffx metadata or {}), external data and metadata
+    checked as every model ffx reads."""
     model = load_onnx(path)
     load_external_weights(model, path)
-    return model
+    info = validate_metadata(onnx_metadata(model, path) or {}, path)
+    mismatch = info.get("preprocess") and input_size_mismatch(model, info["preprocess"]["input_size"])
+    if mismatch:
+        raise FfxError(f"{path}: {mismatch}")
+    return model, info
 
 
-def _session_with_outputs(model, tensors):
+def _session_with_outputs(model, tensors, path):
     try:
-        return cpu_session(with_outputs(model, tensors))
+        return cpu_session(with_outputs(model, tensors), path)
     except Exception as e:  # onnxruntime's own exception types
-        raise FfxError(f"onnxruntime cannot load the graph: {str(e).splitlines()[0]}") from None
+        raise FfxError(f"{path}: onnxruntime cannot load the graph: {from_onnxruntime(e) or e}") from None
 
 
 def _run(session, tensors, images):

@@ -7,9 +7,9 @@ from pathlib import Path
 import onnx
 
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file
-from ffx.errors import FfxError
+from ffx.errors import FfxError, from_onnxruntime
 from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
-from ffx.onnx_file import load_external_weights, load_onnx
+from ffx.onnx_file import input_size_mismatch, load_external_weights, load_onnx
 
 
 @dataclasses.dataclass
@@ -47,15 +47,34 @@ def with_outputs(model, tensors):
     return augmented
 
 
-def cpu_session(model):
-    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes)."""
+def cpu_session(model, source=None):
+    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes) whose
+    run() reports a graph onnxruntime cannot execute as an FfxError naming `source` (the file)."""
     import onnxruntime
 
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return _CheckedSession(onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"]), source)
+
+
+class _CheckedSession:
+    def __init__(self, session, source):
+        self._session = session
+        self._source = f"{source}: " if source else ""
+
+    def __getattr__(self, name):  # get_inputs, get_outputs, ...
+        return getattr(self._session, name)
+
+    def run(self, output_names, feeds):
+        try:
+            return self._session.run(output_names, feeds)
+        except Exception as e:
+            message = from_onnxruntime(e)
+            if message is None:
+                raise
+            raise FfxError(f"{self._source}ONNX Runtime cannot run the model: {message}") from None
 
 
 def load_source_model(path):
@@ -85,7 +104,11 @@ def load_source_model(path):
         raise FfxError(f"{path}: its ffx metadata has no preprocessing; re-export it with `ffx export`")
     if len(model.graph.input) != 1:
         raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
-    return SourceModel(path, model, info, digest, Preprocess.from_dict(info["preprocess"], path))
+    preprocess = Preprocess.from_dict(info["preprocess"], path)
+    mismatch = input_size_mismatch(model, preprocess.input_size)
+    if mismatch:
+        raise FfxError(f"{path}: {mismatch}")
+    return SourceModel(path, model, info, digest, preprocess)
 
 
 def output_paths(source, output, suffix):

@@ -69,7 +69,7 @@ def sampled_activations(source, items, tensors, workers=0, warn=None):
     """Yield {tensor: FP32 activations} per batch of the first SAMPLE_IMAGES calibration images."""
     graph_inputs = {value.name for value in source.model.graph.input}
     fetched = [tensor for tensor in tensors if tensor not in graph_inputs]
-    session = cpu_session(with_outputs(source.model, fetched))
+    session = cpu_session(with_outputs(source.model, fetched), source.path)
     for batch in load_batches(items[:SAMPLE_IMAGES], source.preprocess, BATCH, workers=workers, progress=False,
                               warn=None, description="outlier statistics"):
         values = dict(zip(fetched, session.run(fetched, {source.input_name: batch.images})))

@@ -6,8 +6,18 @@ from ffx.artifacts import atomic_output
 from ffx.errors import FfxError
 
 
-def draw_sensitivity(report, path):
-    """Per layer, most harmful first: logit SNR with the layer alone in INT8 and the FLOPs share."""
+FORMATS = ("png", "svg", "pdf")
+
+
+def check_plot_path(path):
+    """FfxError now, before minutes of measuring, if `path` is not a plot draw_sensitivity can write."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise FfxError(f"--plot {path}: give a .png, .svg or .pdf file")
+    _pyplot()
+
+
+def _pyplot():
     try:
         import matplotlib
 
@@ -15,6 +25,13 @@ def draw_sensitivity(report, path):
         import matplotlib.pyplot as plt
     except ImportError:
         raise FfxError("drawing the plot needs matplotlib (pip install matplotlib)") from None
+    return plt
+
+
+def draw_sensitivity(report, path):
+    """Per layer, most harmful first: logit SNR with the layer alone in INT8 and the FLOPs share."""
+    check_plot_path(path)
+    plt = _pyplot()
     path = Path(path)
     names = [row.name for row in report.layers]
     figure, (snr_axis, flops_axis) = plt.subplots(1, 2, sharey=True, figsize=(10, 0.28 * len(names) + 1.8))
@@ -30,5 +47,5 @@ def draw_sensitivity(report, path):
     figure.suptitle(f"INT8 sensitivity, {report.held_out_images} held-out images ({report.method} ranges)", fontsize=10)
     figure.tight_layout()
     with atomic_output(path) as tmp:
-        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+        figure.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=120)
     plt.close(figure)

@@ -34,3 +34,15 @@ class InvalidOption(FfxError):
     def __init__(self, option, message):
         super().__init__(message)
         self.option = option
+
+
+def from_onnxruntime(error):
+    """The first line of an onnxruntime exception without its '[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :'
+    prefix, or None when `error` did not come from onnxruntime (whose exception types are its own)."""
+    import re
+
+    if not type(error).__module__.startswith("onnxruntime"):
+        return None
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)

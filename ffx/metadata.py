@@ -222,3 +222,18 @@ def read_onnx_metadata(path):
     if info is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
     return validate_metadata(info, path)
+
+
+def lineage_mismatch(candidate, reference):
+    """Why the model with ffx metadata `candidate` was not made from the weights behind `reference`
+    (the checkpoint's sha256 and the weights entry every ffx artefact carries on), or None when they
+    match or either does not say."""
+    made_from, source = candidate.get("source_sha256"), reference.get("source_sha256")
+    if not made_from or not source:
+        return None
+    if made_from != source:
+        return f"made from a different checkpoint (sha256 {made_from[:12]}…, the reference's {source[:12]}…)"
+    weights, reference_weights = candidate.get("weights"), reference.get("weights")
+    if weights and reference_weights and weights != reference_weights:
+        return f"made from the checkpoint's {weights!r} weights, the reference from its {reference_weights!r}"
+    return None

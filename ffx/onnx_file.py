@@ -53,3 +53,16 @@ def check_external_data(model, path):
                            "the model's folder; copy the data file next to the model")
         if not resolved.is_file():
             raise FfxError(f"{path}: tensor {tensor.name!r} stores its data in {location}, which is missing")
+
+
+def input_size_mismatch(model, input_size):
+    """A phrase saying how the graph's first input differs from [N, *input_size] (the (C, H, W)
+    its metadata preprocesses images to), or None when they agree; unknown dims agree with any size."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    expected = [None, *input_size]
+    if len(shape) != len(expected) or any(s is not None and s != e for s, e in zip(shape[1:], expected[1:])):
+        shown = " x ".join("?" if s is None else str(s) for s in shape[1:]) if shape else "a scalar"
+        return (f"its input takes {shown} but its ffx metadata preprocesses images to "
+                f"{' x '.join(map(str, input_size))}; the graph and its metadata disagree (re-export it with `ffx export`)")
+    return None

@@ -7,7 +7,8 @@ import onnx
 
 from ffx.artifacts import sha256_file
 from ffx.errors import BackendUnavailable, FfxError
-from ffx.metadata import onnx_metadata
+from ffx.metadata import metadata_problem, onnx_metadata
+from ffx.onnx_file import input_size_mismatch
 from ffx.runtime.onnx_model import QDQ_OPS, calibration_manifest_path, graph_precision, load_onnx, op_histogram
 from ffx.runtime.runner import existing_model_kind
 from ffx.runtime.sidecar import compatibility_problem, read_sidecar, sidecar_path
@@ -45,6 +46,9 @@ def inspect_onnx(path):
         metadata, metadata_error = onnx_metadata(model, path), None
     except FfxError as e:  # inspect shows the graph anyway and flags the metadata
         metadata, metadata_error = None, str(e)
+    input_mismatch = None
+    if metadata and not metadata_problem(metadata, path) and metadata.get("preprocess") and model.graph.input:
+        input_mismatch = input_size_mismatch(model, metadata["preprocess"]["input_size"])
     manifest = calibration_manifest_path(path, metadata)
     return {
         "kind": "onnx",
@@ -66,6 +70,7 @@ def inspect_onnx(path):
         "calibration_manifest": str(manifest) if manifest else None,
         "metadata": metadata,
         "metadata_error": metadata_error,
+        "input_mismatch": input_mismatch,
     }
 
 

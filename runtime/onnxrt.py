@@ -4,8 +4,9 @@ kernels included) or on a GPU through the CUDA or TensorRT execution provider.""
 import numpy as np
 import onnx
 
-from ffx.errors import BackendUnavailable, FfxError
+from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime
 from ffx.metadata import onnx_metadata, validate_metadata
+from ffx.onnx_file import input_size_mismatch
 from ffx.runtime.onnx_model import graph_precision, load_onnx
 from ffx.runtime.runner import ONNX_PROVIDERS, Runner
 
@@ -59,6 +60,10 @@ class OnnxRuntimeRunner(Runner):
         if any(v is None for v in shape[1:]):
             raise FfxError(f"{self.path}: only the batch dimension may be dynamic")
         self.input_shape = tuple(shape[1:])
+        if "preprocess" in self.metadata:
+            mismatch = input_size_mismatch(model, self.preprocess.input_size)
+            if mismatch:
+                raise FfxError(f"{self.path}: {mismatch}")
         self.fixed_batch = shape[0]
         self.input_name = graph_inputs[0].name
         self.input_dtype = _input_dtype(graph_inputs[0], self.path)
@@ -90,12 +95,17 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise FfxError(f"{self.path}: ONNX Runtime cannot load the model: {first_line}") from None
+            raise FfxError(f"{self.path}: ONNX Runtime cannot load the model: {from_onnxruntime(e) or e}") from None
         self.output_name = self.session.get_outputs()[0].name
 
     def _infer(self, images):
-        return self.session.run([self.output_name], {self.input_name: images.astype(self.input_dtype, copy=False)})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: images.astype(self.input_dtype, copy=False)})[0]
+        except Exception as e:
+            message = from_onnxruntime(e)
+            if message is None:
+                raise
+            raise FfxError(f"{self.path}: ONNX Runtime cannot run the model: {message}") from None
 
     def _deactivate(self):
         self.session = None

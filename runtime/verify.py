@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ffx.artifacts import sha256_file
 from ffx.errors import FfxError, MissingPreprocess
-from ffx.metadata import Preprocess
+from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
 from ffx.runtime.runner import existing_model_kind, open_runner, runner_kind
 from ffx.runtime.sidecar import read_sidecar, recorded_file
@@ -196,6 +197,10 @@ def verify(
     reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads)
     preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings, preprocess)
     class_names = candidate_runner.class_names or reference_runner.class_names
+    lineage = _lineage(candidate_runner, reference_runner)
+    if lineage:
+        warnings.append(f"{candidate_runner.name} was {lineage}: this compares two networks, not a conversion and "
+                        "its source")
 
     dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
     if not dataset.labelled:
@@ -297,6 +302,14 @@ def _shared_preprocess(candidate, reference, warnings, given=None):
         raise FfxError(f"the models take different inputs: {candidate.name} {candidate.input_shape}, "
                        f"{reference.name} {reference.input_shape}")
     return chosen.preprocess, None
+
+
+def _lineage(candidate, reference):
+    """Why the candidate was not made from the reference's weights, or None (see lineage_mismatch)."""
+    reference_info = reference.metadata
+    if "source_sha256" not in reference_info and runner_kind(reference.path) == "checkpoint":
+        reference_info = dict(reference_info, source_sha256=sha256_file(reference.path))
+    return lineage_mismatch(candidate.metadata, reference_info)
 
 
 def _network_input_range(preprocess):

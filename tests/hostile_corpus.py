@@ -138,6 +138,18 @@ def _foreign_graph(input_name="x", dtype=TensorProto.FLOAT, shape=("N", 3, 8, 8)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def _graph_that_fails_when_run():
+    """A foreign graph onnxruntime loads but cannot run: it reshapes [N, 3] to [-1, 4], which only
+    the batch size decides (not a multiple of 4: onnxruntime fails in the middle of run())."""
+    model = _foreign_graph()
+    graph = model.graph
+    graph.node[-1].input[0] = "regrouped"
+    graph.node.insert(len(graph.node) - 1, helper.make_node("Reshape", ["pooled", "groups"], ["regrouped"]))
+    graph.initializer.append(numpy_helper.from_array(np.array([-1, 4], np.int64), "groups"))
+    graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((4, 10), np.float32), "weight"))
+    return model
+
+
 def onnx_models(folder, mini):
     """{name: path} of ONNX files ffx did not write, or wrote and someone then edited."""
     from ffx.metadata import onnx_metadata, set_onnx_metadata
@@ -188,6 +200,9 @@ def onnx_models(folder, mini):
     metadata_variant("meta_class_names_dict", lambda d: d.__setitem__("class_names", {"a": 1}))
     metadata_variant("meta_num_classes_text", lambda d: d.__setitem__("num_classes", "ten"))
     metadata_variant("meta_format_version_future", lambda d: d.__setitem__("format_version", 99))
+    # Well-formed metadata that disagrees with the graph: it preprocesses to half the graph's width.
+    channels, height, width = info["preprocess"]["input_size"]
+    metadata_variant("meta_input_size_other", set_pre("input_size", [channels, height, width // 2]))
     # Metadata that is not JSON at all.
     model = onnx.ModelProto()
     model.CopyFrom(good)
@@ -371,8 +386,30 @@ def build_corpus(root, mini, labelled):
     cases.append(Case("onnx", "verify/foreign_with_preprocess_flag",
                       ["verify", foreign, "--reference", foreign, "--data", str(labelled), "--preprocess", str(preprocess)],
                       expect=0))
+    fails = root / "onnx" / "fails_when_run.onnx"
+    onnx.save(_graph_that_fails_when_run(), fails)
+    cases.append(Case("onnx", "bench/fails_when_run", ["bench", str(fails), "--batch", "1", "--iterations", "5",
+                                                       "--warmup", "0"], inputs=(fails,), stderr_has="cannot run"))
+    cases.append(Case("onnx", "predict/fails_when_run", ["predict", str(fails), good_image, "--preprocess", str(preprocess)],
+                      inputs=(fails,), stderr_has="cannot run"))
     cases.append(Case("onnx", "predict/preprocess_flag_invalid", ["predict", foreign, good_image, "--preprocess",
                                                                   '{"input_size": [3, 8, 8], "resize": 8}']))
+
+    # The layer tools refuse the same files before measuring anything; compare names the file at fault.
+    for name in ("garbage", "foreign_no_metadata", "meta_input_size_other", "meta_not_json"):
+        path = models[name]
+        cases.append(Case("onnx", f"sensitivity/{name}", ["sensitivity", str(path), "--data", str(labelled), "--no-cache",
+                                                          "--workers", "0"], inputs=(path,)))
+        cases.append(Case("onnx", f"compare/candidate_{name}", ["compare", str(mini.onnx), str(path), "--data",
+                                                                str(labelled)], inputs=(path,), stderr_has=name))
+    for target in ("triton", "deepstream"):  # a serving config must not promise an input the graph cannot take
+        repository = out / f"{target}-input-size-other"
+        cases.append(Case("onnx", f"deploy-{target}/meta_input_size_other",
+                          ["deploy", target, str(models["meta_input_size_other"]), "-o", str(repository)],
+                          inputs=(models["meta_input_size_other"],), outputs=(repository,)))
+    plot = out / "sensitivity.txt"
+    cases.append(Case("onnx", "sensitivity/plot_format", ["sensitivity", str(mini.onnx), "--data", str(labelled),
+                                                          "--plot", str(plot)], outputs=(plot,), stderr_has="--plot"))
 
     nan_model = nan_output_model(root / "nan", mini)
     for flags in ([], ["--fp16"]):

@@ -248,6 +248,27 @@ def test_cli_errors_exit_2_without_output_or_traceback(small_model, photos, work
     assert not list(workdir.glob(".*.partial"))
 
 
+def test_compare_warns_on_other_weights_and_refuses_another_network(small_model, photos, workdir, cli_runner):
+    """Same layer names are not the same network: other weights are compared with a warning that
+    names the lineage; other shapes are refused in one line."""
+    from ffx.export.configs import FFConfig
+    from ffx.export.model import FFVisionTransformer
+
+    retrained = _export(_small_checkpoint(workdir / "retrained.pth", seed=1), workdir / "retrained.onnx")
+    result = cli_runner.invoke(cli, ["compare", str(small_model), str(retrained), "--data", str(photos)])
+    assert result.exit_code == 0, result.output
+    assert "made from a different checkpoint" in result.stderr
+    same = cli_runner.invoke(cli, ["compare", str(small_model), str(small_model), "--data", str(photos)])
+    assert same.exit_code == 0 and "different checkpoint" not in same.stderr
+
+    torch.manual_seed(0)
+    wider = FFVisionTransformer(FFConfig(**dict(SMALL_CONFIG, embed_dim=48))).state_dict()
+    torch.save({"model": wider, "ffx": {"preprocess": SMALL_PREPROCESS, "class_names": CLASS_NAMES}}, workdir / "wider.pth")
+    wider_onnx = _export(workdir / "wider.pth", workdir / "wider.onnx")
+    result = cli_runner.invoke(cli, ["compare", str(small_model), str(wider_onnx), "--data", str(photos)])
+    assert result.exit_code == 2 and "has shape" in result.stderr and "Traceback" not in result.output, result.output
+
+
 def test_ctrl_c_leaves_no_partial_output(small_model, photos, workdir, cli_runner, monkeypatch):
     import ffx.calib.conversion
 

@@ -162,6 +162,33 @@ def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tm
     assert "were also calibration images" in result.stderr
 
 
+def test_warns_when_the_candidate_was_made_from_other_weights(cli_runner, mini, images, tmp_path):
+    """A candidate converted from another checkpoint than the reference is two networks compared,
+    whatever the gate says: the lineage both carry (the checkpoint's sha256) says so."""
+    import torch
+
+    checkpoint = torch.load(mini.checkpoint, weights_only=True)
+    checkpoint["model"]["head.bias"] = checkpoint["model"]["head.bias"] + 0.01
+    other = tmp_path / "retrained.pth"
+    torch.save(checkpoint, other)
+    same = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--max-top1-drop", "100")
+    assert same.exit_code == 0 and "different checkpoint" not in same.stderr
+    for reference in (other, mini.onnx):  # a checkpoint is hashed; an ONNX carries the hash of its own
+        result = _verify(cli_runner, mini.onnx if reference == other else _reexport(other, tmp_path), "--reference",
+                         reference, "--data", images, "--max-top1-drop", "100")
+        assert result.exit_code == 0, result.output
+        assert "made from a different checkpoint" in result.stderr, result.stderr
+
+
+def _reexport(checkpoint, folder):
+    from ffx.export.checkpoint import resolve_model
+    from ffx.export.onnx_export import export_onnx
+
+    path = folder / "retrained.onnx"
+    export_onnx(resolve_model(None, str(checkpoint)), path, source_path=checkpoint)
+    return path
+
+
 # -- the trained fixture ------------------------------------------------------------------------
 
 

@@ -92,6 +92,8 @@ def _print_onnx(info, _layers):
         click.echo(f"calibration manifest: {info['calibration_manifest']}")
     for line in _metadata_lines(info["metadata"], info["path"], info.get("metadata_error")):
         click.echo(line)
+    if info["input_mismatch"]:
+        click.echo(f"INVALID: {info['input_mismatch']}")
 
 
 def _print_engine(info, layers):

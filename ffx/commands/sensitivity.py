@@ -58,6 +58,11 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
     except InvalidOption as e:
         raise calibration_option_error(e, dict(OPTION_FLAGS, num_images="--calib-images")) from None
 
+    if plot:
+        from ffx.calib.sensitivity_plot import check_plot_path
+
+        check_plot_path(plot)
+
     def on_layer(index, count, name):
         if not as_json and sys.stderr.isatty():  # a progress line for people; logs get the table only
             click.echo(f"\rmeasuring layer {index + 1}/{count} ({name})\033[K", err=True, nl=index + 1 == count)
