@@ -15,6 +15,7 @@ from ffx.calib.layers import network_layers
 from ffx.calib.model_io import cpu_session, load_source_model, with_outputs
 from ffx.datasets import load_batches, open_dataset, select_images
 from ffx.errors import FfxError, from_onnxruntime
+from ffx.fidelity import row_cosines, snr_db
 from ffx.metadata import lineage_mismatch, onnx_metadata, validate_metadata
 from ffx.onnx_file import input_size_mismatch, load_external_weights, load_onnx
 
@@ -105,8 +106,7 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
                                "this FP32 model")
             sums[tensor][0] += float(np.sum(r ** 2))
             sums[tensor][1] += float(np.sum((c - r) ** 2))
-            cosine = np.sum(r * c, axis=1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1), 1e-30)
-            cosine_min[tensor] = min(cosine_min[tensor], float(cosine.min()))
+            cosine_min[tensor] = min(cosine_min[tensor], float(row_cosines(r, c).min()))
         logits = tensors[-1]
         agreeing += int(np.sum(expected[logits].argmax(1) == produced[logits].argmax(1)))
         count += len(batch.images)
@@ -118,7 +118,7 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
         relative = float(np.sqrt(noise / signal)) if signal > 0 else float("inf")
         rows.append(PointError(
             point=name, tensor=tensor, relative_error=relative, cosine_min=cosine_min[tensor],
-            snr_db=round(10 * np.log10(signal / noise), 3) if noise > 0 else float("inf"),
+            snr_db=round(snr_db(signal, noise), 3),
             growth=round(relative / previous, 3) if previous else None,
         ))
         previous = relative

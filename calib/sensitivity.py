@@ -18,6 +18,7 @@ from ffx.calib.outliers import bias_of, correct_biases
 from ffx.calib.model_io import cpu_session, load_source_model
 from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
+from ffx.fidelity import row_cosines, snr_db
 
 DEFAULT_HELD_OUT_IMAGES = 1000
 EVAL_BATCH = 250
@@ -92,14 +93,10 @@ def run_model(model, images):
 
 def fidelity_of(logits, reference, labels=None):
     logits, reference = logits.astype(np.float64), reference.astype(np.float64)
-    error = logits - reference
-    norms = np.linalg.norm(logits, axis=1) * np.linalg.norm(reference, axis=1)
-    cosine = np.sum(logits * reference, axis=1) / np.maximum(norms, 1e-30)
-    noise = float(np.sum(error ** 2))
-    snr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference ** 2)) / noise)
+    snr = snr_db(float(np.sum(reference ** 2)), float(np.sum((logits - reference) ** 2)))
     return Fidelity(
         agreement=round(100 * float(np.mean(logits.argmax(1) == reference.argmax(1))), 4),
-        cosine=float(np.mean(cosine)),
+        cosine=float(np.mean(row_cosines(reference, logits))),
         snr_db=round(snr, 3),
         top1=round(100 * float(np.mean(logits.argmax(1) == labels)), 4) if labels is not None else None,
     )

@@ -15,6 +15,7 @@ import numpy as np
 
 from ffx.artifacts import sha256_file
 from ffx.errors import FfxError, MissingPreprocess
+from ffx.fidelity import row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
 from ffx.runtime.runner import existing_model_kind, open_runner, runner_kind
@@ -68,8 +69,7 @@ def compare_predictions(reference_logits, candidate_logits, labels, class_names=
     drop = 100.0 * (only_reference - only_candidate) / n
     low, high = paired_difference_ci(only_reference, only_candidate, n)
 
-    norms = np.linalg.norm(reference_logits, axis=1) * np.linalg.norm(candidate_logits, axis=1)
-    cosine = np.sum(reference_logits * candidate_logits, axis=1) / np.maximum(norms, 1e-30)
+    cosine = row_cosines(reference_logits, candidate_logits)
 
     lost = []
     for label in np.unique(labels):
