@@ -244,6 +244,8 @@ def _open_list_file(path, class_names, note):
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise FfxError(f"{path}: not a readable list file ({e})") from None
+    if "\x00" in "".join(lines):
+        raise FfxError(f"{path}: not a list file (binary content); give a folder of images or a text file of `path label` lines")
     by_name = {normalise_class_name(n): i for i, n in reversed(list(enumerate(class_names or [])))}
     items = []
     for number, line in enumerate(lines, 1):

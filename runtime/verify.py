@@ -204,6 +204,9 @@ def verify(
 
     dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
     if not dataset.labelled:
+        if dataset.layout == "list-file":
+            raise FfxError(f"{data}: verify needs labelled images; no line ends in a label (a class index, or a class "
+                           "name of the model): `path label` per line")
         raise FfxError(f"{data}: verify needs labelled images, one folder per class (e.g. {data}/<class name>/*.png)")
     items = list(dataset.items)
     if limit is not None and limit < len(items):

@@ -130,6 +130,9 @@ def test_unusable_data_paths_are_ffx_errors(tmp_path):
         open_dataset(tmp_path / "imagenet")
     with pytest.raises(FfxError, match="is an image"):
         open_dataset(_image(tmp_path / "one.png"))
+    (tmp_path / "binary.txt").write_bytes(b"a.png 0\n\x00\x01\x02")  # a NUL in a path reached os.stat as ValueError
+    with pytest.raises(FfxError, match="binary content"):
+        open_dataset(tmp_path / "binary.txt")
 
 
 def test_selection_is_stratified_seeded_and_in_path_order(tmp_path):
