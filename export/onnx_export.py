@@ -27,6 +27,9 @@ from ffx.metadata import METADATA_FORMAT_VERSION, set_onnx_metadata
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 MIN_OPSET = 17
+# The newest opset torch's exporter declares (torch.onnx._constants.ONNX_MAX_OPSET: 23 in torch
+# 2.13). Past it, torch 2.13 writes a Gelu node the ONNX checker rejects at opset 26 and above.
+MAX_OPSET = 23
 # Parity gate: |onnx - torch| <= ATOL + RTOL * max|torch| over all logits.
 PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-4
@@ -87,6 +90,8 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
     """
     if opset < MIN_OPSET:
         raise FfxError(f"--opset {opset}: ffx needs opset >= {MIN_OPSET} for the fused LayerNormalization op")
+    if opset > MAX_OPSET:
+        raise FfxError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
     refuse_overwriting_inputs(output, [source_path])
     started = time.perf_counter()
     model, config = resolved.model, resolved.config

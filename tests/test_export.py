@@ -260,10 +260,25 @@ def test_not_a_feed_forward_vit(tmp_path, cli_runner):
     assert_refused(run_export(cli_runner, "--checkpoint", str(tmp_path / "resnet.pth"), "-o", str(out)), out, "cannot infer")
 
 
+def test_max_opset_is_the_one_torch_declares_and_exports(mini, tmp_path, cli_runner):
+    """Raise MAX_OPSET with torch only after an export at the new maximum passes the checker."""
+    import torch.onnx._constants
+
+    from ffx.export.onnx_export import MAX_OPSET
+
+    assert MAX_OPSET == torch.onnx._constants.ONNX_MAX_OPSET
+    out = tmp_path / "newest.onnx"
+    result = run_export(cli_runner, "--checkpoint", str(mini.checkpoint), "--opset", str(MAX_OPSET), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert onnx.load(str(out)).opset_import[0].version == MAX_OPSET
+
+
 def test_usage_errors_exit_2(tmp_path, cli_runner):
     out = tmp_path / "u.onnx"
     assert run_export(cli_runner, "--arch", "ff_huge", "-o", str(out)).exit_code == 2
     assert run_export(cli_runner, "--arch", "ff_tiny", "--opset", "13", "-o", str(out)).exit_code == 2
+    # Past the exporter's newest opset torch writes a graph the ONNX checker rejects (a traceback before).
+    assert run_export(cli_runner, "--arch", "ff_tiny", "--opset", "26", "-o", str(out)).exit_code == 2
     assert run_export(cli_runner, "--checkpoint", str(tmp_path / "nope.pth"), "-o", str(out)).exit_code == 2
     assert not out.exists()
 

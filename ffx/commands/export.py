@@ -15,7 +15,7 @@ if _missing:
         "--index-url https://download.pytorch.org/whl/cpu), then pip install 'ffx[export]'"
     )
 
-from ffx.export.onnx_export import MIN_OPSET  # noqa: E402  (imports torch)
+from ffx.export.onnx_export import MAX_OPSET, MIN_OPSET  # noqa: E402  (imports torch)
 from ffx.metadata import MAX_CLASSES  # noqa: E402
 
 
@@ -24,7 +24,7 @@ from ffx.metadata import MAX_CLASSES  # noqa: E402
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="DeiT training checkpoint, state dict or .safetensors.")
 @click.option("--ema", is_flag=True, help="Use the checkpoint's model_ema weights instead of model.")
 @click.option("--num-classes", type=click.IntRange(1, MAX_CLASSES), help="Classifier size when it differs from the architecture's.")
-@click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=MIN_OPSET, show_default=True, help="ONNX opset (>= 17 keeps LayerNorm fused).")
+@click.option("--opset", type=click.IntRange(min=MIN_OPSET, max=MAX_OPSET), default=MIN_OPSET, show_default=True, help="ONNX opset (>= 17 keeps LayerNorm fused).")
 @click.option("--check-images", type=click.Path(file_okay=False), help="Also compare ONNX Runtime and PyTorch on up to 32 real images from this folder.")
 @click.option("--fold-normalization", is_flag=True, help="Fold mean/std into the first layer: the model takes RGB in [0, 1] (see --input-scale). Needed by DeepStream.")
 @click.option("--input-scale", type=click.Choice(["1", "255"]), default="1", show_default=True, help="With --fold-normalization: the folded model takes RGB in [0, 1] or [0, 255].")
