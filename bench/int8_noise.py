@@ -13,6 +13,12 @@ Rounding errors of different tensors are nearly independent, so their powers add
 predicts the all-INT8 SNR (printed beside the measured one). What no placement or range choice
 can remove is the error of tensors that are already at the INT8 limit for their distribution, so
 the budget says how far float layers (the autopilot) have to go, and what they cost.
+
+The speed side (onnxruntime CPU, 1 thread, batch 1 and 8): how much longer the FP32 graph runs than
+the all-INT8 one; a layer kept in float costs its share of the FLOPs of that. Over every subset of
+layers, the most error float layers can buy back while the graph stays at SPEED_BAR of all-INT8
+speed, and the SNR that leaves (the measured all-INT8 SNR with that share of the error power
+removed). Section 6's autopilot graphs, timed by `ffx bench`, check the cost model.
 """
 
 import argparse
@@ -26,10 +32,13 @@ import onnx
 from onnx import numpy_helper
 
 from bench.fidelity import FIXTURE_CHECKPOINT, decode_images
-from bench.int8_accuracy import CALIBRATION_IMAGES, _relative, exported_fixture, ffx
+from bench.int8_accuracy import CALIBRATION_IMAGES, SPEED_BAR, _relative, exported_fixture, ffx
 from ffx.calib.smoothing import SMOOTHING_SPREAD
 
 VARIANTS = {"plain INT8": [], "--smooth-gelu": ["--smooth-gelu"]}
+TIMED_BATCHES = (1, 8)
+TIMING_RUNS = 300
+INT8_ACCURACY = Path(__file__).resolve().parent / "int8_accuracy.json"
 
 
 def activation_quantizers(model):
@@ -100,12 +109,53 @@ def budget(model, float_weights, images, reference, tensor_names=None):
     return result
 
 
+def float_slowdown(fp32_path, int8_path, batch):
+    """How much longer the FP32 graph runs than the all-INT8 one (0.36: 36% longer), onnxruntime CPU,
+    1 thread, each timed alone in alternating rounds (as `ffx bench` times the bar's ratio)."""
+    from bench.int8_analysis import _session, time_sessions
+
+    timed = time_sessions({"fp32": lambda: _session(fp32_path, threads=1), "int8": lambda: _session(int8_path, threads=1)},
+                          batch, runs=TIMING_RUNS, rounds=3)
+    return timed["fp32"][0] / timed["int8"][0] - 1
+
+
+def most_error_under_bar(shares, costs, bar=SPEED_BAR):
+    """Over every subset of layers, the one removing the largest error share whose float layers
+    (each costing `costs[name]`, a fraction of the all-INT8 run time) keep the graph at `bar` of the
+    all-INT8 speed or faster: (layers, error share, speed ratio)."""
+    names = sorted(costs)
+    chosen = (np.arange(1 << len(names))[:, None] >> np.arange(len(names))) & 1
+    share = chosen @ np.array([shares[name] for name in names])
+    ratio = 1 / (1 + chosen @ np.array([max(costs[name], 0.0) for name in names]))
+    best = int(np.argmax(np.where(ratio >= bar, share, -1.0)))
+    return [name for name, used in zip(names, chosen[best]) if used], float(share[best]), float(ratio[best])
+
+
+def speed_budget(fp32_path, int8_path, layers, flops, budget_):
+    """Per batch: FP32's slowdown over INT8 and, with a float layer costing its FLOPs share of that,
+    the most error float layers can buy back at SPEED_BAR, and the SNR that leaves."""
+    total = sum(flops.values())
+    shares = {layer.name: sum(row["share"] for row in budget_["tensors"]
+                              if row["tensor"] in (f"{layer.name} input", f"{layer.name} weight")) for layer in layers}
+    result = {}
+    for batch in TIMED_BATCHES:
+        slowdown = float_slowdown(fp32_path, int8_path, batch)
+        costs = {name: slowdown * count / total for name, count in flops.items()}
+        keep, share, ratio = most_error_under_bar(shares, costs)
+        result[str(batch)] = {
+            "fp32_slowdown": round(slowdown, 4), "keep_fp": keep, "share": round(share, 4), "ratio": round(ratio, 3),
+            "float_flops_share": round(sum(flops[name] for name in keep) / total, 4),
+            "predicted_snr_db": round(budget_["all_int8"]["snr_db"] - 10 * np.log10(1 - share), 2) if share < 1 else None,
+        }
+    return result
+
+
 def run(args, log=print):
     from ffx.calib import CalibrationOptions
     from ffx.calib.int8 import calibration_statistics
     from ffx.calib.layers import network_layers
     from ffx.calib.model_io import load_source_model
-    from ffx.calib.sensitivity import run_model
+    from ffx.calib.sensitivity import matmul_flops, run_model
     from ffx.calib.smoothing import channel_ranges, channel_spread
     from ffx.metadata import Preprocess
 
@@ -126,6 +176,7 @@ def run(args, log=print):
         tensor_names = {layer.activation: f"{layer.name} input" for layer in layers}
         tensor_names.update({layer.weight: f"{layer.name} weight" for layer in layers})
         results.append({"graph": name, **budget(onnx.load(output), float_weights, images, reference, tensor_names)})
+        results[-1]["speed_budget"] = speed_budget(fp32, output, layers, matmul_flops(source.model, layers), results[-1])
         if not flags:  # what --smooth-gelu looks for: channels far wider than the median, in each MatMul's input
             matmuls = [layer for layer in layers if layer.op_type == "MatMul"]
             ranges = channel_ranges(source, calibration.items, [layer.activation for layer in matmuls])
@@ -182,7 +233,68 @@ def section(result):
             f"alone (median {median:.1f} dB); together they leave {smoothed['activations_only']['snr_db']:.1f} dB "
             "even with float weights. With the error spread this evenly, keeping a layer in float buys back only "
             "that layer's share.")
+    lines += _speed_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def _speed_lines(result):
+    variants = [budget_ for budget_ in result["variants"] if budget_.get("speed_budget")]
+    if not variants:
+        return []
+    lines = [
+        f"\nWhat float layers cost (onnxruntime CPU, 1 thread): the FP32 graph runs longer than the all-INT8 one by "
+        "the slowdown below, and a layer kept in float costs its share of the FLOPs of that. Over all subsets of "
+        f"layers, the most error float layers can buy back with the graph at {SPEED_BAR:.2f}x of all-INT8 speed or "
+        "faster, and the SNR that leaves:\n",
+        "| graph | batch | FP32 slowdown | most error bought at the speed bar | float FLOPs | layers | SNR left |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for budget_ in variants:
+        for batch, row in budget_["speed_budget"].items():
+            snr = f"{row['predicted_snr_db']:.1f} dB" if row["predicted_snr_db"] is not None else "no error left"
+            lines.append(f"| {budget_['graph']} | {batch} | +{100 * row['fp32_slowdown']:.0f}% | {100 * row['share']:.0f}% "
+                         f"({row['ratio']:.2f}x) | {100 * row['float_flops_share']:.0f}% | "
+                         f"{', '.join(row['keep_fp']) or 'none'} | {snr} |")
+    lines += _cost_model_check(variants)
+    needed = _least_snr_at_target()
+    if needed:
+        # The bar holds at every batch size: the batch with the larger slowdown decides.
+        best = max(min(row["predicted_snr_db"] or float("inf") for row in budget_["speed_budget"].values())
+                   for budget_ in variants)
+        lines.append(f"\nThe least SNR among section 6's graphs that agreed with FP32 on at least 99.9% of the test images "
+                     f"was {needed:.1f} dB; at batch {' and '.join(variants[0]['speed_budget'])} alike, the speed bar "
+                     f"leaves room for {best:.1f} dB at most.")
+    return lines
+
+
+def _cost_model_check(variants):
+    """Section 6's autopilot graphs: the speed the FLOPs cost model predicts for their float layers
+    against the speed `ffx bench` measured."""
+    if not INT8_ACCURACY.is_file():
+        return []
+    plain = next((budget_ for budget_ in variants if budget_["graph"] == "plain INT8"), variants[0])["speed_budget"]
+    checks = []
+    for row in json.loads(INT8_ACCURACY.read_text())["rows"]:
+        share = (row.get("search") or {}).get("float_flops_share")
+        if not row.get("autopilot") or share is None or not row.get("speed_vs_plain_int8"):
+            continue
+        predicted = "/".join(f"{1 / (1 + share * plain[batch]['fp32_slowdown']):.2f}" for batch in plain)
+        measured = "/".join(f"{row['speed_vs_plain_int8'][batch]:.2f}" for batch in plain if batch in row["speed_vs_plain_int8"])
+        checks.append(f"`{row['flags']}` ({100 * share:.0f}% of the FLOPs in float): predicted {predicted}x, "
+                      f"measured {measured}x")
+    if not checks:
+        return []
+    return [f"\nThe cost model against section 6's autopilot graphs (batch {'/'.join(plain)}): " + "; ".join(checks) + "."]
+
+
+def _least_snr_at_target(agreement=99.9):
+    """The lowest logit SNR of a section-6 graph whose test-set agreement reached `agreement` (None when
+    bench/int8_accuracy.json is absent)."""
+    if not INT8_ACCURACY.is_file():
+        return None
+    rows = json.loads(INT8_ACCURACY.read_text())["rows"]
+    reached = [row["snr_db"] for row in rows if row.get("snr_db") is not None and row["agreement"] >= agreement]
+    return min(reached) if reached else None
 
 
 def main(argv=None):

@@ -54,3 +54,17 @@ def test_the_budget_adds_up(calibrated):
     assert abs(result["predicted_all_int8_snr_db"] - result["all_int8"]["snr_db"]) < 2.0, result
     # Each part alone is closer to FP32 than the whole graph.
     assert min(result["activations_only"]["snr_db"], result["weights_only"]["snr_db"]) > result["all_int8"]["snr_db"]
+
+
+def test_the_speed_bar_search_takes_the_best_subset_not_the_greedy_one():
+    from bench.int8_noise import most_error_under_bar
+
+    # Bar 0.9: float layers may cost at most 11.1% of the all-INT8 time. Greedy by share per cost
+    # takes c (0.5 for 10%) and then nothing fits; a + b (0.3 + 0.3 for 11%) removes more.
+    shares = {"a": 0.3, "b": 0.3, "c": 0.5, "d": 0.05}
+    costs = {"a": 0.055, "b": 0.055, "c": 0.10, "d": 0.5}
+    keep, share, ratio = most_error_under_bar(shares, costs, bar=0.9)
+    assert keep == ["a", "b"] and share == pytest.approx(0.6) and ratio == pytest.approx(1 / 1.11)
+    # A layer that is faster in float (a negative cost) is never counted as a speed-up.
+    keep, _, ratio = most_error_under_bar({"a": 0.1}, {"a": -0.02}, bar=0.9)
+    assert keep == ["a"] and ratio == pytest.approx(1.0)
