@@ -84,13 +84,25 @@ def _quantized_consumers(model):
     return dict(counts.most_common())
 
 
-def inspect_engine(path, load_engine=True):
+def inspect_sidecar(sidecar_file):
+    """What a sidecar given on its own says of its engine; the engine need not be there (a
+    sidecar copied off a build machine) and is never loaded."""
+    sidecar_file = Path(sidecar_file)
+    engine = sidecar_file.with_name(sidecar_file.name[:-len(".json")])
+    if not sidecar_file.is_file():
+        raise FfxError(f"{sidecar_file}: no such file")
+    return inspect_engine(engine, load_engine=False, not_loaded="a sidecar given alone")
+
+
+def inspect_engine(path, load_engine=True, not_loaded="--no-load"):
     sidecar = read_sidecar(path)
+    present = path.is_file()
     info = {
         "kind": "engine",
         "path": str(path),
-        "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
+        "engine_present": present,
+        "bytes": path.stat().st_size if present else None,
+        "sha256": sha256_file(path) if present else None,
         "sidecar_file": str(sidecar_path(path)) if sidecar else None,
         "sidecar": sidecar.to_dict() if sidecar else None,
         "sidecar_matches_engine": None,
@@ -99,10 +111,10 @@ def inspect_engine(path, load_engine=True):
         "layers_unavailable": None,
     }
     if sidecar:
-        info["sidecar_matches_engine"] = sidecar.engine.sha256 == info["sha256"]
+        info["sidecar_matches_engine"] = sidecar.engine.sha256 == info["sha256"] if present else None
         info["compatibility"] = engine_compatibility_here(sidecar)
     if not load_engine:
-        info["layers_unavailable"] = "not loaded (--no-load)"
+        info["layers_unavailable"] = f"not loaded ({not_loaded})"
         return info
     from ffx.runtime.engine import EngineRunner
 

@@ -88,3 +88,13 @@ def test_sidecar_given_directly_describes_its_engine(cli_runner, mini, tmp_path)
     assert result.exit_code == 0, result.stderr
     assert "TensorRT plan" in result.stdout and "built by TensorRT-RTX" in result.stdout
     assert "not loaded" in result.stdout  # the sidecar alone never loads the engine
+    # A sidecar copied off the build machine, without its engine, still says how it was built.
+    alone = tmp_path / "copied"
+    alone.mkdir()
+    (alone / "mini.engine.json").write_bytes((tmp_path / "mini.engine.json").read_bytes())
+    result = cli_runner.invoke(cli, ["inspect", str(alone / "mini.engine.json")])
+    assert result.exit_code == 0, result.output
+    assert "not here" in result.stdout and "built by TensorRT-RTX" in result.stdout
+    assert "a sidecar given alone" in result.stdout and "--no-load" not in result.stdout
+    missing = cli_runner.invoke(cli, ["inspect", str(alone / "other.engine.json")])
+    assert missing.exit_code == 2 and "no such file" in missing.stderr

@@ -24,13 +24,13 @@ def command(path, no_load, layers, as_json):
       ffx inspect model.engine --layers
       ffx inspect model.engine.json          # a sidecar alone: never loads the engine
     """
-    from ffx.runtime.inspection import inspect_file
+    from ffx.runtime.inspection import inspect_file, inspect_sidecar
     from ffx.runtime.sidecar import ENGINE_SUFFIXES
 
     if path.endswith(".json") and Path(path[:-len(".json")]).suffix in ENGINE_SUFFIXES:
-        # A sidecar given directly: describe its engine from the sidecar alone.
-        path, no_load = path[:-len(".json")], True
-    info = inspect_file(path, load_engine=not no_load)
+        info = inspect_sidecar(path)  # the engine from its sidecar alone, whether or not it is there
+    else:
+        info = inspect_file(path, load_engine=not no_load)
     if as_json:
         print_json(info)
         return
@@ -99,7 +99,10 @@ def _print_onnx(info, _layers):
 def _print_engine(info, layers):
     from ffx.runtime.sidecar import EngineSidecar, describe_build
 
-    click.echo(f"{info['path']}: TensorRT plan, {info['bytes'] / (1 << 20):.1f} MiB, sha256 {info['sha256'][:16]}...")
+    if info["engine_present"]:
+        click.echo(f"{info['path']}: TensorRT plan, {info['bytes'] / (1 << 20):.1f} MiB, sha256 {info['sha256'][:16]}...")
+    else:
+        click.echo(f"{info['path']}: TensorRT plan, not here (described by its sidecar alone)")
     if not info["sidecar"]:
         click.echo("no sidecar: where and how it was built is unknown")
     else:
