@@ -71,6 +71,7 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         GateFailed: TensorRT rejects the result (exit 1); nothing is written.
     """
     started = time.perf_counter()
+    check_quantizer()
     original = source = load_source_model(onnx_path)
     output, manifest_path = output_paths(source, output, "int8")
     quantization_plan(source, options.keep_fp)  # a bad --keep-fp fails before any image is read
@@ -207,17 +208,25 @@ def outlier_handled_ranges(source, layers, stats, items, options):
     return thresholds, corrections
 
 
-def insert_qdq(source, thresholds, excluded_nodes):
-    """Q/DQ nodes from onnxruntime's quantizer with our ranges (passed as its calibration cache)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+def check_quantizer():
+    """FfxError unless this onnxruntime's quantizer takes ffx's ranges (a calibration cache: 1.27 and
+    newer). Called before any image is read, so an old onnxruntime costs no calibration run."""
+    import onnxruntime
+    from onnxruntime.quantization import calibrate, quantize_static
 
-    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        import onnxruntime
-
+    if ("calibration_cache_path" not in inspect.signature(quantize_static).parameters
+            or not hasattr(calibrate, "save_tensors_data")):
         # Not stale: onnxruntime publishes no wheel past 1.23 for Python 3.10 (JetPack 6), and setup.cfg allows that.
         raise FfxError(f"INT8 calibration needs onnxruntime 1.27 or newer (found {onnxruntime.__version__}; on Python 3.10, "
                        "where none exists, calibrate on Python 3.11+ and copy the Q/DQ model over)")
+
+
+def insert_qdq(source, thresholds, excluded_nodes):
+    """Q/DQ nodes from onnxruntime's quantizer with our ranges (passed as its calibration cache)."""
+    check_quantizer()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
     ranges = TensorsData(
         CalibrationMethod.MinMax,
         {tensor: (np.float32(-threshold), np.float32(threshold)) for tensor, threshold in thresholds.items()},

@@ -13,7 +13,8 @@ import dataclasses
 import numpy as np
 import onnx
 
-from ffx.calib.int8 import calibration_statistics, insert_qdq, outlier_handled_ranges, quantization_plan
+from ffx.calib.int8 import (calibration_statistics, check_quantizer, insert_qdq, outlier_handled_ranges,
+                             quantization_plan)
 from ffx.calib.outliers import bias_of, correct_biases
 from ffx.calib.model_io import cpu_session, load_source_model
 from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
@@ -210,6 +211,7 @@ def held_out_set(source, calibration, count, seed, held_out_data=None, progress=
 
 def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progress=None, warn=None):
     """(source, QuantizedVariants, HeldOutSet, statistics) for a sensitivity analysis or search."""
+    check_quantizer()  # before any image is read
     source, images, stats, _ = calibration_statistics(load_source_model(onnx_path), data, options, progress, warn)
     layers, _ = quantization_plan(source, ())
     variants = QuantizedVariants(source, layers, *outlier_handled_ranges(source, layers, stats, images.items, options))

@@ -1,15 +1,17 @@
-"""What a user gets from `pip install .`: every package, no torch, and Python 3.10 syntax.
+"""What a user gets from `pip install .`: every package, no torch, and Python 3.10.
 
 The editable install the other tests run under finds modules in the source tree, so it hides a
-package missing from setup.cfg; the fresh-venv test below installs a built wheel, without torch,
-the way a Jetson or a serving host would, and runs the commands there.
+package missing from setup.cfg; the fresh-venv tests below install a built wheel, without torch,
+the way a Jetson or a serving host would, and run the commands there: once on this Python and
+once on Python 3.10 (JetPack 6's) when the machine has one.
 """
 
 import configparser
+import glob
+import os
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -84,9 +86,9 @@ def _vermin(*paths):
 
 
 @pytest.fixture(scope="module")
-def plain_install(tmp_path_factory):
-    """bin/ of a fresh venv (no system site packages) with ffx installed from a wheel, no extras."""
-    folder = tmp_path_factory.mktemp("plain-install")
+def wheel(tmp_path_factory):
+    """The ffx wheel, built from the distributed files only."""
+    folder = tmp_path_factory.mktemp("wheel")
     source = folder / "source"
     for name in DISTRIBUTED:
         path = ROOT / name
@@ -96,11 +98,40 @@ def plain_install(tmp_path_factory):
             source.mkdir(exist_ok=True)
             shutil.copy(path, source / name)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder / "wheel"), str(source)])
-    wheel = next((folder / "wheel").glob("ffx-*.whl"))
-    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(folder / "venv")
+    return next((folder / "wheel").glob("ffx-*.whl"))
+
+
+def _venv_with(python, wheel, folder):
+    """bin/ of a fresh venv of `python` (no system site packages) with `wheel` installed, no extras."""
+    _run([python, "-m", "venv", str(folder / "venv")])
     bin_dir = folder / "venv" / "bin"
     _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)])
     return bin_dir
+
+
+@pytest.fixture(scope="module")
+def plain_install(tmp_path_factory, wheel):
+    """bin/ of a fresh venv of this Python with ffx installed from the wheel, no extras."""
+    return _venv_with(sys.executable, wheel, tmp_path_factory.mktemp("plain-install"))
+
+
+def python310():
+    """A Python 3.10 interpreter (JetPack 6's), on PATH or installed by pyenv; None when there is none."""
+    candidates = [shutil.which("python3.10"), *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10")))]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 10))"],
+                               capture_output=True, text=True)
+        if probe.stdout.strip() == "True":  # pyenv's shim exists but fails when 3.10 is not selected
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def py310_install(tmp_path_factory, wheel):
+    python = python310()
+    if python is None:
+        pytest.skip("no Python 3.10 interpreter here (python3.10 on PATH or pyenv's 3.10.x)")
+    return _venv_with(python, wheel, tmp_path_factory.mktemp("py310-install"))
 
 
 def _run(command, **kwargs):
@@ -127,6 +158,39 @@ def test_plain_install_runs_calibrate_verify_and_predict(plain_install, tmp_path
     bag = sorted((FASHION / "val" / "8_bag").glob("*.png"))[0]
     predicted = _run([ffx, "predict", str(int8), str(bag), "--topk", "1"], cwd=tmp_path)
     assert predicted.stdout.startswith(f"{bag}: Bag ")
+
+
+def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py310_install, tmp_path_factory,
+                                                                           tmp_path):
+    """JetPack 6's Python: pip finds no onnxruntime past 1.23 there, so everything but INT8
+    calibration works (README, Install), and INT8 calibration stops in one line before reading images."""
+    from ffx.calib import CalibrationOptions, calibrate_int8
+
+    model = fashion_onnx(tmp_path_factory)
+    int8 = tmp_path / "fashion.int8.onnx"  # calibrated here, on this Python
+    calibrate_int8(model, FASHION / "train", int8, CalibrationOptions(num_images=50, workers=0, use_cache=False),
+                   tensorrt_check=False, warn=None)
+    ffx = str(py310_install / "ffx")
+    version = _run([str(py310_install / "python"), "-c", "import sys, onnxruntime; print(sys.version_info[:2], "
+                    "onnxruntime.__version__)"]).stdout
+    assert version.startswith("(3, 10)"), version
+    verified = _run([ffx, "verify", str(int8), "--reference", str(model), "--data", str(FASHION / "val"), "--json"],
+                    cwd=tmp_path)
+    assert '"passed": true' in verified.stdout
+    bag = sorted((FASHION / "val" / "8_bag").glob("*.png"))[0]
+    assert _run([ffx, "predict", str(int8), str(bag), "--topk", "1"], cwd=tmp_path).stdout.startswith(f"{bag}: Bag ")
+    _run([ffx, "calibrate", str(model), "--fp16", "-o", str(tmp_path / "fashion.fp16.onnx")], cwd=tmp_path)
+    _run([ffx, "deploy", "triton", str(int8), "-o", str(tmp_path / "repository")], cwd=tmp_path)
+    onnxruntime_version = tuple(int(part) for part in version.split()[-1].split(".")[:2])
+    if onnxruntime_version >= (1, 27):  # pip found a newer onnxruntime for 3.10 than exists today
+        _run([ffx, "calibrate", str(model), "--data", str(FASHION / "train"), "--num-images", "50", "--workers", "0",
+              "-o", str(tmp_path / "py310.int8.onnx")], cwd=tmp_path)
+        return
+    for command in (["calibrate", str(model), "-o", str(tmp_path / "py310.int8.onnx")], ["sensitivity", str(model)]):
+        result = subprocess.run([ffx, *command, "--data", str(FASHION / "train")], capture_output=True, text=True,
+                                cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.startswith("Error: INT8 calibration needs onnxruntime 1.27")
+        assert result.stderr.count("\n") == 1 and not (tmp_path / "py310.int8.onnx").exists()
 
 
 def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
