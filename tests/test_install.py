@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -101,11 +102,11 @@ def wheel(tmp_path_factory):
     return next((folder / "wheel").glob("ffx-*.whl"))
 
 
-def _venv_with(python, wheel, folder):
+def _venv_with(python, wheel, folder, pip_options=()):
     """bin/ of a fresh venv of `python` (no system site packages) with `wheel` installed, no extras."""
     _run([python, "-m", "venv", str(folder / "venv")])
     bin_dir = folder / "venv" / "bin"
-    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)])
+    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pip_options, str(wheel)])
     return bin_dir
 
 
@@ -126,12 +127,36 @@ def python310():
     return None
 
 
-@pytest.fixture(scope="module")
-def py310_install(tmp_path_factory, wheel):
+def lowest_declared(python_version):
+    """pip constraints pinning each base requirement to the lowest version setup.cfg allows on
+    `python_version` ("3.10"): the claim a `>=` makes, tested."""
+    from packaging.requirements import Requirement  # pytest's own dependency
+
+    pins = []
+    for line in setup_cfg_options()["install_requires"].splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate({"python_version": python_version}):
+            continue
+        pins += [f"{requirement.name}=={spec.version}" for spec in requirement.specifier if spec.operator == ">="]
+    return pins
+
+
+@pytest.fixture(scope="module", params=["newest", "lowest declared"])
+def py310_install(request, tmp_path_factory, wheel):
+    """(bin/, pins) of a Python 3.10 venv with the wheel: the newest dependencies pip finds, or
+    (pins True) the lowest versions setup.cfg declares."""
     python = python310()
     if python is None:
         pytest.skip("no Python 3.10 interpreter here (python3.10 on PATH or pyenv's 3.10.x)")
-    return _venv_with(python, wheel, tmp_path_factory.mktemp("py310-install"))
+    folder = tmp_path_factory.mktemp("py310-install")
+    constraints = []
+    if request.param == "lowest declared":
+        (folder / "lowest.txt").write_text("\n".join(lowest_declared("3.10")) + "\n")
+        constraints = ["-c", str(folder / "lowest.txt")]
+    return SimpleNamespace(bin=_venv_with(python, wheel, folder, constraints), pins=request.param == "lowest declared")
 
 
 def _run(command, **kwargs):
@@ -166,14 +191,17 @@ def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py
     calibration works (README, Install), and INT8 calibration stops in one line before reading images."""
     from ffx.calib import CalibrationOptions, calibrate_int8
 
+    python, ffx = str(py310_install.bin / "python"), str(py310_install.bin / "ffx")
     model = fashion_onnx(tmp_path_factory)
     int8 = tmp_path / "fashion.int8.onnx"  # calibrated here, on this Python
     calibrate_int8(model, FASHION / "train", int8, CalibrationOptions(num_images=50, workers=0, use_cache=False),
                    tensorrt_check=False, warn=None)
-    ffx = str(py310_install / "ffx")
-    version = _run([str(py310_install / "python"), "-c", "import sys, onnxruntime; print(sys.version_info[:2], "
+    version = _run([python, "-c", "import sys, onnxruntime; print(sys.version_info[:2], "
                     "onnxruntime.__version__)"]).stdout
     assert version.startswith("(3, 10)"), version
+    installed = _run([python, "-m", "pip", "list", "--format=freeze"]).stdout.lower()
+    if py310_install.pins:
+        assert all(pin.lower() in installed for pin in lowest_declared("3.10")), installed
     verified = _run([ffx, "verify", str(int8), "--reference", str(model), "--data", str(FASHION / "val"), "--json"],
                     cwd=tmp_path)
     assert '"passed": true' in verified.stdout
