@@ -110,10 +110,21 @@ def _venv_with(python, wheel, folder, pip_options=()):
     return bin_dir
 
 
-@pytest.fixture(scope="module")
-def plain_install(tmp_path_factory, wheel):
-    """bin/ of a fresh venv of this Python with ffx installed from the wheel, no extras."""
-    return _venv_with(sys.executable, wheel, tmp_path_factory.mktemp("plain-install"))
+@pytest.fixture(scope="module", params=["newest", "lowest declared"])
+def plain_install(request, tmp_path_factory, wheel):
+    """bin/ of a fresh venv of this Python with ffx installed from the wheel, no extras: with the
+    newest dependencies pip finds, or with the lowest versions setup.cfg declares."""
+    folder = tmp_path_factory.mktemp("plain-install")
+    this_python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return _venv_with(sys.executable, wheel, folder, _lowest_constraints(request.param, folder, this_python))
+
+
+def _lowest_constraints(variant, folder, python_version):
+    """pip options pinning the lowest declared versions when `variant` asks for them."""
+    if variant != "lowest declared":
+        return []
+    (folder / "lowest.txt").write_text("\n".join(lowest_declared(python_version)) + "\n")
+    return ["-c", str(folder / "lowest.txt")]
 
 
 def python310():
@@ -152,10 +163,7 @@ def py310_install(request, tmp_path_factory, wheel):
     if python is None:
         pytest.skip("no Python 3.10 interpreter here (python3.10 on PATH or pyenv's 3.10.x)")
     folder = tmp_path_factory.mktemp("py310-install")
-    constraints = []
-    if request.param == "lowest declared":
-        (folder / "lowest.txt").write_text("\n".join(lowest_declared("3.10")) + "\n")
-        constraints = ["-c", str(folder / "lowest.txt")]
+    constraints = _lowest_constraints(request.param, folder, "3.10")
     return SimpleNamespace(bin=_venv_with(python, wheel, folder, constraints), pins=request.param == "lowest declared")
 
 
