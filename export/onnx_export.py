@@ -116,6 +116,8 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         "source_sha256": sha256_file(source_path) if source_path else None,
         "source_file": Path(source_path).name if source_path else None,
         "ffx_version": __version__,
+        # The graph's exact nodes depend on these (onnxscript 0.7.0 and 0.7.2 write different graphs).
+        "exporter": {"torch": torch.__version__, "onnxscript": _version_of("onnxscript"), "onnx": onnx.__version__},
     }
     set_onnx_metadata(graph, info)
     _check_graph(graph)
@@ -146,6 +148,15 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
     )
 
 
+def _version_of(package):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def _trace_to_onnx(module, config, opset):
     # Batch 2 as the example: batch 1 would let torch.export specialize the batch dimension.
     example = torch.zeros(2, config.in_chans, config.img_size, config.img_size)
@@ -169,6 +180,9 @@ def _trace_to_onnx(module, config, opset):
                 optimize=True,  # onnxscript's optimizer: constant folding, dead-code removal
                 verbose=False,
             )
+    except ImportError as e:  # torch's exporter is written against a range of onnxscript releases
+        raise FfxError(f"torch {torch.__version__}'s ONNX exporter cannot use onnxscript {_version_of('onnxscript')} "
+                       f"({e}); install a matching one: pip install -U onnxscript") from None
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)

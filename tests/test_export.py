@@ -141,6 +141,9 @@ def test_graph_shape_ops_and_metadata(tmp_path, cli_runner):
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
     }
     assert len(meta["source_sha256"]) == 64 and meta["ffx_version"]
+    import onnxscript
+
+    assert meta["exporter"] == {"torch": torch.__version__, "onnxscript": onnxscript.__version__, "onnx": onnx.__version__}
     # Dynamic batch really works.
     for batch in (1, 5):
         assert onnx_logits(out, torch.randn(batch, 3, 224, 224)).shape == (batch, 10)

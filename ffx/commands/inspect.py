@@ -66,8 +66,10 @@ def _metadata_lines(metadata, source, error=None):
 
 
 def _text(value, limit=80):
-    """A metadata value as plain text: lists joined, control characters escaped, long ones cut."""
-    if isinstance(value, (list, tuple)):
+    """A metadata value as plain text: lists and objects joined, control characters escaped, long ones cut."""
+    if isinstance(value, dict):
+        text = "(" + ", ".join(f"{k} {v}" for k, v in sorted(value.items())) + ")"
+    elif isinstance(value, (list, tuple)):
         text = " x ".join(map(str, value)) if all(isinstance(v, int) for v in value) else ", ".join(
             f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     else:
