@@ -103,8 +103,9 @@ def bench_runner(runner, batch, iterations=50, warmup=5, max_seconds=10.0, seed=
 
 def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, provider="cpu", cuda_graph=False,
           threads=None, on_result=None, on_skip=None):
-    """BenchResults for every target and batch. Targets are opened one at a time (only one
-    model's memory in use). A batch beyond an engine's profile is skipped via `on_skip(message)`,
+    """BenchResults for every target and batch. Targets run one at a time (one session or engine
+    loaded at a time; a checkpoint's weights, though, are read when it is opened, before the first
+    measurement, so several checkpoints share memory). A batch beyond an engine's profile is skipped via `on_skip(message)`,
     and so is a target that cannot run on this machine (an engine without a GPU) when others can;
     when none can, BackendUnavailable says why."""
     runners = [open_runner(t, provider=provider, cuda_graph=cuda_graph, threads=threads) for t in targets]
