@@ -58,6 +58,8 @@ class CalibrationOptions:
             raise InvalidOption("percentile", f"the percentile must be in (0, 100], got {self.percentile}")
         if self.num_images < 1:
             raise InvalidOption("num_images", f"the number of calibration images must be at least 1, got {self.num_images}")
+        if self.seed < 0:
+            raise InvalidOption("seed", f"the seed cannot be negative, got {self.seed}")
         if self.workers < 0:
             raise InvalidOption("workers", f"the number of decoding workers cannot be negative, got {self.workers}")
         if self.gelu_range not in GELU_RANGES:

@@ -464,4 +464,7 @@ def build_corpus(root, mini, labelled):
                       ["verify", str(mini.onnx), "--reference", str(mini.onnx), "--data", str(labelled), "--limit", str(10 ** 15)],
                       expect=0))
     cases.append(Case("bounds", "bench/batch_huge", ["bench", str(mini.onnx), "--batch", str(10 ** 9)]))
+    cases.append(Case("bounds", "calibrate/seed_negative",
+                      ["calibrate", str(mini.onnx), "--data", str(labelled), "--seed", "-5", "--no-cache",
+                       "--no-tensorrt-check", "-o", str(out / "seed.int8.onnx")], outputs=(out / "seed.int8.onnx",)))
     return cases

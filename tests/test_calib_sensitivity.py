@@ -193,7 +193,7 @@ def test_compare_shows_the_error_block_by_block(fashion, folder, cli_runner):
 
 def test_calibration_options_are_validated_once():
     assert CalibrationOptions().method == "entropy" and CalibrationOptions().num_images == 512
-    for bad in ({"method": "kl"}, {"percentile": 0}, {"num_images": 0}, {"workers": -1}, {"gelu_range": "x"},
+    for bad in ({"method": "kl"}, {"percentile": 0}, {"num_images": 0}, {"workers": -1}, {"seed": -5}, {"gelu_range": "x"},
                 {"bias_correction": "token"}):
         with pytest.raises(InvalidOption) as caught:
             CalibrationOptions(**bad)

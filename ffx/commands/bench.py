@@ -19,7 +19,7 @@ def parse_batches(text):
         raise FfxError(f"--batch {text!r}: give comma-separated sizes such as 1,8,32") from None
     if not batches or min(batches) < 1 or max(batches) > MAX_BATCH:
         raise FfxError(f"--batch {text!r}: sizes must be from 1 to {MAX_BATCH}")
-    return batches
+    return list(dict.fromkeys(batches))  # each size measured once, in the order given
 
 
 @click.command("bench")

@@ -51,7 +51,7 @@ OPTION_FLAGS = {
 @click.option("--calib-method", "method", help="Calibration method, as `ffx calibrate --method`: entropy (default), max, percentile, mse.")
 @click.option("--calib-percentile", "percentile", type=click.FloatRange(0, 100, min_open=True), help="Percentile for --calib-method percentile.")
 @click.option("--calib-keep-fp", "keep_fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as `ffx calibrate --keep-fp` (e.g. head,patch_embed).")
-@click.option("--calib-seed", "seed", type=int, help="Seed of the calibration image selection.")
+@click.option("--calib-seed", "seed", type=click.IntRange(min=0), help="Seed of the calibration image selection.")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="Full TensorRT (GPU machines, Jetson) or TensorRT-RTX (RTX GPUs; builds ahead of time, even without a GPU).")
 @click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch the engine accepts; shorter batches are zero-padded when run.")
 @click.option("--opt-batch", type=int, help="Batch the kernels are tuned for [default: min(8, max)].")

@@ -19,7 +19,7 @@ from ffx.errors import InvalidOption
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
 @click.option("--method", type=click.Choice(METHODS), help=f"INT8 range method (default {DEFAULT_METHOD}: TensorRT's KL-divergence calibration).")
 @click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image selection.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image selection.")
 @click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated).")
 @click.option("--target-agreement", type=click.FloatRange(min=0, max=100), metavar="PCT", help="Keep the fewest layers in float (cheapest first by FLOPs) for INT8 to agree with FP32's top-1 on at least PCT % of held-out images; exit 1 if it cannot.")
 @click.option("--max-top1-drop", type=click.FloatRange(min=0), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points (needs labelled images); both may be given.")

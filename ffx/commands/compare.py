@@ -9,7 +9,7 @@ from ffx.cli import print_json, warn
 @click.argument("candidate", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(), help="Images to run both graphs on (a folder or list file, as for `ffx verify`).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_IMAGES, show_default=True, help="Images to compare on (a seeded, class-stratified sample).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image sample.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(reference, candidate, data, num_images, seed, as_json):
     """Where a converted graph's error enters: REFERENCE (the FP32 ONNX) and CANDIDATE (its INT8
