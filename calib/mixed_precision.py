@@ -18,7 +18,7 @@ import dataclasses
 import math
 
 from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, error_power, matmul_flops, prepare
-from ffx.errors import GateFailed
+from ffx.errors import GateFailed, InvalidOption
 
 PRUNE_TOLERANCE_DB = 0.5  # how much logit SNR trying a layer back in INT8 may cost (12% more error power)
 
@@ -29,6 +29,11 @@ class Target:
 
     agreement: float | None = None  # minimum top-1 agreement with FP32, in %
     max_top1_drop: float | None = None  # maximum top-1 loss, in points (needs labels)
+
+    def __post_init__(self):
+        for field, value in (("agreement", self.agreement), ("max_top1_drop", self.max_top1_drop)):
+            if value is not None and not math.isfinite(value):  # nan would be met by any graph
+                raise InvalidOption(field, f"the target must be a finite number, got {value}")
 
     def met_by(self, fidelity, fp32_top1):
         if self.agreement is not None and fidelity.agreement < self.agreement:

@@ -9,6 +9,7 @@ with exit code 2 (1 for a failed accuracy gate), never as a traceback.
 import importlib
 import importlib.util
 import json
+import math
 import signal
 import sys
 
@@ -76,6 +77,17 @@ def cli():
       ffx verify model.engine --reference model.pth --data val/
       ffx bench model.pth model.onnx model.int8.onnx
     """
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that, unlike click's FloatRange, refuses nan (every comparison with it is
+    false, so a target or limit of nan would be met or failed by anything) and inf."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def print_json(obj):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.artifacts import sha256_file
-from ffx.errors import FfxError, MissingPreprocess
+from ffx.errors import FfxError, InvalidOption, MissingPreprocess
 from ffx.fidelity import row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
@@ -187,6 +187,8 @@ def verify(
     from ffx.datasets import load_batches, open_dataset, select_images
     from ffx.images import normalize_pixels
 
+    if not math.isfinite(max_top1_drop):  # nan would make every comparison, and so the gate, fail
+        raise InvalidOption("max_top1_drop", f"the largest top-1 drop must be a finite number, got {max_top1_drop}")
     started = time.perf_counter()
     warnings = []
     for path in (candidate, reference):

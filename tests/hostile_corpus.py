@@ -464,6 +464,13 @@ def build_corpus(root, mini, labelled):
                       ["verify", str(mini.onnx), "--reference", str(mini.onnx), "--data", str(labelled), "--limit", str(10 ** 15)],
                       expect=0))
     cases.append(Case("bounds", "bench/batch_huge", ["bench", str(mini.onnx), "--batch", str(10 ** 9)]))
+    # nan passes click's FloatRange, and every comparison with it is false: a target nobody can miss.
+    cases.append(Case("bounds", "calibrate/target_agreement_nan",
+                      ["calibrate", str(mini.onnx), "--data", str(labelled), "--target-agreement", "nan", "--no-cache",
+                       "--no-tensorrt-check", "-o", str(out / "nan.int8.onnx")], outputs=(out / "nan.int8.onnx",)))
+    cases.append(Case("bounds", "verify/max_top1_drop_nan",
+                      ["verify", str(mini.onnx), "--reference", str(mini.onnx), "--data", str(labelled), "--max-top1-drop",
+                       "nan"]))
     cases.append(Case("bounds", "calibrate/seed_negative",
                       ["calibrate", str(mini.onnx), "--data", str(labelled), "--seed", "-5", "--no-cache",
                        "--no-tensorrt-check", "-o", str(out / "seed.int8.onnx")], outputs=(out / "seed.int8.onnx",)))

@@ -3,7 +3,7 @@ import time
 
 import click
 
-from ffx.cli import print_json, warn
+from ffx.cli import FiniteFloat, print_json, warn
 from ffx.errors import FfxError
 from ffx.runtime.bench import UNSTABLE_CV
 
@@ -27,7 +27,7 @@ def parse_batches(text):
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8,32.")
 @click.option("--iterations", type=click.IntRange(min=5), default=50, show_default=True, help="Timed calls per measurement.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls first.")
-@click.option("--max-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Stop a measurement early after this long (at least 5 calls).")
+@click.option("--max-seconds", type=FiniteFloat(min=0.1), default=10.0, show_default=True, help="Stop a measurement early after this long (at least 5 calls).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx targets.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
 @click.option("--cuda-graph", is_flag=True, help="Engines: replay captured CUDA graphs (one per batch size) instead of enqueuing each call; full TensorRT captures through cuda-python (pycuda has no graph capture).")

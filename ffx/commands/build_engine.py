@@ -2,7 +2,7 @@ import dataclasses
 
 import click
 
-from ffx.cli import print_json, warn
+from ffx.cli import FiniteFloat, print_json, warn
 from ffx.compute_capability import RTX_DEFAULT_TARGETS, RTX_SUPPORTED
 from ffx.errors import FfxError, InvalidOption
 from ffx.tensorrt import HARDWARE_COMPATIBILITY, backend_label
@@ -49,7 +49,7 @@ OPTION_FLAGS = {
 @click.option("--calib-data", type=click.Path(file_okay=False), help="Calibration images for --int8 on an FP32 model (a folder, searched recursively).")
 @click.option("--calib-images", "num_images", type=click.IntRange(min=1), help="How many calibration images to use (default: calibrate's).")
 @click.option("--calib-method", "method", help="Calibration method, as `ffx calibrate --method`: entropy (default), max, percentile, mse.")
-@click.option("--calib-percentile", "percentile", type=click.FloatRange(0, 100, min_open=True), help="Percentile for --calib-method percentile.")
+@click.option("--calib-percentile", "percentile", type=FiniteFloat(0, 100, min_open=True), help="Percentile for --calib-method percentile.")
 @click.option("--calib-keep-fp", "keep_fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as `ffx calibrate --keep-fp` (e.g. head,patch_embed).")
 @click.option("--calib-seed", "seed", type=click.IntRange(min=0), help="Seed of the calibration image selection.")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="Full TensorRT (GPU machines, Jetson) or TensorRT-RTX (RTX GPUs; builds ahead of time, even without a GPU).")

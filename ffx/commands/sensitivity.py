@@ -7,7 +7,7 @@ from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCE
                                 CalibrationOptions, calibration_option_error)
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
-from ffx.cli import print_json, warn
+from ffx.cli import FiniteFloat, print_json, warn
 from ffx.errors import InvalidOption
 
 # Suggest --smooth-gelu when one post-GELU layer carries at least this share of the INT8 error.
@@ -23,7 +23,7 @@ DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a min
 @click.option("--held-out", type=click.Path(), help="Measure on these images instead of the rest of --data.")
 @click.option("--calib-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Calibration images (as `ffx calibrate --num-images`: the same value reuses its cached statistics).")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True, help="INT8 range method.")
-@click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), default=DEFAULT_PERCENTILE, show_default=True, help="Percentile of |x| for --method percentile.")
+@click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), default=DEFAULT_PERCENTILE, show_default=True, help="Percentile of |x| for --method percentile.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image selection.")
 @outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (as for `ffx calibrate`).")
