@@ -18,6 +18,7 @@ Triton validates names, shapes and dtypes before a request reaches ffx; what it 
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -88,7 +89,11 @@ def check_ports_free(host, ports):
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
-            except OSError:
+            except socket.gaierror:
+                raise FfxError(f"--host {host}: not an address or host name this machine resolves") from None
+            except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL:
+                    raise FfxError(f"--host {host}: not an address of this machine (0.0.0.0 listens on every one)") from None
                 raise PortInUse(role, host, port) from None
 
 
@@ -137,12 +142,12 @@ class ModelServer:
 
     def __init__(self, model_path, settings=None):
         from ffx.runtime.model_interface import read_model_interface
-        from ffx.runtime.triton_repository import batch_settings, default_model_name
+        from ffx.runtime.triton_repository import batch_settings, check_model_name, default_model_name
 
         self.settings = settings or ServeSettings()
         self.interface = read_model_interface(model_path)
         self.preprocess = self.interface.preprocess
-        self.name = self.settings.name or default_model_name(model_path)
+        self.name = check_model_name(self.settings.name or default_model_name(model_path))
         self.max_batch_size, self.preferred = batch_settings(self.interface, self.settings.max_batch)
         self.runner = None
         self.triton = None

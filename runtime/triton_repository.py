@@ -55,6 +55,13 @@ def default_model_name(path):
     return name or "model"
 
 
+def check_model_name(name):
+    """`name` when Triton takes it as a model name (and it is safe as a folder or file name)."""
+    if not name or any(not (c.isalnum() or c in "_-.") for c in name) or name.startswith("."):
+        raise FfxError(f"model name {name!r}: use letters, digits, '_', '-' and '.'")
+    return name
+
+
 def batch_settings(interface, max_batch=None):
     """(max_batch_size, preferred batch sizes) for Triton: the engine's profile bounds both."""
     if interface.max_batch is not None:
@@ -124,9 +131,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     """Write REPO/NAME for `model_path` (engine with sidecar, or ffx ONNX); the directory appears
     complete or not at all, and an existing REPO/NAME is never overwritten."""
     interface = read_model_interface(model_path)
-    name = name or default_model_name(model_path)
-    if not name or any(not (c.isalnum() or c in "_-.") for c in name) or name.startswith("."):
-        raise FfxError(f"model name {name!r}: use letters, digits, '_', '-' and '.'")
+    name = check_model_name(name or default_model_name(model_path))
     if instances < 1:
         raise FfxError("instances must be at least 1")
     repository = Path(repository)

@@ -238,3 +238,15 @@ def test_port_in_use_is_one_line(model_path):
     assert result.stderr.strip().splitlines() == [
         f"Error: port {port} (HTTP) is already in use on 127.0.0.1; stop what uses it or choose another --port"]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--name", "../escape"], "model name '../escape'"),  # it named the server's log file: a traceback before
+    (["--host", "10.255.255.1"], "not an address of this machine"),  # was reported as a port in use
+    (["--host", "no-such-host.invalid"], "not an address or host name"),
+])
+def test_bad_name_or_host_is_one_line_before_any_server_starts(model_path, args, message):
+    result = subprocess.run([*FFX, "serve", str(model_path), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
