@@ -17,7 +17,7 @@ from ffx.datasets import load_batches, open_dataset, select_images
 from ffx.errors import FfxError, from_onnxruntime
 from ffx.fidelity import row_cosines, snr_db
 from ffx.metadata import lineage_mismatch, onnx_metadata, validate_metadata
-from ffx.onnx_file import input_size_mismatch, load_external_weights, load_onnx
+from ffx.onnx_file import check_input_size, load_external_weights, load_onnx
 
 DEFAULT_IMAGES = 200
 BATCH = 50
@@ -131,9 +131,7 @@ def _load_candidate(path):
     model = load_onnx(path)
     load_external_weights(model, path)
     info = validate_metadata(onnx_metadata(model, path) or {}, path)
-    mismatch = info.get("preprocess") and input_size_mismatch(model, info["preprocess"]["input_size"])
-    if mismatch:
-        raise FfxError(f"{path}: {mismatch}")
+    check_input_size(model, info, path)
     return model, info
 
 

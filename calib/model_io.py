@@ -9,7 +9,7 @@ import onnx
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file
 from ffx.errors import FfxError, from_onnxruntime
 from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
-from ffx.onnx_file import input_size_mismatch, load_external_weights, load_onnx
+from ffx.onnx_file import check_input_size, load_external_weights, load_onnx
 
 
 @dataclasses.dataclass
@@ -104,11 +104,8 @@ def load_source_model(path):
         raise FfxError(f"{path}: its ffx metadata has no preprocessing; re-export it with `ffx export`")
     if len(model.graph.input) != 1:
         raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
-    preprocess = Preprocess.from_dict(info["preprocess"], path)
-    mismatch = input_size_mismatch(model, preprocess.input_size)
-    if mismatch:
-        raise FfxError(f"{path}: {mismatch}")
-    return SourceModel(path, model, info, digest, preprocess)
+    check_input_size(model, info, path)
+    return SourceModel(path, model, info, digest, Preprocess.from_dict(info["preprocess"], path))
 
 
 def output_paths(source, output, suffix):

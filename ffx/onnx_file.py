@@ -66,3 +66,12 @@ def input_size_mismatch(model, input_size):
         return (f"its input takes {shown} but its ffx metadata preprocesses images to "
                 f"{' x '.join(map(str, input_size))}; the graph and its metadata disagree (re-export it with `ffx export`)")
     return None
+
+
+def check_input_size(model, metadata, path):
+    """FfxError when the graph's input disagrees with the size its (validated) ffx `metadata`
+    preprocesses images to; nothing to check when the metadata has no preprocessing."""
+    preprocess = metadata.get("preprocess")
+    mismatch = preprocess and input_size_mismatch(model, preprocess["input_size"])
+    if mismatch:
+        raise FfxError(f"{path}: {mismatch}")

@@ -28,7 +28,7 @@ from ffx.runtime.sidecar import (
     sidecar_path,
 )
 from ffx.metadata import onnx_metadata, validate_metadata
-from ffx.onnx_file import input_size_mismatch
+from ffx.onnx_file import check_input_size
 
 
 @dataclasses.dataclass
@@ -74,9 +74,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     refuse_overwriting_inputs(sidecar_path(output), [onnx_path])
     model = load_onnx(onnx_path)
     metadata = validate_metadata(onnx_metadata(model, onnx_path) or {}, onnx_path)
-    mismatch = metadata.get("preprocess") and input_size_mismatch(model, metadata["preprocess"]["input_size"])
-    if mismatch:  # the sidecar would carry preprocessing the engine cannot take
-        raise FfxError(f"{onnx_path}: {mismatch}")
+    check_input_size(model, metadata, onnx_path)  # else the sidecar would carry preprocessing the engine cannot take
     graph = graph_precision(model)
     backend = available_backend(backend)  # fail before a long calibration if TensorRT is missing
     gpu = current_gpu()

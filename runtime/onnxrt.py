@@ -6,7 +6,7 @@ import onnx
 
 from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime
 from ffx.metadata import onnx_metadata, validate_metadata
-from ffx.onnx_file import input_size_mismatch
+from ffx.onnx_file import check_input_size
 from ffx.runtime.onnx_model import graph_precision, load_onnx
 from ffx.runtime.runner import ONNX_PROVIDERS, Runner
 
@@ -60,10 +60,7 @@ class OnnxRuntimeRunner(Runner):
         if any(v is None for v in shape[1:]):
             raise FfxError(f"{self.path}: only the batch dimension may be dynamic")
         self.input_shape = tuple(shape[1:])
-        if "preprocess" in self.metadata:
-            mismatch = input_size_mismatch(model, self.preprocess.input_size)
-            if mismatch:
-                raise FfxError(f"{self.path}: {mismatch}")
+        check_input_size(model, self.metadata, self.path)
         self.fixed_batch = shape[0]
         self.input_name = graph_inputs[0].name
         self.input_dtype = _input_dtype(graph_inputs[0], self.path)
