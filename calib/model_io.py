@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file
+from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
 from ffx.errors import FfxError, from_onnxruntime
 from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
 from ffx.onnx_file import check_input_size, load_external_weights, load_onnx
@@ -143,6 +143,7 @@ def finish_model(model, source, precision, calibration):
 
 def write_outputs(model_path, model_data, manifest_path, manifest_data):
     """Both files or neither: each is written to a temporary name and renamed when both are complete."""
-    with atomic_output(model_path) as model_tmp, atomic_output(manifest_path) as manifest_tmp:
+    with written_together(model_path.parent), atomic_output(model_path) as model_tmp, \
+            atomic_output(manifest_path) as manifest_tmp:
         model_tmp.write_bytes(model_data)
         manifest_tmp.write_bytes(manifest_data)

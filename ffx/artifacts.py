@@ -43,6 +43,27 @@ def atomic_output(path):
         raise
 
 
+@contextlib.contextmanager
+def written_together(folder):
+    """Hold an exclusive lock on `folder` while files that belong together are written there (a
+    model and its manifest, an engine and its sidecar): two runs writing the same outputs at once
+    then leave one run's set, never one run's model beside the other's manifest. The lock is
+    flock on the folder itself, so no lock file is left behind."""
+    import fcntl
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise FfxError(f"{folder}: cannot write there ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def refuse_overwriting_inputs(output, inputs):
     """FfxError when writing `output` would replace one of `inputs` (paths or None):
     `ffx export --checkpoint m.pth -o m.pth` must not destroy the checkpoint."""

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 
 from ffx import __version__
-from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file
+from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
 from ffx.errors import FfxError, InvalidOption
 from ffx.runtime.onnx_model import calibration_manifest_path, graph_precision, load_onnx
 from ffx.runtime.sidecar import (
@@ -166,7 +166,8 @@ def _write_engine_and_sidecar(output, engine_bytes, sidecar):
 
     # The inner context renames first: the engine lands before its sidecar, so a failure between
     # the two renames leaves any old sidecar, whose engine sha256 no longer matches (inspect notices).
-    with atomic_output(sidecar_path(output)) as sidecar_tmp, atomic_output(output) as engine_tmp:
+    with written_together(output.parent), atomic_output(sidecar_path(output)) as sidecar_tmp, \
+            atomic_output(output) as engine_tmp:
         engine_tmp.write_bytes(engine_bytes)
         sidecar_tmp.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
 

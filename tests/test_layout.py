@@ -67,6 +67,29 @@ def test_artefacts_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_a_model_and_its_manifest_wait_for_another_run_writing_the_same_folder(tmp_path):
+    """Two runs writing OUT.onnx and OUT.json at once: the second set is written only after the
+    first is complete, so the pair on disk always comes from one run."""
+    import threading
+
+    from ffx.artifacts import written_together
+    from ffx.calib.model_io import write_outputs
+
+    written = threading.Event()
+
+    def write():
+        write_outputs(tmp_path / "m.onnx", b"model", tmp_path / "m.json", b"{}")
+        written.set()
+
+    with written_together(tmp_path):  # another run, in the middle of writing its set
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not written.wait(0.5) and not (tmp_path / "m.onnx").exists()
+    writer.join(10)
+    assert written.is_set() and (tmp_path / "m.onnx").read_bytes() == b"model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]  # no lock file left
+
+
 def test_unwritable_destination_is_a_user_error_not_a_traceback(tmp_path):
     from ffx.artifacts import write_bytes_atomic
     from ffx.errors import FfxError
