@@ -58,7 +58,8 @@ def written_together(folder):
     except OSError as e:
         raise FfxError(f"{folder}: cannot write there ({e.strerror or e})") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a file system without locks (some network mounts): write unlocked
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
