@@ -22,7 +22,7 @@ from ffx import __version__
 from ffx.artifacts import refuse_overwriting_inputs, sha256_bytes, sha256_file, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.checkpoint import ResolvedModel
-from ffx.metadata import METADATA_FORMAT_VERSION, set_onnx_metadata
+from ffx.metadata import MAX_BATCH, METADATA_FORMAT_VERSION, set_onnx_metadata
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -160,7 +160,7 @@ def _version_of(package):
 def _trace_to_onnx(module, config, opset):
     # Batch 2 as the example: batch 1 would let torch.export specialize the batch dimension.
     example = torch.zeros(2, config.in_chans, config.img_size, config.img_size)
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     # The exporter narrates on stdout and warns about its own internals; keep the CLI clean.
     quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [logger.level for logger in quiet]

@@ -27,6 +27,9 @@ MAX_RESIZE = 8192
 # A model with its normalization folded in takes RGB in [0, 1] or [0, 255].
 INPUT_SCALES = (1.0, 255.0)
 MAX_CLASSES = 1_000_000
+# The largest batch an exported graph declares (its torch.export batch Dim) and so the largest an
+# engine profile, Triton's max_batch_size or `ffx serve` may ask of it.
+MAX_BATCH = 65536
 
 
 @dataclasses.dataclass(frozen=True)

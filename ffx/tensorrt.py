@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ffx.compute_capability import RTX_DEFAULT_TARGETS, TURING, capability_label, rtx_supports, rtx_unsupported_reason
 from ffx.errors import BackendUnavailable, FfxError, InvalidOption
+from ffx.metadata import MAX_BATCH
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
 MIN_TENSORRT_MAJOR = 10
@@ -223,6 +224,9 @@ class BuildOptions:
             if (value is not None or field == "min_batch") and not _positive_int(value):
                 raise InvalidOption(field, f"must be a positive whole number, got {value!r}")
         given = [b for b in (self.min_batch, self.opt_batch, self.max_batch) if b is not None]
+        if max(given) > MAX_BATCH:
+            raise InvalidOption("max_batch", f"batches go up to {MAX_BATCH:,} (what an exported graph declares), "
+                                f"got {max(given):,}")
         if given != sorted(given):
             raise InvalidOption("min_batch", "batch profile must satisfy 1 <= min <= opt <= max, got "
                                 f"{self.min_batch}, {self.opt_batch or 'default'}, {self.max_batch or 'default'}")

@@ -91,6 +91,8 @@ def test_options_reach_the_builder(cli_runner, mini, tmp_path):
     (["{onnx}", "-o", "x.engine", "--int8", "--fp16"], "choose one"),
     (["{onnx}", "-o", "x.engine", "--min-batch", "8", "--max-batch", "2"], "--min-batch: batch profile must satisfy 1 <= min <= opt <= max"),
     (["{onnx}", "-o", "x.engine", "--max-batch", "0"], "--max-batch: must be a positive whole number"),
+    # An engine built beyond the batch the exported graph declares (the build accepted 10^8 before).
+    (["{onnx}", "-o", "x.engine", "--max-batch", "100000000"], "--max-batch: batches go up to 65,536"),
     (["{onnx}", "-o", "x.engine", "--builder-optimization-level", "7"], "--builder-optimization-level: builder optimization level must be 0..5"),
     (["{onnx}", "-o", "x.engine", "--workspace", "lots"], "--workspace: 'lots'"),
     (["{onnx}", "-o", "x.engine", "--compute-capability", "none"], "--compute-capability: 'none' is not a target"),

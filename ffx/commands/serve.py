@@ -4,6 +4,7 @@ import click
 
 from ffx.cli import print_json
 from ffx.errors import FfxError
+from ffx.metadata import MAX_BATCH
 from ffx.runtime.serving import DEFAULT_PORT
 from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
@@ -15,7 +16,7 @@ from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 @click.option("--grpc-port", type=click.IntRange(1, 65535), help="gRPC port [default: --port + 1].")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Prometheus metrics port [default: --port + 2].")
 @click.option("--name", help="Model name clients use [default: from the file name].")
-@click.option("--max-batch", type=click.IntRange(min=1), help="Largest batch Triton forms [default: the engine profile's max batch; 32 for ONNX].")
+@click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), help="Largest batch Triton forms [default: the engine profile's max batch; 32 for ONNX].")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_QUEUE_DELAY_US, show_default=True, help="Dynamic batching: longest wait for more requests.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object once ready.")
