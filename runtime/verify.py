@@ -196,10 +196,19 @@ def verify(
     if not Path(data).exists():
         raise FfxError(f"{data}: no such directory")
     candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
-    reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads)
+    # A checkpoint reference is hashed once: for the lineage check, and to run the EMA weights
+    # when the candidate was exported from this checkpoint's model_ema (as `ffx export --ema` does).
+    reference_sha256 = (sha256_file(reference) if runner_kind(reference) == "checkpoint"
+                        and candidate_runner.metadata.get("source_sha256") else None)
+    ema = (reference_sha256 is not None and candidate_runner.metadata.get("weights") == "model_ema"
+           and candidate_runner.metadata["source_sha256"] == reference_sha256)
+    reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads, ema=ema)
+    if ema:
+        warnings.append(f"{Path(reference).name}: running its model_ema weights, which {candidate_runner.name} was "
+                        "exported from")
     preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings, preprocess)
     class_names = candidate_runner.class_names or reference_runner.class_names
-    lineage = _lineage(candidate_runner, reference_runner)
+    lineage = _lineage(candidate_runner, reference_runner, reference_sha256)
     if lineage:
         warnings.append(f"{candidate_runner.name} was {lineage}: this compares two networks, not a conversion and "
                         "its source")
@@ -309,11 +318,12 @@ def _shared_preprocess(candidate, reference, warnings, given=None):
     return chosen.preprocess, None
 
 
-def _lineage(candidate, reference):
-    """Why the candidate was not made from the reference's weights, or None (see lineage_mismatch)."""
+def _lineage(candidate, reference, reference_sha256=None):
+    """Why the candidate was not made from the reference's weights, or None (see lineage_mismatch);
+    `reference_sha256`: the hash of a checkpoint reference (its metadata has none)."""
     reference_info = reference.metadata
-    if "source_sha256" not in reference_info and runner_kind(reference.path) == "checkpoint":
-        reference_info = dict(reference_info, source_sha256=sha256_file(reference.path))
+    if reference_sha256 and "source_sha256" not in reference_info:
+        reference_info = dict(reference_info, source_sha256=reference_sha256)
     return lineage_mismatch(candidate.metadata, reference_info)
 
 

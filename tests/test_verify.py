@@ -180,6 +180,24 @@ def test_warns_when_the_candidate_was_made_from_other_weights(cli_runner, mini, 
         assert "made from a different checkpoint" in result.stderr, result.stderr
 
 
+def test_an_ema_export_is_verified_against_the_checkpoints_ema_weights(cli_runner, mini, images, tmp_path):
+    """`ffx export --ema` then `ffx verify model.onnx --reference model.pth`: the reference runs the
+    weights the candidate came from (it ran `model`, and the lineage warning said so)."""
+    import torch
+
+    checkpoint = torch.load(mini.checkpoint, weights_only=True)
+    checkpoint["model_ema"] = {k: v + 0.02 * torch.randn_like(v) for k, v in checkpoint["model"].items()}
+    trained = tmp_path / "trained.pth"
+    torch.save(checkpoint, trained)
+    exported = tmp_path / "ema.onnx"
+    assert cli_runner.invoke(cli, ["export", "--checkpoint", str(trained), "--ema", "-o", str(exported)]).exit_code == 0
+    result = _verify(cli_runner, exported, "--reference", trained, "--data", images, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["max_abs_error"] < 1e-4 and "running its model_ema weights" in result.stderr
+    assert "different" not in result.stderr and "weights, the reference" not in result.stderr
+
+
 def _reexport(checkpoint, folder):
     from ffx.export.checkpoint import resolve_model
     from ffx.export.onnx_export import export_onnx
