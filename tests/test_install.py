@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import FASHION, fashion_onnx
+from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ["ffx", "export", "calib", "runtime"]
@@ -138,13 +138,19 @@ def python310():
     return None
 
 
-def lowest_declared(python_version):
-    """pip constraints pinning each base requirement to the lowest version setup.cfg allows on
-    `python_version` ("3.10"): the claim a `>=` makes, tested."""
+def lowest_declared(python_version, extra=None):
+    """pip constraints pinning each base requirement (or each of `extra`'s) to the lowest version
+    setup.cfg allows on `python_version` ("3.10"): the claim a `>=` makes, tested."""
     from packaging.requirements import Requirement  # pytest's own dependency
 
+    if extra is None:
+        lines = setup_cfg_options()["install_requires"].splitlines()
+    else:
+        config = configparser.ConfigParser()
+        config.read(ROOT / "setup.cfg")
+        lines = config["options.extras_require"][extra].split(";")
     pins = []
-    for line in setup_cfg_options()["install_requires"].splitlines():
+    for line in lines:
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -227,6 +233,29 @@ def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py
                                 cwd=tmp_path)
         assert result.returncode == 2 and result.stderr.startswith("Error: INT8 calibration needs onnxruntime 1.27")
         assert result.stderr.count("\n") == 1 and not (tmp_path / "py310.int8.onnx").exists()
+
+
+def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_path):
+    """The export extra's floors, with this machine's torch (pip cannot swap torch here: PyPI's is
+    the CUDA build): a venv that sees this torch and ffx, with onnxscript and safetensors pinned low."""
+    from packaging.version import Version
+    from safetensors.torch import save_file
+
+    from ffx.export.checkpoint import load_checkpoint
+
+    pins = dict(pin.split("==") for pin in lowest_declared(f"{sys.version_info.major}.{sys.version_info.minor}", "export"))
+    pins.pop("torch")
+    assert set(pins) == {"onnxscript", "safetensors"}
+    _run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")])
+    python = str(tmp_path / "venv" / "bin" / "python")
+    _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *(f"{k}=={v}" for k, v in pins.items())])
+    versions = _run([python, "-c", "import onnxscript, safetensors; print(onnxscript.__version__, safetensors.__version__)"])
+    assert [Version(v) for v in versions.stdout.split()] == [Version(pins["onnxscript"]), Version(pins["safetensors"])]
+    weights = tmp_path / "fixture.safetensors"  # the safetensors loader is what its floor could break
+    save_file({k: v.contiguous() for k, v in load_checkpoint(FASHION_CHECKPOINT).state_dict.items()}, str(weights))
+    exported = _run([python, "-c", "from ffx.cli import main; main()", "export", "--checkpoint", str(weights),
+                     "-o", str(tmp_path / "low.onnx")], cwd=tmp_path)
+    assert "ONNX sha256" in exported.stdout and (tmp_path / "low.onnx").is_file()
 
 
 def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
