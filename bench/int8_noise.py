@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from bench.fidelity import FIXTURE_CHECKPOINT, decode_images
 from bench.int8_accuracy import CALIBRATION_IMAGES, SPEED_BAR, _relative, exported_fixture, ffx
 from ffx.calib.smoothing import SMOOTHING_SPREAD
+from ffx.fidelity import error_power, snr_of, summed_errors
 
 VARIANTS = {"plain INT8": [], "--smooth-gelu": ["--smooth-gelu"]}
 TIMED_BATCHES = (1, 8)
@@ -102,10 +103,10 @@ def budget(model, float_weights, images, reference, tensor_names=None):
             alone = partly_float(model, float_weights, [name] if kind == "activation" else [],
                                  [name] if kind == "weight" else [])
             result["tensors"].append({"kind": kind, "tensor": tensor_names.get(name, name), **score(alone)})
-    powers = [10 ** (-row["snr_db"] / 10) for row in result["tensors"]]
-    for row, power in zip(result["tensors"], powers):
-        row["share"] = round(power / sum(powers), 4)
-    result["predicted_all_int8_snr_db"] = round(-10 * np.log10(sum(powers)), 2)
+    shares, predicted = summed_errors([row["snr_db"] for row in result["tensors"]])
+    for row, share in zip(result["tensors"], shares):
+        row["share"] = round(share, 4)
+    result["predicted_all_int8_snr_db"] = round(predicted, 2)
     return result
 
 
@@ -145,7 +146,8 @@ def speed_budget(fp32_path, int8_path, layers, flops, budget_):
         result[str(batch)] = {
             "fp32_slowdown": round(slowdown, 4), "keep_fp": keep, "share": round(share, 4), "ratio": round(ratio, 3),
             "float_flops_share": round(sum(flops[name] for name in keep) / total, 4),
-            "predicted_snr_db": round(budget_["all_int8"]["snr_db"] - 10 * np.log10(1 - share), 2) if share < 1 else None,
+            "predicted_snr_db": round(snr_of(error_power(budget_["all_int8"]["snr_db"]) * (1 - share)), 2)
+            if share < 1 else None,
         }
     return result
 

@@ -17,8 +17,9 @@ agreed on 99.88% of the test set, not 99.9%.
 import dataclasses
 import math
 
-from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, error_power, matmul_flops, prepare
+from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, matmul_flops, prepare
 from ffx.errors import GateFailed, InvalidOption
+from ffx.fidelity import error_power
 
 PRUNE_TOLERANCE_DB = 0.5  # how much logit SNR trying a layer back in INT8 may cost (12% more error power)
 
@@ -81,7 +82,7 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=DEFAULT_HEL
         log(f"ranking the {len(variants.layers)} layers: each alone in INT8 on {len(held_out)} held-out images")
         for layer in variants.layers:
             alone = held_out.fidelity(variants.quantized_only(layer))
-            harm[layer.name] = error_power(alone)
+            harm[layer.name] = error_power(alone.snr_db)
         cheapest = min(variants.layers, key=lambda layer: (share[layer.name], layer.name))
         order = sorted((layer for layer in variants.layers if layer is not cheapest),
                        key=lambda layer: harm[layer.name] / max(share[layer.name], 1e-9), reverse=True)

@@ -19,7 +19,7 @@ from ffx.calib.outliers import bias_of, correct_biases
 from ffx.calib.model_io import cpu_session, load_source_model
 from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
-from ffx.fidelity import row_cosines, snr_db
+from ffx.fidelity import row_cosines, snr_db, summed_errors
 
 DEFAULT_HELD_OUT_IMAGES = 1000
 EVAL_BATCH = 250
@@ -251,9 +251,9 @@ def layer_sensitivity(onnx_path, data, options, held_out_images=DEFAULT_HELD_OUT
             float_alone=held_out.fidelity(variants.with_float([layer])),
         ))
     rows.sort(key=lambda row: (row.quantized_alone.snr_db, row.name))
-    powers = [error_power(row.quantized_alone) for row in rows]
-    for row, power in zip(rows, powers):
-        row.error_share = round(power / sum(powers), 4) if sum(powers) > 0 else 0.0
+    shares, predicted = summed_errors([row.quantized_alone.snr_db for row in rows])
+    for row, share in zip(rows, shares):
+        row.error_share = round(share, 4)
     fp32_top1 = (round(100 * float(np.mean(held_out.reference_logits.argmax(1) == held_out.labels)), 4)
                  if held_out.labels is not None else None)
     return SensitivityReport(
@@ -261,10 +261,5 @@ def layer_sensitivity(onnx_path, data, options, held_out_images=DEFAULT_HELD_OUT
         held_out_images=len(held_out), held_out_source=held_out.source, fp32_top1=fp32_top1,
         all_int8=held_out.fidelity(variants.all_int8), layers=rows, cache=stats.cache,
         seconds=round(time.perf_counter() - started, 2),
-        predicted_snr_db=round(-10 * np.log10(sum(powers)), 2) if sum(powers) > 0 else None,
+        predicted_snr_db=round(predicted, 2) if predicted is not None else None,
     )
-
-
-def error_power(fidelity):
-    """A graph's logit error power relative to FP32's logits (the inverse of its SNR)."""
-    return 10 ** (-fidelity.snr_db / 10)

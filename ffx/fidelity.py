@@ -1,5 +1,6 @@
 """How close one model's outputs are to another's: the measures calibrate, sensitivity, compare and
-verify all report, written once (numpy only, so the torch-free runtime uses them too)."""
+verify all report, written once (numpy only, so the torch-free runtime uses them too), and the
+arithmetic of logit error powers that sensitivity, the autopilot and the noise budget share."""
 
 import math
 
@@ -17,3 +18,22 @@ def row_cosines(reference, candidate):
 def snr_db(signal_power, noise_power):
     """10 log10(signal / noise): infinite when there is no noise."""
     return math.inf if noise_power == 0 else 10 * math.log10(signal_power / noise_power)
+
+
+def error_power(snr):
+    """A graph's logit error power relative to the reference logits' power: the inverse of its SNR (dB)."""
+    return 10 ** (-snr / 10)
+
+
+def snr_of(power):
+    """The SNR (dB) of a relative error power: infinite when nothing is left."""
+    return math.inf if power <= 0 else -10 * math.log10(power)
+
+
+def summed_errors(snrs):
+    """(each part's share of the summed error power, the SNR that sum predicts, or None when it is 0)
+    for parts measured alone at `snrs` dB: rounding errors of different tensors or layers are
+    nearly independent, so their powers add."""
+    powers = [error_power(snr) for snr in snrs]
+    total = sum(powers)
+    return [power / total if total > 0 else 0.0 for power in powers], (snr_of(total) if total > 0 else None)

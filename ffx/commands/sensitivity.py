@@ -1,4 +1,3 @@
-import math
 import sys
 
 import click
@@ -9,6 +8,7 @@ from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
 from ffx.cli import FiniteFloat, print_json, warn
 from ffx.errors import InvalidOption
+from ffx.fidelity import error_power, snr_of
 
 # Suggest --smooth-gelu when one post-GELU layer carries at least this share of the INT8 error.
 SMOOTHING_HINT_SHARE = 0.3
@@ -86,10 +86,7 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
 
 def _remaining_db(report, removed_share):
     """The all-INT8 SNR with `removed_share` of the layers' summed error power taken away."""
-    from ffx.calib.sensitivity import error_power
-
-    left = error_power(report.all_int8) - removed_share * 10 ** (-report.predicted_snr_db / 10)
-    return float("inf") if left <= 0 else -10 * math.log10(left)
+    return snr_of(error_power(report.all_int8.snr_db) - removed_share * error_power(report.predicted_snr_db))
 
 
 def _print_table(report):
