@@ -14,7 +14,7 @@ import numpy as np
 from ffx.calib.layers import network_layers
 from ffx.calib.model_io import cpu_session, load_source_model, with_outputs
 from ffx.datasets import load_batches, open_dataset, select_images
-from ffx.errors import FfxError, from_onnxruntime
+from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db
 from ffx.metadata import lineage_mismatch, onnx_metadata, validate_metadata
 from ffx.onnx_file import check_input_size, load_external_weights, load_onnx
@@ -88,8 +88,8 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
     dataset = open_dataset(data, class_names=source.info.get("class_names"), warn=None)
     items = select_images(dataset.items, num_images, seed)
     tensors = [tensor for _, tensor in points]
-    reference_session = _session_with_outputs(source.model, tensors, reference_path)
-    candidate_session = _session_with_outputs(candidate, tensors, candidate_path)
+    reference_session = cpu_session(with_outputs(source.model, tensors), reference_path)
+    candidate_session = cpu_session(with_outputs(candidate, tensors), candidate_path)
     sums = {tensor: [0.0, 0.0] for tensor in tensors}  # [sum fp32^2, sum error^2]
     cosine_min = dict.fromkeys(tensors, 1.0)
     agreeing = count = 0
@@ -133,13 +133,6 @@ def _load_candidate(path):
     info = validate_metadata(onnx_metadata(model, path) or {}, path)
     check_input_size(model, info, path)
     return model, info
-
-
-def _session_with_outputs(model, tensors, path):
-    try:
-        return cpu_session(with_outputs(model, tensors), path)
-    except Exception as e:  # onnxruntime's own exception types
-        raise FfxError(f"{path}: onnxruntime cannot load the graph: {from_onnxruntime(e) or e}") from None
 
 
 def _run(session, tensors, images):

@@ -48,21 +48,25 @@ def with_outputs(model, tensors):
 
 
 def cpu_session(model, source=None):
-    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes) whose
-    run() reports a graph onnxruntime cannot execute as an FfxError naming `source` (the file)."""
+    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes). A graph
+    onnxruntime cannot load, or cannot execute in run(), is an FfxError naming `source` (the file)."""
     import onnxruntime
 
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    return _CheckedSession(onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"]), source)
+    try:
+        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        _raise_for_onnxruntime(e, source, "load")
+    return _CheckedSession(session, source)
 
 
 class _CheckedSession:
     def __init__(self, session, source):
         self._session = session
-        self._source = f"{source}: " if source else ""
+        self._source = source
 
     def __getattr__(self, name):  # get_inputs, get_outputs, ...
         return getattr(self._session, name)
@@ -71,10 +75,15 @@ class _CheckedSession:
         try:
             return self._session.run(output_names, feeds)
         except Exception as e:
-            message = from_onnxruntime(e)
-            if message is None:
-                raise
-            raise FfxError(f"{self._source}ONNX Runtime cannot run the model: {message}") from None
+            _raise_for_onnxruntime(e, self._source, "run")
+
+
+def _raise_for_onnxruntime(error, source, doing):
+    """An onnxruntime error as an FfxError naming `source`; anything else (a bug in ffx) as it is."""
+    message = from_onnxruntime(error)
+    if message is None:
+        raise error
+    raise FfxError(f"{f'{source}: ' if source else ''}ONNX Runtime cannot {doing} the model: {message}") from None
 
 
 def load_source_model(path):

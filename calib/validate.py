@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.calib.model_io import cpu_session
-from ffx.errors import BackendUnavailable, FfxError, GateFailed, from_onnxruntime
+from ffx.errors import BackendUnavailable, FfxError, GateFailed
 
 
 @dataclasses.dataclass
@@ -30,10 +30,7 @@ class TensorRTCheck:
 def check_onnxruntime(model_bytes, input_name, images=None, reference_logits=None, input_shape=None):
     """Load the graph in onnxruntime and run it: on `images` compared with `reference_logits`, or
     on one random input. Raises FfxError when onnxruntime rejects the graph."""
-    try:
-        session = cpu_session(model_bytes)
-    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        raise FfxError(f"onnxruntime cannot load the converted graph: {from_onnxruntime(e) or e}") from None
+    session = cpu_session(model_bytes, "the converted graph")
     if images is None or len(images) == 0:
         sample = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
         output = session.run(None, {input_name: sample})[0]

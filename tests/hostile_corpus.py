@@ -200,6 +200,12 @@ def onnx_models(folder, mini):
     metadata_variant("meta_class_names_dict", lambda d: d.__setitem__("class_names", {"a": 1}))
     metadata_variant("meta_num_classes_text", lambda d: d.__setitem__("num_classes", "ten"))
     metadata_variant("meta_format_version_future", lambda d: d.__setitem__("format_version", 99))
+    # Valid metadata on a graph onnxruntime refuses to load (an operator no runtime knows).
+    unknown = onnx.ModelProto()
+    unknown.CopyFrom(good)
+    next(node for node in unknown.graph.node if node.op_type == "Transpose").op_type = "NoSuchOp"
+    onnx.save(unknown, folder / "unknown_operator.onnx")
+    files["unknown_operator"] = folder / "unknown_operator.onnx"
     # Well-formed metadata that disagrees with the graph: it preprocesses to half the graph's width.
     channels, height, width = info["preprocess"]["input_size"]
     metadata_variant("meta_input_size_other", set_pre("input_size", [channels, height, width // 2]))
