@@ -234,8 +234,10 @@ def insert_qdq(source, thresholds, excluded_nodes):
     with tempfile.TemporaryDirectory(prefix="ffx-calibrate-") as folder:
         folder = Path(folder)
         save_tensors_data(ranges, folder / "ranges.json")
-        source_path, quantized_path = folder / "model.onnx", folder / "model.int8.onnx"
-        onnx.save(source.model, str(source_path))  # the graph in memory: its weights loaded, maybe smoothed
+        source_path, quantized_path = source.path, folder / "model.int8.onnx"
+        if source.derived_sha256:  # rewritten in memory (--smooth-gelu): the quantizer reads a file
+            source_path = folder / "model.onnx"
+            onnx.save(source.model, str(source_path))
         with _quiet_onnxruntime_logging():
             quantize_static(
                 str(source_path),
