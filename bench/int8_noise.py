@@ -257,8 +257,9 @@ def _speed_lines(result):
             lines.append(f"| {budget_['graph']} | {batch} | +{100 * row['fp32_slowdown']:.0f}% | {100 * row['share']:.0f}% "
                          f"({row['ratio']:.2f}x) | {100 * row['float_flops_share']:.0f}% | "
                          f"{', '.join(row['keep_fp']) or 'none'} | {snr} |")
-    lines += _cost_model_check(variants)
-    needed = _least_snr_at_target()
+    section_6 = json.loads(INT8_ACCURACY.read_text())["rows"] if INT8_ACCURACY.is_file() else []
+    lines += _cost_model_check(variants, section_6)
+    needed = _least_snr_at_target(section_6)
     if needed:
         # The bar holds at every batch size: the batch with the larger slowdown decides.
         best = max(min(row["predicted_snr_db"] or float("inf") for row in budget_["speed_budget"].values())
@@ -269,14 +270,12 @@ def _speed_lines(result):
     return lines
 
 
-def _cost_model_check(variants):
-    """Section 6's autopilot graphs: the speed the FLOPs cost model predicts for their float layers
-    against the speed `ffx bench` measured."""
-    if not INT8_ACCURACY.is_file():
-        return []
+def _cost_model_check(variants, section_6):
+    """Section 6's autopilot graphs (`section_6`: the rows of bench/int8_accuracy.json): the speed the
+    FLOPs cost model predicts for their float layers against the speed `ffx bench` measured."""
     plain = next((budget_ for budget_ in variants if budget_["graph"] == "plain INT8"), variants[0])["speed_budget"]
     checks = []
-    for row in json.loads(INT8_ACCURACY.read_text())["rows"]:
+    for row in section_6:
         share = (row.get("search") or {}).get("float_flops_share")
         if not row.get("autopilot") or share is None or not row.get("speed_vs_plain_int8"):
             continue
@@ -289,13 +288,10 @@ def _cost_model_check(variants):
     return [f"\nThe cost model against section 6's autopilot graphs (batch {'/'.join(plain)}): " + "; ".join(checks) + "."]
 
 
-def _least_snr_at_target(agreement=99.9):
+def _least_snr_at_target(section_6, agreement=99.9):
     """The lowest logit SNR of a section-6 graph whose test-set agreement reached `agreement` (None when
-    bench/int8_accuracy.json is absent)."""
-    if not INT8_ACCURACY.is_file():
-        return None
-    rows = json.loads(INT8_ACCURACY.read_text())["rows"]
-    reached = [row["snr_db"] for row in rows if row.get("snr_db") is not None and row["agreement"] >= agreement]
+    there is none, or no bench/int8_accuracy.json)."""
+    reached = [row["snr_db"] for row in section_6 if row.get("snr_db") is not None and row["agreement"] >= agreement]
     return min(reached) if reached else None
 
 
