@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
-from ffx.errors import FfxError, from_onnxruntime
+from ffx.errors import FfxError, reraise_onnxruntime
 from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
 from ffx.onnx_file import check_input_size, load_external_weights, load_onnx
 
@@ -59,7 +59,7 @@ def cpu_session(model, source=None):
     try:
         session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as e:
-        _raise_for_onnxruntime(e, source, "load")
+        reraise_onnxruntime(e, source, "load")
     return _CheckedSession(session, source)
 
 
@@ -75,15 +75,8 @@ class _CheckedSession:
         try:
             return self._session.run(output_names, feeds)
         except Exception as e:
-            _raise_for_onnxruntime(e, self._source, "run")
+            reraise_onnxruntime(e, self._source, "run")
 
-
-def _raise_for_onnxruntime(error, source, doing):
-    """An onnxruntime error as an FfxError naming `source`; anything else (a bug in ffx) as it is."""
-    message = from_onnxruntime(error)
-    if message is None:
-        raise error
-    raise FfxError(f"{f'{source}: ' if source else ''}ONNX Runtime cannot {doing} the model: {message}") from None
 
 
 def load_source_model(path):

@@ -46,3 +46,12 @@ def from_onnxruntime(error):
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+
+
+def reraise_onnxruntime(error, source, doing):
+    """Raise an onnxruntime `error` as an FfxError "SOURCE: ONNX Runtime cannot DOING the model: ...";
+    anything else (a bug in ffx) as it is."""
+    message = from_onnxruntime(error)
+    if message is None:
+        raise error
+    raise FfxError(f"{f'{source}: ' if source else ''}ONNX Runtime cannot {doing} the model: {message}") from None

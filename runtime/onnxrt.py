@@ -4,7 +4,7 @@ kernels included) or on a GPU through the CUDA or TensorRT execution provider.""
 import numpy as np
 import onnx
 
-from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime
+from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime, reraise_onnxruntime
 from ffx.metadata import onnx_metadata, validate_metadata
 from ffx.onnx_file import check_input_size
 from ffx.runtime.onnx_model import graph_precision, load_onnx
@@ -99,10 +99,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             return self.session.run([self.output_name], {self.input_name: images.astype(self.input_dtype, copy=False)})[0]
         except Exception as e:
-            message = from_onnxruntime(e)
-            if message is None:
-                raise
-            raise FfxError(f"{self.path}: ONNX Runtime cannot run the model: {message}") from None
+            reraise_onnxruntime(e, self.path, "run")
 
     def _deactivate(self):
         self.session = None
