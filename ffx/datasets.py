@@ -351,12 +351,11 @@ class BatchLoader:
         return len(self.items)
 
     def __iter__(self):
-        from tqdm import tqdm
+        from ffx.progress import Progress
 
         self.skipped = []
-        # The bar appears only after 2 s, so quick runs stay quiet; None: only on a terminal.
-        bar = tqdm(total=len(self.items), desc=self.description, unit="img", file=sys.stderr, delay=2.0,
-                   disable=None if self.progress is None else not self.progress, leave=False, dynamic_ncols=True)
+        # Shown only after 2 s, so quick runs stay quiet: a bar on a terminal, lines in a log.
+        bar = Progress(len(self.items), self.description, enabled=self.progress)
         pending = []
         try:
             for item, result in self._decoded():
@@ -370,8 +369,10 @@ class BatchLoader:
                     pending = []
             if pending:
                 yield _make_batch(pending, self.preprocess)
-        finally:
-            bar.close()
+        except BaseException:
+            bar.close(finished=False)
+            raise
+        bar.close()
         if self.skipped and self.warn is not None:
             self.warn(describe_skipped(self.skipped))
 

@@ -146,14 +146,15 @@ def make_logger(backend, verbose=False):
 
 
 def _progress_monitor(trt, enabled):
-    """An IProgressMonitor driving a tqdm bar over the top-level build phase, or None where the
-    TensorRT version has no IProgressMonitor (or progress is off). `enabled=None`: on a TTY only."""
+    """An IProgressMonitor reporting the top-level build phase through ffx.progress (a bar on a
+    terminal, lines in a log), or None where the TensorRT version has no IProgressMonitor (or
+    progress is off)."""
     base = getattr(trt, "IProgressMonitor", None)
     if base is None or enabled is False:
         return None
-    from tqdm import tqdm
+    from ffx.progress import Progress
 
-    class TqdmProgressMonitor(base):
+    class BuildProgressMonitor(base):
         def __init__(self):
             base.__init__(self)
             self.bar = None
@@ -161,16 +162,14 @@ def _progress_monitor(trt, enabled):
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             if parent_phase is None and self.bar is None:
-                self.bar = tqdm(total=num_steps, desc="build engine", unit="phase", leave=False,
-                                disable=None if enabled is None else False, file=sys.stderr)
+                self.bar = Progress(num_steps, "build engine", unit="phases", enabled=enabled)
             self.active.append(phase_name)
             if self.bar is not None:
-                self.bar.set_postfix_str(phase_name[:40], refresh=True)
+                self.bar.note(phase_name)
 
         def step_complete(self, phase_name, step):
             if self.bar is not None and len(self.active) == 1:
-                self.bar.n = step + 1
-                self.bar.refresh()
+                self.bar.set_done(step + 1)
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name):
@@ -184,7 +183,7 @@ def _progress_monitor(trt, enabled):
                 self.bar.close()
                 self.bar = None
 
-    return TqdmProgressMonitor()
+    return BuildProgressMonitor()
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -537,8 +536,8 @@ def _save_timing_cache_full_tensorrt(config, path):
 # -- step 3: build ----------------------------------------------------------------------------
 
 def build_plan(parsed, setup, progress=None):
-    """The serialized engine (bytes) of `parsed` built with `setup`. `progress`: True, False, or
-    None for a bar on TTYs only."""
+    """The serialized engine (bytes) of `parsed` built with `setup`. `progress`: False for none,
+    otherwise a bar on a terminal and lines in a log (ffx.progress)."""
     monitor = _progress_monitor(parsed.backend.module, progress)
     if monitor is not None:
         setup.config.progress_monitor = monitor

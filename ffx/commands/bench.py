@@ -1,10 +1,12 @@
 import dataclasses
 import time
+from pathlib import Path
 
 import click
 
 from ffx.cli import FiniteFloat, print_json, warn
 from ffx.errors import FfxError
+from ffx.progress import Progress, stderr_is_terminal
 from ffx.runtime.bench import UNSTABLE_CV
 
 
@@ -48,13 +50,24 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, thre
 
     batches = parse_batches(batch_text)
     started = time.perf_counter()
-    interactive = not as_json and click.get_text_stream("stderr").isatty()
+    interactive_stderr = stderr_is_terminal()
+    interactive = not as_json and interactive_stderr
     if interactive:
         click.echo(f"benchmarking {len(targets)} target(s) x {len(batches)} batch size(s), "
                    f"up to {max_seconds:g} s each ...", err=True)
     echo_row = None if as_json else _row_printer()
-    results = bench(targets, batches, iterations=iterations, warmup=warmup, max_seconds=max_seconds,
-                    provider=provider, cuda_graph=cuda_graph, threads=threads, on_result=echo_row, on_skip=warn)
+    # Each measurement takes up to --max-seconds: a log shows how far the run got (on a terminal
+    # the table's rows, printed as they come, already do).
+    with Progress(len(targets) * len(batches), "bench", unit="measurements",
+                  enabled=as_json or not interactive_stderr) as progress:
+        def on_result(result):
+            progress.note(f"{Path(result.target).name} batch {result.batch}")
+            progress.update(1)
+            if echo_row is not None:
+                echo_row(result)
+
+        results = bench(targets, batches, iterations=iterations, warmup=warmup, max_seconds=max_seconds,
+                        provider=provider, cuda_graph=cuda_graph, threads=threads, on_result=on_result, on_skip=warn)
     for result in results:
         if result.compute_ms is not None and not as_json:
             click.echo(f"{result.target} batch {result.batch}: host-to-device {result.h2d_ms:.3f} ms, "
