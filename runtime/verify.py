@@ -15,13 +15,12 @@ import numpy as np
 
 from ffx.artifacts import sha256_file
 from ffx.errors import FfxError, InvalidOption, MissingPreprocess
-from ffx.fidelity import row_cosines
+from ffx.fidelity import paired_difference_ci, row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
 from ffx.runtime.runner import existing_model_kind, open_runner, runner_kind
 from ffx.runtime.sidecar import read_sidecar, recorded_file
 
-Z_95 = 1.959963984540054
 DEFAULT_MAX_TOP1_DROP = 0.5  # percentage points
 
 
@@ -104,17 +103,6 @@ def compare_predictions(reference_logits, candidate_logits, labels, class_names=
     )
 
 
-def paired_difference_ci(only_reference, only_candidate, n, z=Z_95):
-    """95% interval (percentage points) for the paired difference in accuracy, reference minus
-    candidate, from the discordant counts. Agresti-Min: half an image added to each cell of the
-    2x2 table, so that zero or few discordant images still give an honest, non-degenerate width."""
-    c, b, total = only_reference + 0.5, only_candidate + 0.5, n + 2.0
-    mean = (c - b) / total
-    variance = ((c + b) - (c - b) ** 2 / total) / total**2
-    half = z * math.sqrt(max(variance, 0.0))
-    return [100.0 * (mean - half), 100.0 * (mean + half)]
-
-
 def _in_topk(logits, labels, k):
     top = np.argpartition(-logits, kth=k - 1, axis=1)[:, :k]
     return np.any(top == labels[:, None], axis=1)
@@ -171,7 +159,7 @@ def verify(
         max_top1_drop: the largest top-1 drop, in points, that passes.
         batch_size, workers, threads: batch size, image-decoding processes, CPU threads.
         provider, cuda_graph: ONNX Runtime provider; CUDA graphs for engines.
-        progress: show a progress bar (None: when stderr is a terminal).
+        progress: False for none; otherwise a bar on a terminal, lines in a log (ffx.progress).
         strict: gate on the upper end of the drop's 95% interval instead of the estimate, so a
             pass means the data rule out a larger drop.
         preprocess: overrides the preprocessing the models carry (models exported by other
