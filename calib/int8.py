@@ -56,7 +56,7 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         data: calibration images (a folder, a list file or an ImageDataset).
         output: the Q/DQ model to write (default MODEL.int8.onnx); its manifest is OUT.json.
         options: method, image count, seed, layers kept in float, workers, cache.
-        progress: show a progress bar (None: when stderr is a terminal).
+        progress: False for none; otherwise a bar on a terminal, lines in a log (ffx.progress).
         tensorrt_check: build the result with TensorRT/TensorRT-RTX before writing it.
         tensorrt_backend: "auto", "tensorrt" or "tensorrt-rtx".
         warn: called with each warning message (None: silent).
@@ -150,11 +150,12 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
     )
 
 
-def calibration_statistics(source, data, options, progress=None, warn=None):
+def calibration_statistics(source, data, options, progress=None, warn=None, images=None):
     """(source, CalibrationImages, ActivationStatistics, [SmoothedTensor]): the images chosen from
-    `data`, the source with its outlier post-GELU tensors smoothed when `options.smooth_gelu`, and
-    the histograms of every layer's input in that graph (all layers: --keep-fp reuses the cache)."""
-    images = choose_images(source, data, options, warn)
+    `data` (or `images`, chosen already), the source with its outlier post-GELU tensors smoothed
+    when `options.smooth_gelu`, and the histograms of every layer's input in that graph (all
+    layers: --keep-fp reuses the cache)."""
+    images = images or choose_images(source, data, options, warn)
     smoothed = []
     if options.smooth_gelu:  # every layer, kept in float or not: one cache entry serves every --keep-fp
         source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), images.items,

@@ -17,12 +17,14 @@ from ffx.calib.int8 import (calibration_statistics, check_quantizer, insert_qdq,
                              quantization_plan)
 from ffx.calib.outliers import bias_of, correct_biases
 from ffx.calib.model_io import cpu_session, load_source_model
+from ffx.calib.statistics import load_reference_logits, reference_logits_key, save_reference_logits
 from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db, summed_errors
+from ffx.progress import Progress
 
 DEFAULT_HELD_OUT_IMAGES = 1000
-EVAL_BATCH = 250
+EVAL_BATCH = 32  # images per onnxruntime call: small enough for the activations to stay in cache
 
 UNUSED_CALIBRATION_IMAGES = "(the images not used for calibration)"  # how held-out images from --data are described
 
@@ -70,11 +72,12 @@ class SensitivityReport:
 class HeldOutSet:
     """Decoded held-out images, their FP32 logits and labels: the yardstick of every variant."""
 
-    def __init__(self, images, labels, reference_logits, source):
+    def __init__(self, images, labels, reference_logits, source, reference_cache="off"):
         self.images = images
         self.labels = labels
         self.reference_logits = reference_logits
         self.source = source
+        self.reference_cache = reference_cache  # FP32 logits: "hit", "miss" (computed and stored) or "off"
 
     def __len__(self):
         return len(self.images)
@@ -83,13 +86,24 @@ class HeldOutSet:
         logits = run_model(model_bytes, self.images)
         return fidelity_of(logits, self.reference_logits, self.labels)
 
+    def closest_calls_first(self):
+        """Image indices by FP32's margin (top-1 logit minus the runner-up), smallest first: the
+        images a quantized graph flips are almost all among the first."""
+        top_two = np.sort(self.reference_logits, axis=1)[:, -2:]
+        return np.argsort(top_two[:, 1] - top_two[:, 0], kind="stable")
 
-def run_model(model, images):
-    """Logits of an ONNX model (bytes or ModelProto) on `images`, onnxruntime on the CPU."""
+
+def run_model(model, images, progress=None, description=None):
+    """Logits of an ONNX model (bytes or ModelProto) on `images`, onnxruntime on the CPU;
+    `progress` (see ffx.progress) counts the images when `description` names the step."""
     session = cpu_session(model)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i:i + EVAL_BATCH]})[0]
-                           for i in range(0, len(images), EVAL_BATCH)])
+    logits = []
+    with Progress(len(images), description or "images", enabled=progress if description else False) as bar:
+        for start in range(0, len(images), EVAL_BATCH):
+            logits.append(session.run(None, {name: images[start:start + EVAL_BATCH]})[0])
+            bar.update(len(logits[-1]))
+    return np.concatenate(logits)
 
 
 def fidelity_of(logits, reference, labels=None):
@@ -178,9 +192,9 @@ def matmul_flops(model, layers):
     return flops
 
 
-def held_out_set(source, calibration, count, seed, held_out_data=None, progress=None, warn=None):
-    """`count` images (stratified, seeded) not among the calibration images: from `held_out_data`
-    when given, otherwise from the rest of the calibration data set; decoded, with FP32 logits."""
+def held_out_candidates(source, calibration, held_out_data=None):
+    """(the images that may be held out, where they come from): `held_out_data` when given,
+    otherwise the rest of the calibration data set; never a calibration image."""
     if held_out_data is not None:
         dataset = held_out_data if isinstance(held_out_data, ImageDataset) else open_dataset(
             held_out_data, class_names=source.info.get("class_names"), warn=None)
@@ -191,22 +205,48 @@ def held_out_set(source, calibration, count, seed, held_out_data=None, progress=
     candidates = [item for item in dataset.items if str(item.path) not in used]
     if not candidates:
         raise FfxError(f"{where}: no images left that are not calibration images; give a held-out data set")
-    chosen = select_images(candidates, count, seed + 1)
+    return candidates, where
+
+
+def choose_held_out(candidates, count, seed):
+    """`count` of the candidates (stratified, seeded apart from the calibration choice)."""
+    return select_images(candidates, count, seed + 1)
+
+
+def held_out_set(source, calibration, count, seed, held_out_data=None, progress=None, warn=None, cache_dir=None,
+                 workers=0):
+    """`count` images (stratified, seeded) not among the calibration images: from `held_out_data`
+    when given, otherwise from the rest of the calibration data set; decoded, with FP32 logits."""
+    candidates, where = held_out_candidates(source, calibration, held_out_data)
+    chosen = choose_held_out(candidates, count, seed)
     if len(chosen) < count and warn is not None:
         warn(f"{where} has only {len(chosen)} held-out images; measuring on those instead of {count}")
-    images, labels = [], []
-    loader = load_batches(chosen, source.preprocess, EVAL_BATCH, workers=0, progress=progress, warn=warn,
+    return decode_held_out(source, chosen, where, workers, progress, warn, cache_dir)
+
+
+def decode_held_out(source, chosen, where, workers=0, progress=None, warn=None, cache_dir=None):
+    """The HeldOutSet of the images `chosen`: decoded once (in `workers` processes), with the FP32
+    model's logits, read from `cache_dir` when an earlier run computed them for the same model,
+    preprocessing and image bytes."""
+    images, labels, hashes = [], [], []
+    loader = load_batches(chosen, source.preprocess, EVAL_BATCH, workers=workers, progress=progress, warn=warn,
                           description="held-out images")
     for batch in loader:
         images.append(batch.images)
         labels.extend(batch.labels)
+        hashes.extend(batch.sha256)
     if not images:
         raise FfxError(f"none of the held-out images in {where} could be read")
     images = np.concatenate(images)
     labelled = all(label is not None for label in labels)
-    held_out = HeldOutSet(images, np.asarray(labels, np.int64) if labelled else None,
-                          run_model(source.model, images), where)
-    return held_out
+    key = reference_logits_key(source, hashes)
+    reference = load_reference_logits(cache_dir, key, len(images)) if cache_dir is not None else None
+    cache = "hit" if reference is not None else ("miss" if cache_dir is not None else "off")
+    if reference is None:
+        reference = run_model(source.model, images, progress, "FP32 on the held-out images")
+        if cache_dir is not None and not save_reference_logits(cache_dir, key, reference):
+            cache = "off"
+    return HeldOutSet(images, np.asarray(labels, np.int64) if labelled else None, reference, where, cache)
 
 
 def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progress=None, warn=None):
@@ -215,7 +255,8 @@ def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progr
     source, images, stats, _ = calibration_statistics(load_source_model(onnx_path), data, options, progress, warn)
     layers, _ = quantization_plan(source, ())
     variants = QuantizedVariants(source, layers, *outlier_handled_ranges(source, layers, stats, images.items, options))
-    held_out = held_out_set(source, images, held_out_images, options.seed, held_out_data, progress, warn)
+    held_out = held_out_set(source, images, held_out_images, options.seed, held_out_data, progress, warn,
+                            options.statistics_cache, options.workers)
     return source, variants, held_out, stats
 
 
@@ -240,16 +281,19 @@ def layer_sensitivity(onnx_path, data, options, held_out_images=DEFAULT_HELD_OUT
     flops = matmul_flops(source.model, variants.layers)
     total = sum(flops.values())
     rows = []
-    for index, layer in enumerate(variants.layers):
-        if on_layer is not None:
-            on_layer(index, len(variants.layers), layer.name)
-        rows.append(LayerSensitivity(
-            name=layer.name,
-            op_type=layer.op_type,
-            flops_share=flops[layer.name] / total,
-            quantized_alone=held_out.fidelity(variants.quantized_only(layer)),
-            float_alone=held_out.fidelity(variants.with_float([layer])),
-        ))
+    with Progress(len(variants.layers), "sensitivity", unit="layers", enabled=progress) as bar:
+        for index, layer in enumerate(variants.layers):
+            if on_layer is not None:
+                on_layer(index, len(variants.layers), layer.name)
+            bar.note(layer.name)
+            rows.append(LayerSensitivity(
+                name=layer.name,
+                op_type=layer.op_type,
+                flops_share=flops[layer.name] / total,
+                quantized_alone=held_out.fidelity(variants.quantized_only(layer)),
+                float_alone=held_out.fidelity(variants.with_float([layer])),
+            ))
+            bar.update(1)
     rows.sort(key=lambda row: (row.quantized_alone.snr_db, row.name))
     shares, predicted = summed_errors([row.quantized_alone.snr_db for row in rows])
     for row, share in zip(rows, shares):

@@ -313,3 +313,46 @@ def _save_cache(cache_dir, key, stats):
              histograms=stats.histograms, reference_logits=stats.reference_logits)
     with atomic_output(_cache_file(cache_dir, key)) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+# --- FP32 logits of held-out images ------------------------------------------------------------
+# The autopilot and `ffx sensitivity` judge every variant against the FP32 model's logits on the
+# held-out images; on thousands of images those take longer than anything else they compute once,
+# and they depend only on the graph, the preprocessing and the image bytes.
+
+
+def reference_logits_key(source, image_hashes):
+    payload = {"version": STATISTICS_VERSION, "kind": "reference_logits", "model_sha256": source.model_sha256,
+               "preprocess": source.preprocess.to_dict(), "images": list(image_hashes)}
+    return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
+
+
+def _reference_file(cache_dir, key):
+    return Path(cache_dir) / f"reference-{key}.npz"
+
+
+def load_reference_logits(cache_dir, key, images):
+    """The cached FP32 logits of `images` images under `key`, or None (absent, damaged or planted
+    entries are a miss, never trusted)."""
+    try:
+        with np.load(_reference_file(cache_dir, key), allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                return None
+            logits = data["logits"]
+    except Exception:
+        return None
+    if logits.ndim != 2 or len(logits) != images or logits.dtype != np.float32 or not np.isfinite(logits).all():
+        return None
+    return logits
+
+
+def save_reference_logits(cache_dir, key, logits):
+    """Store the logits under `key`; False when the cache folder cannot be written."""
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), logits=np.asarray(logits, np.float32))
+    try:
+        with atomic_output(_reference_file(cache_dir, key)) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+    except (OSError, FfxError):
+        return False
+    return True

@@ -1,5 +1,3 @@
-import sys
-
 import click
 
 from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, OPTION_FLAGS,
@@ -63,11 +61,7 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
 
         check_plot_path(plot)
 
-    def on_layer(index, count, name):
-        if not as_json and sys.stderr.isatty():  # a progress line for people; logs get the table only
-            click.echo(f"\rmeasuring layer {index + 1}/{count} ({name})\033[K", err=True, nl=index + 1 == count)
-
-    report = layer_sensitivity(model, data, options, num_images, held_out, warn=warn, on_layer=on_layer)
+    report = layer_sensitivity(model, data, options, num_images, held_out, warn=warn)
     if plot:
         from ffx.calib.sensitivity_plot import draw_sensitivity
 
