@@ -1,47 +1,128 @@
-"""The smallest set of layers to keep in float for INT8 to reach an accuracy target.
+"""The cheapest set of layers to keep in float for a quantized graph to reach an accuracy target,
+judged on enough held-out images to mean it.
 
-Candidates are ordered by harm per cost: each layer's logit error when quantized alone (from the
-sensitivity analysis) divided by its share of the matrix-product FLOPs, so a cheap layer that
-costs accuracy goes first and an expensive one last. Layers are added to the float set in that
-order, re-measuring the whole graph on the held-out images after each, until the target holds;
-then every kept layer is tried back in INT8, most expensive first, and stays INT8 when the target
-still holds without it and the logit SNR stays within PRUNE_TOLERANCE_DB of the SNR at which the
-target was first met. Every figure recorded is a measurement of the final graph.
+A target is judged by default on the 95% bound of what is measured: the Wilson lower bound of
+the top-1 agreement with FP32, the upper end of the paired interval of the top-1 drop (as `ffx
+verify` computes it). Before anything runs, the held-out images are counted: when even a graph
+that agrees on every one of them could not show the target (99.9% takes 3,838 images), the
+search stops there with that number, unless the target is to be judged on the point estimates.
 
-Why the SNR condition: agreement near 99.9% is a count of a few images, and trying each kept layer
-back is many draws of that count. Without the condition, the Fashion-MNIST fixture's search (10,000
-held-out images) dropped from 45.9 to 40.6 dB on draws that happened to pass, and the graph it chose
-agreed on 99.88% of the test set, not 99.9%.
+The search, in the order it runs:
+1. The all-quantized graph is measured on the held-out images, closest calls first (FP32's
+   top-1 logit minus its runner-up, smallest first: the images a quantized graph flips are
+   almost all among the first), stopping as soon as it can no longer meet the target.
+2. Each layer's error: its logit error power with it alone quantized, on RANKING_IMAGES held-out
+   images. Rounding errors of different layers are nearly independent, so their powers add
+   (bench/int8_noise: 33.5 dB predicted from the parts, 33.7 dB measured), and the error of any
+   float set follows without measuring it.
+3. Each layer's cost: its share of the matrix-product FLOPs (the CPU cost model that
+   bench/int8_noise checked against `ffx bench`: within 0.02x).
+4. For every cost, the float set that removes the most error (a knapsack over the FLOPs shares),
+   and how many held-out images it should flip: each closest call's all-quantized logit error,
+   scaled to the set's predicted error, against its FP32 margins.
+5. The cheapest set likely to meet the target (PASS_PROBABILITY) is measured on the held-out
+   images; a set that fails re-fits the prediction to what was measured and a costlier one is
+   measured next. Every figure recorded is a measurement of the chosen graph on every held-out
+   image.
+
+The search never builds a graph itself: it asks `variants.with_float(layers)` (calib/sensitivity's
+QuantizedVariants: the graph `calibrate_int8` writes with those layers in --keep-fp) for every
+graph it measures, so another precision is another `variants`.
 """
 
 import dataclasses
 import math
 
-from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, matmul_flops, prepare
-from ffx.errors import GateFailed, InvalidOption
-from ffx.fidelity import error_power
+import numpy as np
 
-PRUNE_TOLERANCE_DB = 0.5  # how much logit SNR trying a layer back in INT8 may cost (12% more error power)
+from ffx.calib.conversion import choose_images
+from ffx.calib.int8 import calibration_statistics, check_quantizer, outlier_handled_ranges, quantization_plan
+from ffx.calib.model_io import cpu_session, load_source_model
+from ffx.calib.sensitivity import (EVAL_BATCH, QuantizedVariants, choose_held_out, decode_held_out, fidelity_of,
+                                   held_out_candidates, matmul_flops, run_model)
+from ffx.errors import FfxError, GateFailed, InvalidOption
+from ffx.fidelity import (disagreements_allowed, images_to_resolve_agreement, images_to_resolve_drop,
+                          paired_difference_ci, wilson_interval)
+from ffx.progress import Progress
+
+DEFAULT_HELD_OUT_IMAGES = 10_000  # 99.9% on the lower bound: up to 3 of them may disagree
+RANKING_IMAGES = 32  # each layer alone: the 10 largest errors agree within 0.4 dB between two sets of 32 (deep fixture)
+SCREENED_SHARE = 0.1  # the all-quantized graph is measured on at least this share of the closest calls
+MIN_SCREENED = 500
+PASS_PROBABILITY = 0.9  # the chance a set must have, by the prediction, to be measured
+COST_UNITS = 10_000  # the knapsack's resolution: 0.01% of the FLOPs
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """What the INT8 graph must achieve against FP32 on the held-out images."""
+    """What the quantized graph must achieve against FP32 on the held-out images."""
 
     agreement: float | None = None  # minimum top-1 agreement with FP32, in %
     max_top1_drop: float | None = None  # maximum top-1 loss, in points (needs labels)
+    point_estimate: bool = False  # judge the measured values themselves, not their 95% bounds
 
     def __post_init__(self):
         for field, value in (("agreement", self.agreement), ("max_top1_drop", self.max_top1_drop)):
             if value is not None and not math.isfinite(value):  # nan would be met by any graph
                 raise InvalidOption(field, f"the target must be a finite number, got {value}")
 
-    def met_by(self, fidelity, fp32_top1):
-        if self.agreement is not None and fidelity.agreement < self.agreement:
-            return False
-        if self.max_top1_drop is not None and fp32_top1 - fidelity.top1 > self.max_top1_drop:
-            return False
+    @property
+    def judged_on(self):
+        return "point estimate" if self.point_estimate else "95% bound"
+
+    def images_needed(self):
+        """The fewest held-out images on which the target can be shown at all (every image
+        agreeing, no discordant one); None when no number can (100%, or a drop of 0)."""
+        if self.point_estimate:
+            return 1
+        needed = []
+        if self.agreement is not None:
+            needed.append(images_to_resolve_agreement(self.agreement))
+        if self.max_top1_drop is not None:
+            needed.append(images_to_resolve_drop(self.max_top1_drop))
+        return None if None in needed else max(needed, default=1)
+
+    def met_by(self, counts):
+        if self.agreement is not None:
+            agreement = counts.agreement if self.point_estimate else counts.agreement_ci95[0]
+            if agreement < self.agreement - 1e-9:
+                return False
+        if self.max_top1_drop is not None:
+            drop = counts.top1_drop if self.point_estimate else counts.top1_drop_ci95[1]
+            if drop > self.max_top1_drop + 1e-9:
+                return False
         return True
+
+    def out_of_reach(self, counts, images):
+        """Whether `counts`, measured on part of `images` held-out images, can no longer meet the
+        target whatever the rest gives (for the drop: if the rest are all concordant)."""
+        if self.agreement is not None and counts.disagreeing > self.disagreements_allowed(images):
+            return True
+        if self.max_top1_drop is not None and counts.labelled:
+            final = dataclasses.replace(counts, images=images)
+            drop = final.top1_drop if self.point_estimate else final.top1_drop_ci95[1]
+            return drop > self.max_top1_drop + 1e-9
+        return False
+
+    def disagreements_allowed(self, images):
+        """The most images of `images` that may disagree with FP32 for the target to hold (for a
+        drop target: if every one of them costs FP32 a correct answer)."""
+        allowed = [images]
+        if self.agreement is not None:
+            if self.point_estimate:
+                allowed.append(math.floor(images * (1 - self.agreement / 100) + 1e-9))
+            else:
+                allowed.append(disagreements_allowed(self.agreement, images))
+        if self.max_top1_drop is not None:
+            lost = 0
+            while lost < images and not self._drop_too_large(lost + 1, images):
+                lost += 1
+            allowed.append(lost if not self._drop_too_large(0, images) else -1)
+        return min(allowed)
+
+    def _drop_too_large(self, lost, images):
+        drop = 100 * lost / images if self.point_estimate else paired_difference_ci(lost, 0, images)[1]
+        return drop > (self.max_top1_drop or 0) + 1e-9
 
     def describe(self):
         parts = []
@@ -52,81 +133,348 @@ class Target:
         return " and ".join(parts)
 
 
-def search_keep_fp(onnx_path, data, options, target, held_out_images=DEFAULT_HELD_OUT_IMAGES, held_out_data=None,
+@dataclasses.dataclass
+class Counts:
+    """What a graph's top-1 did on held-out images, against FP32's."""
+
+    images: int = 0
+    disagreeing: int = 0
+    reference_only: int = 0  # images FP32 classifies correctly and the graph does not
+    candidate_only: int = 0  # the other way round
+    labelled: bool = False
+
+    def add(self, reference, logits, labels):
+        ours, theirs = logits.argmax(1), reference.argmax(1)
+        self.images += len(logits)
+        self.disagreeing += int(np.sum(ours != theirs))
+        if labels is not None:
+            self.reference_only += int(np.sum((theirs == labels) & (ours != labels)))
+            self.candidate_only += int(np.sum((ours == labels) & (theirs != labels)))
+
+    @property
+    def agreement(self):
+        return 100 * (self.images - self.disagreeing) / self.images
+
+    @property
+    def agreement_ci95(self):
+        low, high = wilson_interval(self.images - self.disagreeing, self.images)
+        return [100 * low, 100 * high]
+
+    @property
+    def top1_drop(self):
+        return 100 * (self.reference_only - self.candidate_only) / self.images if self.labelled else None
+
+    @property
+    def top1_drop_ci95(self):
+        return paired_difference_ci(self.reference_only, self.candidate_only, self.images) if self.labelled else None
+
+
+def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_out_data=None,
                    progress=None, warn=None, log=None):
-    """The smallest float set (by FLOPs) that meets `target`, as a dict for the manifest:
-    keep_fp, its FLOPs share, the measured fidelity, the held-out images and each step taken.
-    Raises GateFailed when even every layer but the cheapest in float misses the target."""
+    """The cheapest float set (by FLOPs) for INT8 to meet `target`, as a dict for the manifest:
+    keep_fp, its FLOPs share, the fidelity measured on every held-out image with its intervals,
+    the held-out images, the layers' error shares and each graph measured.
+
+    Raises FfxError (before any image is decoded) when the held-out images are too few to
+    resolve the target, or fewer than `held_out_images`; GateFailed when even every layer but the
+    cheapest in float misses the target."""
     log = log or (lambda message: None)
-    source, variants, held_out, _ = prepare(onnx_path, data, options, held_out_images, held_out_data, progress, warn)
-    if target.max_top1_drop is not None and held_out.labels is None:
-        raise GateFailed(f"{held_out.source}: the held-out images have no labels, so a top-1 drop cannot be measured")
-    fp32_top1 = float(100 * (held_out.reference_logits.argmax(1) == held_out.labels).mean()) if held_out.labels is not None else None
-    flops = matmul_flops(source.model, variants.layers)
-    total = sum(flops.values())
-    share = {layer.name: flops[layer.name] / total for layer in variants.layers}
-    steps = []
+    check_quantizer()  # before any image is read
+    source = load_source_model(onnx_path)
+    images = choose_images(source, data, options, warn)
+    candidates, where = held_out_candidates(source, images, held_out_data)
+    if target.max_top1_drop is not None and any(item.label is None for item in candidates):
+        raise FfxError(f"{where}: the held-out images have no labels, so a top-1 drop cannot be measured")
+    count = held_out_count(target, held_out_images, len(candidates), where, log)
+    chosen = choose_held_out(candidates, count, options.seed)
+    source, images, stats, _ = calibration_statistics(source, data, options, progress, warn, images=images)
+    layers, _ = quantization_plan(source, ())
+    variants = QuantizedVariants(source, layers, *outlier_handled_ranges(source, layers, stats, images.items, options))
+    held_out = decode_held_out(source, chosen, where, options.workers, progress, warn, options.statistics_cache)
+    check_resolution(target, len(held_out), where, f"only {len(held_out):,} of the {count:,} chosen could be read; ")
+    return search(variants, held_out, target, matmul_flops(source.model, variants.layers), progress, log)
 
-    def measure(float_layers):
-        fidelity = held_out.fidelity(variants.with_float(float_layers))
-        steps.append({"keep_fp": [layer.name for layer in float_layers], "agreement": fidelity.agreement,
-                      "top1": fidelity.top1, "snr_db": fidelity.snr_db})
-        log(f"{len(float_layers)} kept in float ({', '.join(l.name for l in float_layers) or 'none'}): "
-            f"agreement {fidelity.agreement:.2f}%, SNR {fidelity.snr_db:.1f} dB")
-        return fidelity
 
-    fidelity = measure([])
-    kept, floor_db = [], None
-    if not target.met_by(fidelity, fp32_top1):
-        harm = {}
-        log(f"ranking the {len(variants.layers)} layers: each alone in INT8 on {len(held_out)} held-out images")
-        for layer in variants.layers:
-            alone = held_out.fidelity(variants.quantized_only(layer))
-            harm[layer.name] = error_power(alone.snr_db)
-        cheapest = min(variants.layers, key=lambda layer: (share[layer.name], layer.name))
-        order = sorted((layer for layer in variants.layers if layer is not cheapest),
-                       key=lambda layer: harm[layer.name] / max(share[layer.name], 1e-9), reverse=True)
-        for layer in order:
-            kept.append(layer)
-            fidelity = measure(_in_graph_order(kept, variants.layers))
-            if target.met_by(fidelity, fp32_top1):
-                floor_db = fidelity.snr_db - PRUNE_TOLERANCE_DB
+def held_out_count(target, asked, available, where, log):
+    """How many held-out images the search measures on: `asked` (None: the default, or all there
+    are when fewer), refused when there are not that many or when they cannot resolve the target."""
+    if asked is not None and asked > available:
+        raise InvalidOption("held_out_images", f"{asked:,} held-out images asked for, but {where} has only "
+                                               f"{available:,}")
+    count = asked or min(DEFAULT_HELD_OUT_IMAGES, available)
+    if asked is None and available < DEFAULT_HELD_OUT_IMAGES:
+        log(f"measuring on all {available:,} held-out images of {where} (the default is {DEFAULT_HELD_OUT_IMAGES:,})")
+    check_resolution(target, count, where)
+    return count
+
+
+def check_resolution(target, images, where, reason=""):
+    """FfxError unless `images` held-out images can show `target` on its 95% bound."""
+    needed = target.images_needed()
+    advice = "or judge it on the point estimate with --point-estimate"
+    if needed is None:
+        raise FfxError(f"{target.describe()} cannot be shown on a 95% bound by any number of images; {advice}")
+    if images >= needed:
+        return
+    lower = 100 * wilson_interval(images, images)[0]
+    example = max(DEFAULT_HELD_OUT_IMAGES, needed * 2)
+    room = target.disagreements_allowed(example)
+    raise FfxError(
+        f"{reason}{images:,} held-out images ({where}) cannot resolve {target.describe()}: "
+        + (f"even with all of them agreeing, the 95% lower bound is {lower:.2f}%. " if target.agreement is not None
+           else "even with no discordant image, the 95% interval is too wide. ")
+        + f"It takes at least {needed:,} images ({example:,} leave room for {room} disagreeing); give more with "
+        f"--held-out DIR or --held-out-images N, {advice}"
+    )
+
+
+@dataclasses.dataclass
+class Measurement:
+    """A graph measured on the held-out images, closest calls first, perhaps stopped early."""
+
+    keep_fp: list  # layer names
+    counts: Counts
+    logits: np.ndarray  # of the measured images, in the order measured
+    stopped: bool  # stopped before the end: it could no longer meet the target
+
+
+class Search:
+    """The measurements and predictions of one search (see the module's docstring)."""
+
+    def __init__(self, variants, held_out, target, flops, progress, log):
+        self.variants, self.held_out, self.target = variants, held_out, target
+        self.progress, self.log = progress, log
+        total = sum(flops.values())
+        self.cost = {layer.name: flops[layer.name] / total for layer in variants.layers}
+        self.order = held_out.closest_calls_first()
+        self.allowed = target.disagreements_allowed(len(held_out))
+        self.steps = []
+
+    def measure(self, float_layers, at_least=0, prediction=None):
+        """Measure the graph with `float_layers` in float, stopping once it cannot meet the
+        target (but not before `at_least` images)."""
+        held_out, order = self.held_out, self.order
+        names = [layer.name for layer in float_layers]
+        session = cpu_session(self.variants.with_float(float_layers))
+        input_name = session.get_inputs()[0].name
+        counts = Counts(labelled=held_out.labels is not None)
+        logits, stopped = [], False
+        what = f"{len(names)} layer{'s' if len(names) != 1 else ''} in float" if names else "all quantized"
+        with Progress(len(order), f"measuring {what}", enabled=self.progress) as bar:
+            for start in range(0, len(order), EVAL_BATCH):
+                chosen = order[start:start + EVAL_BATCH]
+                batch = session.run(None, {input_name: held_out.images[chosen]})[0]
+                logits.append(batch)
+                counts.add(held_out.reference_logits[chosen], batch,
+                           held_out.labels[chosen] if held_out.labels is not None else None)
+                bar.update(len(chosen))
+                if counts.images >= at_least and self.target.out_of_reach(counts, len(order)):
+                    stopped = counts.images < len(order)
+                    bar.outcome = "stopped: it can no longer meet the target"
+                    break
+        measurement = Measurement(names, counts, np.concatenate(logits), stopped)
+        met = not stopped and self.target.met_by(counts)
+        step = {"keep_fp": names, "float_flops_share": round(sum(self.cost[name] for name in names), 6),
+                "images": counts.images, "disagreeing": counts.disagreeing, "stopped_early": stopped, "met": met}
+        if prediction is not None:
+            step.update(predicted_disagreeing=round(prediction[0], 2), predicted_pass_probability=round(prediction[1], 3))
+        self.steps.append(step)
+        verdict = "meets the target" if met else (
+            "cannot meet the target: stopped there" if stopped else "misses the target")
+        self.log(f"{what} ({100 * step['float_flops_share']:.1f}% of the FLOPs): {counts.disagreeing:,} of the first "
+                 f"{counts.images:,} held-out images disagree with FP32; {verdict}")
+        return measurement
+
+    def layer_errors(self):
+        """{layer name: its logit error power alone quantized, relative to FP32's} on RANKING_IMAGES
+        held-out images (a seeded sample)."""
+        held_out, layers = self.held_out, self.variants.layers
+        sample = np.sort(np.random.default_rng(0).permutation(len(held_out))[:RANKING_IMAGES])
+        reference = held_out.reference_logits[sample].astype(np.float64)
+        signal = float(np.sum(reference ** 2))
+        self.log(f"ranking the {len(layers)} layers: each alone quantized, on {len(sample)} held-out images")
+        errors = {}
+        with Progress(len(layers), "ranking layers", unit="layers", enabled=self.progress) as bar:
+            for layer in layers:
+                bar.note(layer.name)
+                logits = run_model(self.variants.quantized_only(layer), held_out.images[sample])
+                errors[layer.name] = float(np.sum((logits - reference) ** 2)) / signal
+                bar.update(1)
+        return errors
+
+
+def search(variants, held_out, target, flops, progress=None, log=None):
+    """The search of `search_keep_fp` on prepared `variants` (QuantizedVariants or any object
+    with `.layers`, `.with_float(layers)` and `.quantized_only(layer)`), held-out images and
+    each layer's matrix-product FLOPs; the manifest's record of it."""
+    log = log or (lambda message: None)
+    run = Search(variants, held_out, target, flops, progress, log)
+    bound = "on the point estimates" if target.point_estimate else "on the 95% bounds"
+    log(f"judging {target.describe()} {bound} over {len(held_out):,} held-out images: "
+        f"at most {run.allowed:,} may disagree with FP32")
+    screened = min(len(held_out), max(MIN_SCREENED, math.ceil(SCREENED_SHARE * len(held_out))))
+    first = run.measure([], at_least=screened)
+    errors, chosen = None, first
+    if not (not first.stopped and target.met_by(first.counts)):
+        errors = run.layer_errors()
+        chosen = _cheapest_meeting(run, first, errors)
+    return _record(run, chosen, errors)
+
+
+def _cheapest_meeting(run, first, errors):
+    """Measure the cheapest predicted float sets, costlier after each failure, until one meets
+    the target; GateFailed when even every layer but the cheapest in float does not."""
+    layers = run.variants.layers
+    # Every layer in float is not a quantized graph: the costliest set leaves the cheapest layer quantized.
+    cheapest = min(layers, key=lambda layer: (run.cost[layer.name], layer.name))
+    sets = [point for point in float_set_frontier(layers, errors, run.cost) if len(point[2]) < len(layers)]
+    costliest = (1.0 - run.cost[cheapest.name], sum(errors.values()) - errors[cheapest.name],
+                 [layer for layer in layers if layer is not cheapest])
+    if not sets or costliest[0] > sets[-1][0]:  # the last resort, whatever the prediction says of it
+        sets.append(costliest)
+    reference = run.held_out.reference_logits[run.order[:first.counts.images]]
+    flips = FlipModel(reference, first.logits - reference)
+    # The model's expected flips at full error, fitted to what the all-quantized graph flipped.
+    fit = (first.counts.disagreeing + 0.5) / (flips.expected(1.0) + 0.5)
+    total_error = sum(errors.values())
+    cost_so_far = -1.0
+    while True:
+        choice = None
+        for cost, removed, chosen in sets:
+            if cost <= cost_so_far:
+                continue
+            expected = fit * flips.expected(math.sqrt(max(total_error - removed, 0.0) / total_error))
+            probability = poisson_at_most(run.allowed, expected)
+            choice = (cost, chosen, expected, probability)
+            if probability >= PASS_PROBABILITY:
                 break
-        else:
+        if choice is None:
+            last = run.steps[-1]
+            quantized = [layer.name for layer in layers if layer.name not in last["keep_fp"]]
             raise GateFailed(
-                f"{target.describe()} cannot be reached on {len(held_out)} held-out images: with every layer but "
-                f"{cheapest.name} in float, agreement is {fidelity.agreement:.2f}%"
-                + (f" and top-1 {fidelity.top1:.2f}% (FP32 {fp32_top1:.2f}%)" if fidelity.top1 is not None else "")
+                f"{run.target.describe()} cannot be reached on {len(run.held_out):,} held-out images: with every layer "
+                f"but {', '.join(quantized)} in float, {last['disagreeing']:,} of the first {last['images']:,} disagree "
+                f"with FP32 (at most {run.allowed:,} of {len(run.held_out):,} may)"
             )
-        for layer in sorted(kept, key=lambda layer: share[layer.name], reverse=True):
-            if len(kept) == 1:
-                break
-            trial = _in_graph_order([other for other in kept if other is not layer], variants.layers)
-            trial_fidelity = measure(trial)
-            if target.met_by(trial_fidelity, fp32_top1) and trial_fidelity.snr_db >= floor_db:
-                kept, fidelity = trial, trial_fidelity
-        kept = _in_graph_order(kept, variants.layers)
+        cost, chosen, expected, probability = choice
+        run.log(f"predicted: {len(chosen)} layers in float ({100 * cost:.1f}% of the FLOPs) leave about {expected:.1f} "
+                f"disagreeing images (at most {run.allowed:,} may: {100 * probability:.0f}% likely)")
+        measured = run.measure(chosen, prediction=(expected, probability))
+        if not measured.stopped and run.target.met_by(measured.counts):
+            return measured
+        cost_so_far = cost
+        # Flipped more than predicted: trust the prediction less, at least by half.
+        fit *= max(2.0, (measured.counts.disagreeing + 0.5) / (expected + 0.5))
+
+
+def _record(run, chosen, errors):
+    """The manifest's keep_fp_search: the chosen graph measured on every held-out image."""
+    held_out, target = run.held_out, run.target
+    counts = chosen.counts
+    order = run.order[:counts.images]
+    fidelity = fidelity_of(chosen.logits, held_out.reference_logits[order],
+                           held_out.labels[order] if held_out.labels is not None else None)
+    fp32_top1 = (float(100 * np.mean(held_out.reference_logits.argmax(1) == held_out.labels))
+                 if held_out.labels is not None else None)
+    layers = []
+    if errors:
+        total = sum(errors.values())
+        layers = sorted(({"name": name, "flops_share": round(run.cost[name], 6),
+                          "error_share": round(error / total, 6)} for name, error in errors.items()),
+                        key=lambda row: row["error_share"] / max(row["flops_share"], 1e-9), reverse=True)
     return {
         "target": dataclasses.asdict(target),
-        "keep_fp": [layer.name for layer in kept],
-        "float_flops_share": round(sum(share[layer.name] for layer in kept), 6),
+        "judged_on": target.judged_on,
+        "keep_fp": chosen.keep_fp,
+        "float_flops_share": round(sum(run.cost[name] for name in chosen.keep_fp), 6),
         "measured": dataclasses.asdict(fidelity),
-        "agreement_ci95": agreement_interval(fidelity.agreement, len(held_out)),
-        "snr_floor_db": floor_db,  # the least SNR a layer tried back in INT8 could leave (None: no search needed)
+        "agreement_ci95": [round(value, 4) for value in counts.agreement_ci95],
+        "disagreeing": counts.disagreeing,
+        "top1_drop": round(counts.top1_drop, 4) if counts.labelled else None,
+        "top1_drop_ci95": [round(value, 4) for value in counts.top1_drop_ci95] if counts.labelled else None,
         "fp32_top1": round(fp32_top1, 4) if fp32_top1 is not None else None,
         "held_out_images": len(held_out),
         "held_out_source": held_out.source,
-        "steps": steps,
+        "images_needed": dataclasses.replace(target, point_estimate=False).images_needed(),  # on the 95% bound
+        "disagreements_allowed": run.allowed,
+        "ranking_images": min(RANKING_IMAGES, len(held_out)) if errors else 0,
+        "layers": layers,  # most error per FLOP first: the order float layers pay off in
+        "steps": run.steps,
     }
 
 
-def agreement_interval(agreement, images, z=1.96):
+class FlipModel:
+    """How many of some images a graph should flip (top-1 unlike FP32's) when its logit error is
+    `scale` times the measured one's: the error of each logit is taken as Gaussian, with the
+    measured graph's spread on that image, against FP32's margin to each other class."""
+
+    def __init__(self, reference, errors):
+        reference = np.asarray(reference, np.float64)
+        top = reference.argmax(1)
+        margins = reference[np.arange(len(reference)), top][:, None] - reference
+        margins[np.arange(len(reference)), top] = np.inf
+        spread = np.sqrt(np.mean(np.asarray(errors, np.float64) ** 2, axis=1))
+        # A difference of two logits' errors has twice the variance of one.
+        self.distance = margins / np.maximum(math.sqrt(2) * spread, 1e-30)[:, None]
+
+    def expected(self, scale):
+        if scale <= 0 or not len(self.distance):
+            return 0.0
+        tails = 0.5 * _erfc(self.distance / (scale * math.sqrt(2)))
+        return float(np.sum(np.minimum(tails.sum(axis=1), 1.0)))
+
+
+def _erfc(x):
+    """erfc of a float array (numpy has none): 1 - erf with Abramowitz-Stegun 7.1.26 (error
+    below 1.5e-7), exactly 0 at infinity."""
+    x = np.asarray(x, np.float64)
+    t = 1 / (1 + 0.3275911 * np.abs(x))
+    polynomial = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    with np.errstate(over="ignore", invalid="ignore"):
+        tail = polynomial * np.exp(-np.square(x))
+    tail = np.where(np.isfinite(x), tail, 0.0)
+    return np.where(x >= 0, tail, 2 - tail)
+
+
+def poisson_at_most(count, mean):
+    """P(X <= count) for X ~ Poisson(mean)."""
+    if count < 0:
+        return 0.0
+    term = total = math.exp(-mean)
+    for k in range(1, count + 1):
+        term *= mean / k
+        total += term
+    return min(total, 1.0)
+
+
+def float_set_frontier(layers, errors, cost):
+    """[(FLOPs share, error removed, [layers])]: for each cost, the float set of `layers` that
+    removes the most error power (a 0/1 knapsack over the FLOPs shares, at COST_UNITS), only the
+    sets that remove more than every cheaper one, cheapest first, in graph order."""
+    units = [max(0, round(cost[layer.name] * COST_UNITS)) for layer in layers]
+    capacity = sum(units)
+    best = np.full(capacity + 1, -1.0)  # most error removed at exactly this cost (-1: unreachable)
+    best[0] = 0.0
+    chosen = np.zeros(capacity + 1, dtype=object)  # the set, as a bit mask over `layers`
+    chosen[:] = 0
+    for index, (layer, weight) in enumerate(zip(layers, units)):
+        gain = errors[layer.name]
+        candidate = np.full(capacity + 1, -1.0)
+        candidate[weight:] = np.where(best[:capacity + 1 - weight] >= 0, best[:capacity + 1 - weight] + gain, -1.0)
+        better = candidate > best
+        chosen[better] = np.roll(chosen, weight)[better] | (1 << index)
+        best = np.where(better, candidate, best)
+    frontier, most = [], 0.0
+    for units_used in np.flatnonzero(best > 0):
+        if best[units_used] > most:
+            most = float(best[units_used])
+            mask = int(chosen[units_used])
+            picked = [layer for index, layer in enumerate(layers) if mask >> index & 1]
+            frontier.append((sum(cost[layer.name] for layer in picked), most, picked))
+    return frontier
+
+
+def agreement_interval(agreement, images):
     """Wilson 95% interval (in %) of an agreement measured in % on `images` images."""
-    p, n = agreement / 100, images
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(100 * max(centre - half, 0.0), 4), round(100 * min(centre + half, 1.0), 4)]
-
-
-def _in_graph_order(chosen, layers):
-    return [layer for layer in layers if layer in chosen]
+    low, high = wilson_interval(agreement / 100 * images, images)
+    return [round(100 * low, 4), round(100 * high, 4)]
