@@ -1,6 +1,6 @@
 """BENCHMARKS.md from one run's results (bench/results.json): every number comes from there (section 6
 from bench/int8_accuracy.json and bench/int8_noise.json, which `python -m bench.int8_accuracy` and
-`python -m bench.int8_noise` write, section 7 from
+`python -m bench.int8_noise` write, 6f from bench/autopilot.json (`python -m bench.autopilot`), section 7 from
 bench/serving_results.json, which `python -m bench.serving` writes)."""
 
 import datetime
@@ -10,6 +10,7 @@ from pathlib import Path
 INT8_ACCURACY = Path(__file__).resolve().parent / "int8_accuracy.json"
 INT8_NOISE = Path(__file__).resolve().parent / "int8_noise.json"
 INT8_ACCURACY_DEEP = Path(__file__).resolve().parent / "int8_accuracy_deep.json"
+AUTOPILOT = Path(__file__).resolve().parent / "autopilot.json"
 
 
 def render(results, plot_path=None, json_path="bench/results.json", serving=None,
@@ -56,6 +57,10 @@ def render(results, plot_path=None, json_path="bench/results.json", serving=None
         from bench.int8_accuracy import section
 
         add(section(json.loads(INT8_ACCURACY_DEEP.read_text()), "### 6c. The same on the deep fixture"))
+    if AUTOPILOT.is_file():  # python -m bench.autopilot --fashion DIR
+        from bench.autopilot import section as autopilot_section
+
+        add(autopilot_section(json.loads(AUTOPILOT.read_text())))
     if serving:
         add(_serving(serving, serving_path))
     add(_reproduce(results))
