@@ -23,7 +23,9 @@ from ffx.metadata import escape_text
 from ffx.runtime.model_interface import read_model_interface
 from ffx.runtime.sidecar import recorded_file
 
-NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
+# nvinfer's network-mode values. It has none for FP8 (its config parser takes 0 FP32, 1 INT8, 2 FP16):
+# an FP8 graph or engine gets 2, which matters only when nvinfer builds an engine itself (see _warnings).
+NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2, "fp8": 2}
 
 
 class PerChannelNormalization(FfxError):
@@ -149,6 +151,12 @@ def _warnings(interface, preprocess):
     if interface.sidecar is not None and interface.sidecar.backend == "tensorrt-rtx":
         warnings.append(f"{interface.path.name} was built by TensorRT-RTX, which DeepStream does not run; nvinfer "
                         "will build its own engine from the ONNX (onnx-file) on first start")
+    if interface.precision == "fp8":
+        warnings.append("nvinfer's network-mode has no FP8 value (0 FP32, 1 INT8, 2 FP16): FP8 is in the graph's "
+                        "Q/DQ nodes and in an engine nvinfer loads as built; network-mode=2 (FP16) applies only when "
+                        "nvinfer builds an engine itself, to the layers left in float; FP8 needs compute capability "
+                        "8.9 or newer (not Jetson Orin): ship an engine from `ffx build-engine --fp8` built on the "
+                        "target GPU")
     return warnings
 
 

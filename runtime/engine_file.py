@@ -2,10 +2,12 @@
 
 The TensorRT build itself is ffx.tensorrt's (parse -> configure -> build); this module decides
 what graph to build from and writes the two files. Precision is decided in the ONNX graph
-(TensorRT 11 has no FP16/INT8 builder flags), so an FP16 or INT8 engine from an FP32 model first
-runs the calibration stage in-process (typed FP16, or Q/DQ INT8 calibrated on `calib_data`) and
-builds from the result, which is kept beside the engine so that `ffx verify` can check exactly
-that graph with ONNX Runtime too.
+(TensorRT 11 has no FP16/INT8 builder flags), so an FP16, INT8 or FP8 engine from an FP32 model
+first runs the calibration stage in-process (typed FP16, or Q/DQ INT8/FP8 calibrated on
+`calib_data`) and builds from the result, which is kept beside the engine so that `ffx verify` can
+check exactly that graph with ONNX Runtime too. An FP8 engine is built only for GPUs with FP8
+tensor cores (ffx/gpu_precisions.py): other targets are refused before anything is calibrated, and
+TensorRT-RTX builds it for the FP8-capable ones among its default targets.
 """
 
 import dataclasses
@@ -15,7 +17,9 @@ from pathlib import Path
 
 from ffx import __version__
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
+from ffx.compute_capability import RTX_DEFAULT_TARGETS
 from ffx.errors import FfxError, InvalidOption
+from ffx.gpu_precisions import fp8_refusal, gpu_precisions, supports_fp8
 from ffx.runtime.onnx_model import calibration_manifest_path, graph_precision, load_onnx
 from ffx.runtime.sidecar import (
     ENGINE_SUFFIXES,
@@ -48,6 +52,7 @@ class BuildReport:
     targets: list  # TensorRT-RTX compute capabilities the engine runs on; [] for full TensorRT
     tf32: bool
     notes: list
+    precision_guide: list = dataclasses.field(default_factory=list)  # per target GPU: what it runs, what ffx recommends
 
 
 def write_engine(onnx_path, output, options=None, precision=None, calib_data=None, calib_options=None, backend="auto",
@@ -56,9 +61,10 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
 
     Args:
         options: a BuildOptions (profile, workspace, targets, ...); defaults when None.
-        precision: None builds the graph as it is; "fp16" or "int8" convert or calibrate an FP32
-            graph first (INT8 on the images in `calib_data`, with `calib_options` for
-            `ffx.calib.calibrate_int8`), a graph already in that precision builds as it is.
+        precision: None builds the graph as it is; "fp16", "int8" or "fp8" convert or calibrate an
+            FP32 graph first (INT8/FP8 on the images in `calib_data`, with `calib_options` for
+            `ffx.calib.CalibrationOptions`), a graph already in that precision builds as it is. An
+            FP8 engine (asked for, or from an FP8 graph) is refused for targets without FP8.
         backend: "auto", "tensorrt" or "tensorrt-rtx".
     """
     from ffx.runtime.cuda import current_gpu
@@ -68,8 +74,8 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     options = options or BuildOptions()
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise FfxError(f"{output}: an engine file should end in {', '.join(ENGINE_SUFFIXES)}")
-    if precision not in (None, "fp16", "int8"):
-        raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16 or int8 (or the graph's own)")
+    if precision not in (None, "fp16", "int8", "fp8"):
+        raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16, int8 or fp8 (or the graph's own)")
     refuse_overwriting_inputs(output, [onnx_path, calib_data])
     refuse_overwriting_inputs(sidecar_path(output), [onnx_path])
     model = load_onnx(onnx_path)
@@ -81,15 +87,18 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     options = options.with_current_gpu(gpu.compute_capability if gpu else None)
     check_backend_options(backend, options)
     notes = []
+    if "fp8" in (precision, graph):  # before any calibration: a target without FP8 cannot take the engine
+        options = _fp8_targets(backend, options, gpu, notes)
     calibrated = None
     if precision is not None and graph != precision:
         if graph != "fp32":
             raise FfxError(f"{onnx_path} is a {graph} graph; {precision.upper()} engines are made from FP32 models")
-        if precision == "int8":
+        if precision in ("int8", "fp8"):
             if calib_data is None:
-                raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an INT8 engine needs calibration "
-                                    "images to calibrate it first (or give a model made by `ffx calibrate`)")
-            calibrated = _calibrate_int8(onnx_path, calib_data, _derived_path(output, "int8", onnx_path, notes), calib_options or {}, progress)
+                raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an {precision.upper()} engine needs "
+                                    "calibration images to calibrate it first (or give a model made by `ffx calibrate`)")
+            calibrated = _calibrate(onnx_path, calib_data, _derived_path(output, precision, onnx_path, notes), precision,
+                                    calib_options or {}, progress)
         else:
             calibrated = _convert_fp16(onnx_path, _derived_path(output, "fp16", onnx_path, notes), calib_data, progress)
     elif calib_data is not None:
@@ -123,7 +132,27 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         targets=build.compute_capabilities,
         tf32=build.tf32,
         notes=notes,
+        precision_guide=[gpu_precisions(target).describe() for target in
+                         (build.compute_capabilities or ([gpu.compute_capability] if gpu else []))],
     )
+
+
+def _fp8_targets(backend, options, gpu, notes):
+    """`options` for an FP8 engine: TensorRT-RTX targets that all have FP8 (the FP8-capable ones
+    among its defaults when none are given); full TensorRT builds for this GPU, which must have FP8.
+    InvalidOption/FfxError naming the GPU and what to use instead otherwise."""
+    if backend.is_rtx:
+        for target in options.compute_capabilities:
+            if not supports_fp8(target):
+                raise InvalidOption("compute_capabilities", fp8_refusal(target))
+        if not options.compute_capabilities:
+            targets = tuple(target for target in RTX_DEFAULT_TARGETS if supports_fp8(target))
+            notes.append(f"FP8 engine: built for {', '.join(targets)} only, the TensorRT-RTX default targets with FP8 "
+                         "tensor cores")
+            options = dataclasses.replace(options, compute_capabilities=targets)
+    elif gpu is not None and not supports_fp8(gpu.compute_capability):
+        raise FfxError(fp8_refusal(gpu.compute_capability, gpu.name))
+    return options
 
 
 def _sidecar(output, engine_bytes, build, source, metadata, precision, gpu, notes):
@@ -194,13 +223,13 @@ def _relative(path, output):
         return str(path)
 
 
-def _calibrate_int8(onnx_path, data, output, options, progress=None):
-    from ffx.calib import CalibrationOptions, calibrate_int8
+def _calibrate(onnx_path, data, output, precision, options, progress=None):
+    from ffx.calib import CalibrationOptions, calibrate
 
     # None means "calibrate's own default". tensorrt_check off: the engine build right after is
     # that check, with the user's backend.
-    given = CalibrationOptions(**{key: value for key, value in options.items() if value is not None})
-    report = calibrate_int8(str(onnx_path), str(data), str(output), given, progress=progress, tensorrt_check=False)
+    given = CalibrationOptions(precision=precision, **{key: value for key, value in options.items() if value is not None})
+    report = calibrate(str(onnx_path), str(data), str(output), given, progress=progress, tensorrt_check=False)
     return report.output
 
 

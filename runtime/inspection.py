@@ -165,3 +165,30 @@ def engine_compatibility_here(sidecar):
     if gpu is None:
         return f"{backend} matches the engine; no CUDA GPU visible here to check the architecture"
     return f"compatible with {backend} on {gpu.name} ({gpu.compute_capability})"
+
+
+def precision_guide(precision, capabilities):
+    """For each compute capability: what its GPU runs, what ffx recommends there, and whether a
+    model of `precision` (None: no model) runs there in that precision (JSON-able dicts)."""
+    from ffx.gpu_precisions import gpu_precisions
+
+    rows = []
+    for capability in capabilities:
+        row = gpu_precisions(capability)
+        fits = None if precision in (None, "fp32") else precision in row.supported()
+        rows.append({"compute_capability": row.capability, "architecture": row.architecture, "examples": row.examples,
+                     "supported": row.supported(), "recommended": row.recommended,
+                     "not_written_by_ffx": row.blackwell_formats or None, "note": row.note or None,
+                     "model_precision_runs_here": fits, "line": row.describe()})
+    return rows
+
+
+def guide_capabilities(info):
+    """The GPUs an inspected file is for, when it says: an engine's TensorRT-RTX targets or building GPU."""
+    sidecar = info.get("sidecar") if info.get("kind") == "engine" else None
+    if not sidecar:
+        return []
+    if sidecar.get("target_compute_capabilities"):
+        return list(sidecar["target_compute_capabilities"])
+    gpu = sidecar.get("gpu")
+    return [gpu["compute_capability"]] if gpu else []

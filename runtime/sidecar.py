@@ -32,7 +32,7 @@ READABLE_VERSIONS = (1, 2)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 BACKEND_NAMES = ("tensorrt", "tensorrt-rtx")
 HARDWARE_COMPATIBILITY_LEVELS = ("none", "ampere_plus", "same_compute_capability")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 
 
 def sidecar_path(engine_path):

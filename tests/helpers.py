@@ -183,6 +183,20 @@ def qdq_model(tmp_path_factory):
     return output
 
 
+def fashion_fp8_onnx(tmp_path_factory):
+    """The trained fixture calibrated to FP8 E4M3 Q/DQ by ffx (128 of its train images), made once per
+    session: the real FP8 graph the runtime, deploy and serve tests run (skips without the fixture)."""
+    source = fashion_onnx(tmp_path_factory)
+    path = _session_dir(tmp_path_factory, "fashion-model") / "fashion.fp8.onnx"
+    if not path.is_file():
+        from ffx.calib import CalibrationOptions, calibrate_fp8
+
+        calibrate_fp8(source, FASHION / "train", path, CalibrationOptions(precision="fp8", num_images=128, workers=0,
+                                                                          use_cache=False),
+                      tensorrt_check=False, warn=None)
+    return path
+
+
 # -- image files ---------------------------------------------------------------------------------
 
 
