@@ -8,6 +8,13 @@ with scale threshold / 448 (E4M3's largest finite value), weights per output cha
 float8e4m3fn 0. onnxruntime's quantizer is not used: it derives float8 scales from standard
 deviations, not from ranges.
 
+Layers kept in float by default: the first and the last (patch_embed, which reads the image, and
+head, which writes the logits), as NVIDIA ModelOpt's fp8 mode does. Three mantissa bits cost most
+there, and both together are a fraction of a percent of the FLOPs: on the deep Fashion-MNIST
+fixture (ff_tiny's blocks), keeping them in float raised the logit SNR against FP32 from 33.3 to
+42.3 dB (1,000 test images); `--keep-fp none` quantizes them too. BENCHMARKS.md section 6d/6e has
+the measurements (`python -m bench.int8_accuracy --precisions`).
+
 Opset: QuantizeLinear/DequantizeLinear take float8 from opset 19. `ffx export` writes opset 17, so
 the graph is lifted to 19 with onnx's version converter, and the result is used only when the
 converter changed nothing but the opset number (true of every graph `ffx export` writes: its
@@ -60,6 +67,11 @@ class Fp8Recipe(QdqRecipe):
 
     def insert(self, source, thresholds, excluded_nodes):
         return insert_fp8_qdq(source, thresholds, excluded_nodes)
+
+    def default_keep_fp(self, layers):
+        # The layer that reads the image and the one that writes the logits (patch_embed and head):
+        # E4M3 costs most there and they are a fraction of a percent of the FLOPs (see the docstring).
+        return [layers[0].name, layers[-1].name] if len(layers) > 2 else []
 
     def params(self, source, options):
         return {

@@ -29,7 +29,9 @@ class CalibrationOptions:
         percentile: |x| percentile for method "percentile" (ignored otherwise).
         num_images: calibration images to choose (stratified, seeded).
         seed: seed of the image choice.
-        keep_fp: layers left unquantized, as users name them (``head``, ``blocks.3.mlp2``).
+        keep_fp: layers left unquantized, as users name them (``head``, ``blocks.3.mlp2``); None: the
+            precision's default (INT8: none; FP8: the first and last layers, patch_embed and head);
+            ``("none",)``: none at all.
         workers: image decoding processes (0: decode in this process).
         cache_dir: where activation statistics are cached (None: the default cache folder).
         use_cache: read and write cached statistics at all.
@@ -45,7 +47,7 @@ class CalibrationOptions:
     percentile: float = DEFAULT_PERCENTILE
     num_images: int = DEFAULT_NUM_IMAGES
     seed: int = 0
-    keep_fp: tuple = ()
+    keep_fp: tuple | None = None
     workers: int = 2
     cache_dir: str | None = None
     use_cache: bool = True
@@ -81,7 +83,11 @@ class CalibrationOptions:
             for field, value in (("gelu_range", self.gelu_range != "histogram"), ("bias_correction", self.bias_correction)):
                 if value:
                     raise InvalidOption(field, f"applies to INT8 calibration, not {row.label}")
-        object.__setattr__(self, "keep_fp", tuple(self.keep_fp))
+        if self.keep_fp is None and self.precision != "fp8":  # FP8's default depends on the graph (calib/fp8.py)
+            object.__setattr__(self, "keep_fp", ())
+        if self.keep_fp is not None:
+            keep_fp = tuple(self.keep_fp)
+            object.__setattr__(self, "keep_fp", () if [str(k).strip().lower() for k in keep_fp] == ["none"] else keep_fp)
 
     @property
     def statistics_cache(self):

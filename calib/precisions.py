@@ -18,6 +18,7 @@ class Precision:
     module: str  # the module that writes it
     function: str  # its calibrate(onnx_path, data=, output=, options=, ...) function
     needs_data: bool  # whether calibration images are required (FP16: only for the overflow preflight)
+    recipe: str | None = None  # Q/DQ precisions: the module's QdqRecipe (sensitivity and the search build with it)
 
     @property
     def default_method(self):
@@ -25,8 +26,18 @@ class Precision:
 
 
 PRECISIONS = {
-    "int8": Precision("int8", "INT8", METHODS, "ffx.calib.int8", "calibrate_int8", True),
+    "int8": Precision("int8", "INT8", METHODS, "ffx.calib.int8", "calibrate_int8", True, "INT8"),
     # FP8 E4M3 keeps 3 mantissa bits at any magnitude: clipping buys no resolution, so no entropy (see calib/fp8.py).
-    "fp8": Precision("fp8", "FP8", ("max", "percentile", "mse"), "ffx.calib.fp8", "calibrate_fp8", True),
+    "fp8": Precision("fp8", "FP8", ("max", "percentile", "mse"), "ffx.calib.fp8", "calibrate_fp8", True, "FP8"),
     "fp16": Precision("fp16", "FP16", (), "ffx.calib.fp16", "convert_fp16", False),
 }
+
+
+def qdq_recipe(precision):
+    """The QdqRecipe that writes `precision` ("int8", "fp8"); ValueError for a precision without Q/DQ."""
+    import importlib
+
+    row = PRECISIONS[precision]
+    if row.recipe is None:
+        raise ValueError(f"{row.label} has no Q/DQ recipe")
+    return getattr(importlib.import_module(row.module), row.recipe)

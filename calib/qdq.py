@@ -62,6 +62,10 @@ class QdqRecipe:
         """The manifest's `params` entries proper to this precision."""
         return {}
 
+    def default_keep_fp(self, layers):
+        """The layers (names) kept in float when the options name none (`keep_fp` None)."""
+        return []
+
 
 def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progress=None, tensorrt_check=True,
                   tensorrt_backend="auto", warn=print_warning, keep_fp_search=None):
@@ -74,9 +78,12 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
     recipe.check()
     original = source = load_source_model(onnx_path)
     output, manifest_path = output_paths(source, output, recipe.precision)
-    quantization_plan(source, options.keep_fp)  # a bad --keep-fp fails before any image is read
+    keep_fp = options.keep_fp
+    if keep_fp is None:
+        keep_fp = tuple(recipe.default_keep_fp(network_layers(source.model, source.info)))
+    quantization_plan(source, keep_fp)  # a bad --keep-fp fails before any image is read
     source, images, stats, smoothed = calibration_statistics(source, data, options, progress, warn)
-    layers, kept = quantization_plan(source, options.keep_fp)
+    layers, kept = quantization_plan(source, keep_fp)
     quantized = [layer for layer in layers if layer not in kept]
     thresholds, corrections = recipe.ranges(source, quantized, stats, images.items, options)
     qdq_model = recipe.insert(source, thresholds, [layer.node for layer in kept])
@@ -98,6 +105,8 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
         "quantized_op_types": QUANTIZED_OP_TYPES,
         **recipe.params(source, options),
     }
+    if options.keep_fp is None and kept:  # only then, so that the manifests of other calibrations stay as they were
+        params["keep_fp_default"] = True
     # Only when asked for, so that a default calibration's manifest stays byte for byte the same.
     if options.gelu_range != "histogram":
         params["gelu_range"] = options.gelu_range

@@ -51,7 +51,7 @@ def _initializers(model):
 
 
 def test_every_layer_input_is_e4m3_qdq_and_nothing_else_is(small_model, photos, workdir):
-    report = _fp8(small_model, photos, workdir / "placement.onnx", cache_dir=workdir / "cache")
+    report = _fp8(small_model, photos, workdir / "placement.onnx", keep_fp=["none"], cache_dir=workdir / "cache")
     model = onnx.load(report.output)
     assert graph_precision(model) == "fp8" and onnx_metadata(model)["precision"] == "fp8" == report.precision
     assert next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx")) == FP8_OPSET
@@ -75,7 +75,8 @@ def test_every_layer_input_is_e4m3_qdq_and_nothing_else_is(small_model, photos, 
 
     manifest = json.loads(Path(report.manifest).read_text())
     assert manifest["precision"] == "fp8" and manifest["params"]["method"] == "max"
-    assert manifest["params"]["opset"] == {"source": 17, "output": 19}
+    assert manifest["params"]["opset"] == {"source": 17, "output": 19} and manifest["params"]["keep_fp"] == []
+    assert "keep_fp_default" not in manifest["params"]
     for layer in manifest["layers"]:
         assert layer["precision"] == "fp8"
         assert layer["scale"] == pytest.approx(layer["threshold"] / E4M3_MAX, rel=1e-6)
@@ -87,8 +88,22 @@ def test_every_layer_input_is_e4m3_qdq_and_nothing_else_is(small_model, photos, 
     assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
 
 
+def test_by_default_the_first_and_last_layers_stay_float(small_model, photos, workdir, cli_runner):
+    report = _fp8(small_model, photos, workdir / "default.onnx", cache_dir=workdir / "cache")
+    assert report.kept_fp_layers == ["patch_embed", "head"] and len(report.quantized_layers) == 4 * SMALL_CONFIG["depth"]
+    params = json.loads(Path(report.manifest).read_text())["params"]
+    assert params["keep_fp"] == ["patch_embed", "head"] and params["keep_fp_default"] is True
+    result = cli_runner.invoke(cli, ["calibrate", str(small_model), "--fp8", "--data", str(photos), "-o",
+                                     str(workdir / "cli-default.onnx"), "--num-images", "12", "--workers", "0",
+                                     "--no-tensorrt-check", "--cache-dir", str(workdir / "cache")])
+    assert result.exit_code == 0 and "2 kept in float (patch_embed, head)" in result.stdout, result.output
+    assert Path(workdir / "cli-default.onnx").read_bytes() != b""
+    # INT8 keeps nothing in float unless asked, as before
+    assert CalibrationOptions().keep_fp == () and CalibrationOptions(precision="fp8").keep_fp is None
+
+
 def test_weights_are_e4m3_with_a_per_channel_amax_scale(small_model, photos, workdir):
-    report = _fp8(small_model, photos, workdir / "weights.onnx", cache_dir=workdir / "cache")
+    report = _fp8(small_model, photos, workdir / "weights.onnx", keep_fp=["none"], cache_dir=workdir / "cache")
     model, source = onnx.load(report.output), onnx.load(small_model)
     initializers, float_weights = _initializers(model), _initializers(source)
     for node in model.graph.node:
@@ -130,7 +145,7 @@ def test_range_methods_and_keep_fp(small_model, photos, workdir):
         if node.op_type in ("Conv", "Gemm"):
             assert all(name not in producers or producers[name].op_type != "DequantizeLinear" for name in node.input)
     for method in ("percentile", "mse"):
-        report = _fp8(small_model, photos, workdir / f"{method}.onnx", method=method, cache_dir=cache)
+        report = _fp8(small_model, photos, workdir / f"{method}.onnx", method=method, keep_fp=["none"], cache_dir=cache)
         manifest = json.loads(Path(report.manifest).read_text())
         assert manifest["params"]["method"] == method and report.cache == "hit"
         assert all(layer["threshold"] < 2 * layer["absmax"] for layer in manifest["layers"])

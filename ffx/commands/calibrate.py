@@ -21,7 +21,7 @@ from ffx.errors import InvalidOption
 @click.option("--method", type=click.Choice(METHODS), help=f"Range method. INT8: default {DEFAULT_METHOD} (TensorRT's KL-divergence calibration). FP8: {', '.join(PRECISIONS['fp8'].methods)}, default {PRECISIONS['fp8'].default_method}.")
 @click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image selection.")
-@click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated).")
+@click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated); `none` for none. Default: none for INT8, patch_embed,head for FP8.")
 @click.option("--target-agreement", type=FiniteFloat(min=0, max=100), metavar="PCT", help="Keep the fewest layers in float (cheapest first by FLOPs) for INT8 to agree with FP32's top-1 on at least PCT % of held-out images; exit 1 if it cannot.")
 @click.option("--max-top1-drop", type=FiniteFloat(min=0), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points (needs labelled images); both may be given.")
 @click.option("--held-out", "held_out", type=click.Path(), help="Images the target is measured on (default: the images of --data not used for calibration).")
@@ -79,7 +79,7 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         options = CalibrationOptions(
             precision=precision, method=method or ("percentile" if percentile is not None else None),
             percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
-            num_images=num_images, seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir,
+            num_images=num_images, seed=seed, keep_fp=keep_fp or None, workers=workers, cache_dir=cache_dir,
             use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction, smooth_gelu=smooth_gelu,
         )
     except InvalidOption as e:
