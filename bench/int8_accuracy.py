@@ -70,9 +70,11 @@ PRECISION_VARIANTS = {
     FP8_DEFAULT: ["--fp8"],
     "ffx FP8, mse": ["--fp8", "--method", "mse"],
     "ffx FP8, percentile 99.99": ["--fp8", "--method", "percentile"],
-    "ffx FP8, patch_embed and head in float": ["--fp8", "--keep-fp", "patch_embed,head"],
+    "ffx FP8, every layer (--keep-fp none)": ["--fp8", "--keep-fp", "none"],
 }
-FP8_PLAIN = "ffx FP8 without the rounding search (amax / 448)"
+# Built through the library from the same statistics: what the rounding search buys ({row: keep the default layers}).
+FP8_PLAIN = {"ffx FP8 without the rounding search (amax / 448)": True,
+             "ffx FP8, every layer, without the rounding search (amax / 448)": False}
 FP8_AUTOPILOT = f"ffx calibrate --fp8 --target-agreement {TARGET_AGREEMENT:g}"
 FP8_AGREEMENT_BAR = 99.7  # issue 19: the default FP8 graph agrees with FP32 on >= 99.7% of the test images
 MODELOPT_FP8_METHODS = ("max", "entropy")
@@ -175,15 +177,52 @@ def exported_fixture(args):
     return workdir, fashion, fp32, read_onnx_metadata(fp32)
 
 
-def run(args, log=print):
-    from ffx.calib.sensitivity import fidelity_of, run_model
+def prepared_fixture(args):
+    """SimpleNamespace(workdir, train, test, fp32, info, cache, preprocess, input_name) of a run."""
+    from types import SimpleNamespace
+
     from ffx.metadata import Preprocess
 
     workdir, fashion, fp32, info = exported_fixture(args)
-    train, test = fashion / "train", fashion / "val"
-    cache = workdir / "calib-cache"
-    preprocess = Preprocess.from_dict(info["preprocess"])
-    input_name = info.get("input_name", "images")
+    return SimpleNamespace(workdir=workdir, train=fashion / "train", test=fashion / "val", fp32=fp32, info=info,
+                           cache=workdir / "calib-cache", preprocess=Preprocess.from_dict(info["preprocess"]),
+                           input_name=info.get("input_name", "images"))
+
+
+def autopilot_row(name, fixture, output, flags, target, held_out_images):
+    """The row of one `ffx calibrate ... --target-agreement` run."""
+    started = time.perf_counter()
+    search_flags = [*flags, "--target-agreement", target, "--held-out-images", held_out_images]
+    report, error = calibrate(fixture.fp32, fixture.train, output, search_flags, fixture.cache)
+    search = report["keep_fp_search"] if report else None
+    return {"model": name, "tool": "ffx", "flags": " ".join(map(str, search_flags)), "path": str(output),
+            "error": error, "tensorrt_rtx": report["tensorrt"]["status"] if report else None,
+            "keep_fp": search["keep_fp"] if search else [], "search": search,
+            "search_seconds": round(time.perf_counter() - started, 1), "autopilot": True, "target": target}
+
+
+def score_rows(rows, images, reference, labels, log, prefix):
+    """Agreement, top-1 and logit SNR of every row that has a model, against the FP32 `reference`
+    logits (as `ffx verify` computes agreement); returns FP32's top-1 in %."""
+    from ffx.calib.sensitivity import fidelity_of, run_model
+
+    fp32_top1 = 100 * float(np.mean(reference.argmax(1) == labels))
+    for row in rows:
+        if row["error"] is None:
+            fidelity = fidelity_of(run_model(Path(row["path"]).read_bytes(), images), reference, labels)
+            row.update(agreement=fidelity.agreement, top1=fidelity.top1, top1_drop=round(fp32_top1 - fidelity.top1, 4),
+                       snr_db=float(fidelity.snr_db))
+            log(f"{prefix}: {row['model']}: agreement {fidelity.agreement:.2f}%, top-1 {fidelity.top1:.2f}%, "
+                f"SNR {fidelity.snr_db:.1f} dB")
+    return fp32_top1
+
+
+def run(args, log=print):
+    from ffx.calib.sensitivity import run_model
+
+    fixture = prepared_fixture(args)
+    workdir, train, test, fp32, cache = fixture.workdir, fixture.train, fixture.test, fixture.fp32, fixture.cache
+    preprocess, input_name, info = fixture.preprocess, fixture.input_name, fixture.info
 
     started = time.perf_counter()
     from bench.fidelity import decode_images
@@ -201,17 +240,9 @@ def run(args, log=print):
         log(f"int8_accuracy: {name}: {error or 'calibrated'}")
 
     for index, (name, (flags, target)) in enumerate(AUTOPILOTS.items()):
-        output = workdir / f"ffx.autopilot.{index}.onnx"
-        started = time.perf_counter()
-        search_flags = [*flags, "--target-agreement", target, "--held-out-images", args.held_out_images]
-        report, error = calibrate(fp32, train, output, search_flags, cache)
-        search = report["keep_fp_search"] if report else None
-        rows.append({"model": name, "tool": "ffx", "flags": " ".join(map(str, search_flags)), "path": str(output),
-                     "error": error, "tensorrt_rtx": report["tensorrt"]["status"] if report else None,
-                     "keep_fp": search["keep_fp"] if search else [], "search": search,
-                     "search_seconds": round(time.perf_counter() - started, 1), "autopilot": True,
-                     "target": target})
-        log(f"int8_accuracy: {name}: {error or search['keep_fp']} ({time.perf_counter() - started:.0f} s)")
+        rows.append(autopilot_row(name, fixture, workdir / f"ffx.autopilot.{index}.onnx", flags, target,
+                                  args.held_out_images))
+        log(f"int8_accuracy: {name}: {rows[-1]['error'] or rows[-1]['keep_fp']} ({rows[-1]['search_seconds']:.0f} s)")
 
     calibration = calibration_batch(Path(rows[0]["path"]).with_suffix(".json"), train, preprocess)
     for name, trt_options in (("onnxruntime quantize_static, defaults", False),
@@ -229,13 +260,7 @@ def run(args, log=print):
                      "tensorrt_rtx": tensorrt_acceptance(output) if not error else None, "keep_fp": []})
         log(f"int8_accuracy: {name}: {error or 'quantized'}")
 
-    fp32_top1 = 100 * float(np.mean(reference.argmax(1) == labels))
-    for row in rows:
-        if row["error"] is None:
-            fidelity = fidelity_of(run_model(Path(row["path"]).read_bytes(), images), reference, labels)
-            row.update(agreement=fidelity.agreement, top1=fidelity.top1, top1_drop=round(fp32_top1 - fidelity.top1, 4),
-                       snr_db=float(fidelity.snr_db))
-            log(f"int8_accuracy: {row['model']}: agreement {fidelity.agreement:.2f}%, top-1 {fidelity.top1:.2f}%")
+    fp32_top1 = score_rows(rows, images, reference, labels, log, "int8_accuracy")
 
     measured = [row for row in rows if row["error"] is None]
     speed = speeds([str(fp32)] + [row["path"] for row in measured])
@@ -353,20 +378,25 @@ def reference_logits(fp32, images, workdir, tag):
     return logits
 
 
-def fp8_without_search(fp32, train, output, cache):
+def fp8_without_search(fp32, train, output, cache, keep_default):
     """The FP8 graph `ffx calibrate --fp8` would write without its rounding search (scales amax / 448),
-    from the same statistics: what the search buys."""
+    from the same statistics, with the default float layers (patch_embed, head) or none: what the
+    search buys. Returns the names of the layers kept in float."""
     import onnx
 
     from ffx.calib import CalibrationOptions
-    from ffx.calib.fp8 import insert_fp8_qdq
+    from ffx.calib.fp8 import FP8, insert_fp8_qdq
     from ffx.calib.model_io import load_source_model
     from ffx.calib.qdq import activation_thresholds, calibration_statistics, quantization_plan
 
     options = CalibrationOptions(precision="fp8", num_images=CALIBRATION_IMAGES, cache_dir=str(cache))
     source, _, stats, _ = calibration_statistics(load_source_model(fp32), str(train), options, progress=False)
     layers, _ = quantization_plan(source, ())
-    onnx.save(insert_fp8_qdq(source, activation_thresholds(stats, layers, options), []), str(output))
+    kept = FP8.default_keep_fp(layers) if keep_default else []
+    quantized = [layer for layer in layers if layer.name not in kept]
+    excluded = [layer.node for layer in layers if layer.name in kept]
+    onnx.save(insert_fp8_qdq(source, activation_thresholds(stats, quantized, options), excluded), str(output))
+    return kept
 
 
 def float_layers(path):
@@ -384,49 +414,38 @@ def run_precisions(args, log=print):
     from bench.fidelity import decode_images
     from bench.roofline import fp8_on_paper
     from ffx.calib.sensitivity import fidelity_of, run_model
-    from ffx.metadata import Preprocess
 
-    workdir, fashion, fp32, info = exported_fixture(args)
-    train, test = fashion / "train", fashion / "val"
-    cache = workdir / "calib-cache"
-    preprocess = Preprocess.from_dict(info["preprocess"])
-    input_name = info.get("input_name", "images")
+    fx = prepared_fixture(args)
     started = time.perf_counter()
-    images, labels, _ = decode_images(test, preprocess, info.get("class_names"), per_class=args.test_per_class)
-    reference = reference_logits(fp32, images, workdir, f"pc{args.test_per_class or 'all'}")
+    images, labels, _ = decode_images(fx.test, fx.preprocess, fx.info.get("class_names"), per_class=args.test_per_class)
+    reference = reference_logits(fx.fp32, images, fx.workdir, f"pc{args.test_per_class or 'all'}")
     log(f"precisions: {len(labels)} test images decoded, FP32 scored ({time.perf_counter() - started:.0f} s)")
 
     rows = []
     for name, flags in PRECISION_VARIANTS.items():
-        output = workdir / f"precision.{len(rows)}.onnx"
-        report, error = calibrate(fp32, train, output, flags, cache)
+        output = fx.workdir / f"precision.{len(rows)}.onnx"
+        report, error = calibrate(fx.fp32, fx.train, output, flags, fx.cache)
         rows.append({"model": name, "tool": "ffx", "flags": " ".join(flags), "path": str(output), "error": error,
                      "precision": report["precision"] if report else None,
                      "tensorrt_rtx": report["tensorrt"]["status"] if report else None,
                      "keep_fp": report.get("kept_fp_layers", []) if report else []})
         log(f"precisions: {name}: {error or 'calibrated'}")
-    output = workdir / "precision.plain-fp8.onnx"
-    fp8_without_search(fp32, train, output, cache)
-    rows.append({"model": FP8_PLAIN, "tool": "ffx", "flags": "(library: calib.fp8.insert_fp8_qdq, no search)",
-                 "path": str(output), "error": None, "precision": "fp8", "tensorrt_rtx": tensorrt_acceptance(output),
-                 "keep_fp": []})
-    started = time.perf_counter()
-    search_flags = ["--fp8", "--target-agreement", TARGET_AGREEMENT, "--held-out-images", args.held_out_images]
-    output = workdir / "precision.fp8-autopilot.onnx"
-    report, error = calibrate(fp32, train, output, search_flags, cache)
-    search = report["keep_fp_search"] if report else None
-    rows.append({"model": FP8_AUTOPILOT, "tool": "ffx", "flags": " ".join(map(str, search_flags)), "path": str(output),
-                 "error": error, "precision": "fp8", "tensorrt_rtx": report["tensorrt"]["status"] if report else None,
-                 "keep_fp": search["keep_fp"] if search else [], "search": search, "autopilot": True,
-                 "target": TARGET_AGREEMENT, "search_seconds": round(time.perf_counter() - started, 1)})
-    log(f"precisions: {FP8_AUTOPILOT}: {error or search['keep_fp']}")
+    for index, (name, keep_default) in enumerate(FP8_PLAIN.items()):
+        output = fx.workdir / f"precision.plain-fp8.{index}.onnx"
+        kept = fp8_without_search(fx.fp32, fx.train, output, fx.cache, keep_default)
+        rows.append({"model": name, "tool": "ffx", "flags": "(library: calib.fp8.insert_fp8_qdq, no search)",
+                     "path": str(output), "error": None, "precision": "fp8", "tensorrt_rtx": tensorrt_acceptance(output),
+                     "keep_fp": kept})
+    rows.append(dict(autopilot_row(FP8_AUTOPILOT, fx, fx.workdir / "precision.fp8-autopilot.onnx", ["--fp8"],
+                                   TARGET_AGREEMENT, args.held_out_images), precision="fp8"))
+    log(f"precisions: {FP8_AUTOPILOT}: {rows[-1]['error'] or rows[-1]['keep_fp']} ({rows[-1]['search_seconds']:.0f} s)")
 
-    calibration = calibration_batch(Path(rows[0]["path"]).with_suffix(".json"), train, preprocess)
+    calibration = calibration_batch(Path(rows[0]["path"]).with_suffix(".json"), fx.train, fx.preprocess)
     for method in MODELOPT_FP8_METHODS:
         name = f"NVIDIA ModelOpt ONNX PTQ, fp8 {method}"
-        output = workdir / f"modelopt.fp8.{method}.onnx"
-        error = (modelopt_int8(args.modelopt_python, fp32, output, calibration, input_name, method, workdir, mode="fp8")
-                 if args.modelopt_python else "no --modelopt-python given")
+        output = fx.workdir / f"modelopt.fp8.{method}.onnx"
+        error = (modelopt_int8(args.modelopt_python, fx.fp32, output, calibration, fx.input_name, method, fx.workdir,
+                               mode="fp8") if args.modelopt_python else "no --modelopt-python given")
         row = {"model": name, "tool": "modelopt", "path": str(output), "error": error, "precision": "fp8",
                "tensorrt_rtx": tensorrt_acceptance(output) if not error else None, "keep_fp": []}
         if not error:
@@ -435,19 +454,13 @@ def run_precisions(args, log=print):
         rows.append(row)
         log(f"precisions: {name}: {error or 'quantized'}")
 
-    fp32_top1 = 100 * float(np.mean(reference.argmax(1) == labels))
-    for row in rows:
-        if row["error"] is None:
-            fidelity = fidelity_of(run_model(Path(row["path"]).read_bytes(), images), reference, labels)
-            row.update(agreement=fidelity.agreement, top1=fidelity.top1, top1_drop=round(fp32_top1 - fidelity.top1, 4),
-                       snr_db=float(fidelity.snr_db))
-            log(f"precisions: {row['model']}: agreement {fidelity.agreement:.2f}%, SNR {fidelity.snr_db:.1f} dB")
+    fp32_top1 = score_rows(rows, images, reference, labels, log, "precisions")
 
     # The issue's bar on the whole test folder: `ffx verify` for ffx's default FP8 graph (and the autopilot's);
     # ModelOpt's best fp8 graph scored on the same images in-process when the table used fewer.
     for row in rows:
         if row["error"] is None and (row["model"] == FP8_DEFAULT or row.get("autopilot")):
-            code, stdout, _ = ffx("verify", row["path"], "--reference", fp32, "--data", test, "--json", check=False)
+            code, stdout, _ = ffx("verify", row["path"], "--reference", fx.fp32, "--data", fx.test, "--json", check=False)
             verified = json.loads(stdout)
             row["verify"] = {"exit_code": code, "agreement": verified["agreement"], "images": verified["images"],
                              "top1": verified["candidate"]["top1"], "reference_top1": verified["reference"]["top1"]}
@@ -455,9 +468,9 @@ def run_precisions(args, log=print):
     modelopt = [row for row in rows if row["tool"] == "modelopt" and row["error"] is None]
     if modelopt and args.test_per_class:
         best = max(modelopt, key=lambda row: row["snr_db"])
-        all_images, all_labels, _ = decode_images(test, preprocess, info.get("class_names"))
+        all_images, all_labels, _ = decode_images(fx.test, fx.preprocess, fx.info.get("class_names"))
         fidelity = fidelity_of(run_model(Path(best["path"]).read_bytes(), all_images),
-                               reference_logits(fp32, all_images, workdir, "pcall"), all_labels)
+                               reference_logits(fx.fp32, all_images, fx.workdir, "pcall"), all_labels)
         best["full_test"] = {"images": int(len(all_labels)), "agreement": fidelity.agreement, "top1": fidelity.top1,
                              "snr_db": float(fidelity.snr_db)}
         log(f"precisions: {best['model']} on all {len(all_labels)} test images: agreement {fidelity.agreement:.2f}%")

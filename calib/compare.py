@@ -1,4 +1,4 @@
-"""Block by block, how far a converted graph (INT8 Q/DQ, FP16) drifts from its FP32 source.
+"""Block by block, how far a converted graph (INT8 or FP8 Q/DQ, FP16) drifts from its FP32 source.
 
 The points compared are the residual stream of the network: the embedded tokens, the output of
 each block's feature MLP and token MLP (the residual Adds), and the logits. Every point is read

@@ -1,5 +1,5 @@
 """ONNX Runtime runner: the exact graph TensorRT builds from, on the CPU (int8 and float16
-kernels included) or on a GPU through the CUDA or TensorRT execution provider."""
+kernels included; FP8 Q/DQ with E4M3's exact rounding) or on a GPU through the CUDA or TensorRT execution provider."""
 
 import numpy as np
 import onnx

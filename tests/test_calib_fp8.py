@@ -262,3 +262,23 @@ def test_the_precision_guide_table(small_model, photos, workdir, cli_runner):
     assert as_json["precision"] == "fp8" and as_json["precision_guide"][0]["model_precision_runs_here"] is True
     bad = cli_runner.invoke(cli, ["inspect", model, "--gpu", "fast"])
     assert bad.exit_code == 2 and "not a compute capability" in bad.stderr
+
+
+def test_full_tensorrt_builds_fp8_only_on_a_gpu_with_fp8():
+    """The decision write_engine takes before calibrating, for the GPU full TensorRT would build on
+    (none here: the GpuInfo values are what cuda-python reports on those GPUs)."""
+    from ffx.runtime.cuda import GpuInfo
+    from ffx.runtime.engine_file import _fp8_targets
+    from ffx.tensorrt import Backend, BuildOptions
+
+    full = Backend("tensorrt", module=None, version="10.3.0")
+    orin = GpuInfo("Orin", "8.7", 64 << 30, "cuda-python")
+    with pytest.raises(FfxError, match=r"Orin \(compute capability 8.7\) has no FP8 tensor cores.*--int8"):
+        _fp8_targets(full, BuildOptions(), orin, [])
+    h200 = GpuInfo("NVIDIA H200", "9.0", 141 << 30, "cuda-python")
+    assert _fp8_targets(full, BuildOptions(), h200, []) == BuildOptions()
+    notes = []
+    rtx = Backend("tensorrt-rtx", module=None, version="1.7.1")
+    assert _fp8_targets(rtx, BuildOptions(), None, notes).compute_capabilities == ("8.9", "12.0") and notes
+    with pytest.raises(InvalidOption, match="compute capability 7.5 .*no FP8"):
+        _fp8_targets(rtx, BuildOptions(compute_capabilities=("8.9", "7.5")), None, [])

@@ -13,7 +13,7 @@ from ffx.cli import print_json, warn
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(reference, candidate, data, num_images, seed, as_json):
     """Where a converted graph's error enters: REFERENCE (the FP32 ONNX) and CANDIDATE (its INT8
-    or FP16 conversion) block by block on the same images.
+    or FP8 Q/DQ, or FP16 conversion) block by block on the same images.
 
     For the embedded tokens, the output of every block's feature MLP (mlp1) and token MLP (mlp2)
     and the logits: the relative L2 error against FP32, the logit-style SNR, the worst image's
