@@ -18,7 +18,7 @@ measured the same way. NVIDIA ModelOpt runs in its own virtual environment (it p
 onnxruntime); pass its python with --modelopt-python, or the row says why it is missing.
 
 `--precisions` measures issue 19 instead (BENCHMARKS.md sections 6d/6e, bench/fp8_accuracy.json):
-FP8 E4M3 against INT8 and FP16, each FP8 range method, what the rounding search and keeping
+FP8 E4M3 against INT8 and FP16, each FP8 range method, what `--scale-search` and keeping
 patch_embed/head in float buy, `--fp8 --target-agreement`, and ModelOpt's fp8 mode on the same
 calibration images; `ffx verify` scores the default FP8 graph on the whole test folder; no CPU speed
 (onnxruntime emulates FP8 on a CPU: its speed says nothing about a GPU's). With it, what FP8 would
@@ -63,18 +63,17 @@ AUTOPILOTS = {
 SPEED_BAR = 0.9  # issue 11: the autopilot's graph runs at >= 90% of the all-INT8 graph's CPU speed
 
 # --precisions (issue 19): ffx calibrate flags of each row; the default FP8 row is also scored by `ffx verify`.
-FP8_DEFAULT = "ffx FP8 (default: max, rounding search)"
+FP8_DEFAULT = "ffx FP8 (default: max, patch_embed and head in float)"
 PRECISION_VARIANTS = {
     "ffx FP16": ["--fp16"],
     "ffx INT8 (entropy, default)": [],
     FP8_DEFAULT: ["--fp8"],
     "ffx FP8, mse": ["--fp8", "--method", "mse"],
     "ffx FP8, percentile 99.99": ["--fp8", "--method", "percentile"],
+    "ffx FP8 + --scale-search": ["--fp8", "--scale-search"],
     "ffx FP8, every layer (--keep-fp none)": ["--fp8", "--keep-fp", "none"],
+    "ffx FP8, every layer + --scale-search": ["--fp8", "--keep-fp", "none", "--scale-search"],
 }
-# Built through the library from the same statistics: what the rounding search buys ({row: keep the default layers}).
-FP8_PLAIN = {"ffx FP8 without the rounding search (amax / 448)": True,
-             "ffx FP8, every layer, without the rounding search (amax / 448)": False}
 FP8_AUTOPILOT = f"ffx calibrate --fp8 --target-agreement {TARGET_AGREEMENT:g}"
 FP8_AGREEMENT_BAR = 99.7  # issue 19: the default FP8 graph agrees with FP32 on >= 99.7% of the test images
 MODELOPT_FP8_METHODS = ("max", "entropy")
@@ -378,27 +377,6 @@ def reference_logits(fp32, images, workdir, tag):
     return logits
 
 
-def fp8_without_search(fp32, train, output, cache, keep_default):
-    """The FP8 graph `ffx calibrate --fp8` would write without its rounding search (scales amax / 448),
-    from the same statistics, with the default float layers (patch_embed, head) or none: what the
-    search buys. Returns the names of the layers kept in float."""
-    import onnx
-
-    from ffx.calib import CalibrationOptions
-    from ffx.calib.fp8 import FP8, insert_fp8_qdq
-    from ffx.calib.model_io import load_source_model
-    from ffx.calib.qdq import activation_thresholds, calibration_statistics, quantization_plan
-
-    options = CalibrationOptions(precision="fp8", num_images=CALIBRATION_IMAGES, cache_dir=str(cache))
-    source, _, stats, _ = calibration_statistics(load_source_model(fp32), str(train), options, progress=False)
-    layers, _ = quantization_plan(source, ())
-    kept = FP8.default_keep_fp(layers) if keep_default else []
-    quantized = [layer for layer in layers if layer.name not in kept]
-    excluded = [layer.node for layer in layers if layer.name in kept]
-    onnx.save(insert_fp8_qdq(source, activation_thresholds(stats, quantized, options), excluded), str(output))
-    return kept
-
-
 def float_layers(path):
     """(Conv/MatMul/Gemm nodes whose inputs are quantized, [op types of those left in float]) of a graph."""
     import onnx
@@ -430,12 +408,6 @@ def run_precisions(args, log=print):
                      "tensorrt_rtx": report["tensorrt"]["status"] if report else None,
                      "keep_fp": report.get("kept_fp_layers", []) if report else []})
         log(f"precisions: {name}: {error or 'calibrated'}")
-    for index, (name, keep_default) in enumerate(FP8_PLAIN.items()):
-        output = fx.workdir / f"precision.plain-fp8.{index}.onnx"
-        kept = fp8_without_search(fx.fp32, fx.train, output, fx.cache, keep_default)
-        rows.append({"model": name, "tool": "ffx", "flags": "(library: calib.fp8.insert_fp8_qdq, no search)",
-                     "path": str(output), "error": None, "precision": "fp8", "tensorrt_rtx": tensorrt_acceptance(output),
-                     "keep_fp": kept})
     rows.append(dict(autopilot_row(FP8_AUTOPILOT, fx, fx.workdir / "precision.fp8-autopilot.onnx", ["--fp8"],
                                    TARGET_AGREEMENT, args.held_out_images), precision="fp8"))
     log(f"precisions: {FP8_AUTOPILOT}: {rows[-1]['error'] or rows[-1]['keep_fp']} ({rows[-1]['search_seconds']:.0f} s)")

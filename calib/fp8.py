@@ -10,10 +10,9 @@ deviations, not from ranges.
 
 Layers kept in float by default: the first and the last (patch_embed, which reads the image, and
 head, which writes the logits), as NVIDIA ModelOpt's fp8 mode does. Three mantissa bits cost most
-there, and both together are a fraction of a percent of the FLOPs: on the deep Fashion-MNIST
-fixture (ff_tiny's blocks), keeping them in float raised the logit SNR against FP32 from 33.3 to
-42.3 dB (1,000 test images); `--keep-fp none` quantizes them too. BENCHMARKS.md section 6d/6e has
-the measurements (`python -m bench.int8_accuracy --precisions`).
+there, and both together are a fraction of a percent of the FLOPs (BENCHMARKS.md sections 6d/6e,
+`python -m bench.int8_accuracy --precisions`, measure both choices on both Fashion-MNIST fixtures);
+`--keep-fp none` quantizes them too.
 
 Opset: QuantizeLinear/DequantizeLinear take float8 from opset 19. `ffx export` writes opset 17, so
 the graph is lifted to 19 with onnx's version converter, and the result is used only when the
@@ -23,13 +22,15 @@ export with `--opset 19`; a graph exported at 19 or newer is used as it is. Stat
 collected on the source graph, so INT8 and FP8 calibrations of one model share a cache entry.
 
 Thresholds: the histogram methods of calib/ranges.py for a floating-point format (``max``, the
-default; ``percentile``; ``mse`` with E4M3's relative rounding), then a search per tensor over one
-octave *above* the threshold: E4M3 has the same relative step at any magnitude, so a scale that is
-larger by a factor in [1, 2) clips nothing and only moves where the values fall between
-representable numbers. The factor kept is the one with the least squared error in the layer's
-output, (Q(x) - x) W, on a sample of the calibration images. That matters where many values are
-the same in every image (a blank background: the normalized black pixel, the tokens of empty
-patches), whose rounding error is then the same everywhere instead of averaging out.
+default; ``percentile``; ``mse`` with E4M3's relative rounding). With `scale_search`
+(``--scale-search``), each threshold is then searched over one octave *above* it: E4M3 has the same
+relative step at any magnitude, so a scale that is larger by a factor in [1, 2) clips nothing and
+only moves where the values fall between representable numbers. The factor kept is the one with the
+least squared error in the layer's output, (Q(x) - x) W, on a sample of the calibration images.
+That matters where many values are the same in every image (a blank background: the normalized
+black pixel, the tokens of empty patches), whose rounding error is then the same everywhere instead
+of averaging out: that is the image, read by patch_embed, which stays in float by default; for the
+other layers the search bought nothing measurable (BENCHMARKS.md 6d/6e), so it is off by default.
 """
 
 import dataclasses
@@ -63,7 +64,9 @@ class Fp8Recipe(QdqRecipe):
 
     def ranges(self, source, layers, stats, items, options):
         thresholds = activation_thresholds(stats, layers, options)
-        return search_scales(source, layers, thresholds, items, options.workers), {}
+        if options.scale_search:
+            thresholds = search_scales(source, layers, thresholds, items, options.workers)
+        return thresholds, {}
 
     def insert(self, source, thresholds, excluded_nodes):
         return insert_fp8_qdq(source, thresholds, excluded_nodes)
@@ -74,13 +77,15 @@ class Fp8Recipe(QdqRecipe):
         return [layers[0].name, layers[-1].name] if len(layers) > 2 else []
 
     def params(self, source, options):
-        return {
+        params = {
             "activations": "per-tensor float8 e4m3fn (scale = threshold / 448)",
             "weights": "per-channel float8 e4m3fn (scale = |w| max / 448)",
-            "scale_search": {"factors": f"2^(k/{SCALE_SEARCH_STEPS}), k = 0..{SCALE_SEARCH_STEPS - 1}",
-                             "criterion": "squared error of the layer's output", "images": SCALE_SEARCH_IMAGES},
             "opset": {"source": model_opset(source.model), "output": max(model_opset(source.model), FP8_OPSET)},
         }
+        if options.scale_search:
+            params["scale_search"] = {"factors": f"2^(k/{SCALE_SEARCH_STEPS}), k = 0..{SCALE_SEARCH_STEPS - 1}",
+                                      "criterion": "squared error of the layer's output", "images": SCALE_SEARCH_IMAGES}
+        return params
 
 
 FP8 = Fp8Recipe()

@@ -41,6 +41,8 @@ class CalibrationOptions:
             from each quantized MatMul's bias.
         smooth_gelu: centre and even out the channels of post-GELU tensors with outlier channels
             before quantizing them, exactly compensated in fc2 (see calib/smoothing.py).
+        scale_search: FP8 only: search each activation scale over one octave above its threshold by
+            the layer's output error (see calib/fp8.py).
     """
 
     method: str | None = None
@@ -55,6 +57,7 @@ class CalibrationOptions:
     bias_correction: str | None = None
     smooth_gelu: bool = False
     precision: str = "int8"
+    scale_search: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -83,6 +86,8 @@ class CalibrationOptions:
             for field, value in (("gelu_range", self.gelu_range != "histogram"), ("bias_correction", self.bias_correction)):
                 if value:
                     raise InvalidOption(field, f"applies to INT8 calibration, not {row.label}")
+        if self.scale_search and self.precision != "fp8":
+            raise InvalidOption("scale_search", f"applies to FP8 calibration, not {row.label}")
         if self.keep_fp is None and self.precision != "fp8":  # FP8's default depends on the graph (calib/fp8.py)
             object.__setattr__(self, "keep_fp", ())
         if self.keep_fp is not None:
@@ -104,7 +109,8 @@ class CalibrationOptions:
 OPTION_FLAGS = {"method": "--method", "percentile": "--percentile", "num_images": "--num-images", "seed": "--seed",
                 "keep_fp": "--keep-fp", "workers": "--workers", "cache_dir": "--cache-dir",
                 "gelu_range": "--gelu-range", "bias_correction": "--bias-correction",
-                "smooth_gelu": "--smooth-gelu", "precision": "--fp8/--fp16"}
+                "smooth_gelu": "--smooth-gelu", "precision": "--fp8/--fp16",
+                "scale_search": "--scale-search"}
 
 
 def calibration_option_error(error, flags=OPTION_FLAGS):

@@ -77,11 +77,11 @@ def test_every_layer_input_is_e4m3_qdq_and_nothing_else_is(small_model, photos, 
     assert manifest["precision"] == "fp8" and manifest["params"]["method"] == "max"
     assert manifest["params"]["opset"] == {"source": 17, "output": 19} and manifest["params"]["keep_fp"] == []
     assert "keep_fp_default" not in manifest["params"]
+    assert "scale_search" not in manifest["params"]
     for layer in manifest["layers"]:
         assert layer["precision"] == "fp8"
         assert layer["scale"] == pytest.approx(layer["threshold"] / E4M3_MAX, rel=1e-6)
-        # max, then a rounding search over one octave above it: never clipped
-        assert layer["absmax"] <= layer["threshold"] < 2 * layer["absmax"]
+        assert layer["threshold"] == layer["absmax"]  # max
 
     session = onnxruntime.InferenceSession(report.output, providers=["CPUExecutionProvider"])
     logits = session.run(None, {"images": np.zeros((2, 3, 32, 32), np.float32)})[0]
@@ -100,6 +100,18 @@ def test_by_default_the_first_and_last_layers_stay_float(small_model, photos, wo
     assert Path(workdir / "cli-default.onnx").read_bytes() != b""
     # INT8 keeps nothing in float unless asked, as before
     assert CalibrationOptions().keep_fp == () and CalibrationOptions(precision="fp8").keep_fp is None
+
+
+def test_the_scale_search_moves_scales_up_by_less_than_an_octave(small_model, photos, workdir):
+    report = _fp8(small_model, photos, workdir / "searched.onnx", keep_fp=["none"], scale_search=True,
+                  cache_dir=workdir / "cache")
+    manifest = json.loads(Path(report.manifest).read_text())
+    assert manifest["params"]["scale_search"]["images"] == 32
+    thresholds = [(layer["threshold"], layer["absmax"]) for layer in manifest["layers"]]
+    assert all(absmax <= threshold < 2 * absmax for threshold, absmax in thresholds)  # never clips
+    assert any(threshold > absmax for threshold, absmax in thresholds)  # and it does move some
+    with pytest.raises(InvalidOption, match="applies to FP8"):
+        CalibrationOptions(scale_search=True)
 
 
 def test_weights_are_e4m3_with_a_per_channel_amax_scale(small_model, photos, workdir):

@@ -28,6 +28,7 @@ from ffx.errors import InvalidOption
 @click.option("--held-out-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT_IMAGES, show_default=True, help="How many held-out images the target is measured on.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("--fp8", is_flag=True, help="Write FP8 (E4M3) Q/DQ instead of INT8, for GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell, Thor); opset 19.")
+@click.option("--scale-search", is_flag=True, help="FP8: search each activation scale over one octave above its range by the layer's output error (helps when patch_embed is FP8 too: --keep-fp none).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx, MODEL.fp8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
 @outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (default ~/.cache/ffx/calib, or $FFX_CACHE_DIR/calib).")
@@ -37,7 +38,7 @@ from ffx.errors import InvalidOption
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(model, data, num_images, method, percentile, seed, keep_fp, target_agreement, max_top1_drop, held_out,
-            held_out_images, fp16, fp8, output, gelu_range, bias_correction, smooth_gelu, cache_dir, no_cache, workers,
+            held_out_images, fp16, fp8, scale_search, output, gelu_range, bias_correction, smooth_gelu, cache_dir, no_cache, workers,
             backend, no_tensorrt_check, as_json):
     """Turn an FP32 ffx ONNX model into a TensorRT-ready INT8 or FP8 (Q/DQ) or FP16 ONNX.
 
@@ -81,6 +82,7 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
             percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
             num_images=num_images, seed=seed, keep_fp=keep_fp or None, workers=workers, cache_dir=cache_dir,
             use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction, smooth_gelu=smooth_gelu,
+            scale_search=scale_search,
         )
     except InvalidOption as e:
         raise calibration_option_error(e) from None
