@@ -9,7 +9,7 @@ import onnx
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
 from ffx.errors import FfxError, reraise_onnxruntime
 from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size, load_external_weights, load_onnx
+from ffx.onnx_file import check_input_size, exact_quantized_arithmetic, load_external_weights, load_onnx
 
 
 @dataclasses.dataclass
@@ -48,13 +48,14 @@ def with_outputs(model, tensors):
 
 
 def cpu_session(model, source=None):
-    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes). A graph
+    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes) that runs
+    Q/DQ with TensorRT's arithmetic (ffx.onnx_file.exact_quantized_arithmetic). A graph
     onnxruntime cannot load, or cannot execute in run(), is an FfxError naming `source` (the file)."""
     import onnxruntime
 
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
-    options = onnxruntime.SessionOptions()
+    options = exact_quantized_arithmetic(onnxruntime.SessionOptions())
     options.log_severity_level = 3
     try:
         session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -170,7 +170,8 @@ def existing_model_kind(path):
 
 
 def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = False, cuda_library: str = "auto",
-                arch: str | None = None, ema: bool = False, device: str = "cpu", threads: int | None = None) -> Runner:
+                arch: str | None = None, ema: bool = False, device: str = "cpu", threads: int | None = None,
+                int8_kernels: bool = False) -> Runner:
     """The runner for a model file, picked by its type (not yet activated).
 
     Args:
@@ -181,6 +182,8 @@ def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = Fals
         arch, ema, device: for checkpoints: the architecture when it cannot be inferred, the EMA
             weights, the torch device.
         threads: CPU threads for ONNX Runtime and PyTorch (None: each library's default).
+        int8_kernels: for .onnx on the CPU: onnxruntime's fused int8 kernels (speed) instead of
+            TensorRT's arithmetic (accuracy); see OnnxRuntimeRunner.
 
     Returns:
         Runner: an OnnxRuntimeRunner, EngineRunner or CheckpointRunner.
@@ -197,7 +200,7 @@ def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = Fals
     if kind == "onnx":
         from ffx.runtime.onnxrt import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(path, provider=provider, threads=threads)
+        return OnnxRuntimeRunner(path, provider=provider, threads=threads, int8_kernels=int8_kernels)
     from ffx.runtime.pytorch import CheckpointRunner
 
     return CheckpointRunner(path, arch=arch, ema=ema, device=device, threads=threads)

@@ -168,7 +168,7 @@ class ModelServer:
         check_ports_free(self.settings.host, ports)
         self._runner_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ffx-runner")
         self.runner = self._runner_thread.submit(
-            lambda: open_runner(self.interface.path, provider=self.settings.provider).activate()).result()
+            lambda: open_runner(self.interface.path, provider=self.settings.provider, int8_kernels=True).activate()).result()
         log_file = Path(tempfile.mkstemp(prefix=f"ffx-serve-{self.name}-", suffix=".log")[1])
         config = pytriton.triton.TritonConfig(
             http_address=self.settings.host, http_port=ports["HTTP"],
