@@ -282,3 +282,50 @@ def test_turing_engine_runs_on_turing_only():
 def test_no_gpu_visible_checks_versions_only():
     assert compatibility_problem(_trt_sidecar(), "tensorrt", "10.3.0", None) is None
     assert compatibility_problem(_trt_sidecar(), "tensorrt", "10.4.0", None) is not None
+
+
+def _saturating_qdq_model(path, rng):
+    """An image-shaped Q/DQ MatMul whose int8 products are near 127 x 127: onnxruntime's fused int8
+    kernels on x86 CPUs without VNNI add such products in pairs in 16 bits, which saturate."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = rng.integers(100, 128, size=(192, 10), dtype=np.int8) * rng.choice(np.array([-1, 1], np.int8), (192, 10))
+    nodes = [
+        helper.make_node("Reshape", ["images", "flat_shape"], ["flat"]),
+        helper.make_node("QuantizeLinear", ["flat", "x_scale", "x_zero"], ["flat_q"]),
+        helper.make_node("DequantizeLinear", ["flat_q", "x_scale", "x_zero"], ["flat_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], axis=1),
+        helper.make_node("MatMul", ["flat_dq", "w_dq"], ["logits"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([-1, 192], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+        numpy_helper.from_array(weight, "w_q"),
+        numpy_helper.from_array(np.full(10, 0.001, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(10, np.int8), "w_zero"),
+    ]
+    graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return weight
+
+
+def test_qdq_graphs_run_with_tensorrts_arithmetic_for_accuracy(tmp_path):
+    """verify/predict (the default runner) and calibration's sessions give the exact int8 result
+    (int32 sums, as TensorRT computes), whatever this CPU's int8 kernels do; bench's runner runs
+    onnxruntime's fused kernels. Without VNNI those differ (see ffx.onnx_file.exact_quantized_arithmetic)."""
+    from ffx.calib.model_io import cpu_session
+
+    rng = np.random.default_rng(0)
+    weight = _saturating_qdq_model(tmp_path / "q.onnx", rng)
+    images = (rng.choice(np.array([-1, 1]), (4, 3, 8, 8)) * rng.uniform(1.0, 1.27, (4, 3, 8, 8))).astype(np.float32)
+    quantized = np.clip(np.rint(images.reshape(4, 192) / 0.01), -128, 127).astype(np.int64)
+    exact = (quantized @ weight.astype(np.int64)) * np.float32(0.01) * np.float32(0.001)
+    with open_runner(tmp_path / "q.onnx") as runner:
+        np.testing.assert_allclose(runner.infer(images), exact, rtol=1e-5)
+    session = cpu_session((tmp_path / "q.onnx").read_bytes())
+    np.testing.assert_allclose(session.run(None, {"images": images})[0], exact, rtol=1e-5)
+    with open_runner(tmp_path / "q.onnx", int8_kernels=True) as fused:  # runs; exact only on CPUs with VNNI
+        assert fused.infer(images).shape == (4, 10)
