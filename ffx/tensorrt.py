@@ -11,7 +11,7 @@ builder config from a validated `BuildOptions`), `build_plan` (the serialized en
 `build_serialized_engine` runs them in order.
 
 TensorRT API conventions, checked by tests/test_tensorrt_conformance.py against the installed
-TensorRT-RTX and NVIDIA's TensorRT 10.3 and 11.x bindings: TensorRT objects live in variables
+TensorRT-RTX and NVIDIA's TensorRT 10.3, 10.16, 11.1 and 11.4 bindings: TensorRT objects live in variables
 named after their class (`trt`, `builder`, `network`, `parser`, `config`, `engine`, `context`,
 ...); a name only one flavour has is used inside a function whose name ends in `_rtx` or
 `_full_tensorrt`; a name only some versions have is looked up with `getattr(obj, "name", None)`.
