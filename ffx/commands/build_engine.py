@@ -77,8 +77,9 @@ def command(model, output, fp16, int8, calib_data, num_images, method, percentil
     hashes, the batch profile and the model's metadata, so `ffx verify`, `bench` and `predict`
     need no further flags.
 
-    TensorRT-RTX does not run on A100 (8.0), H100/H200 (9.0) or Jetson: use `--backend tensorrt`
-    there. A Turing (7.5) engine is built on its own: `--compute-capability 7.5`.
+    A TensorRT-RTX engine runs on 8.0 (A100), 8.6, 8.9, 12.0 and 12.1 by default; not on H100/H200
+    (9.0), B200 or Jetson: use `--backend tensorrt` there. A Turing (7.5) engine is built on its
+    own: `--compute-capability 7.5`.
 
     \b
     Examples:
