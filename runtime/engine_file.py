@@ -198,9 +198,9 @@ def _primary_derived_path(output, precision):
 
 def _conversion_path(output, precision, source, data, options, notes):
     """(path, reused): a graph at either name `_derived_path` uses that is exactly what converting
-    `source` would write now (calib.reuse: same input sha256, settings, images and ffx version) is
-    reused; otherwise `_derived_path`'s choice, to be written."""
-    from ffx.calib.reuse import conversion_mismatch
+    `source` would write now (runtime/conversion_reuse.py: same input sha256, settings, images and
+    ffx version) is reused; otherwise `_derived_path`'s choice, to be written."""
+    from ffx.runtime.conversion_reuse import conversion_mismatch
 
     for candidate in (_primary_derived_path(output, precision), output.with_name(f"{output.name}.{precision}.onnx")):
         if candidate.is_file() and candidate.resolve() != Path(source).resolve() \

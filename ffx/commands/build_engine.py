@@ -128,7 +128,7 @@ def command(model, output, fp16, int8, calib_data, num_images, method, percentil
             backend=backend, progress=None if not as_json else False, verbose=verbose,
         )
         if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
-            from ffx.pipeline import build_engine_from_checkpoint
+            from ffx.runtime.checkpoint_engine import build_engine_from_checkpoint
 
             pipeline = build_engine_from_checkpoint(model, output, announce=None if as_json else _announce, **arguments)
             report, notes = pipeline.engine, pipeline.notes

@@ -4,7 +4,7 @@ import click
 
 from ffx.cli import print_json, warn
 from ffx.errors import FfxError
-from ffx.pipeline import missing_export_packages_message
+from ffx.runtime.checkpoint_engine import missing_export_packages_message
 
 # A plain `pip install ffx` leaves torch, onnxscript and safetensors out: every other command runs without them.
 if _message := missing_export_packages_message("ffx export"):

@@ -8,7 +8,7 @@ the same as this run's is reused (so a second run only rebuilds the engine):
   matches this checkpoint and the ONNX still has the recorded sha256.
 - `OUT.int8.onnx` and `OUT.int8.json` (or `.fp16`): calibration and its manifest, reused when the
   manifest's hashes say it was made from this ONNX with the same settings and images
-  (`ffx.calib.reuse`); see `ffx.runtime.engine_file.write_engine`.
+  (runtime/conversion_reuse.py); see `ffx.runtime.engine_file.write_engine`.
 - `OUT.engine` and `OUT.engine.json`: the engine and its sidecar, always built.
 
 A file at an intermediate name that is not such a record of this checkpoint (the user's own
