@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ffx import __version__
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_file, written_together
-from ffx.errors import FfxError
+from ffx.errors import FfxError, InvalidOption
+from ffx.runtime.sidecar import ENGINE_SUFFIXES
 
 EXPORT_RECORD_FORMAT = "ffx-export-record"
 EXPORT_RECORD_VERSION = 1
@@ -74,8 +75,15 @@ def build_engine_from_checkpoint(checkpoint, output, options=None, precision=Non
         raise FfxError(message)
     if not checkpoint.is_file():
         raise FfxError(f"{checkpoint}: no such file")
+    # What write_engine would refuse after the export, refused before it.
+    if output.suffix.lower() not in ENGINE_SUFFIXES:
+        raise FfxError(f"{output}: an engine file should end in {', '.join(ENGINE_SUFFIXES)}")
+    if precision == "int8" and calib_data is None:
+        raise InvalidOption("calib_data", f"an INT8 engine from {checkpoint.name} needs calibration images")
+    if calib_data is not None and not Path(calib_data).is_dir():
+        raise FfxError(f"{calib_data}: no such directory")
     onnx_path, record_path = _export_paths(output, precision)
-    for written in (output, Path(f"{output}.json"), onnx_path, record_path, _own_paths(output)[0], _own_paths(output)[1]):
+    for written in (output, Path(f"{output}.json"), onnx_path, record_path, *_own_paths(output)):
         refuse_overwriting_inputs(written, [checkpoint, calib_data])
     # Before the export: a missing TensorRT or an option it cannot honour fails in one line first.
     check_backend_options(available_backend(backend), options or BuildOptions())

@@ -133,3 +133,16 @@ def test_a_broken_chain_is_one_line(built, tmp_path, cli_runner):
     (tmp_path / "f.int8.onnx").unlink()
     result = cli_runner.invoke(cli, ["verify", str(tmp_path / "f.engine")])
     assert result.exit_code == 2 and "named by f.engine's sidecar but not there" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--int8", "-o", "f.engine"], "--calib-data: an INT8 engine from mini.pth needs calibration images"),
+    (["--int8", "--calib-data", "missing", "-o", "f.engine"], "missing: no such directory"),
+    (["-o", "f.txt"], "f.txt: an engine file should end in"),
+])
+def test_mistakes_are_refused_before_the_export(mini, tmp_path, cli_runner, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = cli_runner.invoke(cli, ["build-engine", str(mini.checkpoint), *args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
