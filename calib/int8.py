@@ -88,26 +88,7 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
     scales = _activation_scales(qdq_model)
 
     method = options.method
-    params = {
-        "method": method,
-        "percentile": options.percentile if method == "percentile" else None,
-        "entropy_floor": ENTROPY_FLOOR if method == "entropy" else None,
-        "num_images": options.num_images,
-        "seed": options.seed,
-        "keep_fp": [layer.name for layer in kept],
-        "histogram_bins": HISTOGRAM_BINS,
-        "activations": "per-tensor symmetric int8",
-        "weights": "per-channel symmetric int8",
-        "quantized_op_types": QUANTIZED_OP_TYPES,
-    }
-    # Only when asked for, so that a default calibration's manifest stays byte for byte the same.
-    if options.gelu_range != "histogram":
-        params["gelu_range"] = options.gelu_range
-    if options.bias_correction:
-        params["bias_correction"] = options.bias_correction
-    if options.smooth_gelu:
-        params["smooth_gelu"] = {"alpha": SMOOTHING_ALPHA, "min_spread": SMOOTHING_SPREAD,
-                                 "tensors": [tensor.to_dict() for tensor in smoothed]}
+    params = int8_params(options, [layer.name for layer in kept], smoothed)
     manifest = {
         "ffx_version": __version__,
         "precision": "int8",
@@ -161,6 +142,33 @@ def calibration_statistics(source, data, options, progress=None, warn=None):
                                             options.workers)
     tensors = list(dict.fromkeys(layer.activation for layer in network_layers(source.model, source.info)))
     return source, images, image_statistics("histogram", source, images, tensors, options, progress, warn), smoothed
+
+
+def int8_params(options, kept_names, smoothed=()):
+    """The manifest's `params` of an INT8 calibration with `options` that keeps `kept_names` in
+    float (and smoothed `smoothed` post-GELU tensors): what reusing a calibrated graph compares."""
+    method = options.method
+    params = {
+        "method": method,
+        "percentile": options.percentile if method == "percentile" else None,
+        "entropy_floor": ENTROPY_FLOOR if method == "entropy" else None,
+        "num_images": options.num_images,
+        "seed": options.seed,
+        "keep_fp": list(kept_names),
+        "histogram_bins": HISTOGRAM_BINS,
+        "activations": "per-tensor symmetric int8",
+        "weights": "per-channel symmetric int8",
+        "quantized_op_types": QUANTIZED_OP_TYPES,
+    }
+    # Only when asked for, so that a default calibration's manifest stays byte for byte the same.
+    if options.gelu_range != "histogram":
+        params["gelu_range"] = options.gelu_range
+    if options.bias_correction:
+        params["bias_correction"] = options.bias_correction
+    if options.smooth_gelu:
+        params["smooth_gelu"] = {"alpha": SMOOTHING_ALPHA, "min_spread": SMOOTHING_SPREAD,
+                                 "tensors": [tensor.to_dict() for tensor in smoothed]}
+    return params
 
 
 def quantization_plan(source, keep_fp):

@@ -36,7 +36,8 @@ class BuildReport:
     engine: str
     sidecar: str
     onnx: str  # the graph the engine was built from (the calibrated one when calibration ran)
-    calibrated_onnx: str | None  # written by this build's FP16/INT8 calibration step
+    calibrated_onnx: str | None  # written (or reused, see below) by this build's FP16/INT8 calibration step
+    calibration_reused: bool  # the calibrated graph on disk was exactly what calibrating would write
     backend: str
     backend_version: str
     precision: str
@@ -82,16 +83,21 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     check_backend_options(backend, options)
     notes = []
     calibrated = None
+    calibration_reused = False
     if precision is not None and graph != precision:
         if graph != "fp32":
             raise FfxError(f"{onnx_path} is a {graph} graph; {precision.upper()} engines are made from FP32 models")
-        if precision == "int8":
-            if calib_data is None:
-                raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an INT8 engine needs calibration "
-                                    "images to calibrate it first (or give a model made by `ffx calibrate`)")
-            calibrated = _calibrate_int8(onnx_path, calib_data, _derived_path(output, "int8", onnx_path, notes), calib_options or {}, progress)
+        if precision == "int8" and calib_data is None:
+            raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an INT8 engine needs calibration "
+                                "images to calibrate it first (or give a model made by `ffx calibrate`)")
+        conversion_options = _calibration_options(calib_options if precision == "int8" else {})
+        derived, calibration_reused = _conversion_path(output, precision, onnx_path, calib_data, conversion_options, notes)
+        if calibration_reused:
+            calibrated = derived
+        elif precision == "int8":
+            calibrated = _calibrate_int8(onnx_path, calib_data, derived, conversion_options, progress)
         else:
-            calibrated = _convert_fp16(onnx_path, _derived_path(output, "fp16", onnx_path, notes), calib_data, progress)
+            calibrated = _convert_fp16(onnx_path, derived, calib_data, progress)
     elif calib_data is not None:
         notes.append(f"calibration images ignored: {onnx_path.name} is already {graph}")
 
@@ -112,6 +118,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         sidecar=str(sidecar_path(output)),
         onnx=str(source),
         calibrated_onnx=str(calibrated) if calibrated else None,
+        calibration_reused=calibration_reused,
         backend=build.backend,
         backend_version=build.backend_version,
         precision=graph,
@@ -177,13 +184,36 @@ def _derived_path(output, precision, source, notes):
     (`OUT.int8.engine` -> `OUT.int8.onnx` too, not `OUT.int8.int8.onnx`). A graph or manifest
     already there (the user's own calibration, or the input) is never replaced: the build's
     graph then goes to `OUT.engine.int8.onnx`, which belongs to the engine like its sidecar."""
-    stem = output.stem.removesuffix(f".{precision}")
-    derived = output.with_name(f"{stem}.{precision}.onnx")
+    derived = _primary_derived_path(output, precision)
     if derived.exists() or derived.with_suffix(".json").exists() or derived.resolve() == Path(source).resolve():
         kept = derived
         derived = output.with_name(f"{output.name}.{precision}.onnx")
         notes.append(f"kept the existing {kept.name}; the build's {precision} graph is {derived.name}")
     return derived
+
+
+def _primary_derived_path(output, precision):
+    return output.with_name(f"{output.stem.removesuffix(f'.{precision}')}.{precision}.onnx")
+
+
+def _conversion_path(output, precision, source, data, options, notes):
+    """(path, reused): a graph at either name `_derived_path` uses that is exactly what converting
+    `source` would write now (runtime/conversion_reuse.py: same input sha256, settings, images and
+    ffx version) is reused; otherwise `_derived_path`'s choice, to be written."""
+    from ffx.runtime.conversion_reuse import conversion_mismatch
+
+    for candidate in (_primary_derived_path(output, precision), output.with_name(f"{output.name}.{precision}.onnx")):
+        if candidate.is_file() and candidate.resolve() != Path(source).resolve() \
+                and conversion_mismatch(candidate, source, precision, data, options) is None:
+            return candidate, True
+    return _derived_path(output, precision, source, notes), False
+
+
+def _calibration_options(options):
+    """CalibrationOptions from `options` (None meaning calibrate's own default)."""
+    from ffx.calib import CalibrationOptions
+
+    return CalibrationOptions(**{key: value for key, value in (options or {}).items() if value is not None})
 
 
 def _relative(path, output):
@@ -195,12 +225,10 @@ def _relative(path, output):
 
 
 def _calibrate_int8(onnx_path, data, output, options, progress=None):
-    from ffx.calib import CalibrationOptions, calibrate_int8
+    from ffx.calib import calibrate_int8
 
-    # None means "calibrate's own default". tensorrt_check off: the engine build right after is
-    # that check, with the user's backend.
-    given = CalibrationOptions(**{key: value for key, value in options.items() if value is not None})
-    report = calibrate_int8(str(onnx_path), str(data), str(output), given, progress=progress, tensorrt_check=False)
+    # tensorrt_check off: the engine build right after is that check, with the user's backend.
+    report = calibrate_int8(str(onnx_path), str(data), str(output), options, progress=progress, tensorrt_check=False)
     return report.output
 
 

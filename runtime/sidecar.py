@@ -275,7 +275,7 @@ class _SidecarReader:
 
 def describe_build(sidecar):
     """'TensorRT 10.3.0 on Orin (compute capability 8.7)' or 'TensorRT-RTX 1.7.1 ahead of time for
-    compute capability 8.6, 8.9, 12.0'."""
+    compute capability 8.0, 8.6, 8.9, 12.0, 12.1'."""
     from ffx.tensorrt import backend_label
 
     text = f"{backend_label(sidecar.backend)} {sidecar.backend_version}"

@@ -127,9 +127,12 @@ def _triton_dtype(dtype):
 
 
 def write_triton_repository(model_path, repository, name=None, max_batch=None, instances=1,
-                            queue_delay_us=DEFAULT_QUEUE_DELAY_US):
-    """Write REPO/NAME for `model_path` (engine with sidecar, or ffx ONNX); the directory appears
-    complete or not at all, and an existing REPO/NAME is never overwritten."""
+                            queue_delay_us=DEFAULT_QUEUE_DELAY_US, image_input=False):
+    """Write REPO/NAME for `model_path` (engine with sidecar, or ffx ONNX), and with `image_input`
+    REPO/NAME_preprocess and the ensemble REPO/NAME_image in front of it (runtime/triton_image_input.py);
+    the directories appear complete or not at all, and an existing one is never overwritten."""
+    from ffx.runtime.triton_image_input import ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX
+
     interface = read_model_interface(model_path)
     name = check_model_name(name or default_model_name(model_path))
     if instances < 1:
@@ -138,8 +141,13 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     if repository.exists() and not repository.is_dir():
         raise FfxError(f"{repository}: exists and is not a directory")
     target = repository / name
-    if target.exists():
-        raise FfxError(f"{target}: already exists; choose another model name or remove it")
+    names = [name] + ([name + PREPROCESS_SUFFIX, name + ENSEMBLE_SUFFIX] if image_input else [])
+    for taken in names:
+        if (repository / taken).exists():
+            raise FfxError(f"{repository / taken}: already exists; choose another model name or remove it")
+    if image_input and "preprocess" not in interface.metadata:
+        raise FfxError(f"{interface.path.name} carries no preprocessing (not exported by ffx): --image-input "
+                       "cannot know how to turn images into its input")
     max_batch_size, preferred = batch_settings(interface, max_batch)
     warnings = _deployment_warnings(interface)
     model_file, backend = _MODEL_FILES[interface.kind]
@@ -149,10 +157,13 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
                         "(one name per line)")
     try:
         repository.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repository))
+        staging_root = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repository))
     except OSError as e:
         raise FfxError(f"{repository}: cannot write there ({e.strerror or e})") from None
+    staging = staging_root / name
+    moved = []
     try:
+        staging.mkdir()
         (staging / "1").mkdir()
         shutil.copyfile(interface.path, staging / "1" / model_file)
         (staging / "config.pbtxt").write_text(
@@ -162,17 +173,35 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
         provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))
-        os.chmod(staging, 0o777 & ~current_umask())
-        os.rename(staging, target)
+        if image_input:
+            _write_image_input(staging_root, interface, name, repository, max_batch_size, queue_delay_us, instances, labels)
+        for folder in names:  # the model first: an ensemble never lands without what it runs
+            os.chmod(staging_root / folder, 0o777 & ~current_umask())
+            os.rename(staging_root / folder, repository / folder)
+            moved.append(repository / folder)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        for folder in moved:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
-    files = sorted(str(p.relative_to(repository)) for p in target.rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    files = sorted(str(p.relative_to(repository)) for folder in names for p in (repository / folder).rglob("*")
+                   if p.is_file())
     return TritonRepositoryReport(
         repository=str(repository), model_name=name, model_dir=str(target), backend=backend,
         model_file=f"1/{model_file}", max_batch_size=max_batch_size, preferred_batch_sizes=preferred,
         max_queue_delay_us=queue_delay_us, instances=instances, labels=labels, files=files, warnings=warnings,
     )
+
+
+def _write_image_input(staging_root, interface, name, repository, max_batch_size, queue_delay_us, instances, labels):
+    from ffx.runtime.triton_image_input import (ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, write_ensemble,
+                                                write_preprocess_model)
+
+    write_preprocess_model(staging_root / (name + PREPROCESS_SUFFIX), interface, name, max_batch_size, queue_delay_us,
+                           instances)
+    labels_text = (staging_root / name / "labels.txt").read_text() if labels else None
+    write_ensemble(staging_root / (name + ENSEMBLE_SUFFIX), interface, name, max_batch_size, labels_text, repository)
 
 
 def _deployment_warnings(interface):

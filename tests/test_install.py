@@ -265,6 +265,13 @@ def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ffx export needs torch")
     assert "pip install 'ffx[export]'" in result.stderr and "download.pytorch.org/whl/cpu" in result.stderr
     assert not (tmp_path / "x.onnx").exists()
+    # build-engine from a checkpoint exports first: the same line, before anything else.
+    (tmp_path / "m.pth").write_bytes(b"not read")
+    result = subprocess.run([str(plain_install / "ffx"), "build-engine", "m.pth", "--int8", "--calib-data", ".",
+                             "-o", "m.engine"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("Error: build-engine from a checkpoint (m.pth) needs torch")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
 
 
 def test_readme_python_api_example_runs(tmp_path):

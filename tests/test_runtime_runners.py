@@ -135,6 +135,7 @@ A100 = GpuInfo("NVIDIA A100-SXM4-80GB", "8.0", 0, "cuda-python")
 RTX3090 = GpuInfo("NVIDIA GeForce RTX 3090", "8.6", 0, "cuda-python")
 RTX4090 = GpuInfo("NVIDIA GeForce RTX 4090", "8.9", 0, "cuda-python")
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", 0, "cuda-python")
+H200 = GpuInfo("NVIDIA H200", "9.0", 0, "cuda-python")
 RTX5090 = GpuInfo("NVIDIA GeForce RTX 5090", "12.0", 0, "cuda-python")
 GB10 = GpuInfo("NVIDIA GB10", "12.1", 0, "cuda-python")
 
@@ -162,7 +163,7 @@ def _trt_sidecar(**changes):
     return EngineSidecar.from_dict(_sidecar_dict(**changes))
 
 
-def _rtx_sidecar(targets=("8.6", "8.9", "12.0")):
+def _rtx_sidecar(targets=("8.0", "8.6", "8.9", "12.0", "12.1")):
     return _trt_sidecar(backend="tensorrt-rtx", backend_version="1.7.1.116", gpu=None,
                         target_compute_capabilities=list(targets), hardware_compatibility=None)
 
@@ -190,8 +191,8 @@ def test_sidecar_round_trips_through_its_dict():
      "builder.tf32", "is missing"),
     ({"build_seconds": True}, "build_seconds", "a number of seconds"),
     ({"target_compute_capabilities": ["8.6"]}, "target_compute_capabilities", "must be empty for full TensorRT"),
-    ({"backend": "tensorrt-rtx", "target_compute_capabilities": ["8.0"]}, "target_compute_capabilities",
-     "lists 8.0, which TensorRT-RTX does not run on"),
+    ({"backend": "tensorrt-rtx", "target_compute_capabilities": ["9.0"]}, "target_compute_capabilities",
+     "lists 9.0, which TensorRT-RTX does not run on"),
 ])
 def test_every_sidecar_field_is_validated(tmp_path, change, field, problem):
     import json
@@ -221,7 +222,7 @@ def test_version_1_sidecars_still_read():
     del data["builder"]["tf32"]
     sidecar = EngineSidecar.from_dict(data)
     assert sidecar.builder.tf32 is None
-    assert sidecar.targets == ["8.6", "8.9", "12.0"]  # [] meant TensorRT-RTX's default
+    assert sidecar.targets == ["8.0", "8.6", "8.9", "12.0", "12.1"]  # [] meant TensorRT-RTX's default
 
 
 def test_same_machine_is_compatible():
@@ -256,17 +257,25 @@ def test_wrong_backend_family():
     assert "only TensorRT-RTX can load it" in problem
 
 
-@pytest.mark.parametrize("gpu, loads", [(RTX3090, True), (RTX4090, True), (RTX5090, True), (GB10, False), (T4, False)])
+@pytest.mark.parametrize("gpu, loads", [(A100, True), (RTX3090, True), (RTX4090, True), (RTX5090, True), (GB10, True),
+                                        (T4, False)])
 def test_rtx_default_engine_on_each_supported_gpu(gpu, loads):
     sidecar = _rtx_sidecar()
-    assert "ahead of time for compute capability 8.6, 8.9, 12.0" in describe_build(sidecar)
+    assert "ahead of time for compute capability 8.0, 8.6, 8.9, 12.0, 12.1" in describe_build(sidecar)
     problem = compatibility_problem(sidecar, "tensorrt-rtx", "1.7.1.116", gpu)
     assert (problem is None) == loads, problem
-    if not loads:  # membership, not "12.0 and later"
+    if not loads:  # Turing needs a Turing-only engine
         assert gpu.name in problem and "rebuild it here" in problem
 
 
-@pytest.mark.parametrize("gpu, name", [(A100, "A100"), (H100, "H100"), (ORIN, "Orin")])
+def test_rtx_engine_for_some_targets_is_refused_on_the_others():
+    ada_blackwell = _rtx_sidecar(targets=["8.9", "12.0"])
+    assert compatibility_problem(ada_blackwell, "tensorrt-rtx", "1.7.1.116", RTX5090) is None
+    problem = compatibility_problem(ada_blackwell, "tensorrt-rtx", "1.7.1.116", A100)  # membership, not "8.9 and later"
+    assert A100.name in problem and "8.0" in problem and "rebuild it here" in problem
+
+
+@pytest.mark.parametrize("gpu, name", [(H100, "H100"), (H200, "H200"), (ORIN, "Orin")])
 def test_rtx_engine_on_a_gpu_tensorrt_rtx_does_not_support(gpu, name):
     problem = compatibility_problem(_rtx_sidecar(), "tensorrt-rtx", "1.7.1.116", gpu)
     assert f"TensorRT-RTX does not run on {gpu.name}" in problem and name in problem

@@ -26,8 +26,9 @@ def command():
 @click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), help="max_batch_size [default: the engine profile's max batch; 32 for ONNX].")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (instance_group count).")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_QUEUE_DELAY_US, show_default=True, help="Dynamic batching: longest wait for more requests.")
+@click.option("--image-input", is_flag=True, help="Also write NAME_preprocess (Python backend: ffx's own decoder and preprocessing, numpy and Pillow only) and the ensemble NAME_image, which takes image files.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def triton(model, repository, name, max_batch, instances, max_queue_delay_us, as_json):
+def triton(model, repository, name, max_batch, instances, max_queue_delay_us, image_input, as_json):
     """Triton Inference Server model repository for MODEL (engine + sidecar, or ffx ONNX).
 
     Writes REPO/NAME/config.pbtxt (names, dtypes and dims from the model; max_batch_size and
@@ -36,15 +37,21 @@ def triton(model, repository, name, max_batch, instances, max_queue_delay_us, as
     (provenance) and README.txt (the tritonserver command and a client example).
 
     \b
+    With --image-input, clients send image files: NAME_image (an ensemble) runs NAME_preprocess
+    (Triton's Python backend with ffx's own decoder and preprocessing, copied verbatim, the same
+    code as `ffx predict`) and then NAME; NAME_image/README.txt shows a client.
+
+    \b
     Examples:
       ffx deploy triton model.onnx -o model_repository
       ffx deploy triton model.engine -o model_repository --name classifier --max-batch 8
+      ffx deploy triton model.engine -o model_repository --name classifier --image-input
       tritonserver --model-repository=model_repository
     """
     from ffx.runtime.triton_repository import write_triton_repository
 
     report = write_triton_repository(model, repository, name=name, max_batch=max_batch, instances=instances,
-                                     queue_delay_us=max_queue_delay_us)
+                                     queue_delay_us=max_queue_delay_us, image_input=image_input)
     if as_json:
         print_json(dataclasses.asdict(report))
         return
@@ -52,6 +59,9 @@ def triton(model, repository, name, max_batch, instances, max_queue_delay_us, as
         warn(message)
     click.echo(f"{report.model_dir}: backend {report.backend}, {report.model_file}, max_batch_size {report.max_batch_size}, "
                f"preferred batch {report.preferred_batch_sizes}, {report.instances} instance(s)")
+    if image_input:
+        click.echo(f"image input: {report.model_name}_image (ensemble) -> {report.model_name}_preprocess (Python backend, "
+                   f"ffx's preprocessing) -> {report.model_name}; see {report.model_name}_image/README.txt")
     click.echo(f"start it: tritonserver --model-repository={report.repository}   (see {report.model_dir}/README.txt)")
 
 

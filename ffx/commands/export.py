@@ -1,19 +1,14 @@
 import dataclasses
-import importlib.util
 
 import click
 
 from ffx.cli import print_json, warn
 from ffx.errors import FfxError
+from ffx.runtime.checkpoint_engine import missing_export_packages_message
 
-# A plain `pip install ffx` leaves these out: every other command runs without them.
-EXPORT_PACKAGES = ("torch", "onnxscript", "safetensors")
-_missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
-if _missing:
-    raise FfxError(
-        f"ffx export needs {', '.join(_missing)}: install torch (CPU-only: pip install torch==2.13.0 "
-        "--index-url https://download.pytorch.org/whl/cpu), then pip install 'ffx[export]'"
-    )
+# A plain `pip install ffx` leaves torch, onnxscript and safetensors out: every other command runs without them.
+if _message := missing_export_packages_message("ffx export"):
+    raise FfxError(_message)
 
 from ffx.export.onnx_export import MAX_OPSET, MIN_OPSET  # noqa: E402  (imports torch)
 from ffx.metadata import MAX_CLASSES  # noqa: E402

@@ -107,6 +107,8 @@ def _print_engine(info, layers):
         click.echo(f"{info['path']}: TensorRT plan, not here (described by its sidecar alone)")
     if not info["sidecar"]:
         click.echo("no sidecar: where and how it was built is unknown")
+        if info["engine_targets"]:
+            click.echo(f"a TensorRT-RTX plan: its header lists compute capability {', '.join(info['engine_targets'])}")
     else:
         sidecar = EngineSidecar.from_dict(info["sidecar"], source=info["sidecar_file"])
         profile = sidecar.profile
@@ -119,6 +121,9 @@ def _print_engine(info, layers):
             click.echo(f"calibration manifest {sidecar.calibration_manifest.file}")
         if info["sidecar_matches_engine"] is False:
             click.echo("WARNING: the sidecar describes a different engine file (sha256 differs): rebuild both")
+        if info["engine_targets"] and sidecar.backend == "tensorrt-rtx" and info["engine_targets"] != sidecar.targets:
+            click.echo(f"WARNING: the engine itself lists compute capability {', '.join(info['engine_targets'])}, "
+                       f"the sidecar {', '.join(sidecar.targets)}")
         click.echo(f"on this machine: {info['compatibility']}")
         for line in _metadata_lines(sidecar.metadata, info["sidecar_file"]):
             click.echo(line)
