@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx
+from helpers import FASHION, FASHION_CHECKPOINT, fashion_folded_onnx, fashion_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ["ffx", "export", "calib", "runtime"]
@@ -265,6 +265,15 @@ def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ffx export needs torch")
     assert "pip install 'ffx[export]'" in result.stderr and "download.pytorch.org/whl/cpu" in result.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_plain_install_folds_an_existing_onnx_without_torch(plain_install, tmp_path_factory, tmp_path):
+    """--from-onnx --fold-normalization reads no checkpoint: it runs without torch and writes the
+    bytes the same fold writes where torch is installed."""
+    folded = tmp_path / "fashion.folded.onnx"
+    _run([str(plain_install / "ffx"), "export", "--from-onnx", str(fashion_onnx(tmp_path_factory)),
+          "--fold-normalization", "-o", str(folded)], cwd=tmp_path)
+    assert folded.read_bytes() == fashion_folded_onnx(tmp_path_factory).read_bytes()
 
 
 def test_readme_python_api_example_runs(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from ffx.cli import cli
 from ffx.images import normalize_pixels
 from ffx.metadata import Preprocess, read_onnx_metadata
-from helpers import FASHION, fashion_folded_onnx, fashion_onnx
+from helpers import FASHION, fashion_folded_onnx, fashion_onnx, python_with_blocked_imports
 
 
 def _logits(path, images):
@@ -102,3 +102,18 @@ def test_fold_mistakes_exit_2_with_one_line(cli_runner, tmp_path_factory, tmp_pa
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_folding_an_existing_onnx_imports_no_torch(tmp_path_factory, tmp_path):
+    """In a Python where importing torch fails; tests/test_install.py runs the same fold in a venv
+    that has no torch at all."""
+    import subprocess
+    import sys
+
+    folded = tmp_path / "folded.onnx"
+    code = "import sys; from ffx.cli import main; sys.argv = ['ffx', *sys.argv[1:]]; main()"
+    result = subprocess.run([sys.executable, "-c", code, "export", "--from-onnx", str(fashion_onnx(tmp_path_factory)),
+                             "--fold-normalization", "-o", str(folded)],
+                            env=python_with_blocked_imports(tmp_path, "torch"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert folded.read_bytes() == fashion_folded_onnx(tmp_path_factory).read_bytes()

@@ -5,18 +5,22 @@ import click
 
 from ffx.cli import print_json, warn
 from ffx.errors import FfxError
+from ffx.export.limits import MAX_OPSET, MIN_OPSET
+from ffx.metadata import MAX_CLASSES
 
-# A plain `pip install ffx` leaves these out: every other command runs without them.
+# A plain `pip install ffx` leaves these out: every other command, and folding the normalization
+# into an existing ONNX (--from-onnx), runs without them.
 EXPORT_PACKAGES = ("torch", "onnxscript", "safetensors")
-_missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
-if _missing:
-    raise FfxError(
-        f"ffx export needs {', '.join(_missing)}: install torch (CPU-only: pip install torch==2.13.0 "
-        "--index-url https://download.pytorch.org/whl/cpu), then pip install 'ffx[export]'"
-    )
 
-from ffx.export.onnx_export import MAX_OPSET, MIN_OPSET  # noqa: E402  (imports torch)
-from ffx.metadata import MAX_CLASSES  # noqa: E402
+
+def require_export_packages():
+    """FfxError naming what to install when exporting a checkpoint is impossible here."""
+    missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise FfxError(
+            f"ffx export needs {', '.join(missing)}: install torch (CPU-only: pip install torch==2.13.0 "
+            "--index-url https://download.pytorch.org/whl/cpu), then pip install 'ffx[export]'"
+        )
 
 
 @click.command("export")
@@ -46,9 +50,6 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
       ffx export --checkpoint model.pth --fold-normalization -o folded.onnx   # takes RGB in [0, 1]
       ffx export --from-onnx model.onnx --fold-normalization --input-scale 255 -o folded255.onnx
     """
-    from ffx.export.checkpoint import resolve_model
-    from ffx.export.onnx_export import export_onnx
-
     if ema and not checkpoint:
         raise click.UsageError("--ema needs --checkpoint")
     if input_scale != "1" and not fold_normalization:
@@ -56,6 +57,10 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
     if from_onnx:
         _fold_existing_onnx(from_onnx, fold_normalization, float(input_scale), (arch, checkpoint, ema, num_classes, check_images), output, as_json)
         return
+    require_export_packages()
+    from ffx.export.checkpoint import resolve_model
+    from ffx.export.onnx_export import export_onnx
+
     if not checkpoint:
         warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
     if not as_json and click.get_text_stream("stderr").isatty():  # scripts get one line per outcome
