@@ -161,6 +161,7 @@ def test_committed_val_pngs_are_the_first_100_test_images_of_each_class():
         assert (pixels == images[index][:, :, None]).all()
 
 
+@pytest.mark.slow
 def test_pytorch_top1_on_committed_val_pngs(model, checkpoint):
     preprocess = checkpoint["ffx"]["preprocess"]
     committed = read_png_folder(FIXTURE / "val")

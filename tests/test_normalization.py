@@ -27,6 +27,7 @@ def _real_pixels(count=16):
     return np.stack([resize_and_crop(load_rgb(p), preprocess) for p in find_images(FASHION / "val")[::61][:count]])
 
 
+@pytest.mark.slow
 def test_export_folds_normalization_with_parity(cli_runner, mini, tmp_path):
     folded = tmp_path / "mini.folded.onnx"
     result = cli_runner.invoke(cli, ["export", "--checkpoint", str(mini.checkpoint), "--fold-normalization",
@@ -61,6 +62,7 @@ def test_existing_onnx_folds_to_0_255_and_predicts_the_same(tmp_path_factory):
     assert (actual.argmax(1) == expected.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_predict_and_verify_feed_a_folded_model_scaled_pixels(cli_runner, tmp_path_factory):
     original, folded = fashion_onnx(tmp_path_factory), fashion_folded_onnx(tmp_path_factory)
     folder = str(FASHION / "val" / "3_dress")
@@ -77,6 +79,7 @@ def test_predict_and_verify_feed_a_folded_model_scaled_pixels(cli_runner, tmp_pa
     assert report["agreement"] == 100.0 and report["max_abs_error"] < 1e-4
 
 
+@pytest.mark.slow
 def test_calibrate_keeps_the_fold_and_feeds_scaled_pixels(cli_runner, tmp_path_factory, tmp_path):
     folded = fashion_folded_onnx(tmp_path_factory)
     output = tmp_path / "folded.int8.onnx"
