@@ -22,17 +22,11 @@ from ffx import __version__
 from ffx.artifacts import refuse_overwriting_inputs, sha256_bytes, sha256_file, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.checkpoint import ResolvedModel
+from ffx.export.limits import MAX_OPSET, MIN_OPSET, PARITY_ATOL, PARITY_RTOL
 from ffx.metadata import MAX_BATCH, METADATA_FORMAT_VERSION, set_onnx_metadata
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-MIN_OPSET = 17
-# The newest opset torch's exporter declares (torch.onnx._constants.ONNX_MAX_OPSET: 23 in torch
-# 2.13). Past it, torch 2.13 writes a Gelu node the ONNX checker rejects at opset 26 and above.
-MAX_OPSET = 23
-# Parity gate: |onnx - torch| <= ATOL + RTOL * max|torch| over all logits.
-PARITY_ATOL = 1e-4
-PARITY_RTOL = 1e-4
 
 
 class _FoldedPositions(torch.nn.Module):

@@ -165,6 +165,7 @@ def test_fp16_converts_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path):
     assert (tmp_path / "mini.fp16.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_fashion_fixture_fp16_and_int8_engines(cli_runner, tmp_path, tmp_path_factory):
     onnx_path = fashion_onnx(tmp_path_factory)
     local = tmp_path / "fashion.onnx"

@@ -70,6 +70,7 @@ def test_hostile_checkpoints(corpus):
     assert not (root / "checkpoints" / "PAYLOAD_RAN").exists()  # the malicious pickle never ran
 
 
+@pytest.mark.slow
 def test_onnx_models_ffx_did_not_write_or_that_were_edited(corpus):
     _check_category(corpus, "onnx")
 
@@ -90,6 +91,7 @@ def test_outputs_never_replace_inputs(corpus):
     _check_category(corpus, "lost-data")
 
 
+@pytest.mark.slow
 def test_absurd_counts_are_bounded(corpus):
     _check_category(corpus, "bounds")
 
@@ -106,6 +108,7 @@ def test_corpus_size_matches_readme(corpus):
 # -- single behaviours the corpus cannot show through exit codes ------------------------------------
 
 
+@pytest.mark.slow
 def test_parity_check_fails_on_nan_logits(mini, tmp_path):
     """Python's max() drops a NaN that comes second; the parity gate must not."""
     import torch
@@ -190,6 +193,7 @@ def test_control_characters_in_class_names_are_escaped(mini, tmp_path, cli_runne
     assert json.loads(json.dumps(info))  # the JSON output keeps the names as they are
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
 def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
     """SIGTERM mid-calibration (the workers decoding): ffx exits promptly, its decoding workers with it (nothing holds

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx
+from helpers import FASHION, FASHION_CHECKPOINT, fashion_folded_onnx, fashion_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ["ffx", "export", "calib", "runtime"]
@@ -65,6 +65,7 @@ def test_base_requirements_leave_out_what_only_export_needs():
         assert export_only not in base
 
 
+@pytest.mark.slow
 def test_code_is_python_3_10_compatible():
     """vermin (a dev requirement) reads the syntax and standard library each file needs."""
     pytest.importorskip("vermin", reason="vermin is not installed (pip install -e '.[dev]')")
@@ -179,11 +180,13 @@ def _run(command, **kwargs):
     return result
 
 
+@pytest.mark.slow
 def test_plain_install_has_no_torch(plain_install):
     result = subprocess.run([str(plain_install / "python"), "-c", "import torch"], capture_output=True, text=True)
     assert "No module named 'torch'" in result.stderr
 
 
+@pytest.mark.slow
 def test_plain_install_runs_calibrate_verify_and_predict(plain_install, tmp_path_factory, tmp_path):
     model = fashion_onnx(tmp_path_factory)  # exported here, with torch: the plain install has none
     ffx = str(plain_install / "ffx")
@@ -199,6 +202,7 @@ def test_plain_install_runs_calibrate_verify_and_predict(plain_install, tmp_path
     assert predicted.stdout.startswith(f"{bag}: Bag ")
 
 
+@pytest.mark.slow
 def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py310_install, tmp_path_factory,
                                                                            tmp_path):
     """JetPack 6's Python: pip finds no onnxruntime past 1.23 there, so everything but INT8
@@ -235,6 +239,7 @@ def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py
         assert result.stderr.count("\n") == 1 and not (tmp_path / "py310.int8.onnx").exists()
 
 
+@pytest.mark.slow
 def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_path):
     """The export extra's floors, with this machine's torch (pip cannot swap torch here: PyPI's is
     the CUDA build): a venv that sees this torch and ffx, with onnxscript and safetensors pinned low."""
@@ -258,6 +263,7 @@ def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_pat
     assert "ONNX sha256" in exported.stdout and (tmp_path / "low.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
     result = subprocess.run([str(plain_install / "ffx"), "export", "--arch", "ff_tiny", "-o", "x.onnx"],
                             capture_output=True, text=True, cwd=tmp_path)
@@ -274,6 +280,17 @@ def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
 
 
+@pytest.mark.slow
+def test_plain_install_folds_an_existing_onnx_without_torch(plain_install, tmp_path_factory, tmp_path):
+    """--from-onnx --fold-normalization reads no checkpoint: it runs without torch and writes the
+    bytes the same fold writes where torch is installed."""
+    folded = tmp_path / "fashion.folded.onnx"
+    _run([str(plain_install / "ffx"), "export", "--from-onnx", str(fashion_onnx(tmp_path_factory)),
+          "--fold-normalization", "-o", str(folded)], cwd=tmp_path)
+    assert folded.read_bytes() == fashion_folded_onnx(tmp_path_factory).read_bytes()
+
+
+@pytest.mark.slow
 def test_readme_python_api_example_runs(tmp_path):
     """The README's Python API block, run as written (from a scratch folder, on the fixture)."""
     readme = (ROOT / "README.md").read_text()

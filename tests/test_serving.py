@@ -123,6 +123,7 @@ def _infer(client, module, images, model=MODEL, name="images", datatype="FP32"):
     return client.infer(model, [request]).as_numpy("logits")
 
 
+@pytest.mark.slow
 def test_http_and_grpc_logits_match_onnxruntime(server, reference):
     images, _, expected = reference
     http, grpc = server.http(), server.grpc()
@@ -135,6 +136,7 @@ def test_http_and_grpc_logits_match_onnxruntime(server, reference):
         grpc.close()
 
 
+@pytest.mark.slow
 def test_encoded_images_are_preprocessed_like_ffx_predict(server, reference, model_path):
     from ffx.runtime.predict import predict
 
@@ -150,6 +152,7 @@ def test_encoded_images_are_preprocessed_like_ffx_predict(server, reference, mod
     assert served.argmax(1).tolist() == predicted
 
 
+@pytest.mark.slow
 def test_concurrent_burst_is_batched_and_nothing_is_lost_or_mixed(server, reference):
     images, _, expected = reference
     clients, per_client = 8, 10  # 80 requests of 1-3 images
@@ -189,6 +192,7 @@ def _model_statistics(server):
     return {"inference_count": int(stats["inference_count"]), "execution_count": int(stats["execution_count"])}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["wrong shape", "wrong dtype", "wrong input name", "garbage image bytes", "empty image bytes"])
 def test_malformed_requests_get_an_error_and_the_server_keeps_serving(server, reference, case):
     images, _, expected = reference
@@ -213,6 +217,7 @@ def test_malformed_requests_get_an_error_and_the_server_keeps_serving(server, re
     assert server.process.poll() is None
 
 
+@pytest.mark.slow
 def test_health_and_metrics(server):
     client = server.http()
     try:

@@ -148,6 +148,7 @@ def test_bad_input_exits_2(cli_runner, mini, images, tmp_path, case):
     assert "Error: " in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tmp_path):
     from ffx.calib import CalibrationOptions, calibrate_int8
 
@@ -162,6 +163,7 @@ def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tm
     assert "were also calibration images" in result.stderr
 
 
+@pytest.mark.slow
 def test_warns_when_the_candidate_was_made_from_other_weights(cli_runner, mini, images, tmp_path):
     """A candidate converted from another checkpoint than the reference is two networks compared,
     whatever the gate says: the lineage both carry (the checkpoint's sha256) says so."""
@@ -180,6 +182,7 @@ def test_warns_when_the_candidate_was_made_from_other_weights(cli_runner, mini, 
         assert "made from a different checkpoint" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_an_ema_export_is_verified_against_the_checkpoints_ema_weights(cli_runner, mini, images, tmp_path):
     """`ffx export --ema` then `ffx verify model.onnx --reference model.pth`: the reference runs the
     weights the candidate came from (it ran `model`, and the lineage warning said so)."""
@@ -228,6 +231,7 @@ def scrambled_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_path_factory):
     from ffx.calib import CalibrationOptions, calibrate_int8
@@ -245,6 +249,7 @@ def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_pa
     assert report["calibration_overlap"] == 0  # calibrated on train, verified on val
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_fixture_with_a_scrambled_head_fails(cli_runner, scrambled_checkpoint):
     result = _verify(cli_runner, scrambled_checkpoint, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val",

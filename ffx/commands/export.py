@@ -4,14 +4,17 @@ import click
 
 from ffx.cli import print_json, warn
 from ffx.errors import FfxError
+from ffx.export.limits import MAX_OPSET, MIN_OPSET
+from ffx.metadata import MAX_CLASSES
 from ffx.runtime.checkpoint_engine import missing_export_packages_message
 
-# A plain `pip install ffx` leaves torch, onnxscript and safetensors out: every other command runs without them.
-if _message := missing_export_packages_message("ffx export"):
-    raise FfxError(_message)
 
-from ffx.export.onnx_export import MAX_OPSET, MIN_OPSET  # noqa: E402  (imports torch)
-from ffx.metadata import MAX_CLASSES  # noqa: E402
+def require_export_packages():
+    """FfxError naming what to install when exporting a checkpoint is impossible here (a plain
+    `pip install ffx` leaves torch, onnxscript and safetensors out; folding the normalization into
+    an existing ONNX, --from-onnx, runs without them)."""
+    if message := missing_export_packages_message("ffx export"):
+        raise FfxError(message)
 
 
 @click.command("export")
@@ -41,9 +44,6 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
       ffx export --checkpoint model.pth --fold-normalization -o folded.onnx   # takes RGB in [0, 1]
       ffx export --from-onnx model.onnx --fold-normalization --input-scale 255 -o folded255.onnx
     """
-    from ffx.export.checkpoint import resolve_model
-    from ffx.export.onnx_export import export_onnx
-
     if ema and not checkpoint:
         raise click.UsageError("--ema needs --checkpoint")
     if input_scale != "1" and not fold_normalization:
@@ -51,6 +51,10 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
     if from_onnx:
         _fold_existing_onnx(from_onnx, fold_normalization, float(input_scale), (arch, checkpoint, ema, num_classes, check_images), output, as_json)
         return
+    require_export_packages()
+    from ffx.export.checkpoint import resolve_model
+    from ffx.export.onnx_export import export_onnx
+
     if not checkpoint:
         warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
     if not as_json and click.get_text_stream("stderr").isatty():  # scripts get one line per outcome
