@@ -262,13 +262,38 @@ def external_data_model(folder, mini):
     return path
 
 
+# Programs Pillow (or a library under it) could start on an image's bytes: Ghostscript for EPS and
+# PostScript, the IJG tools, image viewers. Tests put fakes of them first on PATH; each fake leaves
+# a marker file, which must never appear.
+HELPER_PROGRAMS = ("gs", "gsx", "gswin64c", "djpeg", "cjpeg", "display", "xdg-open", "eog", "convert", "magick")
+
+
+def fake_helper_programs(folder):
+    """(folder to put first on PATH, marker folder): executables named HELPER_PROGRAMS that each
+    leave a file named after themselves in the marker folder when run."""
+    bin_folder, markers = Path(folder) / "fake-bin", Path(folder) / "ran"
+    bin_folder.mkdir(parents=True, exist_ok=True)
+    markers.mkdir(parents=True, exist_ok=True)
+    for name in HELPER_PROGRAMS:
+        program = bin_folder / name
+        program.write_text(f"#!/bin/sh\ntouch '{markers / name}'\nexit 1\n")
+        program.chmod(0o755)
+    return bin_folder, markers
+
+
+# An Encapsulated PostScript file: Pillow's EPS plugin rasterises it by running Ghostscript.
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n0 0 moveto 28 28 lineto stroke\nshowpage\n%%EOF\n"
+
+
 def images(folder):
-    """{name: path}: one good image and hostile ones (bomb, empty, truncated, not an image)."""
+    """{name: path}: one good image and hostile ones: a decompression bomb, empty, truncated, text,
+    PostScript and PDF under image names, other formats Pillow knows (not photos), and headers
+    declaring absurd sizes or aspect ratios in a few hundred bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     Image.fromarray(np.full((28, 28, 3), 128, np.uint8)).save(folder / "good.png")
     files["good"] = folder / "good.png"
-    files["bomb"] = _decompression_bomb(folder / "bomb.png")
+    files["bomb"] = _png(folder / "bomb.png", 20000, 20000)  # 400 Mpx, > PIL's 179 Mpx bomb limit, ~50 KB
     (folder / "empty.png").write_bytes(b"")
     files["empty"] = folder / "empty.png"
     data = (folder / "good.png").read_bytes()
@@ -276,18 +301,27 @@ def images(folder):
     files["truncated"] = folder / "truncated.png"
     (folder / "text.jpg").write_text("not an image")
     files["text"] = folder / "text.jpg"
+    for name, content in (("postscript.png", POSTSCRIPT), ("postscript.jpg", b"%!PS-Adobe-3.0\nshowpage\n"),
+                          ("pdf.png", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n")):
+        (folder / name).write_bytes(content)
+        files[name.replace(".", "_")] = folder / name
+    Image.fromarray(np.full((28, 28, 3), 90, np.uint8)).save(folder / "targa.png", format="TGA")
+    files["targa_png"] = folder / "targa.png"
+    files["wide"] = _png(folder / "wide.png", 3_000_000, 1)  # 443 bytes; shorter side 1 -> billions of pixels
+    files["tall"] = _png(folder / "tall.png", 28, 40_000)
+    files["aspect"] = _png(folder / "aspect.png", 28 * 60, 28)  # within every side bound, but 60:1
     return files
 
 
-def _decompression_bomb(path, side=20000):
-    """A 1-bit PNG of side x side pixels (400 Mpx, > PIL's 179 Mpx bomb limit) in about 50 KB."""
-    row = b"\0" + b"\0" * (side // 8)
-    compressed = zlib.compress(row * side, 9)
+def _png(path, width, height):
+    """A 1-bit all-black PNG of width x height pixels, a few hundred bytes to ~50 KB."""
+    row = b"\0" + b"\0" * ((width + 7) // 8)
+    compressed = zlib.compress(row * height, 9)
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed) + chunk(b"IEND", b""))
     return path
 
@@ -451,6 +485,19 @@ def build_corpus(root, mini, labelled):
         cases.append(Case("image", f"predict/{name}+good", ["predict", str(mini.onnx), str(path), good_image], expect=0,
                           inputs=(path,), stderr_has="skipped"))
         cases.append(Case("image", f"predict/{name}", ["predict", str(mini.onnx), str(path)], inputs=(path,)))
+    # The same files as a labelled data set (one class folder): calibrate and verify decode through
+    # the batch loader, not predict's path; nothing readable is left, so both refuse.
+    hostile_data = root / "hostile-data"
+    (hostile_data / "0_t-shirt_top").mkdir(parents=True)
+    for name, path in pictures.items():
+        if name != "good":
+            (hostile_data / "0_t-shirt_top" / path.name).write_bytes(path.read_bytes())
+    target = out / "hostile-data.int8.onnx"
+    cases.append(Case("image", "calibrate/all_hostile", ["calibrate", str(mini.onnx), "--data", str(hostile_data), "--no-cache",
+                                                         "--no-tensorrt-check", "-o", str(target)],
+                      outputs=(target, target.with_suffix(".json")), stderr_has="could be read"))
+    cases.append(Case("image", "verify/all_hostile", ["verify", str(mini.onnx), "--reference", str(mini.onnx), "--data",
+                                                      str(hostile_data)]))
 
     # Outputs that would destroy an input.
     cases.append(Case("lost-data", "export/output_is_checkpoint",

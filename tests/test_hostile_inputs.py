@@ -6,6 +6,7 @@ byte unchanged, and a bounded time. Commands run in-process through Click's CliR
 """
 
 import collections
+import os
 import time
 from pathlib import Path
 
@@ -82,8 +83,13 @@ def test_invalid_calibration_manifest_is_shown_not_fatal(corpus):
     _check_category(corpus, "manifest")
 
 
-def test_hostile_images_are_skipped_and_counted(corpus):
+def test_hostile_images_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
+    """...and none of them makes ffx start another program: fakes of Ghostscript and the other
+    helpers Pillow knows sit first on PATH and would leave a marker."""
+    fake_bin, ran = hostile_corpus.fake_helper_programs(tmp_path)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
     _check_category(corpus, "image")
+    assert not list(ran.iterdir()), f"ran {[p.name for p in ran.iterdir()]}"
 
 
 def test_outputs_never_replace_inputs(corpus):
