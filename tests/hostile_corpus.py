@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -104,6 +105,35 @@ def checkpoints(folder, mini):
         c.pop("ffx")
 
     variant("expanded_tensors", expanded)
+
+    def expanded_within_bound(c):
+        # Stride-0 views of a network that matches its own shapes and stays under the 2e9-value
+        # bound (embed dim 8192, depth 3: 1.6e9 values): a few KB that become 6.5 GB of float32.
+        from ffx.export.configs import FFConfig
+        from ffx.export.model import FFVisionTransformer
+
+        with torch.device("meta"):
+            shapes = FFVisionTransformer(FFConfig(patch_size=4, embed_dim=8192, depth=3, num_classes=10, img_size=28,
+                                                  pos_grid=7)).state_dict()
+        c["model"] = {k: torch.zeros(1).expand(*v.shape) for k, v in shapes.items()}
+        c.pop("ffx")
+
+    variant("expanded_within_bound", expanded_within_bound)
+
+    def replace_head(make):
+        return lambda c: c["model"].__setitem__("head.weight", make(c["model"]["head.weight"]))
+
+    # Not weights a training run saves: every one used to be cast, crash in the middle, or both.
+    variant("int_key", lambda c: c["model"].__setitem__(7, torch.ones(3)))
+    variant("meta_tensor", replace_head(lambda w: w.to("meta")))
+    variant("sparse_tensor", replace_head(lambda w: w.to_sparse()))
+    variant("nested_weights", replace_head(lambda w: {"weight": w}))
+    with warnings.catch_warnings():  # torch deprecates making quantized tensors, not loading them
+        warnings.simplefilter("ignore", UserWarning)
+        variant("quantized_tensor", replace_head(lambda w: torch.quantize_per_tensor(w, 0.1, 0, torch.qint8)))
+    variant("int8_weight", replace_head(lambda w: w.to(torch.int8)))
+    variant("bool_weight", replace_head(lambda w: w.bool()))
+    variant("complex_weight", replace_head(lambda w: w.to(torch.complex64)))
     files["zip_bomb"] = _zip_bomb(folder / "zip_bomb.pth")
     (folder / "garbage.safetensors").write_bytes(b"\xff" * 64)
     files["safetensors_garbage"] = folder / "garbage.safetensors"

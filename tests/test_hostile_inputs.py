@@ -21,6 +21,9 @@ from helpers import needs_rtx
 # No single case may take longer than this (the slowest real work, a small calibration, takes a
 # few seconds; an allocation blow-up or a hang takes far longer).
 CASE_SECONDS = 60
+# Nor grow this process's peak resident memory by more than this (a few KB of stride-0 tensors
+# once reached 6.5 GB).
+CASE_BYTES = 2 << 30
 
 
 @pytest.fixture(scope="session")
@@ -31,10 +34,13 @@ def corpus(tmp_path_factory, mini, images):
 
 def _run(case):
     before = {Path(p): Path(p).read_bytes() for p in case.inputs if Path(p).is_file()}
+    resident = _reset_peak_memory()
     started = time.perf_counter()
     result = CliRunner().invoke(cli, case.args)
     seconds = time.perf_counter() - started
     problems = []
+    if resident is not None and _memory_kib("VmHWM") * 1024 - resident > CASE_BYTES:
+        problems.append(f"peak memory grew by {(_memory_kib('VmHWM') * 1024 - resident) / 2**30:.1f} GiB")
     if result.exc_info and not isinstance(result.exc_info[1], SystemExit):
         problems.append(f"traceback: {result.exc_info[1]!r}")
     if result.exit_code != case.expect:
@@ -54,6 +60,23 @@ def _run(case):
     if seconds > CASE_SECONDS:
         problems.append(f"took {seconds:.0f} s")
     return problems
+
+
+def _reset_peak_memory():
+    """Reset this process's peak resident size (Linux: /proc/self/clear_refs) and return the
+    resident bytes now, or None where that cannot be done."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _memory_kib("VmRSS") * 1024
+    except (OSError, ValueError):
+        return None
+
+
+def _memory_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise ValueError(field)
 
 
 def _check_category(corpus, category):
