@@ -19,13 +19,12 @@ import torch
 
 from ffx.errors import FfxError
 from ffx.export.configs import ARCHITECTURES, FFConfig, default_preprocess, get_architecture
-from ffx.metadata import MAX_CLASSES, Preprocess, escape_text, validate_metadata
+from ffx.metadata import MAX_CLASSES, MAX_DEPTH, Preprocess, escape_text, validate_metadata
 
 # Limits checked on shapes alone, before any tensor is materialised: a few KB of stride-0 views
 # or one stray `blocks.99999999.*` key must not turn into an out-of-memory kill or a hang. The
 # largest published configuration (linear_large) has 206 M parameters, depth 24, dim 1024.
 MAX_PARAMETERS = 2_000_000_000
-MAX_DEPTH = 256
 MAX_EMBED_DIM = 16384
 MAX_TOKENS = 16385
 # A zip entry that inflates more than this many times and to more than 64 MiB is a zip bomb:

@@ -2,11 +2,11 @@
 the calibration manifest that came with a Q/DQ model."""
 
 import collections
-import json
 from pathlib import Path
 
 import onnx
 
+from ffx.json_input import InvalidJson, read_json_file
 from ffx.onnx_file import load_onnx  # noqa: F401  (runtime modules import it from here)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -46,8 +46,8 @@ def read_calibration_images(manifest_path):
     """[(absolute path, sha256 or None)] of the images an `ffx calibrate` manifest lists (its
     `images` entries, with paths relative to `data.path`); [] when the file is not such a manifest."""
     try:
-        manifest = json.loads(Path(manifest_path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        manifest = read_json_file(manifest_path)
+    except (OSError, InvalidJson):
         return []
     if not isinstance(manifest, dict):
         return []

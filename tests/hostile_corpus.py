@@ -13,6 +13,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -386,6 +387,113 @@ def calibrated_with_bad_manifest(folder, mini):
     return model
 
 
+# JSON that parses into what no field can hold: a 5,000-digit integer (Python 3.11 refuses to
+# convert it), 1e1000 (infinity), brackets 100,000 deep (RecursionError), and valid JSON with the
+# wrong type inside a valid key (a float where an integer belongs, a number where text belongs).
+HUGE_INTEGER = "9" * 5000
+DEEP_LIST = "[" * 100_000 + "]" * 100_000
+
+
+def json_documents(folder, mini, foreign):
+    """[Case] of ONNX metadata, engine sidecars, calibration manifests and --preprocess JSON that
+    is hostile in the ways above."""
+    from ffx.metadata import onnx_metadata
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "out"
+    out.mkdir()
+    good = onnx.load(str(mini.onnx))
+    info = onnx_metadata(good)
+    cases = []
+
+    def metadata_text(name, text):
+        model = onnx.ModelProto()
+        model.CopyFrom(good)
+        next(prop for prop in model.metadata_props if prop.key == "ffx").value = text
+        onnx.save(model, folder / f"{name}.onnx")
+        return folder / f"{name}.onnx"
+
+    def edited(**fields):
+        return json.dumps({**info, **fields})
+
+    documents = {
+        "huge_integer": json.dumps(info).replace('"resize": 28', f'"resize": {HUGE_INTEGER}'),
+        "huge_exponent": json.dumps(info).replace('"resize": 28', '"resize": 1e1000'),
+        "deep_nesting": edited(class_names="@").replace('"@"', DEEP_LIST),
+        "num_classes_float": edited(num_classes=10.0),
+        "input_size_float": edited(preprocess={**info["preprocess"], "input_size": [3, 28.0, 28]}),
+        "source_sha256_number": edited(source_sha256=5),
+        "preprocess_recorded_text": edited(preprocess_recorded="no"),
+        "config_depth_huge": edited(config={**info["config"], "depth": 10 ** 18}),
+        "config_list": edited(config=[1, 2]),
+    }
+    for name, text in documents.items():
+        path = metadata_text(f"meta_{name}", text)
+        cases.append(Case("json", f"predict/meta_{name}", ["predict", str(path), str(mini.good_image)], inputs=(path,)))
+        cases.append(Case("json", f"inspect/meta_{name}", ["inspect", str(path)], expect=0, inputs=(path,)))
+    depth = folder / "meta_config_depth_huge.onnx"
+    target = out / "depth.int8.onnx"
+    cases.append(Case("json", "calibrate/meta_config_depth_huge",
+                      ["calibrate", str(depth), "--data", str(mini.labelled), "--no-cache", "--no-tensorrt-check",
+                       "-o", str(target)], inputs=(depth,), outputs=(target, target.with_suffix(".json")),
+                      stderr_has="config.depth"))
+
+    # Engine sidecars: a complete, valid one (as build-engine writes it), then each defect.
+    sidecar = {
+        "format": "ffx-engine-sidecar", "sidecar_version": 2,
+        "engine": {"file": "e.engine", "sha256": "a" * 64, "bytes": 15},
+        "backend": "tensorrt", "backend_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
+        "target_compute_capabilities": [], "hardware_compatibility": "none", "version_compatible": False,
+        "precision": "fp32", "onnx": {"file": "mini.onnx", "sha256": "b" * 64}, "calibration_manifest": None,
+        "profile": {"input": "images", "min": [1, 3, 28, 28], "opt": [8, 3, 28, 28], "max": [32, 3, 28, 28]},
+        "input_dtype": "float32", "outputs": ["logits"], "build_seconds": 1.5,
+        "builder": {"optimization_level": 3, "workspace_bytes": None, "timing_cache": None, "strongly_typed": True,
+                    "tf32": True},
+        "built_at": "2026-11-21T18:00:00+00:00", "built_on": {"machine": "aarch64", "system": "Linux"},
+        "ffx_version": "0.1.0", "metadata": info, "notes": [],
+    }
+    sidecars = {
+        "huge_integer": json.dumps(sidecar).replace('"bytes": 15', f'"bytes": {HUGE_INTEGER}'),
+        "deep_nesting": json.dumps({**sidecar, "notes": "@"}).replace('"@"', DEEP_LIST),
+        "profile_float": json.dumps({**sidecar, "profile": {**sidecar["profile"], "min": [1.0, 3, 28, 28]}}),
+        "num_classes_text": json.dumps({**sidecar, "metadata": {**info, "num_classes": "ten"}}),
+        "metadata_preprocess_float": json.dumps({**sidecar, "metadata": {
+            **info, "preprocess": {**info["preprocess"], "resize": 28.5}}}),
+    }
+    for name, text in sidecars.items():
+        engine = folder / f"sidecar_{name}.engine"
+        engine.write_bytes(b"not a real plan")
+        Path(str(engine) + ".json").write_text(text)
+        repository = out / f"repository-{name}"
+        cases.append(Case("json", f"inspect/sidecar_{name}", ["inspect", str(engine)], inputs=(engine,)))
+        cases.append(Case("json", f"deploy-triton/sidecar_{name}", ["deploy", "triton", str(engine), "-o", str(repository)],
+                          inputs=(engine, Path(str(engine) + ".json")), outputs=(repository,)))
+
+    # Calibration manifests beside a calibrated model: inspect shows the model anyway (exit 0).
+    for name, text in (("huge_integer", f'{{"images": [{{"path": "a.png", "label": {HUGE_INTEGER}}}]}}'),
+                       ("deep_nesting", f'{{"images": {DEEP_LIST}}}'), ("images_not_list", '{"images": 5e300}')):
+        model = folder / f"manifest_{name}.int8.onnx"
+        model.write_bytes(Path(mini.onnx).read_bytes())
+        model.with_suffix(".json").write_text(text)
+        cases.append(Case("json", f"inspect/manifest_{name}", ["inspect", str(model)], expect=0,
+                          inputs=(model, model.with_suffix(".json"))))
+
+    # --preprocess for a model that carries none.
+    preprocess = {"input_size": [3, 8, 8], "resize": 8, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3}
+    flags = {
+        "huge_integer": json.dumps(preprocess).replace('"resize": 8', f'"resize": {HUGE_INTEGER}'),
+        "deep_nesting": json.dumps({**preprocess, "mean": "@"}).replace('"@"', DEEP_LIST),
+        "input_size_float": json.dumps({**preprocess, "input_size": [3, 8.0, 8]}),
+        "mean_text": json.dumps({**preprocess, "mean": "gray"}),
+    }
+    for name, text in flags.items():
+        path = folder / f"preprocess_{name}.json"
+        path.write_text(text)
+        cases.append(Case("json", f"predict/preprocess_{name}", ["predict", str(foreign), str(mini.good_image),
+                                                                 "--preprocess", str(path)], inputs=(path,)))
+    return cases
+
+
 # Valid graphs whose metadata is absent or empty: bench (random inputs) and build-engine need none.
 RUNNABLE_WITHOUT_METADATA = {"foreign_no_metadata", "foreign_float16_input", "meta_not_object"}
 
@@ -528,6 +636,9 @@ def build_corpus(root, mini, labelled):
                       outputs=(target, target.with_suffix(".json")), stderr_has="could be read"))
     cases.append(Case("image", "verify/all_hostile", ["verify", str(mini.onnx), "--reference", str(mini.onnx), "--data",
                                                       str(hostile_data)]))
+
+    cases += json_documents(root / "json", SimpleNamespace(onnx=mini.onnx, good_image=good_image, labelled=labelled),
+                            models["foreign_no_metadata"])
 
     # Outputs that would destroy an input.
     cases.append(Case("lost-data", "export/output_is_checkpoint",

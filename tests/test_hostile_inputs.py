@@ -115,6 +115,10 @@ def test_hostile_images_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
     assert not list(ran.iterdir()), f"ran {[p.name for p in ran.iterdir()]}"
 
 
+def test_hostile_json_in_metadata_sidecars_manifests_and_flags(corpus):
+    _check_category(corpus, "json")
+
+
 def test_outputs_never_replace_inputs(corpus):
     _check_category(corpus, "lost-data")
 
@@ -151,8 +155,15 @@ def test_parity_check_fails_on_nan_logits(mini, tmp_path):
     assert not (tmp_path / "nan.onnx").exists()
 
 
-@pytest.mark.parametrize("damage", ["nan", "shape", "negative", "truncated"])
+@pytest.mark.parametrize("damage", ["nan", "shape", "negative", "truncated", "index_past_images", "duplicate_index",
+                                    "skipped_without_path", "count_as_float", "counts_disagree", "huge_integer",
+                                    "deep_nesting", "meta_not_object"])
 def test_damaged_statistics_cache_entry_is_a_miss(tmp_path, damage):
+    """A damaged entry, or one planted under the right key by someone else, is recomputed: never a
+    traceback, never statistics for other images."""
+    import io
+    import json
+
     from ffx.calib import statistics
 
     tensors = ["a", "b"]
@@ -161,11 +172,23 @@ def test_damaged_statistics_cache_entry_is_a_miss(tmp_path, damage):
         histograms=np.ones((2, statistics.HISTOGRAM_BINS), np.int64), images_used=4, skipped=[],
         reference_indices=[0], reference_logits=np.zeros((1, 10), np.float32))
     statistics._save_cache(tmp_path, "key", stats)
-    assert statistics._load_cache(tmp_path, "key", tensors) is not None
+    assert statistics._load_cache(tmp_path, "key", tensors, 4) is not None
+    path = statistics._cache_file(tmp_path, "key")
+
+    def rewrite_meta(edit):
+        with np.load(path) as data:
+            arrays = {name: data[name] for name in data.files}
+        text = edit(str(arrays["meta"]))
+        buffer = io.BytesIO()
+        np.savez(buffer, **{**arrays, "meta": np.array(text)})
+        path.write_bytes(buffer.getvalue())
+
+    def edit_meta(**fields):
+        rewrite_meta(lambda text: json.dumps({**json.loads(text), **fields}))
+
     if damage == "truncated":
-        path = statistics._cache_file(tmp_path, "key")
         path.write_bytes(path.read_bytes()[:100])
-    else:
+    elif damage in ("nan", "shape", "negative"):
         if damage == "nan":
             stats.absmax = np.array([1.0, np.nan])
         elif damage == "shape":
@@ -173,7 +196,23 @@ def test_damaged_statistics_cache_entry_is_a_miss(tmp_path, damage):
         else:
             stats.histograms = -np.ones((2, statistics.HISTOGRAM_BINS), np.int64)
         statistics._save_cache(tmp_path, "key", stats)
-    assert statistics._load_cache(tmp_path, "key", tensors) is None
+    elif damage == "index_past_images":
+        edit_meta(reference_indices=[4])  # the selection holds 4 images: indices 0..3
+    elif damage == "duplicate_index":
+        edit_meta(reference_indices=[0, 0])
+    elif damage == "skipped_without_path":
+        edit_meta(skipped=[{"reason": "x"}], images_used=3)
+    elif damage == "count_as_float":
+        edit_meta(images_used=4.0)
+    elif damage == "counts_disagree":
+        edit_meta(images_used=3)
+    elif damage == "huge_integer":
+        rewrite_meta(lambda text: text.replace('"images_used": 4', '"images_used": ' + "9" * 5000))
+    elif damage == "deep_nesting":
+        rewrite_meta(lambda text: text.replace('"skipped": []', '"skipped": ' + "[" * 100000 + "]" * 100000))
+    else:
+        rewrite_meta(lambda text: "[1, 2]")
+    assert statistics._load_cache(tmp_path, "key", tensors, 4) is None
 
 
 def test_unwritable_cache_folder_is_a_warning(mini, images, tmp_path, cli_runner):
