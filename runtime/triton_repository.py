@@ -21,6 +21,7 @@ from pathlib import Path
 from ffx.artifacts import current_umask
 from ffx.errors import FfxError
 from ffx.metadata import escape_text
+from ffx.onnx_file import external_data_files
 from ffx.runtime.model_interface import read_model_interface
 
 DEFAULT_ONNX_MAX_BATCH = 32
@@ -155,6 +156,10 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     try:
         (staging / "1").mkdir()
         shutil.copyfile(interface.path, staging / "1" / model_file)
+        if interface.kind == "onnx":  # external weights lie beside the model, where its graph names them
+            for location in external_data_files(interface.path):
+                (staging / "1" / location).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(interface.path.parent / location, staging / "1" / location)
         (staging / "config.pbtxt").write_text(
             triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels))
         if labels:

@@ -181,6 +181,41 @@ def _graph_that_fails_when_run():
     return model
 
 
+def _with_output(model, op_type, attributes, output_type, output_shape, extra_inputs=()):
+    """`model` with one more node after its output, which becomes the graph's output `result`."""
+    graph = model.graph
+    inputs = [graph.output[0].name]
+    for name, value in extra_inputs:
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        inputs.append(name)
+    graph.node.append(helper.make_node(op_type, inputs, ["result"], **attributes))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("result", output_type, output_shape))
+    return model
+
+
+def foreign_outputs(folder, mini):
+    """({name: path} of classifiers from other tools whose output is not logits [N, classes],
+    {name: path} of the mini model with its output edited the same way)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    axis = [("axis", np.array([1], np.int64))]
+    edits = {
+        "rank3": ("Unsqueeze", {}, TensorProto.FLOAT, ["N", 1, "C"], axis),
+        "rank3_undeclared": ("Unsqueeze", {}, TensorProto.FLOAT, None, axis),
+        "int64_logits": ("Cast", {"to": TensorProto.INT64}, TensorProto.INT64, ["N", "C"], ()),
+        "class_indices": ("ArgMax", {"axis": 1, "keepdims": 0}, TensorProto.INT64, ["N"], ()),
+    }
+    foreign, edited = {}, {}
+    for name, (op, attributes, dtype, shape, extra) in edits.items():
+        onnx.save(_with_output(_foreign_graph(), op, attributes, dtype, shape, extra), folder / f"foreign_{name}.onnx")
+        foreign[name] = folder / f"foreign_{name}.onnx"
+        if shape is not None:
+            onnx.save(_with_output(onnx.load(str(mini.onnx)), op, attributes, dtype, shape, extra), folder / f"mini_{name}.onnx")
+            edited[name] = folder / f"mini_{name}.onnx"
+    onnx.save(_foreign_graph(classes=0), folder / "foreign_zero_classes.onnx")
+    foreign["zero_classes"] = folder / "foreign_zero_classes.onnx"
+    return foreign, edited
+
+
 def onnx_models(folder, mini):
     """{name: path} of ONNX files ffx did not write, or wrote and someone then edited."""
     from ffx.metadata import onnx_metadata, set_onnx_metadata
@@ -636,6 +671,24 @@ def build_corpus(root, mini, labelled):
                       outputs=(target, target.with_suffix(".json")), stderr_has="could be read"))
     cases.append(Case("image", "verify/all_hostile", ["verify", str(mini.onnx), "--reference", str(mini.onnx), "--data",
                                                       str(hostile_data)]))
+
+    # Classifiers whose output is not float logits [N, classes]: one line before any image is read
+    # (or on the first call, where the graph does not declare its output).
+    foreign_outs, edited_outs = foreign_outputs(root / "outputs", mini)
+    for name, path in foreign_outs.items():
+        for command, extra in (("predict", [good_image]), ("verify", ["--reference", str(path), "--data", str(labelled)]),
+                               ("bench", ["--iterations", "5", "--warmup", "0"])):
+            flags = ["--preprocess", str(preprocess)] if command != "bench" else []
+            cases.append(Case("output", f"{command}/foreign_{name}", [command, str(path), *extra, *flags], inputs=(path,),
+                              stderr_has="logits"))
+    for name, path in edited_outs.items():
+        target = out / f"mini_{name}.int8.onnx"
+        cases.append(Case("output", f"calibrate/mini_{name}", ["calibrate", str(path), "--data", str(labelled), "--no-cache",
+                                                               "--no-tensorrt-check", "-o", str(target)],
+                          inputs=(path,), outputs=(target, target.with_suffix(".json")), stderr_has="logits"))
+        repository = out / f"repository-mini-{name}"
+        cases.append(Case("output", f"deploy-triton/mini_{name}", ["deploy", "triton", str(path), "-o", str(repository)],
+                          inputs=(path,), outputs=(repository,), stderr_has="logits"))
 
     cases += json_documents(root / "json", SimpleNamespace(onnx=mini.onnx, good_image=good_image, labelled=labelled),
                             models["foreign_no_metadata"])

@@ -115,6 +115,10 @@ def test_hostile_images_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
     assert not list(ran.iterdir()), f"ran {[p.name for p in ran.iterdir()]}"
 
 
+def test_classifiers_whose_output_is_not_logits(corpus):
+    _check_category(corpus, "output")
+
+
 def test_hostile_json_in_metadata_sidecars_manifests_and_flags(corpus):
     _check_category(corpus, "json")
 
