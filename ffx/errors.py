@@ -4,6 +4,13 @@ Library code raises these; the Click layer turns them into a one-line message an
 code. Anything else that escapes is a bug in ffx and keeps its traceback.
 """
 
+import signal
+
+# Signals that end ffx through the same cleanup as Ctrl-C (SIGINT), exit code 128 + the signal's
+# number: SIGTERM, a closed terminal's SIGHUP and Ctrl-\'s SIGQUIT (whose default actions would
+# skip the cleanup and orphan decoding workers).
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
+
 
 class FfxError(Exception):
     """Bad input or an environment problem the user can fix: exit code 2."""

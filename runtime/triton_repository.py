@@ -79,6 +79,15 @@ def batch_settings(interface, max_batch=None):
     return limit, [limit]
 
 
+def labels_text(interface):
+    """Triton's label file for the model's output (one class name per line, control characters
+    escaped so that each name stays one line), or None when the model names no classes."""
+    names = interface.class_names
+    if not names or len(names) != interface.output_dims[0]:
+        return None
+    return "".join(f"{escape_text(label)}\n" for label in names)
+
+
 def triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels):
     """config.pbtxt for `interface` (text format of Triton's ModelConfig)."""
     model_file, backend = _MODEL_FILES[interface.kind]
@@ -144,7 +153,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     max_batch_size, preferred = batch_settings(interface, max_batch)
     warnings = _deployment_warnings(interface)
     model_file, backend = _MODEL_FILES[interface.kind]
-    labels = bool(interface.class_names) and len(interface.class_names) == interface.output_dims[0]
+    labels = labels_text(interface) is not None
     if labels and any(escape_text(label) != label for label in interface.class_names):
         warnings.append("class names with line breaks or control characters are written escaped to labels.txt "
                         "(one name per line)")
@@ -163,7 +172,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
         (staging / "config.pbtxt").write_text(
             triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels))
         if labels:
-            (staging / "labels.txt").write_text("".join(f"{escape_text(label)}\n" for label in interface.class_names))
+            (staging / "labels.txt").write_text(labels_text(interface))
         provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))

@@ -693,6 +693,36 @@ def build_corpus(root, mini, labelled):
     cases += json_documents(root / "json", SimpleNamespace(onnx=mini.onnx, good_image=good_image, labelled=labelled),
                             models["foreign_no_metadata"])
 
+    # Counts and settings past what any machine or server takes: refused in one line before work.
+    model = str(mini.onnx)
+    for name, args in (
+        ("bench/warmup_1e9", ["bench", model, "--warmup", str(10 ** 9)]),
+        ("bench/iterations_1e12", ["bench", model, "--iterations", str(10 ** 12)]),
+        ("bench/max_seconds_1e9", ["bench", model, "--max-seconds", "1e9"]),
+        ("bench/threads_20000", ["bench", model, "--threads", "20000"]),
+        ("verify/threads_20000", ["verify", model, "--reference", model, "--data", str(labelled), "--threads", "20000"]),
+        ("verify/max_top1_drop_negative", ["verify", model, "--reference", model, "--data", str(labelled),
+                                           "--max-top1-drop", "-5"]),
+        ("verify/batch_size_1e9", ["verify", model, "--reference", model, "--data", str(labelled), "--batch-size",
+                                   str(10 ** 9)]),
+        ("calibrate/workers_5000", ["calibrate", model, "--data", str(labelled), "--workers", "5000", "-o",
+                                    str(out / "workers.int8.onnx")]),
+        ("sensitivity/workers_5000", ["sensitivity", model, "--data", str(labelled), "--workers", "5000"]),
+        ("build-engine/workspace_huge", ["build-engine", model, "--workspace", "9" * 30 + "G", "-o", str(out / "w.engine")]),
+        ("deploy-triton/queue_delay_1e20", ["deploy", "triton", model, "--max-queue-delay-us", str(10 ** 20), "-o",
+                                            str(out / "repository-delay")]),
+        ("deploy-triton/instances_1e9", ["deploy", "triton", model, "--instances", str(10 ** 9), "-o",
+                                         str(out / "repository-instances")]),
+        ("serve/host_empty", ["serve", model, "--host", ""]),
+        ("serve/host_space", ["serve", model, "--host", " "]),
+        ("serve/port_65535", ["serve", model, "--port", "65535"]),
+        ("serve/queue_delay_1e20", ["serve", model, "--max-queue-delay-us", str(10 ** 20)]),
+        ("serve/name_300", ["serve", model, "--name", "n" * 300]),
+    ):
+        cases.append(Case("options", name, args, inputs=(mini.onnx,),
+                          outputs=(out / "workers.int8.onnx", out / "w.engine", out / "repository-delay",
+                                   out / "repository-instances")))
+
     # Outputs that would destroy an input.
     cases.append(Case("lost-data", "export/output_is_checkpoint",
                       ["export", "--checkpoint", str(mini.checkpoint), "-o", str(mini.checkpoint)], inputs=(mini.checkpoint,)))

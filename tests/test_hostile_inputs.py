@@ -115,6 +115,10 @@ def test_hostile_images_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
     assert not list(ran.iterdir()), f"ran {[p.name for p in ran.iterdir()]}"
 
 
+def test_counts_and_settings_past_any_machine(corpus):
+    _check_category(corpus, "options")
+
+
 def test_classifiers_whose_output_is_not_logits(corpus):
     _check_category(corpus, "output")
 
@@ -263,9 +267,11 @@ def test_control_characters_in_class_names_are_escaped(mini, tmp_path, cli_runne
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
-def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
+@pytest.mark.parametrize("signal_name, to_group", [("SIGTERM", False), ("SIGHUP", True), ("SIGQUIT", True)])
+def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path, signal_name, to_group):
     """SIGTERM mid-calibration (the workers decoding): ffx exits promptly, its decoding workers with it (nothing holds
-    the caller's stdout afterwards), no temporary folder and no output are left."""
+    the caller's stdout afterwards), no temporary folder and no output are left. The same for SIGHUP and SIGQUIT,
+    sent to the whole process group as a closed terminal and Ctrl-\\ send them (they orphaned the workers)."""
     import os
     import shutil
     import signal
@@ -288,7 +294,8 @@ def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
     ffx = shutil.which("ffx", path=str(Path(sys.executable).parent)) or "ffx"
     process = subprocess.Popen([ffx, "calibrate", str(mini.onnx), "--data", str(data), "--num-images", "600",
                                 "--workers", "2", "--no-cache", "--no-tensorrt-check", "-o", str(output)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(scratch)})
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(scratch)},
+                               start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None and len(_descendants(process.pid)) < 3:
         time.sleep(0.05)  # the forkserver and two decoding workers
@@ -296,9 +303,13 @@ def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
     time.sleep(0.3)
     assert process.poll() is None, "calibration ended before the signal: give it more work"
     workers = _descendants(process.pid)
-    process.send_signal(signal.SIGTERM)
+    signum = getattr(signal, signal_name)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=30)  # returns only once every holder of the pipes is gone
-    assert process.returncode == 143, stderr.decode()[-500:]
+    assert process.returncode == 128 + signum, stderr.decode()[-500:]
     assert b"Traceback" not in stderr
     assert not output.exists() and not output.with_suffix(".json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
