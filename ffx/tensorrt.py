@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from ffx.compute_capability import RTX_DEFAULT_TARGETS, TURING, capability_label, rtx_supports, rtx_unsupported_reason
-from ffx.errors import BackendUnavailable, FfxError, InvalidOption
+from ffx.errors import BackendUnavailable, FfxError, InvalidOption, install_hint
 from ffx.metadata import MAX_BATCH
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
@@ -46,7 +46,7 @@ _INSTALL_HINT = {
     ),
     "tensorrt-rtx": (
         "install TensorRT-RTX (`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`, or "
-        "`pip install 'ffx[tensorrt-rtx]'`); it builds engines for RTX GPUs ahead of time, even without a GPU"
+        f"{install_hint('tensorrt-rtx')}); it builds engines for RTX GPUs ahead of time, even without a GPU"
     ),
 }
 

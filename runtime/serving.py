@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffx.errors import TERMINATING_SIGNALS, BackendUnavailable, FfxError
+from ffx.errors import TERMINATING_SIGNALS, BackendUnavailable, FfxError, install_hint
 from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
 DEFAULT_PORT = 8000
@@ -140,7 +140,7 @@ def _pytriton():
     try:
         import pytriton.triton  # noqa: F401
     except ImportError:
-        raise BackendUnavailable("serving needs NVIDIA PyTriton: pip install 'ffx[serve]'") from None
+        raise BackendUnavailable(f"serving needs NVIDIA PyTriton: {install_hint('serve')}") from None
     import pytriton.decorators
     import pytriton.exceptions
     import pytriton.model_config

@@ -32,7 +32,7 @@ def _tensorrt_rtx_missing():
     try:
         import tensorrt_rtx_bindings  # noqa: F401
     except Exception as e:  # ImportError, or OSError from a broken install
-        return f"needs TensorRT-RTX ({type(e).__name__}: {e}); pip install 'ffx[tensorrt-rtx]'"
+        return f"needs TensorRT-RTX ({type(e).__name__}: {e}); pip install '.[tensorrt-rtx]' in ffx's folder"
     return None
 
 

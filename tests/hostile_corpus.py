@@ -30,6 +30,7 @@ class Case:
     inputs: tuple = ()  # files whose bytes must not change
     outputs: tuple = ()  # files that must not exist afterwards
     stderr_has: str = ""  # a word the one-line message must contain (lower case)
+    alone: bool = False  # the Error line is all there is on stderr (besides click's usage lines): no warning first
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -722,6 +723,19 @@ def build_corpus(root, mini, labelled):
         cases.append(Case("options", name, args, inputs=(mini.onnx,),
                           outputs=(out / "workers.int8.onnx", out / "w.engine", out / "repository-delay",
                                    out / "repository-instances")))
+
+    # Usage errors and refusals come alone: no warning about what would have happened first.
+    for name, args, word in (
+        ("export/no_arch_no_checkpoint", ["export", "-o", str(out / "random.onnx")], "give --arch"),
+        ("export/unknown_arch", ["export", "--arch", "ff_nope", "-o", str(out / "random.onnx")], "unknown architecture"),
+        ("inspect/quantized_checkpoint", ["inspect", str(ckpts["quantized_tensor"])], "quantized"),
+        ("export/sparse_checkpoint", ["export", "--checkpoint", str(ckpts["sparse_tensor"]), "-o", str(out / "s.onnx")],
+         "sparse"),
+        ("calibrate/fp16_with_percentile", ["calibrate", str(mini.onnx), "--fp16", "--percentile", "99", "--data",
+                                            str(labelled), "-o", str(out / "p.fp16.onnx")], "--percentile"),
+    ):
+        cases.append(Case("messages", name, args, outputs=(out / "random.onnx", out / "s.onnx", out / "p.fp16.onnx"),
+                          stderr_has=word, alone=True))
 
     # Outputs that would destroy an input.
     cases.append(Case("lost-data", "export/output_is_checkpoint",

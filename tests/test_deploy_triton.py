@@ -10,7 +10,7 @@ from ffx.metadata import read_onnx_metadata
 from helpers import FASHION_CLASSES, TENSORRT_RTX_MISSING, fashion_onnx
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                       reason="needs tritonclient[grpc] (pip install 'ffx[serve]')")
+                                       reason="needs tritonclient[grpc] (pip install '.[serve]' in ffx's folder)")
 from google.protobuf import text_format  # noqa: E402  (tritonclient brings protobuf)
 
 

@@ -49,6 +49,9 @@ def _run(case):
         problems.append("'Traceback' on stderr")
     if case.expect == 2 and len([line for line in result.stderr.splitlines() if line.startswith("Error:")]) != 1:
         problems.append(f"not one 'Error:' line: {result.stderr.strip()[-300:]}")
+    said = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("Usage:", "Try "))]
+    if case.alone and len(said) != 1:
+        problems.append(f"more than the Error line on stderr: {said}")
     if case.stderr_has and case.stderr_has not in result.stderr.lower():
         problems.append(f"stderr lacks {case.stderr_has!r}: {result.stderr.strip()[-300:]}")
     for path, data in before.items():
@@ -113,6 +116,10 @@ def test_hostile_images_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
     _check_category(corpus, "image")
     assert not list(ran.iterdir()), f"ran {[p.name for p in ran.iterdir()]}"
+
+
+def test_usage_errors_come_alone(corpus):
+    _check_category(corpus, "messages")
 
 
 def test_counts_and_settings_past_any_machine(corpus):

@@ -27,9 +27,9 @@ from ffx.runtime.serving import free_loopback_ports
 import hostile_corpus
 from helpers import FASHION, FASHION_CLASSES, fashion_onnx
 
-pytest.importorskip("pytriton.triton", reason="needs NVIDIA PyTriton (pip install 'ffx[serve]')")
-httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install 'ffx[serve]')")
-grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (pip install 'ffx[serve]')")
+pytest.importorskip("pytriton.triton", reason="needs NVIDIA PyTriton (pip install '.[serve]' in ffx's folder)")
+httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install '.[serve]' in ffx's folder)")
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (pip install '.[serve]' in ffx's folder)")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 FFX = [str(Path(sys.executable).with_name("ffx"))]  # the installed console script, as a user runs it

@@ -4,15 +4,15 @@ import importlib.util
 import click
 
 from ffx.cli import print_json, warn
-from ffx.errors import FfxError
+from ffx.errors import TORCH_CPU_INSTALL, FfxError, install_hint
 
-# A plain `pip install ffx` leaves these out: every other command runs without them.
+# A plain `pip install .` leaves these out: every other command runs without them.
 EXPORT_PACKAGES = ("torch", "onnxscript", "safetensors")
 _missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
 if _missing:
     raise FfxError(
-        f"ffx export needs {', '.join(_missing)}: install torch (CPU-only: pip install torch==2.13.0 "
-        "--index-url https://download.pytorch.org/whl/cpu), then pip install 'ffx[export]'"
+        f"ffx export needs {', '.join(_missing)}: install torch (CPU-only: {TORCH_CPU_INSTALL}), "
+        f"then {install_hint('export')}"
     )
 
 from ffx.export.onnx_export import MAX_OPSET, MIN_OPSET  # noqa: E402  (imports torch)
@@ -56,11 +56,12 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
     if from_onnx:
         _fold_existing_onnx(from_onnx, fold_normalization, float(input_scale), (arch, checkpoint, ema, num_classes, check_images), output, as_json)
         return
-    if not checkpoint:
-        warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
     if not as_json and click.get_text_stream("stderr").isatty():  # scripts get one line per outcome
         click.echo(f"exporting {checkpoint or arch}: load, trace, ONNX Runtime parity check ...", err=True)
     resolved = resolve_model(arch, checkpoint, use_ema=ema, num_classes=num_classes)
+    # Warnings only once the arguments made a network: a usage error comes alone.
+    if not checkpoint:
+        warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
     if checkpoint and not resolved.preprocess_recorded:
         p = resolved.preprocess
         warn(f"{checkpoint} records no preprocessing; assuming the ImageNet evaluation transform (resize {p.resize} "
