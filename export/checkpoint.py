@@ -169,7 +169,7 @@ def _pick_weights(raw, path, use_ema):
 
 def _strip_prefix(state_dict):
     """Drop the `module.` prefix DataParallel/DDP training leaves on every key."""
-    if state_dict and all(k.startswith("module.") for k in state_dict):
+    if state_dict and all(isinstance(k, str) and k.startswith("module.") for k in state_dict):
         return {k[len("module."):]: v for k, v in state_dict.items()}
     return dict(state_dict)
 

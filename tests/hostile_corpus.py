@@ -127,6 +127,8 @@ def checkpoints(folder, mini):
 
     # Not weights a training run saves: every one used to be cast, crash in the middle, or both.
     variant("int_key", lambda c: c["model"].__setitem__(7, torch.ones(3)))
+    variant("int_key_among_module_keys", lambda c: c.__setitem__("model", {
+        **{f"module.{k}": v for k, v in c["model"].items()}, 7: torch.ones(3)}))
     variant("meta_tensor", replace_head(lambda w: w.to("meta")))
     variant("sparse_tensor", replace_head(lambda w: w.to_sparse()))
     variant("nested_weights", replace_head(lambda w: {"weight": w}))
@@ -507,12 +509,17 @@ def json_documents(folder, mini, foreign):
 
     # Calibration manifests beside a calibrated model: inspect shows the model anyway (exit 0).
     for name, text in (("huge_integer", f'{{"images": [{{"path": "a.png", "label": {HUGE_INTEGER}}}]}}'),
-                       ("deep_nesting", f'{{"images": {DEEP_LIST}}}'), ("images_not_list", '{"images": 5e300}')):
+                       ("deep_nesting", f'{{"images": {DEEP_LIST}}}'), ("images_not_list", '{"images": 5e300}'),
+                       ("nul_in_path", '{"images": [{"path": "a\\u0000b.png", "sha256": 5}]}')):
         model = folder / f"manifest_{name}.int8.onnx"
         model.write_bytes(Path(mini.onnx).read_bytes())
         model.with_suffix(".json").write_text(text)
         cases.append(Case("json", f"inspect/manifest_{name}", ["inspect", str(model)], expect=0,
                           inputs=(model, model.with_suffix(".json"))))
+    # verify reads the manifest to count calibration images among its own (a ValueError on the NUL).
+    nul = folder / "manifest_nul_in_path.int8.onnx"
+    cases.append(Case("json", "verify/manifest_nul_in_path", ["verify", str(nul), "--reference", str(mini.onnx), "--data",
+                                                              str(mini.labelled)], expect=0, inputs=(nul, nul.with_suffix(".json"))))
 
     # --preprocess for a model that carries none.
     preprocess = {"input_size": [3, 8, 8], "resize": 8, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3}
