@@ -7,6 +7,7 @@ import onnx
 import onnx.external_data_helper
 
 from ffx.errors import FfxError
+from ffx.metadata import MAX_CLASSES
 
 
 def load_onnx(path):
@@ -99,6 +100,8 @@ def check_logits_output(model, path):
         problem = f"has rank {len(tensor.shape.dim)}"
     elif tensor.HasField("shape") and tensor.shape.dim[1].HasField("dim_value") and tensor.shape.dim[1].dim_value < 1:
         problem = "has no classes"
+    elif tensor.HasField("shape") and tensor.shape.dim[1].dim_value > MAX_CLASSES:
+        problem = f"has {tensor.shape.dim[1].dim_value:,} classes, more than ffx's {MAX_CLASSES:,}"
     if problem:
         raise FfxError(f"{path}: output {graph_output.name!r} {problem}; ffx reads float logits [N, classes] "
                        "(a classifier's scores, not class indices)")

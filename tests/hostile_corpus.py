@@ -206,6 +206,7 @@ def foreign_outputs(folder, mini):
         "rank3_undeclared": ("Unsqueeze", {}, TensorProto.FLOAT, None, axis),
         "int64_logits": ("Cast", {"to": TensorProto.INT64}, TensorProto.INT64, ["N", "C"], ()),
         "class_indices": ("ArgMax", {"axis": 1, "keepdims": 0}, TensorProto.INT64, ["N"], ()),
+        "two_million_classes": ("Tile", {}, TensorProto.FLOAT, ["N", 2_000_000], [("repeats", np.array([1, 200_000], np.int64))]),
     }
     foreign, edited = {}, {}
     for name, (op, attributes, dtype, shape, extra) in edits.items():
