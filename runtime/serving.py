@@ -85,6 +85,12 @@ class ServeSettings:
                                f"give {flag} or a lower --port")
         if len(set(ports.values())) != len(ports):
             raise FfxError(f"the HTTP, gRPC and metrics ports must differ (got {ports})")
+        if self.log_file is not None:  # Triton would log to stderr instead, silently
+            log = Path(self.log_file)
+            if not log.parent.is_dir():
+                raise FfxError(f"--log-file {log}: no folder {log.parent} to write it in")
+            if log.exists() and not log.is_file():
+                raise FfxError(f"--log-file {log}: exists and is not a regular file")
 
 
 @dataclasses.dataclass

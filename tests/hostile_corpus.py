@@ -383,6 +383,12 @@ def images(folder):
     return files
 
 
+def _fifo(path):
+    if not path.exists():
+        os.mkfifo(path)
+    return path
+
+
 def _png(path, width, height):
     """A 1-bit all-black PNG of width x height pixels, a few hundred bytes to ~50 KB."""
     row = b"\0" + b"\0" * ((width + 7) // 8)
@@ -727,6 +733,8 @@ def build_corpus(root, mini, labelled):
         ("serve/port_65535", ["serve", model, "--port", "65535"]),
         ("serve/queue_delay_1e20", ["serve", model, "--max-queue-delay-us", str(10 ** 20)]),
         ("serve/name_300", ["serve", model, "--name", "n" * 300]),
+        ("serve/log_file_no_folder", ["serve", model, "--log-file", str(out / "no-such-folder" / "triton.log")]),
+        ("serve/log_file_fifo", ["serve", model, "--log-file", str(_fifo(out / "triton.fifo"))]),
     ):
         cases.append(Case("options", name, args, inputs=(mini.onnx,),
                           outputs=(out / "workers.int8.onnx", out / "w.engine", out / "repository-delay",
