@@ -20,6 +20,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from helpers import sidecar_dict
+
 
 @dataclasses.dataclass
 class Case:
@@ -484,19 +486,8 @@ def json_documents(folder, mini, foreign):
                       stderr_has="config.depth"))
 
     # Engine sidecars: a complete, valid one (as build-engine writes it), then each defect.
-    sidecar = {
-        "format": "ffx-engine-sidecar", "sidecar_version": 2,
-        "engine": {"file": "e.engine", "sha256": "a" * 64, "bytes": 15},
-        "backend": "tensorrt", "backend_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
-        "target_compute_capabilities": [], "hardware_compatibility": "none", "version_compatible": False,
-        "precision": "fp32", "onnx": {"file": "mini.onnx", "sha256": "b" * 64}, "calibration_manifest": None,
-        "profile": {"input": "images", "min": [1, 3, 28, 28], "opt": [8, 3, 28, 28], "max": [32, 3, 28, 28]},
-        "input_dtype": "float32", "outputs": ["logits"], "build_seconds": 1.5,
-        "builder": {"optimization_level": 3, "workspace_bytes": None, "timing_cache": None, "strongly_typed": True,
-                    "tf32": True},
-        "built_at": "2026-11-21T18:00:00+00:00", "built_on": {"machine": "aarch64", "system": "Linux"},
-        "ffx_version": "0.1.0", "metadata": info, "notes": [],
-    }
+    sidecar = sidecar_dict(engine={"file": "e.engine", "sha256": "a" * 64, "bytes": 15}, precision="fp32",
+                           onnx={"file": "mini.onnx", "sha256": "b" * 64}, metadata=info)
     sidecars = {
         "huge_integer": json.dumps(sidecar).replace('"bytes": 15', f'"bytes": {HUGE_INTEGER}'),
         "deep_nesting": json.dumps({**sidecar, "notes": "@"}).replace('"@"', DEEP_LIST),
