@@ -62,8 +62,8 @@ def open_cuda(preferred="auto", device=0, graphs=False):
                                  + "; ".join(failed) + ")")
     if graphs:
         raise BackendUnavailable(GRAPHS_NEED_CUDA_PYTHON)
-    raise BackendUnavailable(f"running a TensorRT engine needs pycuda or cuda-python, and neither is installed: "
-                             f"{CUDA_LIBRARY_HINT}")
+    raise BackendUnavailable(f"running a TensorRT engine needs a CUDA GPU and pycuda or cuda-python, and neither "
+                             f"library is installed: {CUDA_LIBRARY_HINT}")
 
 
 def current_gpu(device=0):

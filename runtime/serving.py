@@ -67,7 +67,6 @@ class ServeSettings:
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     name: str | None = None  # default: from the file name
     provider: str = "cpu"  # ONNX Runtime execution provider
-
     log_file: str | None = None  # default: a temporary log, removed on a clean exit
 
     def ports(self):

@@ -90,10 +90,10 @@ def test_install_hints_name_what_to_run_in_ffx_folder(tmp_path, tmp_path_factory
     from ffx.runtime.cuda import open_cuda
 
     engine = _run(["-c", "from ffx.runtime.cuda import open_cuda\nopen_cuda()"], env)
-    assert "neither is installed: `pip install '.[cuda12]'` in ffx's folder" in engine.stderr, engine.stderr
+    assert "neither library is installed: `pip install '.[cuda12]'` in ffx's folder" in engine.stderr, engine.stderr
     try:  # here, with whatever is installed: a CUDA library without a GPU names the GPU, not an install
         open_cuda().close()
     except BackendUnavailable as e:
         assert "pip install cuda-python" not in str(e)
-        if "neither is installed" not in str(e):
+        if "neither library is installed" not in str(e):
             assert str(e).startswith("running a TensorRT engine needs a CUDA GPU and its driver, and none is usable")
