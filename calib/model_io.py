@@ -9,7 +9,7 @@ import onnx
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
 from ffx.errors import FfxError, reraise_onnxruntime
 from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size, exact_quantized_arithmetic, load_external_weights, load_onnx
+from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized_arithmetic, load_external_weights, load_onnx
 
 
 @dataclasses.dataclass
@@ -108,6 +108,7 @@ def load_source_model(path):
     if len(model.graph.input) != 1:
         raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
     check_input_size(model, info, path)
+    check_logits_output(model, path)
     return SourceModel(path, model, info, digest, Preprocess.from_dict(info["preprocess"], path))
 
 

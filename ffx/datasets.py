@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.artifacts import sha256_file
-from ffx.errors import FfxError
+from ffx.errors import TERMINATING_SIGNALS, FfxError
 from ffx.images import IMAGE_EXTENSIONS, decode_files, find_images, is_image_file, normalize_pixels
 from ffx.metadata import Preprocess, imagenet_class_names, imagenet_wnids
 
@@ -395,8 +395,12 @@ class BatchLoader:
     def _decoded_in_workers(self, preprocess):
         chunk = max(1, min(8, self.batch_size))
         chunks = [self.items[i:i + chunk] for i in range(0, len(self.items), chunk)]
-        executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_process_context(),
-                                                          initializer=_ignore_interrupts)
+        # Deferred here too: the pool's queues start multiprocessing's resource tracker, which
+        # inherits the mask and so outlives a SIGHUP or SIGQUIT sent to the whole process group
+        # (killed, it is restarted during the shutdown and prints a traceback).
+        with _interrupts_deferred():
+            executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_process_context(),
+                                                              initializer=_ignore_interrupts)
         in_flight = collections.deque()
         try:
             next_chunk = 0
@@ -416,13 +420,13 @@ class BatchLoader:
 
 @contextlib.contextmanager
 def _interrupts_deferred():
-    """Hold SIGINT/SIGTERM while a submit may be starting a worker: interrupted half-way, the
+    """Hold SIGINT and the TERMINATING_SIGNALS while a submit may be starting a worker: interrupted half-way, the
     parent would tear the pool down while the new worker still unpickles its queues, and the
     worker would print a traceback. The signal is delivered as soon as the submit returns."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
+    held = {signal.SIGINT, *TERMINATING_SIGNALS}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield
@@ -431,9 +435,12 @@ def _interrupts_deferred():
 
 
 def _ignore_interrupts():
-    # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; the
-    # workers must not each print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, Ctrl-\ and a closed terminal's SIGHUP reach the whole process group: the parent stops
+    # the pool and reports once; the workers must neither each print a KeyboardInterrupt traceback
+    # nor die on their own (the pool would break mid-batch).
+    for signum in (signal.SIGINT, *TERMINATING_SIGNALS):
+        if signum != signal.SIGTERM:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

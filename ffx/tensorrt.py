@@ -33,7 +33,7 @@ from ffx.compute_capability import (
     rtx_supports,
     rtx_unsupported_reason,
 )
-from ffx.errors import BackendUnavailable, FfxError, InvalidOption
+from ffx.errors import BackendUnavailable, FfxError, InvalidOption, install_hint
 from ffx.metadata import MAX_BATCH
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
@@ -53,7 +53,7 @@ _INSTALL_HINT = {
     ),
     "tensorrt-rtx": (
         "install TensorRT-RTX (`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`, or "
-        "`pip install 'ffx[tensorrt-rtx]'`); it builds engines for RTX GPUs ahead of time, even without a GPU"
+        f"{install_hint('tensorrt-rtx')}); it builds engines for RTX GPUs ahead of time, even without a GPU"
     ),
 }
 
@@ -201,6 +201,11 @@ DEFAULT_OPT_BATCH = 8  # capped by the max batch
 CURRENT_GPU = "current"  # as a target: the GPU of the building machine
 
 
+# The largest builder workspace BuildOptions accepts: 1 TiB, beyond the memory of any GPU (TensorRT
+# takes the limit as a 64-bit size; 10^35 bytes was a TypeError from its bindings).
+MAX_WORKSPACE_BYTES = 1 << 40
+
+
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
     """How to build an engine, validated on construction (InvalidOption names the field).
@@ -230,6 +235,9 @@ class BuildOptions:
             value = getattr(self, field)
             if (value is not None or field == "min_batch") and not _positive_int(value):
                 raise InvalidOption(field, f"must be a positive whole number, got {value!r}")
+        if self.workspace_bytes is not None and self.workspace_bytes > MAX_WORKSPACE_BYTES:
+            raise InvalidOption("workspace_bytes", f"at most {MAX_WORKSPACE_BYTES >> 30:,} GiB (more than any GPU "
+                                f"holds), got {self.workspace_bytes:,} bytes")
         given = [b for b in (self.min_batch, self.opt_batch, self.max_batch) if b is not None]
         if max(given) > MAX_BATCH:
             raise InvalidOption("max_batch", f"batches go up to {MAX_BATCH:,} (what an exported graph declares), "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ffx import __version__
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_file, written_together
-from ffx.errors import FfxError, InvalidOption
+from ffx.errors import TORCH_CPU_INSTALL, FfxError, InvalidOption, install_hint
 from ffx.runtime.sidecar import ENGINE_SUFFIXES
 
 EXPORT_RECORD_FORMAT = "ffx-export-record"
@@ -40,8 +40,8 @@ def missing_export_packages_message(what):
     missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
     if not missing:
         return None
-    return (f"{what} needs {', '.join(missing)}: install torch (CPU-only: pip install torch==2.13.0 "
-            "--index-url https://download.pytorch.org/whl/cpu), then pip install 'ffx[export]'")
+    return (f"{what} needs {', '.join(missing)}: install torch (CPU-only: {TORCH_CPU_INSTALL}), "
+            f"then {install_hint('export')}")
 
 
 @dataclasses.dataclass

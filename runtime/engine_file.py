@@ -28,7 +28,7 @@ from ffx.runtime.sidecar import (
     sidecar_path,
 )
 from ffx.metadata import onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size
+from ffx.onnx_file import check_input_size, check_logits_output
 
 
 @dataclasses.dataclass
@@ -76,6 +76,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     model = load_onnx(onnx_path)
     metadata = validate_metadata(onnx_metadata(model, onnx_path) or {}, onnx_path)
     check_input_size(model, metadata, onnx_path)  # else the sidecar would carry preprocessing the engine cannot take
+    check_logits_output(model, onnx_path)
     graph = graph_precision(model)
     backend = available_backend(backend)  # fail before a long calibration if TensorRT is missing
     gpu = current_gpu()

@@ -6,7 +6,7 @@ import onnx
 
 from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime, reraise_onnxruntime
 from ffx.metadata import onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size, exact_quantized_arithmetic
+from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized_arithmetic
 from ffx.runtime.onnx_model import graph_precision, load_onnx
 from ffx.runtime.runner import ONNX_PROVIDERS, Runner
 
@@ -68,6 +68,7 @@ class OnnxRuntimeRunner(Runner):
         self.fixed_batch = shape[0]
         self.input_name = graph_inputs[0].name
         self.input_dtype = _input_dtype(graph_inputs[0], self.path)
+        check_logits_output(model, self.path)
         self.session = None
         if self.provider != "cpu":
             self.backend = f"onnxruntime-{self.provider}"

@@ -131,10 +131,20 @@ class Runner:
             if count < smallest:
                 pad = np.zeros((smallest - count, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
-            outputs.append(np.asarray(self._infer(chunk), dtype=np.float32)[:count])
+            outputs.append(self._logits(self._infer(chunk), len(chunk))[:count])
         if not outputs:
             return np.zeros((0, self.num_classes or 0), np.float32)
         return np.concatenate(outputs)
+
+    def _logits(self, output, batch):
+        """`output` of a batch of `batch` images as float32 [batch, classes]; FfxError for anything
+        else (a graph from another tool may return class indices, [N, 1, classes] or no classes)."""
+        output = np.asarray(output)
+        if output.dtype.kind != "f" or output.ndim != 2 or output.shape[0] != batch or output.shape[1] < 1:
+            raise FfxError(f"{self.describe()}: its output is {output.dtype} {list(output.shape)} for {batch} "
+                           f"image{'s' if batch != 1 else ''}; ffx reads float logits [N, classes] (N = {batch}, "
+                           "at least one class)")
+        return output.astype(np.float32, copy=False)
 
     def _activate(self):
         raise NotImplementedError

@@ -21,6 +21,7 @@ from pathlib import Path
 from ffx.artifacts import current_umask
 from ffx.errors import FfxError
 from ffx.metadata import escape_text
+from ffx.onnx_file import external_data_files
 from ffx.runtime.model_interface import read_model_interface
 
 DEFAULT_ONNX_MAX_BATCH = 32
@@ -76,6 +77,15 @@ def batch_settings(interface, max_batch=None):
         return limit, preferred or [limit]
     limit = max_batch or DEFAULT_ONNX_MAX_BATCH
     return limit, [limit]
+
+
+def labels_text(interface):
+    """Triton's label file for the model's output (one class name per line, control characters
+    escaped so that each name stays one line), or None when the model names no classes."""
+    names = interface.class_names
+    if not names or len(names) != interface.output_dims[0]:
+        return None
+    return "".join(f"{escape_text(label)}\n" for label in names)
 
 
 def triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels):
@@ -151,7 +161,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     max_batch_size, preferred = batch_settings(interface, max_batch)
     warnings = _deployment_warnings(interface)
     model_file, backend = _MODEL_FILES[interface.kind]
-    labels = bool(interface.class_names) and len(interface.class_names) == interface.output_dims[0]
+    labels = labels_text(interface) is not None
     if labels and any(escape_text(label) != label for label in interface.class_names):
         warnings.append("class names with line breaks or control characters are written escaped to labels.txt "
                         "(one name per line)")
@@ -166,10 +176,14 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
         staging.mkdir()
         (staging / "1").mkdir()
         shutil.copyfile(interface.path, staging / "1" / model_file)
+        if interface.kind == "onnx":  # external weights lie beside the model, where its graph names them
+            for location in external_data_files(interface.path):
+                (staging / "1" / location).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(interface.path.parent / location, staging / "1" / location)
         (staging / "config.pbtxt").write_text(
             triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels))
         if labels:
-            (staging / "labels.txt").write_text("".join(f"{escape_text(label)}\n" for label in interface.class_names))
+            (staging / "labels.txt").write_text(labels_text(interface))
         provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))

@@ -9,14 +9,18 @@ import dataclasses
 import json
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+from helpers import sidecar_dict
 
 
 @dataclasses.dataclass
@@ -28,6 +32,7 @@ class Case:
     inputs: tuple = ()  # files whose bytes must not change
     outputs: tuple = ()  # files that must not exist afterwards
     stderr_has: str = ""  # a word the one-line message must contain (lower case)
+    alone: bool = False  # the Error line is all there is on stderr (besides click's usage lines): no warning first
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -104,6 +109,37 @@ def checkpoints(folder, mini):
         c.pop("ffx")
 
     variant("expanded_tensors", expanded)
+
+    def expanded_within_bound(c):
+        # Stride-0 views of a network that matches its own shapes and stays under the 2e9-value
+        # bound (embed dim 8192, depth 3: 1.6e9 values): a few KB that become 6.5 GB of float32.
+        from ffx.export.configs import FFConfig
+        from ffx.export.model import FFVisionTransformer
+
+        with torch.device("meta"):
+            shapes = FFVisionTransformer(FFConfig(patch_size=4, embed_dim=8192, depth=3, num_classes=10, img_size=28,
+                                                  pos_grid=7)).state_dict()
+        c["model"] = {k: torch.zeros(1).expand(*v.shape) for k, v in shapes.items()}
+        c.pop("ffx")
+
+    variant("expanded_within_bound", expanded_within_bound)
+
+    def replace_head(make):
+        return lambda c: c["model"].__setitem__("head.weight", make(c["model"]["head.weight"]))
+
+    # Not weights a training run saves: every one used to be cast, crash in the middle, or both.
+    variant("int_key", lambda c: c["model"].__setitem__(7, torch.ones(3)))
+    variant("int_key_among_module_keys", lambda c: c.__setitem__("model", {
+        **{f"module.{k}": v for k, v in c["model"].items()}, 7: torch.ones(3)}))
+    variant("meta_tensor", replace_head(lambda w: w.to("meta")))
+    variant("sparse_tensor", replace_head(lambda w: w.to_sparse()))
+    variant("nested_weights", replace_head(lambda w: {"weight": w}))
+    with warnings.catch_warnings():  # torch deprecates making quantized tensors, not loading them
+        warnings.simplefilter("ignore", UserWarning)
+        variant("quantized_tensor", replace_head(lambda w: torch.quantize_per_tensor(w, 0.1, 0, torch.qint8)))
+    variant("int8_weight", replace_head(lambda w: w.to(torch.int8)))
+    variant("bool_weight", replace_head(lambda w: w.bool()))
+    variant("complex_weight", replace_head(lambda w: w.to(torch.complex64)))
     files["zip_bomb"] = _zip_bomb(folder / "zip_bomb.pth")
     (folder / "garbage.safetensors").write_bytes(b"\xff" * 64)
     files["safetensors_garbage"] = folder / "garbage.safetensors"
@@ -148,6 +184,42 @@ def _graph_that_fails_when_run():
     graph.initializer.append(numpy_helper.from_array(np.array([-1, 4], np.int64), "groups"))
     graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((4, 10), np.float32), "weight"))
     return model
+
+
+def _with_output(model, op_type, attributes, output_type, output_shape, extra_inputs=()):
+    """`model` with one more node after its output, which becomes the graph's output `result`."""
+    graph = model.graph
+    inputs = [graph.output[0].name]
+    for name, value in extra_inputs:
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        inputs.append(name)
+    graph.node.append(helper.make_node(op_type, inputs, ["result"], **attributes))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("result", output_type, output_shape))
+    return model
+
+
+def foreign_outputs(folder, mini):
+    """({name: path} of classifiers from other tools whose output is not logits [N, classes],
+    {name: path} of the mini model with its output edited the same way)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    axis = [("axis", np.array([1], np.int64))]
+    edits = {
+        "rank3": ("Unsqueeze", {}, TensorProto.FLOAT, ["N", 1, "C"], axis),
+        "rank3_undeclared": ("Unsqueeze", {}, TensorProto.FLOAT, None, axis),
+        "int64_logits": ("Cast", {"to": TensorProto.INT64}, TensorProto.INT64, ["N", "C"], ()),
+        "class_indices": ("ArgMax", {"axis": 1, "keepdims": 0}, TensorProto.INT64, ["N"], ()),
+        "two_million_classes": ("Tile", {}, TensorProto.FLOAT, ["N", 2_000_000], [("repeats", np.array([1, 200_000], np.int64))]),
+    }
+    foreign, edited = {}, {}
+    for name, (op, attributes, dtype, shape, extra) in edits.items():
+        onnx.save(_with_output(_foreign_graph(), op, attributes, dtype, shape, extra), folder / f"foreign_{name}.onnx")
+        foreign[name] = folder / f"foreign_{name}.onnx"
+        if shape is not None:
+            onnx.save(_with_output(onnx.load(str(mini.onnx)), op, attributes, dtype, shape, extra), folder / f"mini_{name}.onnx")
+            edited[name] = folder / f"mini_{name}.onnx"
+    onnx.save(_foreign_graph(classes=0), folder / "foreign_zero_classes.onnx")
+    foreign["zero_classes"] = folder / "foreign_zero_classes.onnx"
+    return foreign, edited
 
 
 def onnx_models(folder, mini):
@@ -262,13 +334,38 @@ def external_data_model(folder, mini):
     return path
 
 
+# Programs Pillow (or a library under it) could start on an image's bytes: Ghostscript for EPS and
+# PostScript, the IJG tools, image viewers. Tests put fakes of them first on PATH; each fake leaves
+# a marker file, which must never appear.
+HELPER_PROGRAMS = ("gs", "gsx", "gswin64c", "djpeg", "cjpeg", "display", "xdg-open", "eog", "convert", "magick")
+
+
+def fake_helper_programs(folder):
+    """(folder to put first on PATH, marker folder): executables named HELPER_PROGRAMS that each
+    leave a file named after themselves in the marker folder when run."""
+    bin_folder, markers = Path(folder) / "fake-bin", Path(folder) / "ran"
+    bin_folder.mkdir(parents=True, exist_ok=True)
+    markers.mkdir(parents=True, exist_ok=True)
+    for name in HELPER_PROGRAMS:
+        program = bin_folder / name
+        program.write_text(f"#!/bin/sh\ntouch '{markers / name}'\nexit 1\n")
+        program.chmod(0o755)
+    return bin_folder, markers
+
+
+# An Encapsulated PostScript file: Pillow's EPS plugin rasterises it by running Ghostscript.
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n0 0 moveto 28 28 lineto stroke\nshowpage\n%%EOF\n"
+
+
 def images(folder):
-    """{name: path}: one good image and hostile ones (bomb, empty, truncated, not an image)."""
+    """{name: path}: one good image and hostile ones: a decompression bomb, empty, truncated, text,
+    PostScript and PDF under image names, other formats Pillow knows (not photos), and headers
+    declaring absurd sizes or aspect ratios in a few hundred bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     Image.fromarray(np.full((28, 28, 3), 128, np.uint8)).save(folder / "good.png")
     files["good"] = folder / "good.png"
-    files["bomb"] = _decompression_bomb(folder / "bomb.png")
+    files["bomb"] = _png(folder / "bomb.png", 20000, 20000)  # 400 Mpx, > PIL's 179 Mpx bomb limit, ~50 KB
     (folder / "empty.png").write_bytes(b"")
     files["empty"] = folder / "empty.png"
     data = (folder / "good.png").read_bytes()
@@ -276,18 +373,33 @@ def images(folder):
     files["truncated"] = folder / "truncated.png"
     (folder / "text.jpg").write_text("not an image")
     files["text"] = folder / "text.jpg"
+    for name, content in (("postscript.png", POSTSCRIPT), ("postscript.jpg", b"%!PS-Adobe-3.0\nshowpage\n"),
+                          ("pdf.png", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n")):
+        (folder / name).write_bytes(content)
+        files[name.replace(".", "_")] = folder / name
+    Image.fromarray(np.full((28, 28, 3), 90, np.uint8)).save(folder / "targa.png", format="TGA")
+    files["targa_png"] = folder / "targa.png"
+    files["wide"] = _png(folder / "wide.png", 3_000_000, 1)  # 443 bytes; shorter side 1 -> billions of pixels
+    files["tall"] = _png(folder / "tall.png", 28, 40_000)
+    files["aspect"] = _png(folder / "aspect.png", 28 * 60, 28)  # within every side bound, but 60:1
     return files
 
 
-def _decompression_bomb(path, side=20000):
-    """A 1-bit PNG of side x side pixels (400 Mpx, > PIL's 179 Mpx bomb limit) in about 50 KB."""
-    row = b"\0" + b"\0" * (side // 8)
-    compressed = zlib.compress(row * side, 9)
+def _fifo(path):
+    if not path.exists():
+        os.mkfifo(path)
+    return path
+
+
+def _png(path, width, height):
+    """A 1-bit all-black PNG of width x height pixels, a few hundred bytes to ~50 KB."""
+    row = b"\0" + b"\0" * ((width + 7) // 8)
+    compressed = zlib.compress(row * height, 9)
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed) + chunk(b"IEND", b""))
     return path
 
@@ -320,6 +432,107 @@ def calibrated_with_bad_manifest(folder, mini):
     model.write_bytes(Path(mini.onnx).read_bytes())
     (folder / "mini.int8.json").write_text('{"images": [1, {"path": 5}], "data": {"path": 7}')
     return model
+
+
+# JSON that parses into what no field can hold: a 5,000-digit integer (Python 3.11 refuses to
+# convert it), 1e1000 (infinity), brackets 100,000 deep (RecursionError), and valid JSON with the
+# wrong type inside a valid key (a float where an integer belongs, a number where text belongs).
+HUGE_INTEGER = "9" * 5000
+DEEP_LIST = "[" * 100_000 + "]" * 100_000
+
+
+def json_documents(folder, mini, foreign):
+    """[Case] of ONNX metadata, engine sidecars, calibration manifests and --preprocess JSON that
+    is hostile in the ways above."""
+    from ffx.metadata import onnx_metadata
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "out"
+    out.mkdir()
+    good = onnx.load(str(mini.onnx))
+    info = onnx_metadata(good)
+    cases = []
+
+    def metadata_text(name, text):
+        model = onnx.ModelProto()
+        model.CopyFrom(good)
+        next(prop for prop in model.metadata_props if prop.key == "ffx").value = text
+        onnx.save(model, folder / f"{name}.onnx")
+        return folder / f"{name}.onnx"
+
+    def edited(**fields):
+        return json.dumps({**info, **fields})
+
+    documents = {
+        "huge_integer": json.dumps(info).replace('"resize": 28', f'"resize": {HUGE_INTEGER}'),
+        "huge_exponent": json.dumps(info).replace('"resize": 28', '"resize": 1e1000'),
+        "deep_nesting": edited(class_names="@").replace('"@"', DEEP_LIST),
+        "num_classes_float": edited(num_classes=10.0),
+        "input_size_float": edited(preprocess={**info["preprocess"], "input_size": [3, 28.0, 28]}),
+        "source_sha256_number": edited(source_sha256=5),
+        "preprocess_recorded_text": edited(preprocess_recorded="no"),
+        "config_depth_huge": edited(config={**info["config"], "depth": 10 ** 18}),
+        "config_list": edited(config=[1, 2]),
+    }
+    for name, text in documents.items():
+        path = metadata_text(f"meta_{name}", text)
+        cases.append(Case("json", f"predict/meta_{name}", ["predict", str(path), str(mini.good_image)], inputs=(path,)))
+        cases.append(Case("json", f"inspect/meta_{name}", ["inspect", str(path)], expect=0, inputs=(path,)))
+    depth = folder / "meta_config_depth_huge.onnx"
+    target = out / "depth.int8.onnx"
+    cases.append(Case("json", "calibrate/meta_config_depth_huge",
+                      ["calibrate", str(depth), "--data", str(mini.labelled), "--no-cache", "--no-tensorrt-check",
+                       "-o", str(target)], inputs=(depth,), outputs=(target, target.with_suffix(".json")),
+                      stderr_has="config.depth"))
+
+    # Engine sidecars: a complete, valid one (as build-engine writes it), then each defect.
+    sidecar = sidecar_dict(engine={"file": "e.engine", "sha256": "a" * 64, "bytes": 15}, precision="fp32",
+                           onnx={"file": "mini.onnx", "sha256": "b" * 64}, metadata=info)
+    sidecars = {
+        "huge_integer": json.dumps(sidecar).replace('"bytes": 15', f'"bytes": {HUGE_INTEGER}'),
+        "deep_nesting": json.dumps({**sidecar, "notes": "@"}).replace('"@"', DEEP_LIST),
+        "profile_float": json.dumps({**sidecar, "profile": {**sidecar["profile"], "min": [1.0, 3, 28, 28]}}),
+        "num_classes_text": json.dumps({**sidecar, "metadata": {**info, "num_classes": "ten"}}),
+        "metadata_preprocess_float": json.dumps({**sidecar, "metadata": {
+            **info, "preprocess": {**info["preprocess"], "resize": 28.5}}}),
+    }
+    for name, text in sidecars.items():
+        engine = folder / f"sidecar_{name}.engine"
+        engine.write_bytes(b"not a real plan")
+        Path(str(engine) + ".json").write_text(text)
+        repository = out / f"repository-{name}"
+        cases.append(Case("json", f"inspect/sidecar_{name}", ["inspect", str(engine)], inputs=(engine,)))
+        cases.append(Case("json", f"deploy-triton/sidecar_{name}", ["deploy", "triton", str(engine), "-o", str(repository)],
+                          inputs=(engine, Path(str(engine) + ".json")), outputs=(repository,)))
+
+    # Calibration manifests beside a calibrated model: inspect shows the model anyway (exit 0).
+    for name, text in (("huge_integer", f'{{"images": [{{"path": "a.png", "label": {HUGE_INTEGER}}}]}}'),
+                       ("deep_nesting", f'{{"images": {DEEP_LIST}}}'), ("images_not_list", '{"images": 5e300}'),
+                       ("nul_in_path", '{"images": [{"path": "a\\u0000b.png", "sha256": 5}]}')):
+        model = folder / f"manifest_{name}.int8.onnx"
+        model.write_bytes(Path(mini.onnx).read_bytes())
+        model.with_suffix(".json").write_text(text)
+        cases.append(Case("json", f"inspect/manifest_{name}", ["inspect", str(model)], expect=0,
+                          inputs=(model, model.with_suffix(".json"))))
+    # verify reads the manifest to count calibration images among its own (a ValueError on the NUL).
+    nul = folder / "manifest_nul_in_path.int8.onnx"
+    cases.append(Case("json", "verify/manifest_nul_in_path", ["verify", str(nul), "--reference", str(mini.onnx), "--data",
+                                                              str(mini.labelled)], expect=0, inputs=(nul, nul.with_suffix(".json"))))
+
+    # --preprocess for a model that carries none.
+    preprocess = {"input_size": [3, 8, 8], "resize": 8, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3}
+    flags = {
+        "huge_integer": json.dumps(preprocess).replace('"resize": 8', f'"resize": {HUGE_INTEGER}'),
+        "deep_nesting": json.dumps({**preprocess, "mean": "@"}).replace('"@"', DEEP_LIST),
+        "input_size_float": json.dumps({**preprocess, "input_size": [3, 8.0, 8]}),
+        "mean_text": json.dumps({**preprocess, "mean": "gray"}),
+    }
+    for name, text in flags.items():
+        path = folder / f"preprocess_{name}.json"
+        path.write_text(text)
+        cases.append(Case("json", f"predict/preprocess_{name}", ["predict", str(foreign), str(mini.good_image),
+                                                                 "--preprocess", str(path)], inputs=(path,)))
+    return cases
 
 
 # Valid graphs whose metadata is absent or empty: bench (random inputs) and build-engine need none.
@@ -451,6 +664,85 @@ def build_corpus(root, mini, labelled):
         cases.append(Case("image", f"predict/{name}+good", ["predict", str(mini.onnx), str(path), good_image], expect=0,
                           inputs=(path,), stderr_has="skipped"))
         cases.append(Case("image", f"predict/{name}", ["predict", str(mini.onnx), str(path)], inputs=(path,)))
+    # The same files as a labelled data set (one class folder): calibrate and verify decode through
+    # the batch loader, not predict's path; nothing readable is left, so both refuse.
+    hostile_data = root / "hostile-data"
+    (hostile_data / "0_t-shirt_top").mkdir(parents=True)
+    for name, path in pictures.items():
+        if name != "good":
+            (hostile_data / "0_t-shirt_top" / path.name).write_bytes(path.read_bytes())
+    target = out / "hostile-data.int8.onnx"
+    cases.append(Case("image", "calibrate/all_hostile", ["calibrate", str(mini.onnx), "--data", str(hostile_data), "--no-cache",
+                                                         "--no-tensorrt-check", "-o", str(target)],
+                      outputs=(target, target.with_suffix(".json")), stderr_has="could be read"))
+    cases.append(Case("image", "verify/all_hostile", ["verify", str(mini.onnx), "--reference", str(mini.onnx), "--data",
+                                                      str(hostile_data)]))
+
+    # Classifiers whose output is not float logits [N, classes]: one line before any image is read
+    # (or on the first call, where the graph does not declare its output).
+    foreign_outs, edited_outs = foreign_outputs(root / "outputs", mini)
+    for name, path in foreign_outs.items():
+        for command, extra in (("predict", [good_image]), ("verify", ["--reference", str(path), "--data", str(labelled)]),
+                               ("bench", ["--iterations", "5", "--warmup", "0"])):
+            flags = ["--preprocess", str(preprocess)] if command != "bench" else []
+            cases.append(Case("output", f"{command}/foreign_{name}", [command, str(path), *extra, *flags], inputs=(path,),
+                              stderr_has="logits"))
+    for name, path in edited_outs.items():
+        target = out / f"mini_{name}.int8.onnx"
+        cases.append(Case("output", f"calibrate/mini_{name}", ["calibrate", str(path), "--data", str(labelled), "--no-cache",
+                                                               "--no-tensorrt-check", "-o", str(target)],
+                          inputs=(path,), outputs=(target, target.with_suffix(".json")), stderr_has="logits"))
+        repository = out / f"repository-mini-{name}"
+        cases.append(Case("output", f"deploy-triton/mini_{name}", ["deploy", "triton", str(path), "-o", str(repository)],
+                          inputs=(path,), outputs=(repository,), stderr_has="logits"))
+
+    cases += json_documents(root / "json", SimpleNamespace(onnx=mini.onnx, good_image=good_image, labelled=labelled),
+                            models["foreign_no_metadata"])
+
+    # Counts and settings past what any machine or server takes: refused in one line before work.
+    model = str(mini.onnx)
+    for name, args in (
+        ("bench/warmup_1e9", ["bench", model, "--warmup", str(10 ** 9)]),
+        ("bench/iterations_1e12", ["bench", model, "--iterations", str(10 ** 12)]),
+        ("bench/max_seconds_1e9", ["bench", model, "--max-seconds", "1e9"]),
+        ("bench/threads_20000", ["bench", model, "--threads", "20000"]),
+        ("verify/threads_20000", ["verify", model, "--reference", model, "--data", str(labelled), "--threads", "20000"]),
+        ("verify/max_top1_drop_negative", ["verify", model, "--reference", model, "--data", str(labelled),
+                                           "--max-top1-drop", "-5"]),
+        ("verify/batch_size_1e9", ["verify", model, "--reference", model, "--data", str(labelled), "--batch-size",
+                                   str(10 ** 9)]),
+        ("calibrate/workers_5000", ["calibrate", model, "--data", str(labelled), "--workers", "5000", "-o",
+                                    str(out / "workers.int8.onnx")]),
+        ("sensitivity/workers_5000", ["sensitivity", model, "--data", str(labelled), "--workers", "5000"]),
+        ("build-engine/workspace_huge", ["build-engine", model, "--workspace", "9" * 30 + "G", "-o", str(out / "w.engine")]),
+        ("deploy-triton/queue_delay_1e20", ["deploy", "triton", model, "--max-queue-delay-us", str(10 ** 20), "-o",
+                                            str(out / "repository-delay")]),
+        ("deploy-triton/instances_1e9", ["deploy", "triton", model, "--instances", str(10 ** 9), "-o",
+                                         str(out / "repository-instances")]),
+        ("serve/host_empty", ["serve", model, "--host", ""]),
+        ("serve/host_space", ["serve", model, "--host", " "]),
+        ("serve/port_65535", ["serve", model, "--port", "65535"]),
+        ("serve/queue_delay_1e20", ["serve", model, "--max-queue-delay-us", str(10 ** 20)]),
+        ("serve/name_300", ["serve", model, "--name", "n" * 300]),
+        ("serve/log_file_no_folder", ["serve", model, "--log-file", str(out / "no-such-folder" / "triton.log")]),
+        ("serve/log_file_fifo", ["serve", model, "--log-file", str(_fifo(out / "triton.fifo"))]),
+    ):
+        cases.append(Case("options", name, args, inputs=(mini.onnx,),
+                          outputs=(out / "workers.int8.onnx", out / "w.engine", out / "repository-delay",
+                                   out / "repository-instances")))
+
+    # Usage errors and refusals come alone: no warning about what would have happened first.
+    for name, args, word in (
+        ("export/no_arch_no_checkpoint", ["export", "-o", str(out / "random.onnx")], "give --arch"),
+        ("export/unknown_arch", ["export", "--arch", "ff_nope", "-o", str(out / "random.onnx")], "unknown architecture"),
+        ("inspect/quantized_checkpoint", ["inspect", str(ckpts["quantized_tensor"])], "quantized"),
+        ("export/sparse_checkpoint", ["export", "--checkpoint", str(ckpts["sparse_tensor"]), "-o", str(out / "s.onnx")],
+         "sparse"),
+        ("calibrate/fp16_with_percentile", ["calibrate", str(mini.onnx), "--fp16", "--percentile", "99", "--data",
+                                            str(labelled), "-o", str(out / "p.fp16.onnx")], "--percentile"),
+    ):
+        cases.append(Case("messages", name, args, outputs=(out / "random.onnx", out / "s.onnx", out / "p.fp16.onnx"),
+                          stderr_has=word, alone=True))
 
     # Outputs that would destroy an input.
     cases.append(Case("lost-data", "export/output_is_checkpoint",

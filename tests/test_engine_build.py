@@ -126,7 +126,7 @@ def test_parse_failure_leaves_no_files(cli_runner, tmp_path):
     from onnx import TensorProto, helper
 
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])
-    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])  # a classifier's, so parsing is reached
     node = helper.make_node("NoSuchOperator", ["images"], ["logits"], name="mystery", domain="")
     model = helper.make_model(helper.make_graph([node], "g", [images], [logits]), opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "bad.onnx")

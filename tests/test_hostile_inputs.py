@@ -6,6 +6,7 @@ byte unchanged, and a bounded time. Commands run in-process through Click's CliR
 """
 
 import collections
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from helpers import needs_rtx
 # No single case may take longer than this (the slowest real work, a small calibration, takes a
 # few seconds; an allocation blow-up or a hang takes far longer).
 CASE_SECONDS = 60
+# Nor grow this process's peak resident memory by more than this (a few KB of stride-0 tensors
+# once reached 6.5 GB).
+CASE_BYTES = 2 << 30
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +34,13 @@ def corpus(tmp_path_factory, mini, images):
 
 def _run(case):
     before = {Path(p): Path(p).read_bytes() for p in case.inputs if Path(p).is_file()}
+    resident = _reset_peak_memory()
     started = time.perf_counter()
     result = CliRunner().invoke(cli, case.args)
     seconds = time.perf_counter() - started
     problems = []
+    if resident is not None and _memory_kib("VmHWM") * 1024 - resident > CASE_BYTES:
+        problems.append(f"peak memory grew by {(_memory_kib('VmHWM') * 1024 - resident) / 2**30:.1f} GiB")
     if result.exc_info and not isinstance(result.exc_info[1], SystemExit):
         problems.append(f"traceback: {result.exc_info[1]!r}")
     if result.exit_code != case.expect:
@@ -42,6 +49,9 @@ def _run(case):
         problems.append("'Traceback' on stderr")
     if case.expect == 2 and len([line for line in result.stderr.splitlines() if line.startswith("Error:")]) != 1:
         problems.append(f"not one 'Error:' line: {result.stderr.strip()[-300:]}")
+    said = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("Usage:", "Try "))]
+    if case.alone and len(said) != 1:
+        problems.append(f"more than the Error line on stderr: {said}")
     if case.stderr_has and case.stderr_has not in result.stderr.lower():
         problems.append(f"stderr lacks {case.stderr_has!r}: {result.stderr.strip()[-300:]}")
     for path, data in before.items():
@@ -53,6 +63,23 @@ def _run(case):
     if seconds > CASE_SECONDS:
         problems.append(f"took {seconds:.0f} s")
     return problems
+
+
+def _reset_peak_memory():
+    """Reset this process's peak resident size (Linux: /proc/self/clear_refs) and return the
+    resident bytes now, or None where that cannot be done."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _memory_kib("VmRSS") * 1024
+    except (OSError, ValueError):
+        return None
+
+
+def _memory_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise ValueError(field)
 
 
 def _check_category(corpus, category):
@@ -83,8 +110,29 @@ def test_invalid_calibration_manifest_is_shown_not_fatal(corpus):
     _check_category(corpus, "manifest")
 
 
-def test_hostile_images_are_skipped_and_counted(corpus):
+def test_hostile_images_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
+    """...and none of them makes ffx start another program: fakes of Ghostscript and the other
+    helpers Pillow knows sit first on PATH and would leave a marker."""
+    fake_bin, ran = hostile_corpus.fake_helper_programs(tmp_path)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
     _check_category(corpus, "image")
+    assert not list(ran.iterdir()), f"ran {[p.name for p in ran.iterdir()]}"
+
+
+def test_usage_errors_come_alone(corpus):
+    _check_category(corpus, "messages")
+
+
+def test_counts_and_settings_past_any_machine(corpus):
+    _check_category(corpus, "options")
+
+
+def test_classifiers_whose_output_is_not_logits(corpus):
+    _check_category(corpus, "output")
+
+
+def test_hostile_json_in_metadata_sidecars_manifests_and_flags(corpus):
+    _check_category(corpus, "json")
 
 
 def test_outputs_never_replace_inputs(corpus):
@@ -125,8 +173,15 @@ def test_parity_check_fails_on_nan_logits(mini, tmp_path):
     assert not (tmp_path / "nan.onnx").exists()
 
 
-@pytest.mark.parametrize("damage", ["nan", "shape", "negative", "truncated"])
+@pytest.mark.parametrize("damage", ["nan", "shape", "negative", "truncated", "index_past_images", "duplicate_index",
+                                    "skipped_without_path", "count_as_float", "counts_disagree", "huge_integer",
+                                    "deep_nesting", "meta_not_object"])
 def test_damaged_statistics_cache_entry_is_a_miss(tmp_path, damage):
+    """A damaged entry, or one planted under the right key by someone else, is recomputed: never a
+    traceback, never statistics for other images."""
+    import io
+    import json
+
     from ffx.calib import statistics
 
     tensors = ["a", "b"]
@@ -135,11 +190,23 @@ def test_damaged_statistics_cache_entry_is_a_miss(tmp_path, damage):
         histograms=np.ones((2, statistics.HISTOGRAM_BINS), np.int64), images_used=4, skipped=[],
         reference_indices=[0], reference_logits=np.zeros((1, 10), np.float32))
     statistics._save_cache(tmp_path, "key", stats)
-    assert statistics._load_cache(tmp_path, "key", tensors) is not None
+    assert statistics._load_cache(tmp_path, "key", tensors, 4) is not None
+    path = statistics._cache_file(tmp_path, "key")
+
+    def rewrite_meta(edit):
+        with np.load(path) as data:
+            arrays = {name: data[name] for name in data.files}
+        text = edit(str(arrays["meta"]))
+        buffer = io.BytesIO()
+        np.savez(buffer, **{**arrays, "meta": np.array(text)})
+        path.write_bytes(buffer.getvalue())
+
+    def edit_meta(**fields):
+        rewrite_meta(lambda text: json.dumps({**json.loads(text), **fields}))
+
     if damage == "truncated":
-        path = statistics._cache_file(tmp_path, "key")
         path.write_bytes(path.read_bytes()[:100])
-    else:
+    elif damage in ("nan", "shape", "negative"):
         if damage == "nan":
             stats.absmax = np.array([1.0, np.nan])
         elif damage == "shape":
@@ -147,7 +214,23 @@ def test_damaged_statistics_cache_entry_is_a_miss(tmp_path, damage):
         else:
             stats.histograms = -np.ones((2, statistics.HISTOGRAM_BINS), np.int64)
         statistics._save_cache(tmp_path, "key", stats)
-    assert statistics._load_cache(tmp_path, "key", tensors) is None
+    elif damage == "index_past_images":
+        edit_meta(reference_indices=[4])  # the selection holds 4 images: indices 0..3
+    elif damage == "duplicate_index":
+        edit_meta(reference_indices=[0, 0])
+    elif damage == "skipped_without_path":
+        edit_meta(skipped=[{"reason": "x"}], images_used=3)
+    elif damage == "count_as_float":
+        edit_meta(images_used=4.0)
+    elif damage == "counts_disagree":
+        edit_meta(images_used=3)
+    elif damage == "huge_integer":
+        rewrite_meta(lambda text: text.replace('"images_used": 4', '"images_used": ' + "9" * 5000))
+    elif damage == "deep_nesting":
+        rewrite_meta(lambda text: text.replace('"skipped": []', '"skipped": ' + "[" * 100000 + "]" * 100000))
+    else:
+        rewrite_meta(lambda text: "[1, 2]")
+    assert statistics._load_cache(tmp_path, "key", tensors, 4) is None
 
 
 def test_unwritable_cache_folder_is_a_warning(mini, images, tmp_path, cli_runner):
@@ -195,9 +278,11 @@ def test_control_characters_in_class_names_are_escaped(mini, tmp_path, cli_runne
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
-def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
+@pytest.mark.parametrize("signal_name, to_group", [("SIGTERM", False), ("SIGHUP", True), ("SIGQUIT", True)])
+def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path, signal_name, to_group):
     """SIGTERM mid-calibration (the workers decoding): ffx exits promptly, its decoding workers with it (nothing holds
-    the caller's stdout afterwards), no temporary folder and no output are left."""
+    the caller's stdout afterwards), no temporary folder and no output are left. The same for SIGHUP and SIGQUIT,
+    sent to the whole process group as a closed terminal and Ctrl-\\ send them (they orphaned the workers)."""
     import os
     import shutil
     import signal
@@ -220,7 +305,8 @@ def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
     ffx = shutil.which("ffx", path=str(Path(sys.executable).parent)) or "ffx"
     process = subprocess.Popen([ffx, "calibrate", str(mini.onnx), "--data", str(data), "--num-images", "600",
                                 "--workers", "2", "--no-cache", "--no-tensorrt-check", "-o", str(output)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(scratch)})
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(scratch)},
+                               start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None and len(_descendants(process.pid)) < 3:
         time.sleep(0.05)  # the forkserver and two decoding workers
@@ -228,9 +314,13 @@ def test_sigterm_stops_workers_and_removes_temporary_files(mini, tmp_path):
     time.sleep(0.3)
     assert process.poll() is None, "calibration ended before the signal: give it more work"
     workers = _descendants(process.pid)
-    process.send_signal(signal.SIGTERM)
+    signum = getattr(signal, signal_name)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=30)  # returns only once every holder of the pipes is gone
-    assert process.returncode == 143, stderr.decode()[-500:]
+    assert process.returncode == 128 + signum, stderr.decode()[-500:]
     assert b"Traceback" not in stderr
     assert not output.exists() and not output.with_suffix(".json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

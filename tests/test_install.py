@@ -269,7 +269,7 @@ def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ffx export needs torch")
-    assert "pip install 'ffx[export]'" in result.stderr and "download.pytorch.org/whl/cpu" in result.stderr
+    assert "pip install '.[export]'" in result.stderr and "download.pytorch.org/whl/cpu" in result.stderr
     assert not (tmp_path / "x.onnx").exists()
     # build-engine from a checkpoint exports first: the same line, before anything else.
     (tmp_path / "m.pth").write_bytes(b"not read")

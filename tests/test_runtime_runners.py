@@ -8,7 +8,7 @@ from ffx.errors import BackendUnavailable, FfxError
 from ffx.runtime import open_runner, runner_kind
 from ffx.runtime.cuda import GpuInfo
 from ffx.runtime.sidecar import EngineSidecar, compatibility_problem, describe_build
-from helpers import needs_gpu_reason, needs_rtx
+from helpers import needs_gpu_reason, needs_rtx, sidecar_dict
 
 
 def _images(n):
@@ -140,27 +140,8 @@ RTX5090 = GpuInfo("NVIDIA GeForce RTX 5090", "12.0", 0, "cuda-python")
 GB10 = GpuInfo("NVIDIA GB10", "12.1", 0, "cuda-python")
 
 
-def _sidecar_dict(**changes):
-    """A complete, valid sidecar as `ffx build-engine` writes it (full TensorRT on an Orin)."""
-    data = {
-        "format": "ffx-engine-sidecar", "sidecar_version": 2,
-        "engine": {"file": "model.engine", "sha256": "a" * 64, "bytes": 1000},
-        "backend": "tensorrt", "backend_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
-        "target_compute_capabilities": [], "hardware_compatibility": "none", "version_compatible": False,
-        "precision": "int8", "onnx": {"file": "model.int8.onnx", "sha256": "b" * 64}, "calibration_manifest": None,
-        "profile": {"input": "images", "min": [1, 3, 28, 28], "opt": [8, 3, 28, 28], "max": [32, 3, 28, 28]},
-        "input_dtype": "float32", "outputs": ["logits"], "build_seconds": 1.5,
-        "builder": {"optimization_level": 3, "workspace_bytes": None, "timing_cache": None, "strongly_typed": True,
-                    "tf32": True},
-        "built_at": "2026-11-21T18:00:00+00:00", "built_on": {"machine": "aarch64", "system": "Linux"},
-        "ffx_version": "0.1.0", "metadata": {"num_classes": 10}, "notes": [],
-    }
-    data.update(changes)
-    return data
-
-
 def _trt_sidecar(**changes):
-    return EngineSidecar.from_dict(_sidecar_dict(**changes))
+    return EngineSidecar.from_dict(sidecar_dict(**changes))
 
 
 def _rtx_sidecar(targets=("8.0", "8.6", "8.9", "12.0", "12.1")):
@@ -170,7 +151,7 @@ def _rtx_sidecar(targets=("8.0", "8.6", "8.9", "12.0", "12.1")):
 
 def test_sidecar_round_trips_through_its_dict():
     sidecar = _trt_sidecar()
-    assert sidecar.to_dict() == _sidecar_dict()
+    assert sidecar.to_dict() == sidecar_dict()
     assert EngineSidecar.from_dict(sidecar.to_dict()) == sidecar
 
 
@@ -200,7 +181,7 @@ def test_every_sidecar_field_is_validated(tmp_path, change, field, problem):
     from ffx.runtime.sidecar import read_sidecar, sidecar_path
 
     engine = tmp_path / "model.engine"
-    sidecar_path(engine).write_text(json.dumps(_sidecar_dict(**change)))
+    sidecar_path(engine).write_text(json.dumps(sidecar_dict(**change)))
     with pytest.raises(FfxError, match="field") as caught:
         read_sidecar(engine)
     message = str(caught.value)
@@ -208,16 +189,16 @@ def test_every_sidecar_field_is_validated(tmp_path, change, field, problem):
 
 
 def test_missing_fields_and_newer_formats_are_named(tmp_path):
-    data = _sidecar_dict()
+    data = sidecar_dict()
     del data["precision"]
     with pytest.raises(FfxError, match="field 'precision' is missing"):
         EngineSidecar.from_dict(data, source="x.engine.json")
     with pytest.raises(FfxError, match="x.engine.json: sidecar version 3 is newer"):
-        EngineSidecar.from_dict(_sidecar_dict(sidecar_version=3), source="x.engine.json")
+        EngineSidecar.from_dict(sidecar_dict(sidecar_version=3), source="x.engine.json")
 
 
 def test_version_1_sidecars_still_read():
-    data = _sidecar_dict(sidecar_version=1, backend="tensorrt-rtx", backend_version="1.7.1.116", gpu=None,
+    data = sidecar_dict(sidecar_version=1, backend="tensorrt-rtx", backend_version="1.7.1.116", gpu=None,
                          target_compute_capabilities=[], hardware_compatibility=None)
     del data["builder"]["tf32"]
     sidecar = EngineSidecar.from_dict(data)

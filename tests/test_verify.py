@@ -104,12 +104,16 @@ def test_human_report_and_limit(cli_runner, mini, images):
 
 
 def test_gate_failure_exits_1_and_still_reports(cli_runner, mini, images):
-    # Demanding that the candidate beat the reference by a point makes an identical model fail.
+    # No drop allowed, gated on the interval: 30 images cannot show that even an identical model
+    # loses nothing. (A negative limit, which demanded that the candidate beat the reference, is
+    # refused: exit 2.)
     result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images,
-                     "--max-top1-drop", "-1", "--json")
+                     "--max-top1-drop", "0", "--strict", "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["passed"] is False
-    assert "top-1 dropped" in result.stderr and "Traceback" not in result.output
+    assert "upper bound of the top-1 drop" in result.stderr and "Traceback" not in result.output
+    negative = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--max-top1-drop", "-1")
+    assert negative.exit_code == 2 and "0<=x<=100" in negative.stderr
 
 
 def test_strict_gate_uses_the_interval(cli_runner, mini, images):

@@ -2,7 +2,7 @@ import dataclasses
 
 import click
 
-from ffx.cli import print_json, warn
+from ffx.cli import QUEUE_DELAY_US, Count, print_json, warn
 from ffx.metadata import MAX_BATCH
 from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
@@ -24,8 +24,8 @@ def command():
 @click.option("-o", "--output", "repository", required=True, type=click.Path(file_okay=False), help="Model repository folder (created if needed; REPO/NAME must not exist).")
 @click.option("--name", help="Triton model name [default: from the file name].")
 @click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), help="max_batch_size [default: the engine profile's max batch; 32 for ONNX].")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (instance_group count).")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_QUEUE_DELAY_US, show_default=True, help="Dynamic batching: longest wait for more requests.")
+@click.option("--instances", type=Count(1, 1024), default=1, show_default=True, help="Model instances (instance_group count).")
+@click.option("--max-queue-delay-us", type=QUEUE_DELAY_US, default=DEFAULT_QUEUE_DELAY_US, show_default=True, help="Dynamic batching: longest wait for more requests.")
 @click.option("--image-input", is_flag=True, help="Also write NAME_preprocess (Python backend: ffx's own decoder and preprocessing, numpy and Pillow only) and the ensemble NAME_image, which takes image files.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def triton(model, repository, name, max_batch, instances, max_queue_delay_us, image_input, as_json):

@@ -55,11 +55,12 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
     from ffx.export.checkpoint import resolve_model
     from ffx.export.onnx_export import export_onnx
 
-    if not checkpoint:
-        warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
     if not as_json and click.get_text_stream("stderr").isatty():  # scripts get one line per outcome
         click.echo(f"exporting {checkpoint or arch}: load, trace, ONNX Runtime parity check ...", err=True)
     resolved = resolve_model(arch, checkpoint, use_ema=ema, num_classes=num_classes)
+    # Warnings only once the arguments made a network: a usage error comes alone.
+    if not checkpoint:
+        warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
     if checkpoint and not resolved.preprocess_recorded:
         p = resolved.preprocess
         warn(f"{checkpoint} records no preprocessing; assuming the ImageNet evaluation transform (resize {p.resize} "

@@ -6,7 +6,7 @@ from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCE
                                 CalibrationOptions, calibration_option_error)
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import WORKERS, FiniteFloat, print_json, warn
 from ffx.errors import InvalidOption
 from ffx.fidelity import error_power, snr_of
 
@@ -28,7 +28,7 @@ DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a min
 @outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (as for `ffx calibrate`).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes.")
+@click.option("--workers", type=WORKERS, default=2, show_default=True, help="Image decoding processes.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the ranking into this image file (.png, .svg, .pdf; needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(model, data, num_images, held_out, calib_images, method, percentile, seed, gelu_range, bias_correction,
