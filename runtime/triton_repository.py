@@ -13,12 +13,10 @@ The config uses only fields of Triton's `ModelConfig` protobuf (tests parse it s
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from ffx.artifacts import current_umask
+from ffx.artifacts import partial_folder
 from ffx.errors import FfxError
 from ffx.metadata import escape_text
 from ffx.runtime.model_interface import read_model_interface
@@ -138,8 +136,6 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     if repository.exists() and not repository.is_dir():
         raise FfxError(f"{repository}: exists and is not a directory")
     target = repository / name
-    if target.exists():
-        raise FfxError(f"{target}: already exists; choose another model name or remove it")
     max_batch_size, preferred = batch_settings(interface, max_batch)
     warnings = _deployment_warnings(interface)
     model_file, backend = _MODEL_FILES[interface.kind]
@@ -147,12 +143,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     if labels and any(escape_text(label) != label for label in interface.class_names):
         warnings.append("class names with line breaks or control characters are written escaped to labels.txt "
                         "(one name per line)")
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repository))
-    except OSError as e:
-        raise FfxError(f"{repository}: cannot write there ({e.strerror or e})") from None
-    try:
+    with partial_folder(target) as staging:  # REPO/NAME appears complete or not at all
         (staging / "1").mkdir()
         shutil.copyfile(interface.path, staging / "1" / model_file)
         (staging / "config.pbtxt").write_text(
@@ -162,11 +153,6 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
         provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))
-        os.chmod(staging, 0o777 & ~current_umask())
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     files = sorted(str(p.relative_to(repository)) for p in target.rglob("*") if p.is_file())
     return TritonRepositoryReport(
         repository=str(repository), model_name=name, model_dir=str(target), backend=backend,
