@@ -88,7 +88,7 @@ def output_target(path):
     target = Path(os.path.realpath(path)) if os.path.islink(path) else path
     try:
         mode = os.stat(target).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (the folder check names a file in the way)
         return target
     except OSError as e:
         raise FfxError(f"{path}: cannot write there ({_reason(e)})") from None
@@ -167,6 +167,11 @@ def _check_folder_writable(path, folder):
     if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
         raise FfxError(f"{path}: cannot write there ({'read-only file system' if read_only else 'permission denied'})")
+
+
+def _open_folder(folder):
+    """A descriptor of `folder` (to lock it); OSError, never a wait, when it is not a folder."""
+    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
 
 
 def _kind_or_file(mode):
@@ -287,9 +292,10 @@ def written_together(folder):
     import fcntl
 
     folder = Path(folder)
+    _check_folder_writable(folder, folder)  # a FIFO there would block the open below
     created = _make_folders(folder, folder)
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = _open_folder(folder)
     except OSError as e:
         _remove_folders(created)
         raise FfxError(f"{folder}: cannot write there ({_reason(e)})") from None
@@ -318,7 +324,7 @@ def partial_folder(target):
     remove_stale_partials(target.parent, target.name)
     try:
         staging = Path(tempfile.mkdtemp(prefix=_partial_prefix(target.name), suffix=PARTIAL_SUFFIX, dir=target.parent))
-        fd = os.open(staging, os.O_RDONLY)
+        fd = _open_folder(staging)
     except OSError as e:
         _remove_folders(created)
         raise FfxError(f"{target.parent}: cannot write there ({_reason(e)})") from None
@@ -346,7 +352,9 @@ def partial_folder(target):
 
 def remove_stale_partials(folder, name):
     """Remove `.NAME.XXXXXXXX.partial` files and folders in `folder` that a killed run left: ours
-    by name and owner, unlocked (their writer is gone) and older than STALE_SECONDS."""
+    by name, owner and mode (created 0600 / 0700 and given their final mode only when renamed, so
+    a user's file of that name, 0644, stays), unlocked (their writer is gone) and older than
+    STALE_SECONDS."""
     pattern = re.compile(re.escape(_partial_prefix(name)) + f"[a-z0-9_]{{{_RANDOM_CHARS}}}" + re.escape(PARTIAL_SUFFIX))
     _remove_stale(folder, pattern)
 
@@ -359,8 +367,10 @@ def _remove_stale(folder, pattern):
     for entry in entries:
         with contextlib.suppress(OSError):
             info = entry.stat(follow_symlinks=False)
-            if (info.st_uid != os.geteuid() or not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode))
-                    or time.time() - max(info.st_mtime, info.st_ctime) < STALE_SECONDS or _in_use(entry.path)):
+            ours = ((stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600)
+                    or (stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700))
+            if (not ours or info.st_uid != os.geteuid() or time.time() - info.st_mtime < STALE_SECONDS
+                    or _in_use(entry.path)):
                 continue
             if stat.S_ISDIR(info.st_mode):
                 shutil.rmtree(entry.path)
@@ -393,7 +403,7 @@ def scratch_folder(prefix):
     _remove_stale(base, re.compile(re.escape(prefix) + f"[a-z0-9_]{{{_RANDOM_CHARS}}}"))
     try:
         folder = tempfile.mkdtemp(prefix=prefix, dir=base)
-        fd = os.open(folder, os.O_RDONLY)
+        fd = _open_folder(folder)
     except OSError as e:
         raise FfxError(f"{base} (the temporary folder, TMPDIR): cannot write there ({_reason(e)})") from None
     try:
@@ -402,8 +412,9 @@ def scratch_folder(prefix):
         yield Path(folder)
     except Exception as e:
         if (isinstance(e, OSError) and e.errno in _NO_SPACE) or _full(folder):
-            raise FfxError(f"{base} (the temporary folder, TMPDIR): no space left while writing temporary files; "
-                           "free space there or point TMPDIR elsewhere") from None
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else "no space left"
+            raise FfxError(f"{base} (the temporary folder, TMPDIR): {reason} while writing temporary files there; "
+                           "free space or point TMPDIR elsewhere") from None
         raise
     finally:
         os.close(fd)

@@ -72,6 +72,8 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16 or int8 (or the graph's own)")
     for path in (output, sidecar_path(output)):
         check_output_path(path, [onnx_path, calib_data])
+    if options.timing_cache is not None:  # full TensorRT reads it and writes it back after the build
+        _check_timing_cache(Path(options.timing_cache), onnx_path, calib_data, output)
     model = load_onnx(onnx_path)
     metadata = validate_metadata(onnx_metadata(model, onnx_path) or {}, onnx_path)
     check_input_size(model, metadata, onnx_path)  # else the sidecar would carry preprocessing the engine cannot take
@@ -80,8 +82,6 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     gpu = current_gpu()
     options = options.with_current_gpu(gpu.compute_capability if gpu else None)
     check_backend_options(backend, options)
-    if options.timing_cache is not None and not backend.is_rtx:  # read, then written back after the build
-        _check_timing_cache(Path(options.timing_cache), onnx_path, calib_data, output)
     notes = []
     calibrated = None
     if precision is not None and graph != precision:

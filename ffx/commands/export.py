@@ -46,6 +46,7 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
       ffx export --checkpoint model.pth --fold-normalization -o folded.onnx   # takes RGB in [0, 1]
       ffx export --from-onnx model.onnx --fold-normalization --input-scale 255 -o folded255.onnx
     """
+    from ffx.artifacts import check_output_path
     from ffx.export.checkpoint import resolve_model
     from ffx.export.onnx_export import export_onnx
 
@@ -53,6 +54,7 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
         raise click.UsageError("--ema needs --checkpoint")
     if input_scale != "1" and not fold_normalization:
         raise click.UsageError("--input-scale needs --fold-normalization")
+    check_output_path(output)  # before the checkpoint is read (the command's inputs are recorded)
     if from_onnx:
         _fold_existing_onnx(from_onnx, fold_normalization, float(input_scale), (arch, checkpoint, ema, num_classes, check_images), output, as_json)
         return
