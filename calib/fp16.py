@@ -72,7 +72,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
     """
     started = time.perf_counter()
     source = load_source_model(onnx_path)
-    output, manifest_path = output_paths(source, output, "fp16")
+    output, manifest_path = output_paths(source.path, output, "fp16", [data])
     model = source.model
     float_tensors = _float_tensors(model)
     produced = [out for node in model.graph.node for out in node.output if out in float_tensors]

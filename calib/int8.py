@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 
 from ffx import __version__
+from ffx.artifacts import scratch_folder
 from ffx.datasets import print_warning
 from ffx.calib.layers import network_layers, resolve_layer_selection
 from ffx.calib.conversion import Checks, ConversionReport, check_and_write, choose_images, image_statistics, report_fields
@@ -73,7 +73,7 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
     started = time.perf_counter()
     check_quantizer()
     original = source = load_source_model(onnx_path)
-    output, manifest_path = output_paths(source, output, "int8")
+    output, manifest_path = output_paths(source.path, output, "int8", [data])
     quantization_plan(source, options.keep_fp)  # a bad --keep-fp fails before any image is read
     source, images, stats, smoothed = calibration_statistics(source, data, options, progress, warn)
     layers, kept = quantization_plan(source, options.keep_fp)
@@ -239,13 +239,12 @@ def insert_qdq(source, thresholds, excluded_nodes):
         CalibrationMethod.MinMax,
         {tensor: (np.float32(-threshold), np.float32(threshold)) for tensor, threshold in thresholds.items()},
     )
-    with tempfile.TemporaryDirectory(prefix="ffx-calibrate-") as folder:
-        folder = Path(folder)
+    # The quantizer is handed a copy in a folder of ours, never the user's file: it writes and then
+    # deletes MODEL-inferred.onnx beside the model it is given (a user's file of that name was lost).
+    with scratch_folder("ffx-calibrate-") as folder:
         save_tensors_data(ranges, folder / "ranges.json")
-        source_path, quantized_path = source.path, folder / "model.int8.onnx"
-        if source.derived_sha256:  # rewritten in memory (--smooth-gelu): the quantizer reads a file
-            source_path = folder / "model.onnx"
-            onnx.save(source.model, str(source_path))
+        source_path, quantized_path = folder / "model.onnx", folder / "model.int8.onnx"
+        onnx.save(source.model, str(source_path))  # the graph in memory: its weights loaded, maybe smoothed
         with _quiet_onnxruntime_logging():
             quantize_static(
                 str(source_path),

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ffx.artifacts import refuse_overwriting_inputs, sha256_bytes, write_bytes_atomic
+from ffx.artifacts import check_output_path, sha256_bytes, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.limits import PARITY_ATOL, PARITY_RTOL
 from ffx.metadata import INPUT_SCALES, Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
@@ -114,7 +114,7 @@ def fold_onnx_file(source, output, input_scale=1.0):
     tolerance; GateFailed otherwise)."""
     started = time.perf_counter()
     source = Path(source)
-    refuse_overwriting_inputs(output, [source])
+    check_output_path(output, [source])
     model = load_onnx(source)  # refuses non-models and external data outside the model's folder
     load_external_weights(model, source)
     info = onnx_metadata(model, source)

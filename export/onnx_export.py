@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from ffx import __version__
-from ffx.artifacts import refuse_overwriting_inputs, sha256_bytes, sha256_file, write_bytes_atomic
+from ffx.artifacts import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.checkpoint import ResolvedModel
 from ffx.export.limits import MAX_OPSET, MIN_OPSET, PARITY_ATOL, PARITY_RTOL
@@ -86,7 +86,7 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         raise FfxError(f"--opset {opset}: ffx needs opset >= {MIN_OPSET} for the fused LayerNormalization op")
     if opset > MAX_OPSET:
         raise FfxError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
-    refuse_overwriting_inputs(output, [source_path])
+    check_output_path(output, [source_path, check_images_dir])
     started = time.perf_counter()
     model, config = resolved.model, resolved.config
     graph = _trace_to_onnx(_FoldedPositions(model).eval(), config, opset)

@@ -50,8 +50,11 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        from ffx.artifacts import command_inputs
+
         try:
-            return super().invoke(ctx)
+            with command_inputs():  # filled by the InputPath arguments as they are parsed
+                return super().invoke(ctx)
         except FfxError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
@@ -128,6 +131,27 @@ THREADS = Count(1, max(cpu_count(), 1), "this machine's CPUs")
 WORKERS = Count(0, max(cpu_count(), 2), "this machine's CPUs")
 MAX_QUEUE_DELAY_US = 10_000_000
 QUEUE_DELAY_US = Count(0, MAX_QUEUE_DELAY_US, "10 s")
+class InputPath(click.Path):
+    """A path the command reads (a model, checkpoint, image, data folder or list file): recorded so
+    that no output of the same command is written over it (ffx.artifacts.check_output_path). A
+    device, FIFO or socket (/dev/zero, /dev/fd/N, a named pipe) is refused here: reading it would
+    hang or never end."""
+
+    def convert(self, value, param, ctx):
+        import os
+        import stat
+
+        from ffx.artifacts import add_command_input, file_kind
+
+        path = super().convert(value, param, ctx)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None  # missing, or a symlink loop: the command's own check says so
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise FfxError(f"{path}: is a {file_kind(mode)}, not a file or folder ffx can read")
+        add_command_input(path)
+        return path
 
 
 def print_json(obj):

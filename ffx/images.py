@@ -5,8 +5,11 @@ configured interpolation, center crop to the network input, scale to [0, 1], nor
 parameters always come from the model's `ffx` metadata (`ffx.metadata.Preprocess`).
 """
 
+import contextlib
 import hashlib
 import io
+import os
+import stat
 import types
 import warnings
 from pathlib import Path
@@ -52,18 +55,37 @@ def is_image_file(path):
 
 
 def find_images(folder):
-    """All image files under `folder`, recursively, sorted; stray files are ignored."""
+    """All image files under `folder`, recursively, sorted; stray files are ignored. The walk keeps
+    its own list of folders to visit (a tree thousands of levels deep is no recursion), does not
+    enter symlinked folders (so no loops, as pathlib's rglob) and passes over what it cannot read."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FfxError(f"{folder}: not a directory")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    found, pending = [], [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except OSError:  # unreadable, or a path past PATH_MAX
+            continue
+        for entry in entries:
+            path = current / entry.name
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                elif entry.is_file() and is_image_file(path):  # a symlinked file counts; a FIFO or device does not
+                    found.append(path)
+    return sorted(found)
 
 
 def load_rgb(path):
     """Decode `path` to an 8-bit RGB PIL image, converting the awkward modes the way PIL's
     `convert("RGB")` (and so torchvision's reference pipeline) does. Only RASTER_FORMATS are
-    opened, and only within the MAX_IMAGE_* bounds; anything else raises UnreadableImage."""
-    return _decode(path, path)
+    opened, only regular files, and only within the MAX_IMAGE_* bounds; anything else raises
+    UnreadableImage."""
+    with open_regular_file(path) as file:
+        return _decode(file, path)
 
 
 def decode_rgb(data, name="<bytes>"):
@@ -178,12 +200,43 @@ def load_image_with_sha256(path, preprocess):
 
 def load_pixels_with_sha256(path, preprocess):
     """(uint8 (H, W, 3) resized and cropped, sha256 of the file's bytes)."""
+    data = read_image_file(path)
+    return resize_and_crop(decode_rgb(data, path), preprocess, path), hashlib.sha256(data).hexdigest()
+
+
+def _check_regular_file(path):
+    """UnreadableImage unless `path` is a regular file: reading a FIFO waits for a writer forever,
+    a device (/dev/zero) never ends."""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_IMAGE_BYTES + 1)  # one byte more tells a file that is too long
+        mode = os.stat(path).st_mode
     except OSError as e:
         raise UnreadableImage(f"{path}: {e.strerror or _reason(e)}") from None
-    return resize_and_crop(decode_rgb(data, path), preprocess, path), hashlib.sha256(data).hexdigest()
+    if not stat.S_ISREG(mode):
+        raise UnreadableImage(f"{path}: not a regular file")
+
+
+def open_regular_file(path):
+    """`path` opened for reading in binary mode; UnreadableImage unless it is a regular file. Checked
+    again on the open file, so a path swapped for a FIFO after the check cannot block a read."""
+    _check_regular_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        raise UnreadableImage(f"{path}: {e.strerror or _reason(e)}") from None
+    file = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        file.close()
+        raise UnreadableImage(f"{path}: not a regular file")
+    return file
+
+
+def read_image_file(path):
+    """The bytes of the regular file `path` (UnreadableImage otherwise), at most MAX_IMAGE_BYTES + 1."""
+    with open_regular_file(path) as file:
+        try:
+            return file.read(MAX_IMAGE_BYTES + 1)  # one byte more tells a file that is too long (decode_rgb)
+        except OSError as e:
+            raise UnreadableImage(f"{path}: {e.strerror or _reason(e)}") from None
 
 
 def decode_files(paths, preprocess_fields):

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 
 from ffx import __version__
-from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
+from ffx.artifacts import atomic_outputs, check_output_path, sha256_bytes, sha256_file, written_together
 from ffx.errors import FfxError, InvalidOption
 from ffx.runtime.onnx_model import calibration_manifest_path, graph_precision, load_onnx
 from ffx.runtime.sidecar import (
@@ -71,8 +71,10 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         raise FfxError(f"{output}: an engine file should end in {', '.join(ENGINE_SUFFIXES)}")
     if precision not in (None, "fp16", "int8"):
         raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16 or int8 (or the graph's own)")
-    refuse_overwriting_inputs(output, [onnx_path, calib_data])
-    refuse_overwriting_inputs(sidecar_path(output), [onnx_path])
+    for path in (output, sidecar_path(output)):
+        check_output_path(path, [onnx_path, calib_data])
+    if options.timing_cache is not None:  # full TensorRT reads it and writes it back after the build
+        _check_timing_cache(Path(options.timing_cache), onnx_path, calib_data, output)
     model = load_onnx(onnx_path)
     metadata = validate_metadata(onnx_metadata(model, onnx_path) or {}, onnx_path)
     check_input_size(model, metadata, onnx_path)  # else the sidecar would carry preprocessing the engine cannot take
@@ -172,12 +174,19 @@ def _write_engine_and_sidecar(output, engine_bytes, sidecar):
     """The two temporaries are renamed only once both are written, the engine first."""
     import json
 
-    # The inner context renames first: the engine lands before its sidecar, so a failure between
-    # the two renames leaves any old sidecar, whose engine sha256 no longer matches (inspect notices).
-    with written_together(output.parent), atomic_output(sidecar_path(output)) as sidecar_tmp, \
-            atomic_output(output) as engine_tmp:
+    # The engine is renamed first, then its sidecar: a failure between the two renames leaves any old
+    # sidecar, whose engine sha256 no longer matches (inspect notices).
+    with written_together(output.parent), atomic_outputs(output, sidecar_path(output)) as (engine_tmp, sidecar_tmp):
         engine_tmp.write_bytes(engine_bytes)
         sidecar_tmp.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _check_timing_cache(path, onnx_path, calib_data, output):
+    """FfxError unless the timing cache can be written back: a regular file or nothing, none of the
+    build's inputs or outputs."""
+    check_output_path(path, [onnx_path, calib_data])
+    if path.resolve() in (output.resolve(), sidecar_path(output).resolve()):
+        raise FfxError(f"--timing-cache {path}: is also the engine or its sidecar; give the cache its own file")
 
 
 def _derived_path(output, precision, source, notes):

@@ -11,14 +11,13 @@
 The config uses only fields of Triton's `ModelConfig` protobuf (tests parse it strictly).
 """
 
+import contextlib
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from ffx.artifacts import current_umask
+from ffx.artifacts import partial_folder
 from ffx.errors import FfxError
 from ffx.metadata import escape_text
 from ffx.onnx_file import external_data_files
@@ -165,15 +164,11 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     if labels and any(escape_text(label) != label for label in interface.class_names):
         warnings.append("class names with line breaks or control characters are written escaped to labels.txt "
                         "(one name per line)")
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        staging_root = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repository))
-    except OSError as e:
-        raise FfxError(f"{repository}: cannot write there ({e.strerror or e})") from None
-    staging = staging_root / name
-    moved = []
-    try:
-        staging.mkdir()
+    # Each folder appears complete or not at all. They are entered in reverse and renamed into place
+    # in the order they are left, so the model lands first: an ensemble never lands without what it runs.
+    with contextlib.ExitStack() as stack:
+        staged = {folder: stack.enter_context(partial_folder(repository / folder)) for folder in reversed(names)}
+        staging = staged[name]
         (staging / "1").mkdir()
         shutil.copyfile(interface.path, staging / "1" / model_file)
         if interface.kind == "onnx":  # external weights lie beside the model, where its graph names them
@@ -188,17 +183,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))
         if image_input:
-            _write_image_input(staging_root, interface, name, repository, max_batch_size, queue_delay_us, instances, labels)
-        for folder in names:  # the model first: an ensemble never lands without what it runs
-            os.chmod(staging_root / folder, 0o777 & ~current_umask())
-            os.rename(staging_root / folder, repository / folder)
-            moved.append(repository / folder)
-    except BaseException:
-        for folder in moved:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+            _write_image_input(staged, interface, name, repository, max_batch_size, queue_delay_us, instances, labels)
     files = sorted(str(p.relative_to(repository)) for folder in names for p in (repository / folder).rglob("*")
                    if p.is_file())
     return TritonRepositoryReport(
@@ -208,14 +193,14 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     )
 
 
-def _write_image_input(staging_root, interface, name, repository, max_batch_size, queue_delay_us, instances, labels):
+def _write_image_input(staged, interface, name, repository, max_batch_size, queue_delay_us, instances, labels):
+    """Write NAME_preprocess and the ensemble NAME_image into their staging folders (`staged`)."""
     from ffx.runtime.triton_image_input import (ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, write_ensemble,
                                                 write_preprocess_model)
 
-    write_preprocess_model(staging_root / (name + PREPROCESS_SUFFIX), interface, name, max_batch_size, queue_delay_us,
-                           instances)
-    labels_text = (staging_root / name / "labels.txt").read_text() if labels else None
-    write_ensemble(staging_root / (name + ENSEMBLE_SUFFIX), interface, name, max_batch_size, labels_text, repository)
+    write_preprocess_model(staged[name + PREPROCESS_SUFFIX], interface, name, max_batch_size, queue_delay_us, instances)
+    labels_text = (staged[name] / "labels.txt").read_text() if labels else None
+    write_ensemble(staged[name + ENSEMBLE_SUFFIX], interface, name, max_batch_size, labels_text, repository)
 
 
 def _deployment_warnings(interface):

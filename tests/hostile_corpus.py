@@ -8,7 +8,10 @@ runs them all; the README's Reliability section lists the categories and counts.
 import dataclasses
 import json
 import os
+import socket
+import stat
 import struct
+import tempfile
 import warnings
 import zipfile
 import zlib
@@ -29,10 +32,12 @@ class Case:
     name: str
     args: list
     expect: int = 2  # exit code
-    inputs: tuple = ()  # files whose bytes must not change
+    inputs: tuple = ()  # files (or device nodes, FIFOs, folders) that must stay as they are: same bytes, same inode
     outputs: tuple = ()  # files that must not exist afterwards
     stderr_has: str = ""  # a word the one-line message must contain (lower case)
     alone: bool = False  # the Error line is all there is on stderr (besides click's usage lines): no warning first
+    skip: str = ""  # why this case cannot run here (e.g. device nodes need root)
+    max_stderr_lines: int = 0  # at most this many lines on stderr (0: no limit)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -685,15 +690,15 @@ def build_corpus(root, mini, labelled):
         for command, extra in (("predict", [good_image]), ("verify", ["--reference", str(path), "--data", str(labelled)]),
                                ("bench", ["--iterations", "5", "--warmup", "0"])):
             flags = ["--preprocess", str(preprocess)] if command != "bench" else []
-            cases.append(Case("output", f"{command}/foreign_{name}", [command, str(path), *extra, *flags], inputs=(path,),
+            cases.append(Case("logits", f"{command}/foreign_{name}", [command, str(path), *extra, *flags], inputs=(path,),
                               stderr_has="logits"))
     for name, path in edited_outs.items():
         target = out / f"mini_{name}.int8.onnx"
-        cases.append(Case("output", f"calibrate/mini_{name}", ["calibrate", str(path), "--data", str(labelled), "--no-cache",
+        cases.append(Case("logits", f"calibrate/mini_{name}", ["calibrate", str(path), "--data", str(labelled), "--no-cache",
                                                                "--no-tensorrt-check", "-o", str(target)],
                           inputs=(path,), outputs=(target, target.with_suffix(".json")), stderr_has="logits"))
         repository = out / f"repository-mini-{name}"
-        cases.append(Case("output", f"deploy-triton/mini_{name}", ["deploy", "triton", str(path), "-o", str(repository)],
+        cases.append(Case("logits", f"deploy-triton/mini_{name}", ["deploy", "triton", str(path), "-o", str(repository)],
                           inputs=(path,), outputs=(repository,), stderr_has="logits"))
 
     cases += json_documents(root / "json", SimpleNamespace(onnx=mini.onnx, good_image=good_image, labelled=labelled),
@@ -772,4 +777,385 @@ def build_corpus(root, mini, labelled):
     cases.append(Case("bounds", "calibrate/seed_negative",
                       ["calibrate", str(mini.onnx), "--data", str(labelled), "--seed", "-5", "--no-cache",
                        "--no-tensorrt-check", "-o", str(out / "seed.int8.onnx")], outputs=(out / "seed.int8.onnx",)))
+    cases += output_cases(root / "outputs", mini, labelled)
+    cases += lost_data_cases(root / "lost-data", mini, labelled)
+    cases += data_cases(root / "data", mini, labelled)
+    return cases
+
+
+# -- outputs that are not regular files, and data arguments that are not folders or files -----------
+
+
+NO_MKNOD = "making a device node (mknod) needs root"
+_KEPT_OPEN = []  # pipes behind /dev/fd/N cases: open for as long as the corpus is used
+
+
+def special_file(path, kind):
+    """A `kind` node at `path`, made here (never the real /dev files): "null" and "zero" are
+    character devices with /dev/null's and /dev/zero's numbers, "fifo" a named pipe, "socket" a
+    UNIX socket, "directory" a folder. None where this user may not make device nodes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind in ("null", "zero"):
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3 if kind == "null" else 5))
+        except PermissionError:
+            return None
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "socket":  # bound by a relative name: an AF_UNIX path is at most 107 bytes
+        here = os.getcwd()
+        os.chdir(path.parent)
+        try:
+            with socket.socket(socket.AF_UNIX) as server:
+                server.bind(path.name)
+        finally:
+            os.chdir(here)
+    else:
+        raise ValueError(kind)
+    return path
+
+
+def pipe_path():
+    """/dev/fd/N of the read end of a pipe this process holds open (nobody ever writes to it)."""
+    read, write = os.pipe()
+    _KEPT_OPEN.extend((read, write))
+    return Path(f"/dev/fd/{read}")
+
+
+def _node_case(category, name, node, args, **fields):
+    """A case on a special file: skipped (with the reason) where it could not be made."""
+    inputs = tuple(fields.pop("inputs", ())) + ((node,) if node is not None else ())
+    return Case(category, name, [str(a) for a in args], inputs=inputs, skip="" if node is not None else NO_MKNOD,
+                **fields)
+
+
+def _calibrate(mini, output, *flags, data=None):
+    data_flags = ["--data", str(data)] if data is not None else []
+    return ["calibrate", str(mini.onnx), *flags, *data_flags, "--no-cache", "--workers", "0", "--no-tensorrt-check",
+            "-o", str(output)]
+
+
+def output_cases(folder, mini, labelled):
+    """Every command that writes, with an output path that is a device, FIFO, socket or folder
+    (or has one where OUT.json or the sidecar goes), a name too long, or a file where its folder
+    should be: refused before any work, the node left as it was, nothing written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+
+    def case(name, node, args, **fields):
+        cases.append(_node_case("output", name, node, args, **fields))
+
+    checkpoint = ["--checkpoint", mini.checkpoint]
+    for kind in ("null", "fifo", "socket"):
+        node = special_file(folder / f"export.{kind}.onnx", kind)
+        case(f"export/-o_{kind}", node, ["export", *checkpoint, "-o", folder / f"export.{kind}.onnx"],
+             inputs=(mini.checkpoint,))
+    long_name = folder / ("x" * 252 + ".onnx")  # 257 bytes: longer than a file name may be
+    case("export/-o_name_too_long", folder, ["export", *checkpoint, "-o", long_name], stderr_has="255")
+    node = special_file(folder / "folded.fifo.onnx", "fifo")
+    case("export-from-onnx/-o_fifo", node, ["export", "--from-onnx", mini.onnx, "--fold-normalization", "-o", node],
+         inputs=(mini.onnx,))
+
+    for kind in ("null", "fifo", "socket"):
+        node = special_file(folder / f"calib.{kind}.onnx", kind)
+        case(f"calibrate/-o_{kind}", node, _calibrate(mini, folder / f"calib.{kind}.onnx", data=labelled),
+             outputs=(folder / f"calib.{kind}.json",))
+    node = special_file(folder / "calib.dir.onnx", "directory")
+    case("calibrate/-o_directory", node, _calibrate(mini, node, data=labelled))
+    for kind in ("directory", "null"):
+        node = special_file(folder / f"manifest-{kind}.int8.json", kind)
+        target = folder / f"manifest-{kind}.int8.onnx"
+        case(f"calibrate/manifest_is_a_{kind}", node, _calibrate(mini, target, data=labelled), outputs=(target,))
+    blocker = folder / "a-file"
+    blocker.write_text("a file where the output's folder should be")
+    case("calibrate/-o_under_a_file", blocker, _calibrate(mini, blocker / "m.int8.onnx", data=labelled),
+         stderr_has="not a folder")
+    long_output = folder / ("m" * 250 + ".q")  # the manifest, OUT.q.json, is 259 bytes
+    case("calibrate/manifest_name_too_long", folder, _calibrate(mini, long_output, data=labelled), stderr_has="255")
+    link = folder / "link-to-device.onnx"
+    node = special_file(folder / "behind-link.null", "null")
+    if node is not None:
+        link.symlink_to(node)
+    case("calibrate/-o_symlink_to_a_device", node, _calibrate(mini, link, data=labelled), inputs=(link,))
+    loop = folder / "loop.onnx"
+    loop.symlink_to(loop.name)
+    case("calibrate/-o_symlink_loop", loop, _calibrate(mini, loop, data=labelled), outputs=(folder / "loop.json",))
+    node = special_file(folder / "fp16.null.onnx", "null")
+    case("calibrate-fp16/-o_null", node, _calibrate(mini, folder / "fp16.null.onnx", "--fp16"),
+         outputs=(folder / "fp16.null.json",))
+    node = special_file(folder / "fp16.fifo.json", "fifo")
+    case("calibrate-fp16/manifest_fifo", node, _calibrate(mini, folder / "fp16.fifo.onnx", "--fp16"),
+         outputs=(folder / "fp16.fifo.onnx",))
+
+    build = ["build-engine", mini.onnx, "--backend", "tensorrt-rtx"]
+    node = special_file(folder / "device.engine", "null")
+    case("build-engine/-o_null", node, [*build, "-o", folder / "device.engine"], outputs=(folder / "device.engine.json",))
+    node = special_file(folder / "sidecar.engine.json", "fifo")
+    case("build-engine/sidecar_fifo", node, [*build, "-o", folder / "sidecar.engine"], outputs=(folder / "sidecar.engine",))
+    long_engine = folder / ("e" * 245 + ".engine")  # 252 bytes; its sidecar OUT.engine.json 257
+    case("build-engine/sidecar_name_too_long", folder, [*build, "-o", long_engine], stderr_has="255")
+    node = special_file(folder / "timing.null.cache", "null")
+    case("build-engine/--timing-cache_null", node, [*build, "--timing-cache", folder / "timing.null.cache", "-o",
+                                                     folder / "timing.engine"],
+         outputs=(folder / "timing.engine", folder / "timing.engine.json"))
+    # --int8 from an FP32 model: its own Q/DQ graph goes to OUT.int8.onnx, else OUT.engine.int8.onnx; both devices.
+    node = special_file(folder / "derived.int8.onnx", "null")
+    second = special_file(folder / "derived.engine.int8.onnx", "fifo")
+    case("build-engine-int8/derived_graphs_not_files", node,
+         ["build-engine", mini.onnx, "--int8", "--calib-data", labelled, "--backend", "tensorrt-rtx", "-o",
+          folder / "derived.engine"], inputs=(second,), outputs=(folder / "derived.engine", folder / "derived.engine.json"))
+
+    sensitivity = ["sensitivity", mini.onnx, "--data", labelled, "--no-cache", "--workers", "0"]
+    for kind, suffix in (("null", "png"), ("fifo", "svg"), ("directory", "pdf")):
+        node = special_file(folder / f"plot.{kind}.{suffix}", kind)
+        case(f"sensitivity/--plot_{kind}", node, [*sensitivity, "--plot", folder / f"plot.{kind}.{suffix}"])
+
+    node = special_file(folder / "repository.null", "null")
+    case("deploy-triton/-o_null", node, ["deploy", "triton", mini.onnx, "-o", folder / "repository.null"])
+    node = special_file(folder / "repository" / "mini", "fifo")
+    case("deploy-triton/model_folder_is_a_fifo", node, ["deploy", "triton", mini.onnx, "-o", folder / "repository"],
+         stderr_has="already exists")
+    node = special_file(folder / "deepstream.null", "null")
+    case("deploy-deepstream/-o_null", node, ["deploy", "deepstream", mini.onnx, "-o", folder / "deepstream.null"])
+    node = special_file(folder / "deepstream" / "config_infer_mini.txt", "fifo")
+    case("deploy-deepstream/config_is_a_fifo", node, ["deploy", "deepstream", mini.onnx, "-o", folder / "deepstream"],
+         outputs=(folder / "deepstream" / "mini.onnx", folder / "deepstream" / "labels.txt"))
+    return cases
+
+
+def _list_file(path, images):
+    """A list file of `path label` lines for `images` (paths relative to the list's folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{os.path.relpath(image, path.parent)} {label}" for image, label in images]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _labelled_pairs(labelled):
+    return [(image, index) for index, folder in enumerate(sorted(p for p in Path(labelled).iterdir() if p.is_dir()))
+            for image in sorted(folder.glob("*.png"))]
+
+
+def lost_data_cases(folder, mini, labelled):
+    """Outputs that are inputs of the same command under another name (a data list, a held-out
+    list, a hard link, a symlink, a manifest named like the list) or that land among its images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = _labelled_pairs(labelled)
+    cases = []
+
+    def case(name, args, **fields):
+        cases.append(Case("lost-data", name, [str(a) for a in args], **fields))
+
+    listed = _list_file(folder / "calib.txt", pairs)
+    case("calibrate/output_is_data_list", _calibrate(mini, listed, data=listed), inputs=(listed,))
+    case("calibrate-fp16/output_is_data_list", _calibrate(mini, listed, "--fp16", data=listed), inputs=(listed,))
+    as_json = _list_file(folder / "calib.json", pairs)  # OUT.json of -o calib.onnx
+    case("calibrate/manifest_is_data_list", _calibrate(mini, folder / "calib.onnx", data=as_json), inputs=(as_json,),
+         outputs=(folder / "calib.onnx",))
+    held = _list_file(folder / "held.txt", pairs)
+    case("calibrate/output_is_held_out_list", _calibrate(mini, held, "--target-agreement", "90", "--held-out", held,
+                                                         data=labelled), inputs=(held,))
+    hard = folder / "hard-link.onnx"
+    os.link(mini.onnx, hard)
+    case("calibrate/output_is_a_hard_link_of_the_model", _calibrate(mini, hard, data=labelled), inputs=(mini.onnx, hard))
+    soft = folder / "symlink.onnx"
+    soft.symlink_to(mini.onnx)
+    case("calibrate/output_is_a_symlink_to_the_model", _calibrate(mini, soft, data=labelled), inputs=(mini.onnx, soft))
+    manifest_link = folder / "manifest-link.int8.json"
+    os.link(mini.onnx, manifest_link)
+    case("calibrate/manifest_is_a_hard_link_of_the_model", _calibrate(mini, folder / "manifest-link.int8.onnx",
+                                                                      data=labelled),
+         inputs=(mini.onnx,), outputs=(folder / "manifest-link.int8.onnx",))
+    image = pairs[0][0]
+    case("calibrate/output_is_a_data_image", _calibrate(mini, image, data=labelled), inputs=(image,))
+
+    checkpoint_link = folder / "checkpoint-link.pth"
+    os.link(mini.checkpoint, checkpoint_link)
+    case("export/output_is_a_hard_link_of_the_checkpoint", ["export", "--checkpoint", mini.checkpoint, "-o",
+                                                            checkpoint_link], inputs=(mini.checkpoint,))
+    checkpoint_symlink = folder / "checkpoint-symlink.onnx"
+    checkpoint_symlink.symlink_to(mini.checkpoint)
+    case("export/output_is_a_symlink_to_the_checkpoint", ["export", "--checkpoint", mini.checkpoint, "-o",
+                                                          checkpoint_symlink], inputs=(mini.checkpoint, checkpoint_symlink))
+    model_link = folder / "model-link.onnx"
+    os.link(mini.onnx, model_link)
+    case("export-from-onnx/output_is_the_model", ["export", "--from-onnx", mini.onnx, "--fold-normalization", "-o",
+                                                  model_link], inputs=(mini.onnx,))
+
+    engine_link = folder / "model-link.engine"
+    os.link(mini.onnx, engine_link)
+    build = ["build-engine", mini.onnx, "--backend", "tensorrt-rtx"]
+    case("build-engine/output_is_a_hard_link_of_the_model", [*build, "-o", engine_link], inputs=(mini.onnx,))
+    sidecar_link = folder / "sidecar-link.engine.json"
+    os.link(mini.onnx, sidecar_link)
+    case("build-engine/sidecar_is_the_model", [*build, "-o", folder / "sidecar-link.engine"], inputs=(mini.onnx,),
+         outputs=(folder / "sidecar-link.engine",))
+    case("build-engine/timing_cache_is_the_model", [*build, "--timing-cache", mini.onnx, "-o", folder / "tc.engine"],
+         inputs=(mini.onnx,), outputs=(folder / "tc.engine",))
+
+    sensitivity = ["sensitivity", mini.onnx, "--data", labelled, "--no-cache", "--workers", "0"]
+    inside = Path(labelled) / "sensitivity.png"
+    case("sensitivity/plot_inside_the_data_folder", [*sensitivity, "--plot", inside], outputs=(inside,),
+         stderr_has="reads images from")
+    case("sensitivity/plot_is_a_data_image", [*sensitivity, "--plot", image], inputs=(image,))
+
+    own = folder / "own-folder"
+    own.mkdir()
+    model = own / "mini.onnx"
+    model.write_bytes(Path(mini.onnx).read_bytes())
+    case("deploy-deepstream/into_the_models_own_folder", ["deploy", "deepstream", model, "-o", own], expect=0,
+         inputs=(model,))
+    return cases
+
+
+_DEEP_TREES = []  # made outside pytest's folders, removed by remove_deep_folders()
+
+
+def deep_folder(name, levels=1400, image=None):
+    """`levels` nested folders `d/d/.../d` in a new temporary folder (made through folder
+    descriptors: os.makedirs recurses once per level), with `image`'s bytes at the bottom as x.png
+    when given. Outside pytest's base folder: shutil.rmtree recurses once per level too, so
+    pytest's own clean-up of an old base folder would fail on it."""
+    top = Path(tempfile.mkdtemp(prefix=f"ffx-hostile-{name}-"))
+    _DEEP_TREES.append(top)
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        if image is not None:
+            out = os.open("x.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(out, Path(image).read_bytes())
+            os.close(out)
+    finally:
+        os.close(fd)
+    return top
+
+
+def remove_deep_folders():
+    """Remove the trees `deep_folder` made, innermost first."""
+    while _DEEP_TREES:
+        chain = [_DEEP_TREES.pop()]
+        while (chain[-1] / "d").is_dir():
+            chain.append(chain[-1] / "d")
+        for folder in reversed(chain):
+            for entry in folder.iterdir():
+                if not entry.is_dir():
+                    entry.unlink()
+            folder.rmdir()
+
+
+def _without_class_names(folder, mini):
+    from ffx.metadata import onnx_metadata, set_onnx_metadata
+
+    model = onnx.load(str(mini.onnx))
+    info = onnx_metadata(model)
+    info.pop("class_names")
+    set_onnx_metadata(model, info)
+    path = folder / "no-class-names.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def data_cases(folder, mini, labelled):
+    """Data arguments that are devices, FIFOs, sockets, pipes or symlink loops (one line, before any
+    work), list entries that are (skipped and counted), trees 1400 folders deep, class folders named
+    with non-ASCII digits or numbers past 64 bits, 2,000 unreadable files (one warning line) and a
+    LOC_val_solution.csv above the folder (not read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = _labelled_pairs(labelled)
+    good = pairs[0][0]
+    cases = []
+
+    def case(name, node, args, **fields):
+        cases.append(_node_case("data", name, node, args, **fields))
+
+    zero, fifo = special_file(folder / "zero", "zero"), special_file(folder / "fifo", "fifo")
+    sock = special_file(folder / "socket", "socket")
+    pipe = pipe_path()
+    out = folder / "out"
+    for name, node in (("zero", zero), ("fifo", fifo), ("socket", sock), ("dev_fd_pipe", pipe)):
+        case(f"calibrate/--data_{name}", node, _calibrate(mini, out / f"{name}.int8.onnx", data=node),
+             outputs=(out / f"{name}.int8.onnx",))
+    case("calibrate-fp16/--data_fifo", fifo, _calibrate(mini, out / "f.fp16.onnx", "--fp16", data=fifo))
+    case("calibrate/--held-out_fifo", fifo, _calibrate(mini, out / "h.int8.onnx", "--target-agreement", "90",
+                                                       "--held-out", fifo, data=labelled))
+    case("sensitivity/--data_zero", zero, ["sensitivity", mini.onnx, "--data", zero, "--no-cache"])
+    case("sensitivity/--held-out_fifo", fifo, ["sensitivity", mini.onnx, "--data", labelled, "--held-out", fifo,
+                                               "--no-cache"])
+    case("verify/--data_fifo", fifo, ["verify", mini.onnx, "--reference", mini.onnx, "--data", fifo])
+    case("verify/--data_dev_fd_pipe", pipe, ["verify", mini.onnx, "--reference", mini.onnx, "--data", pipe])
+    case("compare/--data_zero", zero, ["compare", mini.onnx, mini.onnx, "--data", zero])
+    case("build-engine/--calib-data_fifo", fifo, ["build-engine", mini.onnx, "--int8", "--calib-data", fifo,
+                                                  "--backend", "tensorrt-rtx", "-o", out / "c.engine"])
+    case("deploy-deepstream/--data_fifo", fifo, ["deploy", "deepstream", mini.onnx, "-o", out / "ds",
+                                                 "--approximate-normalization", "--data", fifo],
+         outputs=(out / "ds",))
+    case("export/--check-images_fifo", fifo, ["export", "--checkpoint", mini.checkpoint, "--check-images", fifo, "-o",
+                                              out / "e.onnx"], outputs=(out / "e.onnx",))
+    for name, node in (("fifo", fifo), ("zero", zero), ("dev_fd_pipe", pipe)):
+        case(f"predict/image_{name}", node, ["predict", mini.onnx, node])
+    loop = folder / "self-loop"
+    loop.symlink_to(loop.name)
+    case("calibrate/--data_symlink_loop", loop, _calibrate(mini, out / "l.int8.onnx", data=loop))
+
+    entries = folder / "entries"
+    listed = _list_file(entries / "list.txt", [(fifo, 0), (zero, 1) if zero else (fifo, 1), (good, 2)])
+    case("calibrate/list_entries_fifo_and_device", listed, _calibrate(mini, out / "entries.int8.onnx", data=listed),
+         expect=0, stderr_has="not a regular file", inputs=(fifo,))
+    only = _list_file(entries / "only.txt", [(fifo, 0)])
+    case("calibrate/list_entries_only_a_fifo", only, _calibrate(mini, out / "only.int8.onnx", data=only),
+         inputs=(fifo,), outputs=(out / "only.int8.onnx",))
+    huge = entries / "huge-label.txt"
+    huge.write_text(f"{os.path.relpath(good, entries)} 123456789012345678901234567890\n")
+    case("verify/list_label_past_64_bits", huge, ["verify", mini.onnx, "--reference", mini.onnx, "--data", huge],
+         stderr_has="not a class index")
+
+    unnamed = _without_class_names(folder, mini)
+    for name, folders in (("superscript_digit", ["²", "0"]), ("number_past_64_bits", ["0", "9" * 30])):
+        data = folder / f"classes-{name}"
+        for i, class_folder in enumerate(folders):
+            (data / class_folder).mkdir(parents=True)
+            (data / class_folder / "x.png").write_bytes(Path(pairs[i][0]).read_bytes())
+        # A model without class names reads the folder names as indices; one with names matches them.
+        case(f"verify/class_folders_{name}", data, ["verify", unnamed, "--reference", unnamed, "--data", data],
+             expect=0, stderr_has="sorted folder order")
+        case(f"verify-named/class_folders_{name}", data, ["verify", mini.onnx, "--reference", mini.onnx, "--data", data],
+             expect=0, stderr_has="sorted folder order")
+
+    deep = deep_folder("deep-image", image=good)
+    case("verify/folder_1400_levels_deep", deep, ["verify", mini.onnx, "--reference", mini.onnx, "--data", deep], expect=0)
+    case("predict/folder_1400_levels_deep", deep, ["predict", mini.onnx, deep], expect=0)
+    empty_deep = deep_folder("deep-empty")
+    case("verify/folder_1400_levels_deep_no_image", empty_deep, ["verify", mini.onnx, "--reference", mini.onnx,
+                                                                 "--data", empty_deep], stderr_has="no images")
+    loops = folder / "loops"
+    (loops / "a").mkdir(parents=True)
+    (loops / "a" / "x.png").write_bytes(Path(good).read_bytes())
+    (loops / "a" / "up").symlink_to("..")
+    (loops / "self").symlink_to("self")
+    case("verify/folder_with_symlink_loops", loops, ["verify", mini.onnx, "--reference", mini.onnx, "--data", loops],
+         expect=0)
+
+    unreadable = folder / "unreadable"
+    unreadable.mkdir()
+    for i in range(2000):
+        (unreadable / f"{i:04d}.png").write_bytes(b"")
+    (unreadable / "good.png").write_bytes(Path(good).read_bytes())
+    case("predict/2000_unreadable_files_one_line", unreadable, ["predict", mini.onnx, unreadable], expect=0,
+         stderr_has="skipped 2000", max_stderr_lines=1)
+
+    kaggle = folder / "kaggle"
+    flat = kaggle / "images" / "val"
+    flat.mkdir(parents=True)
+    for i in range(3):
+        (flat / f"ILSVRC2012_val_0000000{i + 1}.png").write_bytes(Path(pairs[i][0]).read_bytes())
+    (kaggle / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n")
+    case("verify/loc_csv_two_folders_up_is_not_read", flat, ["verify", mini.onnx, "--reference", mini.onnx, "--data", flat],
+         stderr_has="labelled")
     return cases

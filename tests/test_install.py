@@ -242,7 +242,8 @@ def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py
 @pytest.mark.slow
 def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_path):
     """The export extra's floors, with this machine's torch (pip cannot swap torch here: PyPI's is
-    the CUDA build): a venv that sees this torch and ffx, with onnxscript and safetensors pinned low."""
+    the CUDA build): a venv that sees this torch and ffx, with onnxscript and safetensors pinned low.
+    Runs from the system Python and from the README's venv alike (see _venv_seeing_this_interpreter)."""
     from packaging.version import Version
     from safetensors.torch import save_file
 
@@ -251,8 +252,7 @@ def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_pat
     pins = dict(pin.split("==") for pin in lowest_declared(f"{sys.version_info.major}.{sys.version_info.minor}", "export"))
     pins.pop("torch")
     assert set(pins) == {"onnxscript", "safetensors"}
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")])
-    python = str(tmp_path / "venv" / "bin" / "python")
+    python = str(_venv_seeing_this_interpreter(tmp_path / "venv"))
     _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *(f"{k}=={v}" for k, v in pins.items())])
     versions = _run([python, "-c", "import onnxscript, safetensors; print(onnxscript.__version__, safetensors.__version__)"])
     assert [Version(v) for v in versions.stdout.split()] == [Version(pins["onnxscript"]), Version(pins["safetensors"])]
@@ -261,6 +261,26 @@ def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_pat
     exported = _run([python, "-c", "from ffx.cli import main; main()", "export", "--checkpoint", str(weights),
                      "-o", str(tmp_path / "low.onnx")], cwd=tmp_path)
     assert "ONNX sha256" in exported.stdout and (tmp_path / "low.onnx").is_file()
+
+
+def _venv_seeing_this_interpreter(folder):
+    """python of a new venv whose own packages come first, then every package the running
+    interpreter sees (torch, ffx installed editable, ...). `venv --system-site-packages` gives that
+    only from a system Python: run from inside a venv (the README's set-up), it exposes the base
+    interpreter's site-packages, not the venv's, and ffx and torch are missing there. So the new
+    venv gets a .pth file that adds this interpreter's site folders (site.addsitedir, which also
+    reads their .pth files, such as an editable install's) after its own."""
+    import site
+
+    _run([sys.executable, "-m", "venv", str(folder)])
+    python = folder / "bin" / "python"
+    own = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    seen = [path for path in site.getsitepackages() if os.path.isdir(path)]
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        seen.append(site.getusersitepackages())
+    (Path(own) / "running-interpreter-site.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({path!r})" for path in seen) + "\n")
+    return python
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ import time
 
 import click
 
-from ffx.cli import THREADS, Count, FiniteFloat, print_json, warn
+from ffx.cli import THREADS, Count, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import FfxError
 from ffx.runtime.bench import UNSTABLE_CV
 
@@ -23,7 +23,7 @@ def parse_batches(text):
 
 
 @click.command("bench")
-@click.argument("targets", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("targets", nargs=-1, required=True, type=InputPath(dir_okay=False))
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8,32.")
 @click.option("--iterations", type=Count(5, 1_000_000), default=50, show_default=True, help="Timed calls per measurement.")
 @click.option("--warmup", type=Count(0, 10_000), default=5, show_default=True, help="Untimed calls first.")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import click
 
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import FiniteFloat, InputPath, print_json, warn
 from ffx.compute_capability import RTX_DEFAULT_TARGETS, RTX_SUPPORTED
 from ffx.errors import FfxError, InvalidOption
 from ffx.runtime.runner import CHECKPOINT_SUFFIXES
@@ -49,11 +49,11 @@ OPTION_FLAGS = {
 
 
 @click.command("build-engine")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputPath(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Engine file to write (.engine or .plan); OUTPUT.json is written beside it.")
 @click.option("--fp16", is_flag=True, help="FP16 engine: an FP32 model is converted to typed FP16 first.")
 @click.option("--int8", is_flag=True, help="INT8 engine: a Q/DQ model builds as is, an FP32 model is calibrated first (needs --calib-data).")
-@click.option("--calib-data", type=click.Path(file_okay=False), help="Calibration images for --int8 on an FP32 model (a folder, searched recursively).")
+@click.option("--calib-data", type=InputPath(file_okay=False), help="Calibration images for --int8 on an FP32 model (a folder, searched recursively).")
 @click.option("--calib-images", "num_images", type=click.IntRange(min=1), help="How many calibration images to use (default: calibrate's).")
 @click.option("--calib-method", "method", help="Calibration method, as `ffx calibrate --method`: entropy (default), max, percentile, mse.")
 @click.option("--calib-percentile", "percentile", type=FiniteFloat(0, 100, min_open=True), help="Percentile for --calib-method percentile.")

@@ -8,14 +8,14 @@ from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCE
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
 from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, UNUSED_CALIBRATION_IMAGES
-from ffx.cli import WORKERS, FiniteFloat, print_json, warn
+from ffx.cli import WORKERS, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import InvalidOption
 
 
 
 @click.command("calibrate")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
+@click.argument("model", type=InputPath(dir_okay=False))
+@click.option("--data", type=InputPath(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
 @click.option("--method", type=click.Choice(METHODS), help=f"INT8 range method (default {DEFAULT_METHOD}: TensorRT's KL-divergence calibration).")
 @click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
@@ -23,7 +23,7 @@ from ffx.errors import InvalidOption
 @click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated).")
 @click.option("--target-agreement", type=FiniteFloat(min=0, max=100), metavar="PCT", help="Keep the fewest layers in float (cheapest first by FLOPs) for INT8 to agree with FP32's top-1 on at least PCT % of held-out images; exit 1 if it cannot.")
 @click.option("--max-top1-drop", type=FiniteFloat(min=0, max=100), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points (needs labelled images); both may be given.")
-@click.option("--held-out", "held_out", type=click.Path(), help="Images the target is measured on (default: the images of --data not used for calibration).")
+@click.option("--held-out", "held_out", type=InputPath(), help="Images the target is measured on (default: the images of --data not used for calibration).")
 @click.option("--held-out-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT_IMAGES, show_default=True, help="How many held-out images the target is measured on.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
@@ -77,6 +77,9 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         )
     except InvalidOption as e:
         raise calibration_option_error(e) from None
+    from ffx.calib.model_io import output_paths
+
+    output_paths(model, output, "fp16" if fp16 else "int8")  # checked before the search and any image is read
     # The search and the calibration after it read the same images: say each warning once.
     checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend,
               "warn": _once(warn) if searching else warn}

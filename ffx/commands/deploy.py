@@ -2,7 +2,7 @@ import dataclasses
 
 import click
 
-from ffx.cli import QUEUE_DELAY_US, Count, print_json, warn
+from ffx.cli import QUEUE_DELAY_US, Count, InputPath, print_json, warn
 from ffx.metadata import MAX_BATCH
 from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
@@ -20,7 +20,7 @@ def command():
 
 
 @command.command("triton")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputPath(dir_okay=False))
 @click.option("-o", "--output", "repository", required=True, type=click.Path(file_okay=False), help="Model repository folder (created if needed; REPO/NAME must not exist).")
 @click.option("--name", help="Triton model name [default: from the file name].")
 @click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), help="max_batch_size [default: the engine profile's max batch; 32 for ONNX].")
@@ -66,10 +66,10 @@ def triton(model, repository, name, max_batch, instances, max_queue_delay_us, im
 
 
 @command.command("deepstream")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputPath(dir_okay=False))
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for the config, labels and model files.")
 @click.option("--approximate-normalization", is_flag=True, help="Write a config for a model with per-channel std anyway (mean std as the one scale); needs --data to measure the accuracy this costs.")
-@click.option("--data", type=click.Path(exists=True), help="Labelled images (one folder per class) for --approximate-normalization.")
+@click.option("--data", type=InputPath(exists=True), help="Labelled images (one folder per class) for --approximate-normalization.")
 @click.option("--num-images", type=click.IntRange(min=1), default=500, show_default=True, help="Images measured with --approximate-normalization.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def deepstream(model, output_dir, approximate_normalization, data, num_images, as_json):

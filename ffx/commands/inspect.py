@@ -2,12 +2,12 @@ from pathlib import Path
 
 import click
 
-from ffx.cli import print_json
+from ffx.cli import InputPath, print_json
 from ffx.metadata import escape_text, metadata_problem
 
 
 @click.command("inspect")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=InputPath(dir_okay=False))
 @click.option("--no-load", is_flag=True, help="Engines: only read the sidecar, never load the engine on a GPU.")
 @click.option("--layers", is_flag=True, help="Engines: print TensorRT's per-layer information (needs a GPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")

@@ -6,7 +6,7 @@ from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCE
                                 CalibrationOptions, calibration_option_error)
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
-from ffx.cli import WORKERS, FiniteFloat, print_json, warn
+from ffx.cli import WORKERS, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import InvalidOption
 from ffx.fidelity import error_power, snr_of
 
@@ -17,10 +17,10 @@ DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a min
 
 
 @click.command("sensitivity")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
+@click.argument("model", type=InputPath(dir_okay=False))
+@click.option("--data", required=True, type=InputPath(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT, show_default=True, help="Held-out images every variant is measured on.")
-@click.option("--held-out", type=click.Path(), help="Measure on these images instead of the rest of --data.")
+@click.option("--held-out", type=InputPath(), help="Measure on these images instead of the rest of --data.")
 @click.option("--calib-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Calibration images (as `ffx calibrate --num-images`: the same value reuses its cached statistics).")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True, help="INT8 range method.")
 @click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), default=DEFAULT_PERCENTILE, show_default=True, help="Percentile of |x| for --method percentile.")

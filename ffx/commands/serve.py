@@ -2,7 +2,7 @@ import dataclasses
 
 import click
 
-from ffx.cli import QUEUE_DELAY_US, print_json
+from ffx.cli import QUEUE_DELAY_US, InputPath, print_json
 from ffx.errors import FfxError
 from ffx.metadata import MAX_BATCH
 from ffx.runtime.serving import DEFAULT_PORT
@@ -10,7 +10,7 @@ from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
 
 @click.command("serve")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputPath(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True, help="HTTP port.")
 @click.option("--grpc-port", type=click.IntRange(1, 65535), help="gRPC port [default: --port + 1].")

@@ -1,15 +1,15 @@
 import click
 
-from ffx.cli import THREADS, Count, FiniteFloat, print_json, warn
+from ffx.cli import THREADS, Count, FiniteFloat, InputPath, print_json, warn
 from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
 from ffx.errors import GateFailed
 from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
 
 
 @click.command("verify")
-@click.argument("candidate", type=click.Path(dir_okay=False))
-@click.option("--reference", type=click.Path(dir_okay=False), help="Model to compare against: usually the PyTorch checkpoint or the FP32 ONNX [default: the FP32 ONNX the candidate's sidecar and manifest lead to].")
-@click.option("--data", type=click.Path(), help="Labelled images: one folder per class, or a list file of `path label` lines (required to compare).")
+@click.argument("candidate", type=InputPath(dir_okay=False))
+@click.option("--reference", type=InputPath(dir_okay=False), help="Model to compare against: usually the PyTorch checkpoint or the FP32 ONNX [default: the FP32 ONNX the candidate's sidecar and manifest lead to].")
+@click.option("--data", type=InputPath(), help="Labelled images: one folder per class, or a list file of `path label` lines (required to compare).")
 @click.option("--limit", type=click.IntRange(min=1), help="Use a seeded random sample of N images (all classes).")
 @click.option("--max-top1-drop", type=FiniteFloat(min=0, max=100), default=DEFAULT_MAX_TOP1_DROP, show_default=True, help="Fail (exit 1) when the candidate's top-1 is lower by more than this many points.")
 @click.option("--strict", is_flag=True, help="Gate on the upper end of the drop's 95% interval instead of the estimate (needs enough images to pass).")
