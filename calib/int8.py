@@ -12,12 +12,12 @@ DequantizeLinear, and quantized norms/residuals wreck ViT accuracy). Ranges come
 import contextlib
 import inspect
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from ffx.artifacts import scratch_folder
 from ffx.datasets import print_warning
 from ffx.calib.layers import network_layers
 from ffx.calib.options import CalibrationOptions
@@ -25,7 +25,8 @@ from ffx.calib.outliers import (bias_corrections, bias_of, dequantized_weight, o
                                 post_gelu_layers)
 # The flow every Q/DQ precision shares lives in calib/qdq.py; these names are imported from here too.
 from ffx.calib.qdq import (AGREEMENT_WARNING, QUANTIZED_OP_TYPES, CalibrationReport, QdqRecipe,  # noqa: F401
-                           activation_thresholds, calibrate_qdq, calibration_statistics, quantization_plan)
+                           activation_thresholds, calibrate_qdq, calibration_statistics, qdq_params,
+                           quantization_plan)
 from ffx.calib.ranges import ENTROPY_FLOOR
 from ffx.errors import FfxError
 
@@ -87,6 +88,12 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
                          tensorrt_backend=tensorrt_backend, warn=warn, keep_fp_search=keep_fp_search)
 
 
+def int8_params(options, kept_names, smoothed=()):
+    """The manifest's `params` of an INT8 calibration with `options` that keeps `kept_names` in
+    float (and smoothed `smoothed` post-GELU tensors): what reusing a calibrated graph compares."""
+    return qdq_params(INT8, None, options, kept_names, smoothed)
+
+
 def outlier_handled_ranges(source, layers, stats, items, options):
     """(thresholds {activation: |x| threshold}, bias corrections {layer: array}) of `layers`:
     the histogram thresholds of the options' method, with the post-GELU ranges and the bias
@@ -133,13 +140,12 @@ def insert_qdq(source, thresholds, excluded_nodes):
         CalibrationMethod.MinMax,
         {tensor: (np.float32(-threshold), np.float32(threshold)) for tensor, threshold in thresholds.items()},
     )
-    with tempfile.TemporaryDirectory(prefix="ffx-calibrate-") as folder:
-        folder = Path(folder)
+    # The quantizer is handed a copy in a folder of ours, never the user's file: it writes and then
+    # deletes MODEL-inferred.onnx beside the model it is given (a user's file of that name was lost).
+    with scratch_folder("ffx-calibrate-") as folder:
         save_tensors_data(ranges, folder / "ranges.json")
-        source_path, quantized_path = source.path, folder / "model.int8.onnx"
-        if source.derived_sha256:  # rewritten in memory (--smooth-gelu): the quantizer reads a file
-            source_path = folder / "model.onnx"
-            onnx.save(source.model, str(source_path))
+        source_path, quantized_path = folder / "model.onnx", folder / "model.int8.onnx"
+        onnx.save(source.model, str(source_path))  # the graph in memory: its weights loaded, maybe smoothed
         with _quiet_onnxruntime_logging():
             quantize_static(
                 str(source_path),

@@ -77,7 +77,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
                             f"make them with CalibrationOptions(precision={recipe.precision!r})")
     recipe.check()
     original = source = load_source_model(onnx_path)
-    output, manifest_path = output_paths(source, output, recipe.precision)
+    output, manifest_path = output_paths(source.path, output, recipe.precision, [data])
     keep_fp = options.keep_fp
     if keep_fp is None:
         keep_fp = tuple(recipe.default_keep_fp(network_layers(source.model, source.info)))
@@ -95,26 +95,8 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
     scales = _activation_scales(qdq_model)
 
     method = options.method
-    params = {
-        "method": method,
-        "percentile": options.percentile if method == "percentile" else None,
-        "num_images": options.num_images,
-        "seed": options.seed,
-        "keep_fp": [layer.name for layer in kept],
-        "histogram_bins": HISTOGRAM_BINS,
-        "quantized_op_types": QUANTIZED_OP_TYPES,
-        **recipe.params(source, options),
-    }
-    if options.keep_fp is None and kept:  # only then, so that the manifests of other calibrations stay as they were
-        params["keep_fp_default"] = True
-    # Only when asked for, so that a default calibration's manifest stays byte for byte the same.
-    if options.gelu_range != "histogram":
-        params["gelu_range"] = options.gelu_range
-    if options.bias_correction:
-        params["bias_correction"] = options.bias_correction
-    if options.smooth_gelu:
-        params["smooth_gelu"] = {"alpha": SMOOTHING_ALPHA, "min_spread": SMOOTHING_SPREAD,
-                                 "tensors": [tensor.to_dict() for tensor in smoothed]}
+    params = qdq_params(recipe, source, options, [layer.name for layer in kept], smoothed,
+                        default_keep_fp=options.keep_fp is None)
     manifest = {
         "ffx_version": __version__,
         "precision": recipe.precision,
@@ -154,6 +136,34 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
         kept_fp_layers=[layer.name for layer in kept],
         keep_fp_search=keep_fp_search,
     )
+
+
+def qdq_params(recipe, source, options, kept_names, smoothed=(), default_keep_fp=False):
+    """The manifest's `params` of a `recipe` calibration of `source` with `options` that keeps
+    `kept_names` in float (`default_keep_fp`: the recipe's default choice) and smoothed the
+    `smoothed` post-GELU tensors: what a manifest records and what reusing a graph compares."""
+    method = options.method
+    params = {
+        "method": method,
+        "percentile": options.percentile if method == "percentile" else None,
+        "num_images": options.num_images,
+        "seed": options.seed,
+        "keep_fp": list(kept_names),
+        "histogram_bins": HISTOGRAM_BINS,
+        "quantized_op_types": QUANTIZED_OP_TYPES,
+        **recipe.params(source, options),
+    }
+    if default_keep_fp and kept_names:  # only then, so that the manifests of other calibrations stay as they were
+        params["keep_fp_default"] = True
+    # Only when asked for, so that a default calibration's manifest stays byte for byte the same.
+    if options.gelu_range != "histogram":
+        params["gelu_range"] = options.gelu_range
+    if options.bias_correction:
+        params["bias_correction"] = options.bias_correction
+    if options.smooth_gelu:
+        params["smooth_gelu"] = {"alpha": SMOOTHING_ALPHA, "min_spread": SMOOTHING_SPREAD,
+                                 "tensors": [tensor.to_dict() for tensor in smoothed]}
+    return params
 
 
 def calibration_statistics(source, data, options, progress=None, warn=None):

@@ -106,6 +106,7 @@ def inspect_engine(path, load_engine=True, not_loaded="--no-load"):
         "sidecar_file": str(sidecar_path(path)) if sidecar else None,
         "sidecar": sidecar.to_dict() if sidecar else None,
         "sidecar_matches_engine": None,
+        "engine_targets": _engine_targets(path) if present else None,
         "loadable_here": None,
         "layers": None,
         "layers_unavailable": None,
@@ -129,6 +130,16 @@ def inspect_engine(path, load_engine=True, not_loaded="--no-load"):
         info["loadable_here"] = False
         info["layers_unavailable"] = str(e)
     return info
+
+
+def _engine_targets(path):
+    """The compute capabilities a TensorRT-RTX plan's own header lists, or None (full TensorRT
+    plans have no such header; they run on the GPU that built them)."""
+    from ffx.compute_capability import PLAN_HEADER_SEARCH_BYTES, rtx_plan_targets
+
+    with open(path, "rb") as f:
+        targets = rtx_plan_targets(f.read(PLAN_HEADER_SEARCH_BYTES))
+    return list(targets) if targets else None
 
 
 def inspect_checkpoint(path):

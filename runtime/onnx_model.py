@@ -2,11 +2,11 @@
 the calibration manifest that came with a Q/DQ model."""
 
 import collections
-import json
 from pathlib import Path
 
 import onnx
 
+from ffx.json_input import InvalidJson, read_json_file
 from ffx.onnx_file import load_onnx  # noqa: F401  (runtime modules import it from here)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -60,8 +60,8 @@ def read_calibration_images(manifest_path):
     """[(absolute path, sha256 or None)] of the images an `ffx calibrate` manifest lists (its
     `images` entries, with paths relative to `data.path`); [] when the file is not such a manifest."""
     try:
-        manifest = json.loads(Path(manifest_path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        manifest = read_json_file(manifest_path)
+    except (OSError, InvalidJson):
         return []
     if not isinstance(manifest, dict):
         return []
@@ -70,11 +70,20 @@ def read_calibration_images(manifest_path):
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         base = base / data["path"]
     entries = manifest.get("images")
-    return [(_resolve(base, entry["path"]), entry.get("sha256"))
-            for entry in (entries if isinstance(entries, list) else [])
-            if isinstance(entry, dict) and isinstance(entry.get("path"), str)]
+    images = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            resolved = _resolve(base, entry["path"])
+            if resolved is not None:
+                images.append((resolved, entry.get("sha256") if isinstance(entry.get("sha256"), str) else None))
+    return images
 
 
 def _resolve(base, path):
-    path = Path(path)
-    return str((path if path.is_absolute() else base / path).resolve())
+    """`path` (relative to `base`) made absolute, or None for a path no file can have (a NUL
+    byte) or that loops through symlinks: a manifest is someone else's text."""
+    try:
+        path = Path(path)
+        return str((path if path.is_absolute() else base / path).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return None

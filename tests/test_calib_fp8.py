@@ -232,7 +232,7 @@ def test_tensorrt_rtx_builds_the_fp8_graph_and_fp8_engines_target_only_fp8_gpus(
                                     "tensorrt-rtx", "--max-batch", "4", "--json"])
     assert built.exit_code == 0, built.output
     sidecar = json.loads(Path(f"{engine}.json").read_text())
-    assert sidecar["precision"] == "fp8" and sidecar["target_compute_capabilities"] == ["8.9", "12.0"]
+    assert sidecar["precision"] == "fp8" and sidecar["target_compute_capabilities"] == ["8.9", "12.0", "12.1"]
     assert all(supports_fp8(target) for target in sidecar["target_compute_capabilities"])
 
     for target in ("8.6", "7.5"):  # Ampere RTX, Turing: no FP8 tensor cores
@@ -255,7 +255,7 @@ def test_tensorrt_rtx_builds_the_fp8_graph_and_fp8_engines_target_only_fp8_gpus(
     result = json.loads(built.stdout)
     assert result["precision"] == "fp8" and result["calibrated_onnx"].endswith("from32.fp8.onnx")
     assert graph_precision(onnx.load(result["calibrated_onnx"])) == "fp8"
-    assert result["targets"] == ["8.9", "12.0"] and len(result["precision_guide"]) == 2
+    assert result["targets"] == ["8.9", "12.0", "12.1"] and len(result["precision_guide"]) == 3
 
 
 def test_the_precision_guide_table(small_model, photos, workdir, cli_runner):
@@ -291,6 +291,6 @@ def test_full_tensorrt_builds_fp8_only_on_a_gpu_with_fp8():
     assert _fp8_targets(full, BuildOptions(), h200, []) == BuildOptions()
     notes = []
     rtx = Backend("tensorrt-rtx", module=None, version="1.7.1")
-    assert _fp8_targets(rtx, BuildOptions(), None, notes).compute_capabilities == ("8.9", "12.0") and notes
+    assert _fp8_targets(rtx, BuildOptions(), None, notes).compute_capabilities == ("8.9", "12.0", "12.1") and notes
     with pytest.raises(InvalidOption, match="compute capability 7.5 .*no FP8"):
         _fp8_targets(rtx, BuildOptions(compute_capabilities=("8.9", "7.5")), None, [])

@@ -9,22 +9,22 @@ from ffx.calib.precisions import PRECISIONS
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
 from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES, UNUSED_CALIBRATION_IMAGES
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import WORKERS, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import InvalidOption
 
 
 
 @click.command("calibrate")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
+@click.argument("model", type=InputPath(dir_okay=False))
+@click.option("--data", type=InputPath(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
 @click.option("--method", type=click.Choice(METHODS), help=f"Range method. INT8: default {DEFAULT_METHOD} (TensorRT's KL-divergence calibration). FP8: {', '.join(PRECISIONS['fp8'].methods)}, default {PRECISIONS['fp8'].default_method}.")
 @click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image selection.")
 @click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated); `none` for none. Default: none for INT8, patch_embed,head for FP8.")
 @click.option("--target-agreement", type=FiniteFloat(min=0, max=100), metavar="PCT", help="Keep the fewest layers in float (cheapest first by FLOPs) for INT8 to agree with FP32's top-1 on at least PCT % of held-out images; exit 1 if it cannot.")
-@click.option("--max-top1-drop", type=FiniteFloat(min=0), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points (needs labelled images); both may be given.")
-@click.option("--held-out", "held_out", type=click.Path(), help="Images the target is measured on (default: the images of --data not used for calibration).")
+@click.option("--max-top1-drop", type=FiniteFloat(min=0, max=100), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points (needs labelled images); both may be given.")
+@click.option("--held-out", "held_out", type=InputPath(), help="Images the target is measured on (default: the images of --data not used for calibration).")
 @click.option("--held-out-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT_IMAGES, show_default=True, help="How many held-out images the target is measured on.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("--fp8", is_flag=True, help="Write FP8 (E4M3) Q/DQ instead of INT8, for GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell, Thor); opset 19.")
@@ -33,7 +33,7 @@ from ffx.errors import InvalidOption
 @outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (default ~/.cache/ffx/calib, or $FFX_CACHE_DIR/calib).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes (0: decode in this process).")
+@click.option("--workers", type=WORKERS, default=2, show_default=True, help="Image decoding processes (0: decode in this process).")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
@@ -86,6 +86,9 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         )
     except InvalidOption as e:
         raise calibration_option_error(e) from None
+    from ffx.calib.model_io import output_paths
+
+    output_paths(model, output, "fp16" if fp16 else "int8")  # checked before the search and any image is read
     # The search and the calibration after it read the same images: say each warning once.
     checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend,
               "warn": _once(warn) if searching else warn}

@@ -1,13 +1,13 @@
 import click
 
 from ffx.calib.compare import DEFAULT_IMAGES
-from ffx.cli import print_json, warn
+from ffx.cli import InputPath, print_json, warn
 
 
 @click.command("compare")
-@click.argument("reference", type=click.Path(dir_okay=False))
-@click.argument("candidate", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(), help="Images to run both graphs on (a folder or list file, as for `ffx verify`).")
+@click.argument("reference", type=InputPath(dir_okay=False))
+@click.argument("candidate", type=InputPath(dir_okay=False))
+@click.option("--data", required=True, type=InputPath(), help="Images to run both graphs on (a folder or list file, as for `ffx verify`).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_IMAGES, show_default=True, help="Images to compare on (a seeded, class-stratified sample).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")

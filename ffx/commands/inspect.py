@@ -2,12 +2,12 @@ from pathlib import Path
 
 import click
 
-from ffx.cli import print_json
+from ffx.cli import InputPath, print_json
 from ffx.metadata import escape_text, metadata_problem
 
 
 @click.command("inspect")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=InputPath(dir_okay=False))
 @click.option("--no-load", is_flag=True, help="Engines: only read the sidecar, never load the engine on a GPU.")
 @click.option("--layers", is_flag=True, help="Engines: print TensorRT's per-layer information (needs a GPU).")
 @click.option("--gpu", "gpus", multiple=True, metavar="CC", help="A GPU's compute capability (8.7, SM90, ...; repeat for several): which precisions it runs, which ffx recommends, and whether this model's runs there. Engines default to their targets.")
@@ -123,6 +123,8 @@ def _print_engine(info, layers):
         click.echo(f"{info['path']}: TensorRT plan, not here (described by its sidecar alone)")
     if not info["sidecar"]:
         click.echo("no sidecar: where and how it was built is unknown")
+        if info["engine_targets"]:
+            click.echo(f"a TensorRT-RTX plan: its header lists compute capability {', '.join(info['engine_targets'])}")
     else:
         sidecar = EngineSidecar.from_dict(info["sidecar"], source=info["sidecar_file"])
         profile = sidecar.profile
@@ -135,6 +137,9 @@ def _print_engine(info, layers):
             click.echo(f"calibration manifest {sidecar.calibration_manifest.file}")
         if info["sidecar_matches_engine"] is False:
             click.echo("WARNING: the sidecar describes a different engine file (sha256 differs): rebuild both")
+        if info["engine_targets"] and sidecar.backend == "tensorrt-rtx" and info["engine_targets"] != sidecar.targets:
+            click.echo(f"WARNING: the engine itself lists compute capability {', '.join(info['engine_targets'])}, "
+                       f"the sidecar {', '.join(sidecar.targets)}")
         click.echo(f"on this machine: {info['compatibility']}")
         for line in _metadata_lines(sidecar.metadata, info["sidecar_file"]):
             click.echo(line)

@@ -6,7 +6,7 @@ from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCE
                                 CalibrationOptions, calibration_option_error)
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import WORKERS, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import InvalidOption
 from ffx.fidelity import error_power, snr_of
 
@@ -17,10 +17,10 @@ DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a min
 
 
 @click.command("sensitivity")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
+@click.argument("model", type=InputPath(dir_okay=False))
+@click.option("--data", required=True, type=InputPath(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT, show_default=True, help="Held-out images every variant is measured on.")
-@click.option("--held-out", type=click.Path(), help="Measure on these images instead of the rest of --data.")
+@click.option("--held-out", type=InputPath(), help="Measure on these images instead of the rest of --data.")
 @click.option("--calib-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Calibration images (as `ffx calibrate --num-images`: the same value reuses its cached statistics).")
 @click.option("--method", type=click.Choice(METHODS), help=f"Range method [default: {DEFAULT_METHOD} for INT8, max for --fp8].")
 @click.option("--fp8", is_flag=True, help="Rank the layers by what FP8 (E4M3) costs instead of INT8, as `ffx calibrate --fp8` writes them.")
@@ -29,7 +29,7 @@ DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a min
 @outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (as for `ffx calibrate`).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes.")
+@click.option("--workers", type=WORKERS, default=2, show_default=True, help="Image decoding processes.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the ranking into this image file (.png, .svg, .pdf; needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(model, data, num_images, held_out, calib_images, method, fp8, percentile, seed, gelu_range, bias_correction,
