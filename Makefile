@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test bench-export
+.PHONY: install demo test test-fast bench-export
 
 install:
 	$(PIP) install torch==2.13.0 --index-url $(TORCH_INDEX)
@@ -16,6 +16,10 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q -rs
+
+# The fast half (no slow mark; minutes, not ten), on what is installed: run `make install` once first.
+test-fast:
+	$(PYTHON) -m pytest -q -rs -m "not slow"
 
 bench-export: install
 	$(PYTHON) -m bench.export_time

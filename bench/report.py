@@ -1,6 +1,8 @@
 """BENCHMARKS.md from one run's results (bench/results.json): every number comes from there (section 6
 from bench/int8_accuracy.json and bench/int8_noise.json, which `python -m bench.int8_accuracy` and
-`python -m bench.int8_noise` write, 6f from bench/autopilot.json (`python -m bench.autopilot`), section 7 from
+`python -m bench.int8_noise` write, 6d/6e from bench/fp8_accuracy.json and bench/fp8_accuracy_deep.json,
+which `python -m bench.int8_accuracy --precisions` writes, 6f from bench/autopilot.json (`python -m bench.autopilot`),
+section 7 from
 bench/serving_results.json, which `python -m bench.serving` writes)."""
 
 import datetime
@@ -10,6 +12,8 @@ from pathlib import Path
 INT8_ACCURACY = Path(__file__).resolve().parent / "int8_accuracy.json"
 INT8_NOISE = Path(__file__).resolve().parent / "int8_noise.json"
 INT8_ACCURACY_DEEP = Path(__file__).resolve().parent / "int8_accuracy_deep.json"
+FP8_ACCURACY = Path(__file__).resolve().parent / "fp8_accuracy.json"
+FP8_ACCURACY_DEEP = Path(__file__).resolve().parent / "fp8_accuracy_deep.json"
 AUTOPILOT = Path(__file__).resolve().parent / "autopilot.json"
 
 
@@ -57,6 +61,14 @@ def render(results, plot_path=None, json_path="bench/results.json", serving=None
         from bench.int8_accuracy import section
 
         add(section(json.loads(INT8_ACCURACY_DEEP.read_text()), "### 6c. The same on the deep fixture"))
+    if FP8_ACCURACY.is_file():  # python -m bench.int8_accuracy --precisions (issue 19)
+        from bench.int8_accuracy import paper_section, precision_section
+
+        fp8 = json.loads(FP8_ACCURACY.read_text())
+        add(precision_section(fp8))
+        if FP8_ACCURACY_DEEP.is_file():  # ... --checkpoint <deep> --out <this file>
+            add(precision_section(json.loads(FP8_ACCURACY_DEEP.read_text()), "### 6e. FP8 on the deep fixture"))
+        add(paper_section(fp8["paper"]))
     if AUTOPILOT.is_file():  # python -m bench.autopilot --fashion DIR
         from bench.autopilot import section as autopilot_section
 

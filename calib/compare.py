@@ -1,4 +1,4 @@
-"""Block by block, how far a converted graph (INT8 Q/DQ, FP16) drifts from its FP32 source.
+"""Block by block, how far a converted graph (INT8 or FP8 Q/DQ, FP16) drifts from its FP32 source.
 
 The points compared are the residual stream of the network: the embedded tokens, the output of
 each block's feature MLP and token MLP (the residual Adds), and the logits. Every point is read
@@ -17,7 +17,7 @@ from ffx.datasets import load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db
 from ffx.metadata import lineage_mismatch, onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size, load_external_weights, load_onnx
+from ffx.onnx_file import check_input_size, check_logits_output, load_external_weights, load_onnx
 
 DEFAULT_IMAGES = 200
 BATCH = 50
@@ -132,6 +132,7 @@ def _load_candidate(path):
     load_external_weights(model, path)
     info = validate_metadata(onnx_metadata(model, path) or {}, path)
     check_input_size(model, info, path)
+    check_logits_output(model, path)
     return model, info
 
 

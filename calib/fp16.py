@@ -39,6 +39,17 @@ class Fp16Report(ConversionReport):
     fp32_tensors: list  # [{"tensor", "absmax", "node", "after_layer"}] kept in float32
 
 
+def fp16_params(options, with_images):
+    """The manifest's `params` of an FP16 conversion (with or without preflight images)."""
+    return {
+        "method": "fp16",
+        "num_images": options.num_images if with_images else 0,
+        "seed": options.seed if with_images else None,
+        "overflow_limit": FP16_MAX / OVERFLOW_HEADROOM,
+        "io": "float32",
+    }
+
+
 def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=None,
                  options: CalibrationOptions = CalibrationOptions(), *, progress=None, tensorrt_check: bool = True,
                  tensorrt_backend: str = "auto", warn=print_warning) -> Fp16Report:
@@ -61,7 +72,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
     """
     started = time.perf_counter()
     source = load_source_model(onnx_path)
-    output, manifest_path = output_paths(source, output, "fp16")
+    output, manifest_path = output_paths(source.path, output, "fp16", [data])
     model = source.model
     float_tensors = _float_tensors(model)
     produced = [out for node in model.graph.node for out in node.output if out in float_tensors]
@@ -98,13 +109,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
         "precision": "fp16",
         "output": output.name,
         "input": {"file": source.path.name, "sha256": source.sha256},
-        "params": {
-            "method": "fp16",
-            "num_images": options.num_images if data is not None else 0,
-            "seed": options.seed if data is not None else None,
-            "overflow_limit": limit,
-            "io": "float32",
-        },
+        "params": fp16_params(options, data is not None),
         "preprocess": source.preprocess.to_dict(),
         "data": (
             {"path": images.data_path, "layout": images.dataset.layout, "available_images": len(images.dataset.items)}

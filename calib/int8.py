@@ -5,44 +5,58 @@ activations per-tensor symmetric int8, weights per-channel symmetric int8; Layer
 GELU, residual Adds, Transposes and biases stay float (TensorRT rejects an int32 bias
 DequantizeLinear, and quantized norms/residuals wreck ViT accuracy). Ranges come from
 `statistics.py` + `ranges.py`; inserting the Q/DQ nodes is onnxruntime.quantization's
-`quantize_static`, fed those ranges through its calibration-cache file.
+`quantize_static`, fed those ranges through its calibration-cache file. The rest of the flow
+(images, statistics, manifest, checks) is the one every Q/DQ precision shares: calib/qdq.py.
 """
 
 import contextlib
-import dataclasses
 import inspect
 import logging
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ffx import __version__
+from ffx.artifacts import scratch_folder
 from ffx.datasets import print_warning
-from ffx.calib.layers import network_layers, resolve_layer_selection
-from ffx.calib.conversion import Checks, ConversionReport, check_and_write, choose_images, image_statistics, report_fields
-from ffx.calib.model_io import load_source_model, output_paths
+from ffx.calib.layers import network_layers
 from ffx.calib.options import CalibrationOptions
-from ffx.calib.outliers import (bias_corrections, bias_of, correct_biases, dequantized_weight, output_aware_thresholds,
+from ffx.calib.outliers import (bias_corrections, bias_of, dequantized_weight, output_aware_thresholds,
                                 post_gelu_layers)
-from ffx.calib.ranges import ENTROPY_FLOOR, activation_threshold
-from ffx.calib.smoothing import SMOOTHING_ALPHA, SMOOTHING_SPREAD, smooth_post_gelu, unsmooth
-from ffx.calib.statistics import HISTOGRAM_BINS
+# The flow every Q/DQ precision shares lives in calib/qdq.py; these names are imported from here too.
+from ffx.calib.qdq import (AGREEMENT_WARNING, QUANTIZED_OP_TYPES, CalibrationReport, QdqRecipe,  # noqa: F401
+                           activation_thresholds, calibrate_qdq, calibration_statistics, qdq_params,
+                           quantization_plan)
+from ffx.calib.ranges import ENTROPY_FLOOR
 from ffx.errors import FfxError
 
-QUANTIZED_OP_TYPES = ["Conv", "MatMul", "Gemm"]
-# Below this top-1 agreement with FP32 on the check images, the result is suspicious: say so.
-AGREEMENT_WARNING = 0.9
+
+class Int8Recipe(QdqRecipe):
+    """Symmetric int8: ranges from the histograms (and calib/outliers.py when asked), Q/DQ nodes
+    from onnxruntime's quantizer."""
+
+    precision = "int8"
+    label = "INT8"
+    advice = "; try another --method or --keep-fp head,patch_embed"
+
+    def check(self):
+        check_quantizer()
+
+    def ranges(self, source, layers, stats, items, options):
+        return outlier_handled_ranges(source, layers, stats, items, options)
+
+    def insert(self, source, thresholds, excluded_nodes):
+        return insert_qdq(source, thresholds, excluded_nodes)
+
+    def params(self, source, options):
+        return {
+            "entropy_floor": ENTROPY_FLOOR if options.method == "entropy" else None,
+            "activations": "per-tensor symmetric int8",
+            "weights": "per-channel symmetric int8",
+        }
 
 
-@dataclasses.dataclass
-class CalibrationReport(ConversionReport):
-    percentile: float | None
-    quantized_layers: list
-    kept_fp_layers: list
-    keep_fp_search: dict | None  # how --target-agreement chose kept_fp_layers (None: given by the user)
+INT8 = Int8Recipe()
 
 
 def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None,
@@ -70,120 +84,14 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         FfxError: bad input (exit 2 in the CLI).
         GateFailed: TensorRT rejects the result (exit 1); nothing is written.
     """
-    started = time.perf_counter()
-    check_quantizer()
-    original = source = load_source_model(onnx_path)
-    output, manifest_path = output_paths(source, output, "int8")
-    quantization_plan(source, options.keep_fp)  # a bad --keep-fp fails before any image is read
-    source, images, stats, smoothed = calibration_statistics(source, data, options, progress, warn)
-    layers, kept = quantization_plan(source, options.keep_fp)
-    quantized = [layer for layer in layers if layer not in kept]
-    thresholds, corrections = outlier_handled_ranges(source, quantized, stats, images.items, options)
-    qdq_model = insert_qdq(source, thresholds, [layer.node for layer in kept])
-    correct_biases(qdq_model, source, corrections)
-    # A layer kept in float has nothing rounded to smooth for: its Add and Mul would only cost time.
-    kept_names = {layer.name for layer in kept}
-    unsmooth(qdq_model, original.model, [tensor for tensor in smoothed if tensor.layer in kept_names])
-    smoothed = [tensor for tensor in smoothed if tensor.layer not in kept_names]
-    scales = _activation_scales(qdq_model)
-
-    method = options.method
-    params = {
-        "method": method,
-        "percentile": options.percentile if method == "percentile" else None,
-        "entropy_floor": ENTROPY_FLOOR if method == "entropy" else None,
-        "num_images": options.num_images,
-        "seed": options.seed,
-        "keep_fp": [layer.name for layer in kept],
-        "histogram_bins": HISTOGRAM_BINS,
-        "activations": "per-tensor symmetric int8",
-        "weights": "per-channel symmetric int8",
-        "quantized_op_types": QUANTIZED_OP_TYPES,
-    }
-    # Only when asked for, so that a default calibration's manifest stays byte for byte the same.
-    if options.gelu_range != "histogram":
-        params["gelu_range"] = options.gelu_range
-    if options.bias_correction:
-        params["bias_correction"] = options.bias_correction
-    if options.smooth_gelu:
-        params["smooth_gelu"] = {"alpha": SMOOTHING_ALPHA, "min_spread": SMOOTHING_SPREAD,
-                                 "tensors": [tensor.to_dict() for tensor in smoothed]}
-    manifest = {
-        "ffx_version": __version__,
-        "precision": "int8",
-        "output": output.name,
-        "input": {"file": source.path.name, "sha256": source.sha256},
-        "params": params,
-        "preprocess": source.preprocess.to_dict(),
-        "data": {
-            "path": images.data_path,
-            "layout": images.dataset.layout,
-            "labels": images.dataset.label_source,
-            "available_images": len(images.dataset.items),
-        },
-        "image_list_sha256": images.list_sha256,
-        "images": images.manifest_entries(),
-        "images_used": stats.images_used,
-        "skipped": stats.skipped,
-        "layers": [_layer_entry(layer, stats, thresholds, scales) for layer in layers],
-    }
-    if keep_fp_search is not None:
-        manifest["keep_fp_search"] = keep_fp_search
-    calibration = {
-        "method": method,
-        "params": params,
-        "image_list_sha256": images.list_sha256,
-        "images_used": stats.images_used,
-    }
-    checks = Checks("INT8", AGREEMENT_WARNING, "; try another --method or --keep-fp head,patch_embed",
-                    tensorrt_check, tensorrt_backend)
-    model_data, ort_check, trt_check = check_and_write(
-        qdq_model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn)
-    return CalibrationReport(
-        **report_fields(output, manifest_path, model_data, source, images, stats, ort_check, trt_check, started),
-        precision="int8",
-        method=method,
-        percentile=params["percentile"],
-        quantized_layers=[layer.name for layer in quantized],
-        kept_fp_layers=[layer.name for layer in kept],
-        keep_fp_search=keep_fp_search,
-    )
+    return calibrate_qdq(INT8, onnx_path, data, output, options, progress=progress, tensorrt_check=tensorrt_check,
+                         tensorrt_backend=tensorrt_backend, warn=warn, keep_fp_search=keep_fp_search)
 
 
-def calibration_statistics(source, data, options, progress=None, warn=None, images=None):
-    """(source, CalibrationImages, ActivationStatistics, [SmoothedTensor]): the images chosen from
-    `data` (or `images`, chosen already), the source with its outlier post-GELU tensors smoothed
-    when `options.smooth_gelu`, and the histograms of every layer's input in that graph (all
-    layers: --keep-fp reuses the cache)."""
-    images = images or choose_images(source, data, options, warn)
-    smoothed = []
-    if options.smooth_gelu:  # every layer, kept in float or not: one cache entry serves every --keep-fp
-        source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), images.items,
-                                            options.workers)
-    tensors = list(dict.fromkeys(layer.activation for layer in network_layers(source.model, source.info)))
-    return source, images, image_statistics("histogram", source, images, tensors, options, progress, warn), smoothed
-
-
-def quantization_plan(source, keep_fp):
-    """(every quantizable layer, the ones `keep_fp` keeps in float) of the source model."""
-    layers = network_layers(source.model, source.info)
-    if not layers:
-        raise FfxError(f"{source.path}: no Conv, MatMul or Gemm with constant weights to quantize")
-    kept = resolve_layer_selection(layers, keep_fp)
-    if len(kept) == len(layers):
-        raise FfxError("--keep-fp keeps every layer in float; nothing would be quantized")
-    return layers, kept
-
-
-def activation_thresholds(stats, layers, options):
-    """{activation tensor: |x| clipping threshold} of `layers` under the options' range method."""
-    thresholds = {}
-    for layer in layers:
-        i = stats.index(layer.activation)
-        thresholds[layer.activation] = activation_threshold(
-            options.method, stats.histograms[i], stats.hist_range[i], stats.absmax[i], options.percentile
-        )
-    return thresholds
+def int8_params(options, kept_names, smoothed=()):
+    """The manifest's `params` of an INT8 calibration with `options` that keeps `kept_names` in
+    float (and smoothed `smoothed` post-GELU tensors): what reusing a calibrated graph compares."""
+    return qdq_params(INT8, None, options, kept_names, smoothed)
 
 
 def outlier_handled_ranges(source, layers, stats, items, options):
@@ -232,13 +140,12 @@ def insert_qdq(source, thresholds, excluded_nodes):
         CalibrationMethod.MinMax,
         {tensor: (np.float32(-threshold), np.float32(threshold)) for tensor, threshold in thresholds.items()},
     )
-    with tempfile.TemporaryDirectory(prefix="ffx-calibrate-") as folder:
-        folder = Path(folder)
+    # The quantizer is handed a copy in a folder of ours, never the user's file: it writes and then
+    # deletes MODEL-inferred.onnx beside the model it is given (a user's file of that name was lost).
+    with scratch_folder("ffx-calibrate-") as folder:
         save_tensors_data(ranges, folder / "ranges.json")
-        source_path, quantized_path = source.path, folder / "model.int8.onnx"
-        if source.derived_sha256:  # rewritten in memory (--smooth-gelu): the quantizer reads a file
-            source_path = folder / "model.onnx"
-            onnx.save(source.model, str(source_path))
+        source_path, quantized_path = folder / "model.onnx", folder / "model.int8.onnx"
+        onnx.save(source.model, str(source_path))  # the graph in memory: its weights loaded, maybe smoothed
         with _quiet_onnxruntime_logging():
             quantize_static(
                 str(source_path),
@@ -310,28 +217,3 @@ def _check_placement(model, expected_activations):
             if initializers[node.input[0]].data_type != onnx.TensorProto.INT8:
                 raise RuntimeError(f"{node.name}: a non-int8 DequantizeLinear, which TensorRT rejects")
 
-
-def _activation_scales(model):
-    """{activation tensor: its QuantizeLinear scale}."""
-    initializers = {init.name: init for init in model.graph.initializer}
-    scales = {}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[1] in initializers:
-            scales[node.input[0]] = float(onnx.numpy_helper.to_array(initializers[node.input[1]]))
-    return scales
-
-
-def _layer_entry(layer, stats, thresholds, scales):
-    i = stats.index(layer.activation)
-    entry = {
-        "name": layer.name,
-        "node": layer.node,
-        "op_type": layer.op_type,
-        "activation": layer.activation,
-        "absmax": float(stats.absmax[i]),
-        "precision": "int8" if layer.activation in thresholds else "fp32",
-    }
-    if layer.activation in thresholds:
-        entry["threshold"] = thresholds[layer.activation]
-        entry["scale"] = scales.get(layer.activation)
-    return entry

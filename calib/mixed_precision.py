@@ -36,7 +36,8 @@ import math
 import numpy as np
 
 from ffx.calib.conversion import choose_images
-from ffx.calib.int8 import calibration_statistics, check_quantizer, outlier_handled_ranges, quantization_plan
+from ffx.calib.int8 import calibration_statistics, quantization_plan
+from ffx.calib.precisions import qdq_recipe
 from ffx.calib.model_io import cpu_session, load_source_model
 from ffx.calib.sensitivity import (EVAL_BATCH, QuantizedVariants, choose_held_out, decode_held_out, fidelity_of,
                                    held_out_candidates, matmul_flops, run_model)
@@ -171,7 +172,7 @@ class Counts:
 
 def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_out_data=None,
                    progress=None, warn=None, log=None):
-    """The cheapest float set (by FLOPs) for INT8 to meet `target`, as a dict for the manifest:
+    """The cheapest float set (by FLOPs) for the quantized graph (INT8 or FP8) to meet `target`, as a dict for the manifest:
     keep_fp, its FLOPs share, the fidelity measured on every held-out image with its intervals,
     the held-out images, the layers' error shares and each graph measured.
 
@@ -179,7 +180,8 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_
     resolve the target, or fewer than `held_out_images`; GateFailed when even every layer but the
     cheapest in float misses the target."""
     log = log or (lambda message: None)
-    check_quantizer()  # before any image is read
+    recipe = qdq_recipe(options.precision)  # INT8 or FP8, as `ffx calibrate` writes it
+    recipe.check()  # before any image is read
     source = load_source_model(onnx_path)
     images = choose_images(source, data, options, warn)
     candidates, where = held_out_candidates(source, images, held_out_data)
@@ -189,7 +191,8 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_
     chosen = choose_held_out(candidates, count, options.seed)
     source, images, stats, _ = calibration_statistics(source, data, options, progress, warn, images=images)
     layers, _ = quantization_plan(source, ())
-    variants = QuantizedVariants(source, layers, *outlier_handled_ranges(source, layers, stats, images.items, options))
+    variants = QuantizedVariants(source, layers, *recipe.ranges(source, layers, stats, images.items, options),
+                                 insert=recipe.insert)
     held_out = decode_held_out(source, chosen, where, options.workers, progress, warn, options.statistics_cache)
     check_resolution(target, len(held_out), where, f"only {len(held_out):,} of the {count:,} chosen could be read; ")
     return search(variants, held_out, target, matmul_flops(source.model, variants.layers), progress, log)

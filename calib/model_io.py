@@ -6,10 +6,10 @@ from pathlib import Path
 
 import onnx
 
-from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
+from ffx.artifacts import atomic_outputs, check_output_path, sha256_bytes, sha256_file, written_together
 from ffx.errors import FfxError, reraise_onnxruntime
 from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size, load_external_weights, load_onnx
+from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized_arithmetic, load_external_weights, load_onnx
 
 
 @dataclasses.dataclass
@@ -48,13 +48,14 @@ def with_outputs(model, tensors):
 
 
 def cpu_session(model, source=None):
-    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes). A graph
+    """A quiet onnxruntime CPU session of `model` (a ModelProto or its serialized bytes) that runs
+    Q/DQ with TensorRT's arithmetic (ffx.onnx_file.exact_quantized_arithmetic). A graph
     onnxruntime cannot load, or cannot execute in run(), is an FfxError naming `source` (the file)."""
     import onnxruntime
 
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
-    options = onnxruntime.SessionOptions()
+    options = exact_quantized_arithmetic(onnxruntime.SessionOptions())
     options.log_severity_level = 3
     try:
         session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -107,20 +108,28 @@ def load_source_model(path):
     if len(model.graph.input) != 1:
         raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
     check_input_size(model, info, path)
+    check_logits_output(model, path)
     return SourceModel(path, model, info, digest, Preprocess.from_dict(info["preprocess"], path))
 
 
-def output_paths(source, output, suffix):
-    """(model path, manifest path): OUT.onnx and OUT.json beside it. Default OUT: MODEL.<suffix>.onnx."""
+def output_paths(model_path, output, suffix, inputs=()):
+    """(model path, manifest path): OUT.onnx and OUT.json beside it. Default OUT: MODEL.<suffix>.onnx.
+    Both are checked as outputs now, before any image is read: FfxError for a device, FIFO or
+    folder there, the model, the data list or another of `inputs`, an unwritable folder."""
+    model_path = Path(model_path)
     if output is None:
-        stem = source.path.name[:-5] if source.path.name.endswith(".onnx") else source.path.name
-        output = source.path.with_name(f"{stem}.{suffix}.onnx")
+        stem = model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.name
+        output = model_path.with_name(f"{stem}.{suffix}.onnx")
     output = Path(output)
-    refuse_overwriting_inputs(output, [source.path])
-    if output.exists() and output.is_dir():
-        raise FfxError(f"{output}: is a directory; give the output file name (e.g. {output / ('model.' + suffix + '.onnx')})")
     manifest = output.with_suffix(".json") if output.suffix == ".onnx" else output.with_name(output.name + ".json")
+    for path in (output, manifest):
+        check_output_path(path, [model_path, *(data_path(source) for source in inputs)])
     return output, manifest
+
+
+def data_path(data):
+    """The file or folder behind a data argument (a path, or an ImageDataset: its list file or folder)."""
+    return getattr(data, "root", data)
 
 
 def manifest_bytes(manifest):
@@ -145,7 +154,6 @@ def finish_model(model, source, precision, calibration):
 
 def write_outputs(model_path, model_data, manifest_path, manifest_data):
     """Both files or neither: each is written to a temporary name and renamed when both are complete."""
-    with written_together(model_path.parent), atomic_output(model_path) as model_tmp, \
-            atomic_output(manifest_path) as manifest_tmp:
+    with written_together(model_path.parent), atomic_outputs(manifest_path, model_path) as (manifest_tmp, model_tmp):
         model_tmp.write_bytes(model_data)
         manifest_tmp.write_bytes(manifest_data)

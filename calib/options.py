@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
+from ffx.calib.precisions import PRECISIONS
 from ffx.calib.ranges import METHODS
 from ffx.calib.statistics import default_cache_dir
 from ffx.errors import FfxError, InvalidOption
@@ -20,14 +21,17 @@ DEFAULT_NUM_IMAGES = 512
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationOptions:
-    """Settings of one INT8 calibration or FP16 conversion.
+    """Settings of one INT8 or FP8 calibration or FP16 conversion.
 
     Attributes:
-        method: INT8 range method, one of `ranges.METHODS`.
+        precision: what to write, a key of `precisions.PRECISIONS` ("int8", "fp8", "fp16").
+        method: range method, one of the precision's (`ranges.METHODS` for INT8); None: its default.
         percentile: |x| percentile for method "percentile" (ignored otherwise).
         num_images: calibration images to choose (stratified, seeded).
         seed: seed of the image choice.
-        keep_fp: layers left unquantized, as users name them (``head``, ``blocks.3.mlp2``).
+        keep_fp: layers left unquantized, as users name them (``head``, ``blocks.3.mlp2``); None: the
+            precision's default (INT8: none; FP8: the first and last layers, patch_embed and head);
+            ``("none",)``: none at all.
         workers: image decoding processes (0: decode in this process).
         cache_dir: where activation statistics are cached (None: the default cache folder).
         use_cache: read and write cached statistics at all.
@@ -37,23 +41,35 @@ class CalibrationOptions:
             from each quantized MatMul's bias.
         smooth_gelu: centre and even out the channels of post-GELU tensors with outlier channels
             before quantizing them, exactly compensated in fc2 (see calib/smoothing.py).
+        scale_search: FP8 only: search each activation scale over one octave above its threshold by
+            the layer's output error (see calib/fp8.py).
     """
 
-    method: str = DEFAULT_METHOD
+    method: str | None = None
     percentile: float = DEFAULT_PERCENTILE
     num_images: int = DEFAULT_NUM_IMAGES
     seed: int = 0
-    keep_fp: tuple = ()
+    keep_fp: tuple | None = None
     workers: int = 2
     cache_dir: str | None = None
     use_cache: bool = True
     gelu_range: str = "histogram"
     bias_correction: str | None = None
     smooth_gelu: bool = False
+    precision: str = "int8"
+    scale_search: bool = False
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise InvalidOption("precision", f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        row = PRECISIONS[self.precision]
+        if self.method is None:
+            object.__setattr__(self, "method", row.default_method or DEFAULT_METHOD)
         if self.method not in METHODS:
             raise InvalidOption("method", f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if row.methods and self.method not in row.methods:
+            raise InvalidOption("method", f"{row.label} calibration takes the range methods {', '.join(row.methods)}, "
+                                f"not {self.method}")
         if not 0 < self.percentile <= 100:
             raise InvalidOption("percentile", f"the percentile must be in (0, 100], got {self.percentile}")
         if self.num_images < 1:
@@ -66,7 +82,17 @@ class CalibrationOptions:
             raise InvalidOption("gelu_range", f"unknown post-GELU range {self.gelu_range!r}; choose one of {', '.join(GELU_RANGES)}")
         if self.bias_correction not in (None, *BIAS_CORRECTIONS):
             raise InvalidOption("bias_correction", f"unknown bias correction {self.bias_correction!r}; choose one of {', '.join(BIAS_CORRECTIONS)}")
-        object.__setattr__(self, "keep_fp", tuple(self.keep_fp))
+        if self.precision != "int8":  # both model int8 rounding (calib/outliers.py)
+            for field, value in (("gelu_range", self.gelu_range != "histogram"), ("bias_correction", self.bias_correction)):
+                if value:
+                    raise InvalidOption(field, f"applies to INT8 calibration, not {row.label}")
+        if self.scale_search and self.precision != "fp8":
+            raise InvalidOption("scale_search", f"applies to FP8 calibration, not {row.label}")
+        if self.keep_fp is None and self.precision != "fp8":  # FP8's default depends on the graph (calib/fp8.py)
+            object.__setattr__(self, "keep_fp", ())
+        if self.keep_fp is not None:
+            keep_fp = tuple(self.keep_fp)
+            object.__setattr__(self, "keep_fp", () if [str(k).strip().lower() for k in keep_fp] == ["none"] else keep_fp)
 
     @property
     def statistics_cache(self):
@@ -83,7 +109,8 @@ class CalibrationOptions:
 OPTION_FLAGS = {"method": "--method", "percentile": "--percentile", "num_images": "--num-images", "seed": "--seed",
                 "keep_fp": "--keep-fp", "workers": "--workers", "cache_dir": "--cache-dir",
                 "gelu_range": "--gelu-range", "bias_correction": "--bias-correction",
-                "smooth_gelu": "--smooth-gelu"}
+                "smooth_gelu": "--smooth-gelu", "precision": "--fp8/--fp16",
+                "scale_search": "--scale-search"}
 
 
 def calibration_option_error(error, flags=OPTION_FLAGS):

@@ -18,6 +18,11 @@ histogram, following what TensorRT users know:
   values inside) plus clipping (the values outside).
 
 A threshold t becomes the Q/DQ scale t / 127 (onnxruntime's symmetric int8 range is -127..127).
+
+FP8 E4M3 (calib/fp8.py) takes ``max``, ``percentile`` and ``mse``, its threshold t becoming the scale
+t / 448. Its ``mse`` weighs the same clipping error against E4M3's rounding error, which is
+relative (3 mantissa bits: a step of 2^(e-3) for values in [2^e, 2^(e+1)), 2^-9 below the
+smallest normal 2^-6), so clipping buys resolution only for the values that fall into subnormals.
 """
 
 import numpy as np
@@ -30,8 +35,8 @@ QUANTIZED_LEVELS = 128  # |x| levels of symmetric int8 (0..127), as in TensorRT'
 ENTROPY_MAX_CANDIDATES = 512  # thresholds tried by `entropy` (a stride over the histogram's bins)
 
 
-def activation_threshold(method, counts, hist_range, absmax, percentile=99.99):
-    """The |x| clipping threshold of one tensor."""
+def activation_threshold(method, counts, hist_range, absmax, percentile=99.99, number_format="int8"):
+    """The |x| clipping threshold of one tensor, for `number_format` "int8" or "fp8" (E4M3)."""
     if method not in METHODS:
         raise FfxError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     if absmax <= 0 or method == "max":
@@ -47,6 +52,8 @@ def activation_threshold(method, counts, hist_range, absmax, percentile=99.99):
         threshold = (min(index, len(hist) - 1) + 1) * width
     elif method == "entropy":
         threshold = max(_entropy_threshold(hist), _mse_threshold(hist)) * width
+    elif number_format == "fp8":
+        threshold = _fp8_mse_threshold(hist) * width
     else:
         threshold = _mse_threshold(hist) * width
     return float(min(threshold, absmax))
@@ -117,3 +124,27 @@ def _mse_threshold(hist):
     step = kept / (QUANTIZED_LEVELS - 1)
     rounding_error = (count_above[0] - count_above[1:]) * step**2 / 12.0
     return int(kept[int(np.argmin(clip_error + rounding_error))])
+
+
+E4M3_MAX = 448.0  # the largest finite float8 e4m3fn value
+E4M3_MIN_NORMAL_EXPONENT = -6
+E4M3_MANTISSA_BITS = 3
+FP8_MSE_CANDIDATES = 512  # thresholds tried by the fp8 `mse` (a stride over the histogram's bins)
+
+
+def _fp8_mse_threshold(hist):
+    """Number of bins kept below the threshold with the least expected squared error in E4M3."""
+    bins = len(hist)
+    stride = max(1, bins // FP8_MSE_CANDIDATES)
+    kept = np.arange(bins, 0, -stride, dtype=np.float64)[::-1]  # always ends at the max
+    centres = np.arange(bins) + 0.5
+    best, best_error = bins, np.inf
+    for chunk in np.array_split(kept, max(1, len(kept) // 64)):  # bounds memory: 64 candidates x bins at a time
+        scaled = centres[None, :] * (E4M3_MAX / chunk[:, None])  # each bin centre in E4M3 units
+        exponent = np.maximum(np.floor(np.log2(np.maximum(scaled, 1e-300))), E4M3_MIN_NORMAL_EXPONENT)
+        step = 2.0 ** (exponent - E4M3_MANTISSA_BITS) * (chunk[:, None] / E4M3_MAX)  # back in bin widths
+        error = np.where(scaled > E4M3_MAX, (centres[None, :] - chunk[:, None]) ** 2, step**2 / 12.0) @ hist
+        index = int(np.argmin(error))
+        if error[index] < best_error:
+            best, best_error = int(chunk[index]), float(error[index])
+    return best

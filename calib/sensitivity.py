@@ -13,8 +13,8 @@ import dataclasses
 import numpy as np
 import onnx
 
-from ffx.calib.int8 import (calibration_statistics, check_quantizer, insert_qdq, outlier_handled_ranges,
-                             quantization_plan)
+from ffx.calib.int8 import calibration_statistics, insert_qdq, quantization_plan
+from ffx.calib.precisions import qdq_recipe
 from ffx.calib.outliers import bias_of, correct_biases
 from ffx.calib.model_io import cpu_session, load_source_model
 from ffx.calib.statistics import load_reference_logits, reference_logits_key, save_reference_logits
@@ -120,10 +120,10 @@ def fidelity_of(logits, reference, labels=None):
 class QuantizedVariants:
     """The source model with any chosen set of its quantizable layers in INT8."""
 
-    def __init__(self, source, layers, thresholds, corrections):
+    def __init__(self, source, layers, thresholds, corrections, insert=insert_qdq):
         self.source = source
         self.layers = layers
-        self.all_int8 = insert_qdq(source, thresholds, [])
+        self.all_int8 = insert(source, thresholds, [])  # every layer quantized (INT8, or FP8 with calib.fp8's insert)
         correct_biases(self.all_int8, source, corrections)
         self.corrected = set(corrections)
         self.weights = {init.name: init for init in source.model.graph.initializer}
@@ -251,10 +251,12 @@ def decode_held_out(source, chosen, where, workers=0, progress=None, warn=None, 
 
 def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progress=None, warn=None):
     """(source, QuantizedVariants, HeldOutSet, statistics) for a sensitivity analysis or search."""
-    check_quantizer()  # before any image is read
+    recipe = qdq_recipe(options.precision)  # INT8 or FP8, as `ffx calibrate` writes it
+    recipe.check()  # before any image is read
     source, images, stats, _ = calibration_statistics(load_source_model(onnx_path), data, options, progress, warn)
     layers, _ = quantization_plan(source, ())
-    variants = QuantizedVariants(source, layers, *outlier_handled_ranges(source, layers, stats, images.items, options))
+    variants = QuantizedVariants(source, layers, *recipe.ranges(source, layers, stats, images.items, options),
+                                 insert=recipe.insert)
     held_out = held_out_set(source, images, held_out_images, options.seed, held_out_data, progress, warn,
                             options.statistics_cache, options.workers)
     return source, variants, held_out, stats

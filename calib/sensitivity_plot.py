@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ffx.artifacts import atomic_output
+from ffx.artifacts import atomic_output, check_output_path
 from ffx.errors import FfxError
 
 
@@ -14,6 +14,7 @@ def check_plot_path(path):
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
         raise FfxError(f"--plot {path}: give a .png, .svg or .pdf file")
+    check_output_path(path)  # a device, a folder, an input or a data folder of this command, ...
     _pyplot()
 
 

@@ -26,6 +26,7 @@ from ffx.artifacts import atomic_output, sha256_bytes
 from ffx.calib.model_io import cpu_session
 from ffx.datasets import load_batches
 from ffx.errors import FfxError
+from ffx.json_input import parse_json
 
 STATISTICS_VERSION = 1  # bump whenever what is collected changes: old cache entries then miss
 HISTOGRAM_BINS = 4096  # power-of-two ranges leave at least half of them in use: >= 2048 bins
@@ -114,7 +115,7 @@ def collect_statistics(kind, model, tensors, items, preprocess, key, cache_dir=N
     `cache_dir` holds the entry for `key`. kind "histogram": |x| max and histogram of each tensor;
     kind "absmax": |x| max only (computed inside the graph, cheap for every tensor)."""
     if cache_dir is not None:
-        cached = _load_cache(Path(cache_dir), key, tensors)
+        cached = _load_cache(Path(cache_dir), key, tensors, len(items))
         if cached is not None:
             cached.cache = "hit"
             if cached.skipped and warn is not None:
@@ -245,7 +246,9 @@ def _cache_file(cache_dir, key):
     return cache_dir / f"{key}.npz"
 
 
-def _load_cache(cache_dir, key, tensors):
+def _load_cache(cache_dir, key, tensors, image_count):
+    """The entry for `key` (statistics of `tensors` over `image_count` images), or None when there
+    is none or it is not one this collector wrote for exactly those inputs."""
     path = _cache_file(cache_dir, key)
     try:
         if not path.is_file():
@@ -254,7 +257,7 @@ def _load_cache(cache_dir, key, tensors):
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
+            meta = parse_json(str(data["meta"]))
             if meta.get("key") != key or meta.get("version") != STATISTICS_VERSION or meta.get("tensors") != list(tensors):
                 return None
             stats = ActivationStatistics(
@@ -263,19 +266,20 @@ def _load_cache(cache_dir, key, tensors):
                 absmax=data["absmax"],
                 hist_range=data["hist_range"],
                 histograms=data["histograms"],
-                images_used=int(meta["images_used"]),
+                images_used=meta["images_used"],
                 skipped=meta["skipped"],
                 reference_indices=meta["reference_indices"],
                 reference_logits=data["reference_logits"],
             )
     except Exception:  # a damaged entry is recomputed, never trusted
         return None
-    return stats if _plausible(stats) else None
+    return stats if _plausible(stats, image_count) else None
 
 
-def _plausible(stats):
-    """Whether a cache entry has the shapes and values this collector writes: an entry damaged or
-    planted by someone else (wrong shapes, NaN, negative counts) is a cache miss, not a crash."""
+def _plausible(stats, image_count):
+    """Whether a cache entry has the shapes and values this collector writes for `image_count`
+    images: an entry damaged or planted by someone else (wrong shapes or types, NaN, negative or
+    impossible counts, indices past the images) is a cache miss, not a crash."""
     count = len(stats.tensors)
     arrays_ok = (
         stats.kind in ("histogram", "absmax")
@@ -289,11 +293,15 @@ def _plausible(stats):
         and bool(np.isfinite(stats.reference_logits).all())
     )
     lists_ok = (
-        isinstance(stats.skipped, list) and all(isinstance(s, dict) for s in stats.skipped)
-        and isinstance(stats.reference_indices, list)
-        and all(isinstance(i, int) and 0 <= i for i in stats.reference_indices)
+        isinstance(stats.skipped, list)
+        and all(isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("reason"), str)
+                for s in stats.skipped)
+        and isinstance(stats.reference_indices, list) and len(stats.reference_indices) <= REFERENCE_IMAGES
+        and all(type(i) is int and 0 <= i < image_count for i in stats.reference_indices)
+        and len(set(stats.reference_indices)) == len(stats.reference_indices)
         and len(stats.reference_indices) == len(stats.reference_logits)
-        and stats.images_used >= 0
+        and (not stats.reference_indices or stats.reference_logits.shape[1] > 0)
+        and type(stats.images_used) is int and stats.images_used + len(stats.skipped) == image_count
     )
     return arrays_ok and lists_ok
 

@@ -2,12 +2,11 @@
 and TensorRT (or TensorRT-RTX, which builds on a CPU-only machine) parses and builds it."""
 
 import dataclasses
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
+from ffx.artifacts import scratch_folder
 from ffx.calib.model_io import cpu_session
 from ffx.errors import BackendUnavailable, FfxError, GateFailed
 
@@ -55,8 +54,8 @@ def check_tensorrt(model_bytes, backend="auto"):
 
     names = ("tensorrt", "tensorrt-rtx") if backend == "auto" else (backend,)
     reasons = []
-    with tempfile.TemporaryDirectory(prefix="ffx-trt-check-") as folder:
-        path = Path(folder) / "model.onnx"
+    with scratch_folder("ffx-trt-check-") as folder:
+        path = folder / "model.onnx"
         path.write_bytes(model_bytes)
         for name in names:
             try:

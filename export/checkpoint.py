@@ -11,6 +11,7 @@ import dataclasses
 import math
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -18,13 +19,12 @@ import torch
 
 from ffx.errors import FfxError
 from ffx.export.configs import ARCHITECTURES, FFConfig, default_preprocess, get_architecture
-from ffx.metadata import MAX_CLASSES, Preprocess, validate_metadata
+from ffx.metadata import MAX_CLASSES, MAX_DEPTH, Preprocess, escape_text, validate_metadata
 
 # Limits checked on shapes alone, before any tensor is materialised: a few KB of stride-0 views
 # or one stray `blocks.99999999.*` key must not turn into an out-of-memory kill or a hang. The
 # largest published configuration (linear_large) has 206 M parameters, depth 24, dim 1024.
 MAX_PARAMETERS = 2_000_000_000
-MAX_DEPTH = 256
 MAX_EMBED_DIM = 16384
 MAX_TOKENS = 16385
 # A zip entry that inflates more than this many times and to more than 64 MiB is a zip bomb:
@@ -33,6 +33,8 @@ MAX_ZIP_RATIO = 100
 
 # Checkpoint keys that can hold the weights, in order of preference.
 _WEIGHT_KEYS = ("model", "state_dict", "module")
+# Weight dtypes loaded (and cast to float32): training checkpoints, fp16/bf16 exports included.
+_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclasses.dataclass
@@ -50,11 +52,11 @@ def load_checkpoint(path, use_ema=False):
     if path.suffix == ".safetensors":
         if use_ema:
             raise FfxError(f"{path}: a safetensors file holds one set of weights; --ema does not apply")
-        return LoadedCheckpoint(_load_safetensors(path), "state dict")
-    _refuse_zip_bomb(path)
-    raw = _load_pickle(path)
-    loaded = _pick_weights(raw, path, use_ema)
-    _check_tensor_sizes(loaded.state_dict, path)
+        loaded = LoadedCheckpoint(_load_safetensors(path), "state dict")
+    else:
+        _refuse_zip_bomb(path)
+        loaded = _pick_weights(_load_pickle(path), path, use_ema)
+    _check_tensors(loaded.state_dict, path)
     return loaded
 
 
@@ -72,16 +74,47 @@ def _refuse_zip_bomb(path):
                            f"to {entry.file_size:,} bytes (a zip bomb, not a checkpoint torch wrote)")
 
 
-def _check_tensor_sizes(state_dict, path):
-    """Refuse before anything is copied when the tensors' shapes add up to an absurd model."""
+def _check_tensors(state_dict, path):
+    """Refuse, before anything is copied or cast, a state dict that is not names -> dense floating
+    point tensors holding their own values, or whose shapes add up to an absurd model."""
     total = 0
     for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            raise FfxError(f"{path}: weight {key!r} is a {type(value).__name__}, not a tensor")
+        if not isinstance(key, str):
+            raise FfxError(f"{path}: its state dict has the key {_shown(key)} ({type(key).__name__}); "
+                           "weights are named by strings such as 'head.weight'")
+        problem = _tensor_problem(value)
+        if problem:
+            raise FfxError(f"{path}: weight {_shown(key)} {problem}")
         total += value.numel()
         if total > MAX_PARAMETERS:
-            raise FfxError(f"{path}: its tensors hold more than {MAX_PARAMETERS:,} values (at {key} "
+            raise FfxError(f"{path}: its tensors hold more than {MAX_PARAMETERS:,} values (at {_shown(key)} "
                            f"{tuple(value.shape)}); ffx refuses checkpoints that large")
+
+
+def _tensor_problem(value):
+    """Why `value` is not a weight ffx loads (a phrase), or None."""
+    if not isinstance(value, torch.Tensor):
+        return f"is a {type(value).__name__}, not a tensor"
+    if value.device.type == "meta":
+        return "is a meta tensor: it has a shape but no values"
+    if value.layout != torch.strided:
+        return f"is a sparse tensor ({str(value.layout).removeprefix('torch.')}); ffx loads dense weights"
+    if value.is_quantized:
+        return f"is a quantized tensor ({str(value.dtype).removeprefix('torch.')}); export the float checkpoint"
+    if value.dtype not in _WEIGHT_DTYPES:
+        return (f"is {str(value.dtype).removeprefix('torch.')}; the network's weights are floating point "
+                f"({', '.join(str(d).removeprefix('torch.') for d in _WEIGHT_DTYPES)})")
+    # An expanded view: a few stored values shown at a large shape (stride 0, or overlapping
+    # strides). Training never saves one; materialised, a few KB become gigabytes.
+    stored = value.untyped_storage().nbytes() // value.element_size()
+    if any(stride == 0 and size > 1 for size, stride in zip(value.shape, value.stride())) or stored < value.numel():
+        return (f"is an expanded view: shape {tuple(value.shape)} over {stored:,} stored values "
+                "(stride 0); a checkpoint holds each weight's own values")
+    return None
+
+
+def _shown(key):
+    return escape_text(repr(key)) if len(repr(key)) <= 80 else escape_text(repr(key)[:77]) + "..."
 
 
 def _load_safetensors(path):
@@ -96,7 +129,10 @@ def _load_safetensors(path):
 
 def _load_pickle(path):
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # torch warns about what it rebuilds (quantized tensors, typed storages): ffx judges the
+        # tensors itself, in one line, after loading.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global outside the allowlist before constructing it. Other
@@ -133,7 +169,7 @@ def _pick_weights(raw, path, use_ema):
 
 def _strip_prefix(state_dict):
     """Drop the `module.` prefix DataParallel/DDP training leaves on every key."""
-    if state_dict and all(k.startswith("module.") for k in state_dict):
+    if state_dict and all(isinstance(k, str) and k.startswith("module.") for k in state_dict):
         return {k[len("module."):]: v for k, v in state_dict.items()}
     return dict(state_dict)
 

@@ -19,8 +19,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ffx.artifacts import refuse_overwriting_inputs, sha256_bytes, write_bytes_atomic
+from ffx.artifacts import check_output_path, sha256_bytes, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
+from ffx.export.limits import PARITY_ATOL, PARITY_RTOL
 from ffx.metadata import INPUT_SCALES, Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
 from ffx.onnx_file import load_external_weights, load_onnx
 
@@ -111,11 +112,9 @@ def fold_onnx_file(source, output, input_scale=1.0):
     """An existing FP32 ffx ONNX -> the same model with the normalization folded in, written only
     if ONNX Runtime gives the same logits as the original on normalized inputs (export's
     tolerance; GateFailed otherwise)."""
-    from ffx.export.onnx_export import PARITY_ATOL, PARITY_RTOL
-
     started = time.perf_counter()
     source = Path(source)
-    refuse_overwriting_inputs(output, [source])
+    check_output_path(output, [source])
     model = load_onnx(source)  # refuses non-models and external data outside the model's folder
     load_external_weights(model, source)
     info = onnx_metadata(model, source)

@@ -19,20 +19,14 @@ import onnx
 import torch
 
 from ffx import __version__
-from ffx.artifacts import refuse_overwriting_inputs, sha256_bytes, sha256_file, write_bytes_atomic
+from ffx.artifacts import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.checkpoint import ResolvedModel
+from ffx.export.limits import MAX_OPSET, MIN_OPSET, PARITY_ATOL, PARITY_RTOL
 from ffx.metadata import MAX_BATCH, METADATA_FORMAT_VERSION, set_onnx_metadata
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-MIN_OPSET = 17
-# The newest opset torch's exporter declares (torch.onnx._constants.ONNX_MAX_OPSET: 23 in torch
-# 2.13). Past it, torch 2.13 writes a Gelu node the ONNX checker rejects at opset 26 and above.
-MAX_OPSET = 23
-# Parity gate: |onnx - torch| <= ATOL + RTOL * max|torch| over all logits.
-PARITY_ATOL = 1e-4
-PARITY_RTOL = 1e-4
 
 
 class _FoldedPositions(torch.nn.Module):
@@ -92,7 +86,7 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         raise FfxError(f"--opset {opset}: ffx needs opset >= {MIN_OPSET} for the fused LayerNormalization op")
     if opset > MAX_OPSET:
         raise FfxError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
-    refuse_overwriting_inputs(output, [source_path])
+    check_output_path(output, [source_path, check_images_dir])
     started = time.perf_counter()
     model, config = resolved.model, resolved.config
     graph = _trace_to_onnx(_FoldedPositions(model).eval(), config, opset)

@@ -10,13 +10,14 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import signal
 import sys
 
 import click
 
 from ffx import __version__
-from ffx.errors import FfxError
+from ffx.errors import TERMINATING_SIGNALS, FfxError
 
 COMMANDS = {
     "export": ("ffx.commands.export", "PyTorch checkpoint -> ONNX with metadata and a parity check."),
@@ -49,14 +50,17 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        from ffx.artifacts import command_inputs
+
         try:
-            return super().invoke(ctx)
+            with command_inputs():  # filled by the InputPath arguments as they are parsed
+                return super().invoke(ctx)
         except FfxError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt as e:
             click.echo("Interrupted; no partial output was written.", err=True)
-            ctx.exit(143 if isinstance(e, Terminated) else 130)
+            ctx.exit(128 + (e.signum if isinstance(e, Terminated) else signal.SIGINT))
 
 
 def _module_exists(module_name):
@@ -90,6 +94,66 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class Count(click.IntRange):
+    """A whole-number option with both bounds always given, the type of every count ffx takes:
+    click's IntRange without a maximum lets `--warmup 1000000000` (a loop that never ends),
+    `--threads 20000` (20,000 threads that also hold off SIGTERM) or a queue delay past 64 bits
+    through to the library. `what` says where the maximum comes from, for the message."""
+
+    def __init__(self, minimum, maximum, what=None):
+        super().__init__(minimum, maximum)
+        self.what = what
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            if self.what is None or not _is_whole_number(value):
+                raise
+            self.fail(f"{value} is not in the range {self.min}<=x<={self.max} ({self.what}).", param, ctx)
+
+
+def _is_whole_number(value):
+    return isinstance(value, int) or str(value).strip().lstrip("+-").isdigit()
+
+
+def cpu_count():
+    """CPUs this process may run on: the most threads or decoding processes a count may ask for."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# The shared counts. Threads and decoding processes beyond the CPUs only contend; a batching delay
+# beyond 10 s is no longer online serving; warm-up and timed calls beyond these are a typo.
+THREADS = Count(1, max(cpu_count(), 1), "this machine's CPUs")
+WORKERS = Count(0, max(cpu_count(), 2), "this machine's CPUs")
+MAX_QUEUE_DELAY_US = 10_000_000
+QUEUE_DELAY_US = Count(0, MAX_QUEUE_DELAY_US, "10 s")
+class InputPath(click.Path):
+    """A path the command reads (a model, checkpoint, image, data folder or list file): recorded so
+    that no output of the same command is written over it (ffx.artifacts.check_output_path). A
+    device, FIFO or socket (/dev/zero, /dev/fd/N, a named pipe) is refused here: reading it would
+    hang or never end."""
+
+    def convert(self, value, param, ctx):
+        import os
+        import stat
+
+        from ffx.artifacts import add_command_input, file_kind
+
+        path = super().convert(value, param, ctx)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None  # missing, or a symlink loop: the command's own check says so
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise FfxError(f"{path}: is a {file_kind(mode)}, not a file or folder ffx can read")
+        add_command_input(path)
+        return path
+
+
 def print_json(obj):
     """The one JSON object (or list) a `--json` command prints on stdout."""
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
@@ -100,15 +164,21 @@ def warn(message):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the same cleanup runs: decoding workers are shut
-    down, temporary folders and partial outputs removed (the default action would kill the
-    process with none of that and leave the workers holding the caller's stdout)."""
+    """SIGTERM, SIGHUP (the terminal went away) or SIGQUIT (Ctrl-\\), raised like Ctrl-C so that the
+    same cleanup runs: decoding workers are shut down, temporary folders and partial outputs
+    removed (the default action would kill the process with none of that and leave the workers
+    holding the caller's stdout). The exit code is 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum=signal.SIGTERM):
+        super().__init__()
+        self.signum = int(signum)
 
 
 def _raise_terminated(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
 
 
 def main():
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    for signum in TERMINATING_SIGNALS:
+        signal.signal(signum, _raise_terminated)
     sys.exit(cli.main(prog_name="ffx"))

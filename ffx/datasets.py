@@ -9,7 +9,8 @@ torch nor onnxruntime (the runtime runs on Jetsons without them). Layouts `open_
   after normalising both (lowercase, runs of other characters -> ``_``), so ``t-shirt_top`` and
   ``0_t-shirt_top`` both match ``T-shirt/top``. Numeric folders (``0``, ``1``, ...) are indices.
   Anything else falls back to sorted folder order (the ImageFolder convention), with a warning.
-- A flat ImageNet validation folder with ``LOC_val_solution.csv`` in it or above it (Kaggle).
+- A flat ImageNet validation folder with ``LOC_val_solution.csv`` in it, or Kaggle's
+  ``ILSVRC/Data/CLS-LOC/val`` with the file at the top of the download (``../../../../``).
 - A list file: ``path label`` per line, paths relative to the file, ``#`` comments.
 - Any other folder of images: unlabelled (enough for calibration and predict).
 
@@ -22,21 +23,27 @@ import concurrent.futures
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import multiprocessing
+import os
 import re
 import signal
+import stat
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from ffx.artifacts import sha256_file
-from ffx.errors import FfxError
-from ffx.images import IMAGE_EXTENSIONS, decode_files, find_images, is_image_file, normalize_pixels
-from ffx.metadata import Preprocess, imagenet_class_names, imagenet_wnids
+from ffx.artifacts import file_kind, sha256_file
+from ffx.errors import TERMINATING_SIGNALS, FfxError
+from ffx.images import (IMAGE_EXTENSIONS, UnreadableImage, decode_files, find_images, is_image_file, normalize_pixels,
+                        open_regular_file)
+from ffx.metadata import MAX_CLASSES, Preprocess, imagenet_class_names, imagenet_wnids
 
 LOC_SOLUTION_FILE = "LOC_val_solution.csv"
+# Kaggle's ImageNet download: LOC_val_solution.csv at the top, the images in this folder under it.
+KAGGLE_VAL_FOLDER = ("ILSVRC", "Data", "CLS-LOC", "val")
 SPLIT_FOLDER_NAMES = {"train", "val", "valid", "validation", "test"}
 WNID_PATTERN = re.compile(r"^n\d{8}$")
 # How many unreadable files a warning names before "and N more".
@@ -86,6 +93,19 @@ def normalise_class_name(name):
     return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
 
 
+def check_data_path(path):
+    """FfxError unless `path` is a folder or a regular file (a list file): a device, FIFO or
+    socket (/dev/zero, /dev/fd/N, a named pipe) would hang or never end when read."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FfxError(f"{path}: no such file or directory") from None
+    except OSError as e:  # a symlink loop, a path too long, ...
+        raise FfxError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise FfxError(f"{path}: is a {file_kind(mode)}; give a folder of images or a list file")
+
+
 def open_dataset(path, class_names=None, warn=print_warning):
     """Open a folder or list file of images; `class_names` (from the model's metadata) name the
     label indices. Raises FfxError when nothing usable is there."""
@@ -97,8 +117,7 @@ def open_dataset(path, class_names=None, warn=print_warning):
         if warn is not None:
             warn(message)
 
-    if not root.exists():
-        raise FfxError(f"{root}: no such file or directory")
+    check_data_path(root)
     if root.is_file():
         if root.suffix.lower() in IMAGE_EXTENSIONS:
             raise FfxError(f"{root}: is an image; pass the folder that holds it, or a list file")
@@ -112,9 +131,14 @@ def open_dataset(path, class_names=None, warn=print_warning):
 
 
 def _open_folder(root, class_names, note):
-    loose_images = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    class_dirs = [d for d in class_dirs if _has_images(d)]
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as e:
+        raise FfxError(f"{root}: cannot read it ({e.strerror or e})") from None
+    loose_images = [p for p in entries if p.is_file() and is_image_file(p)]
+    # Each folder is walked once: the images found decide whether it is a class folder and are its items.
+    found = {p: find_images(p) for p in entries if p.is_dir() and not p.name.startswith(".")}
+    class_dirs = [d for d, images in found.items() if images]
 
     solution = _find_loc_solution(root) if loose_images else None
     if solution is not None:
@@ -126,7 +150,7 @@ def _open_folder(root, class_names, note):
                 f"{root}: holds data-set splits ({', '.join(split_dirs)}), not classes; "
                 f"pass one of them, e.g. {root / split_dirs[0]}"
             )
-        return _open_class_folders(root, class_dirs, class_names, note)
+        return _open_class_folders(root, class_dirs, found, class_names, note)
     return ImageDataset(
         root=root,
         layout="unlabelled",
@@ -136,20 +160,16 @@ def _open_folder(root, class_names, note):
     )
 
 
-def _has_images(folder):
-    return any(p.is_file() and is_image_file(p) for p in folder.rglob("*"))
-
-
 def _has_subfolders(folder):
     return any(p.is_dir() for p in folder.iterdir())
 
 
-def _open_class_folders(root, class_dirs, class_names, note):
+def _open_class_folders(root, class_dirs, found, class_names, note):
     names = [d.name for d in class_dirs]
     labels, class_list, source = _folder_labels(names, class_names, note, root)
     items = []
     for folder, label in zip(class_dirs, labels):
-        items.extend(ImageItem(p, label) for p in find_images(folder))
+        items.extend(ImageItem(p, label) for p in found[folder])
     layout = "imagenet-folders" if source.startswith("ImageNet") else "class-folders"
     return ImageDataset(root=root, layout=layout, items=items, class_names=class_list, label_source=source)
 
@@ -187,8 +207,8 @@ def _folder_labels(names, class_names, note, root):
         else:
             why = f"several folders match class {class_names[duplicated[0]]!r}"
         note(f"{root}: {why}; labels follow sorted folder order instead (check them)")
-    elif all(name.isdigit() for name in names):
-        return [int(name) for name in names], None, "numeric folder names are class indices"
+    elif all(class_index(name) is not None for name in names):
+        return [class_index(name) for name in names], None, "numeric folder names are class indices"
     else:
         note(f"{root}: the model has no class names; labels follow sorted folder order (ImageFolder convention)")
     return list(range(len(names))), list(names), "sorted folder order"
@@ -198,16 +218,31 @@ def _match_folder(folder_name, by_name, num_classes):
     normalised = normalise_class_name(folder_name)
     if normalised in by_name:
         return by_name[normalised]
-    if folder_name.isdigit() and int(folder_name) < num_classes:
-        return int(folder_name)
+    index = class_index(folder_name)
+    if index is not None and index < num_classes:
+        return index
     prefixed = re.match(r"^(\d+)_(.+)$", normalised)  # "0_t-shirt_top": index, then the name
     if prefixed and prefixed.group(2) in by_name:
         return by_name[prefixed.group(2)]
     return None
 
 
-def _find_loc_solution(root, levels=4):
-    for folder in [root, *list(root.resolve().parents)[:levels]]:
+def class_index(text):
+    """The class index written in `text` (ASCII digits, below MAX_CLASSES), else None: '²' is a
+    digit to str.isdigit but not to int(), and a 30-digit label is no class."""
+    if re.fullmatch(r"[0-9]{1,7}", text) and int(text) < MAX_CLASSES:
+        return int(text)
+    return None
+
+
+def _find_loc_solution(root):
+    """LOC_val_solution.csv where the README says: in the folder itself, or at the top of Kaggle's
+    download when the folder is its ILSVRC/Data/CLS-LOC/val (nowhere else above it)."""
+    folders = [root]
+    resolved = root.resolve()
+    if resolved.parts[-len(KAGGLE_VAL_FOLDER):] == KAGGLE_VAL_FOLDER:
+        folders.append(resolved.parents[len(KAGGLE_VAL_FOLDER) - 1])
+    for folder in folders:
         candidate = folder / LOC_SOLUTION_FILE
         if candidate.is_file():
             return candidate
@@ -255,7 +290,10 @@ def _open_list_file(path, class_names, note):
         parts, label = [line], None
         for words in range(1, len(line.split())):  # the label may be a class name with spaces
             candidate = line.rsplit(maxsplit=words)
-            label = _parse_label(" ".join(candidate[1:]), by_name)
+            try:
+                label = _parse_label(" ".join(candidate[1:]), by_name)
+            except FfxError as e:
+                raise FfxError(f"{path}: line {number}: {e}") from None
             if label is not None:
                 parts = candidate
                 break
@@ -275,8 +313,12 @@ def _open_list_file(path, class_names, note):
 
 
 def _parse_label(text, by_name):
-    if re.fullmatch(r"\d+", text):
-        return int(text)
+    if re.fullmatch(r"[0-9]+", text):
+        index = class_index(text)
+        if index is None:
+            raise FfxError(f"label {text[:30]}{'...' if len(text) > 30 else ''} is not a class index "
+                           f"(0 to {MAX_CLASSES - 1:,})")
+        return index
     return by_name.get(normalise_class_name(text))
 
 
@@ -396,8 +438,12 @@ class BatchLoader:
     def _decoded_in_workers(self, preprocess):
         chunk = max(1, min(8, self.batch_size))
         chunks = [self.items[i:i + chunk] for i in range(0, len(self.items), chunk)]
-        executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_process_context(),
-                                                          initializer=_ignore_interrupts)
+        # Deferred here too: the pool's queues start multiprocessing's resource tracker, which
+        # inherits the mask and so outlives a SIGHUP or SIGQUIT sent to the whole process group
+        # (killed, it is restarted during the shutdown and prints a traceback).
+        with _interrupts_deferred():
+            executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_process_context(),
+                                                              initializer=_ignore_interrupts)
         in_flight = collections.deque()
         try:
             next_chunk = 0
@@ -417,13 +463,13 @@ class BatchLoader:
 
 @contextlib.contextmanager
 def _interrupts_deferred():
-    """Hold SIGINT/SIGTERM while a submit may be starting a worker: interrupted half-way, the
+    """Hold SIGINT and the TERMINATING_SIGNALS while a submit may be starting a worker: interrupted half-way, the
     parent would tear the pool down while the new worker still unpickles its queues, and the
     worker would print a traceback. The signal is delivered as soon as the submit returns."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
+    held = {signal.SIGINT, *TERMINATING_SIGNALS}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield
@@ -432,9 +478,12 @@ def _interrupts_deferred():
 
 
 def _ignore_interrupts():
-    # Ctrl-C reaches the whole process group: the parent stops the pool and reports once; the
-    # workers must not each print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, Ctrl-\ and a closed terminal's SIGHUP reach the whole process group: the parent stops
+    # the pool and reports once; the workers must neither each print a KeyboardInterrupt traceback
+    # nor die on their own (the pool would break mid-batch).
+    for signum in (signal.SIGINT, *TERMINATING_SIGNALS):
+        if signum != signal.SIGTERM:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
@@ -495,8 +544,13 @@ def describe_skipped(skipped):
 
 
 def file_sha256(path):
-    """sha256 of a file's bytes, or None when it cannot be read (it will be skipped later)."""
+    """sha256 of a file's bytes, or None when it cannot be read or is not a regular file (it will
+    be skipped later; a FIFO would block the read)."""
     try:
-        return sha256_file(path)
-    except OSError:
+        with open_regular_file(path) as file:
+            digest = hashlib.sha256()
+            while block := file.read(1 << 20):
+                digest.update(block)
+            return digest.hexdigest()
+    except (OSError, UnreadableImage):
         return None

@@ -4,6 +4,24 @@ Library code raises these; the Click layer turns them into a one-line message an
 code. Anything else that escapes is a bug in ffx and keeps its traceback.
 """
 
+import signal
+
+# Signals that end ffx through the same cleanup as Ctrl-C (SIGINT), exit code 128 + the signal's
+# number: SIGTERM, a closed terminal's SIGHUP and Ctrl-\'s SIGQUIT (whose default actions would
+# skip the cleanup and orphan decoding workers).
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
+
+
+# How to install what a command lacks. ffx installs from its own folder (a clone): `pip install
+# ffx` would fetch an unrelated package of that name from PyPI. torch from PyPI is its several-GB
+# CUDA build; PyTorch's own index has the CPU one.
+TORCH_CPU_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+
+
+def install_hint(extra):
+    """What to run for one of ffx's optional extras (setup.cfg), e.g. `pip install '.[serve]'`."""
+    return f"`pip install '.[{extra}]'` in ffx's folder"
+
 
 class FfxError(Exception):
     """Bad input or an environment problem the user can fix: exit code 2."""

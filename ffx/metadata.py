@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from ffx.errors import FfxError
+from ffx.json_input import InvalidJson, parse_json
 
 METADATA_KEY = "ffx"
 # Version of the metadata layout below; a reader refuses a newer one instead of misreading it.
@@ -27,6 +28,7 @@ MAX_RESIZE = 8192
 # A model with its normalization folded in takes RGB in [0, 1] or [0, 255].
 INPUT_SCALES = (1.0, 255.0)
 MAX_CLASSES = 1_000_000
+MAX_DEPTH = 256  # transformer blocks (the largest published configuration has 24)
 # The largest batch an exported graph declares (its torch.export batch Dim) and so the largest an
 # engine profile, Triton's max_batch_size or `ffx serve` may ask of it.
 MAX_BATCH = 65536
@@ -150,9 +152,20 @@ def validate_metadata(info, source="model"):
             raise FfxError(f"{source}: ffx metadata field class_names must be a list of strings, found {_short(names)}")
         if num_classes is not None and len(names) != num_classes:
             raise FfxError(f"{source}: ffx metadata field class_names lists {len(names)} names for {num_classes} classes")
-    for field in ("input_name", "output_name", "arch", "precision"):
+    for field in ("input_name", "output_name", "arch", "precision", "source_sha256", "weights", "source_file",
+                  "ffx_version"):
         if info.get(field) is not None and not isinstance(info[field], str):
             raise FfxError(f"{source}: ffx metadata field {field} must be a string, found {_short(info[field])}")
+    if info.get("preprocess_recorded") is not None and not isinstance(info["preprocess_recorded"], bool):
+        raise FfxError(f"{source}: ffx metadata field preprocess_recorded must be true or false, "
+                       f"found {_short(info['preprocess_recorded'])}")
+    for field in ("config", "calibration", "exporter"):
+        if info.get(field) is not None and not isinstance(info[field], dict):
+            raise FfxError(f"{source}: ffx metadata field {field} must be an object, found {_kind(info[field])}")
+    depth = (info.get("config") or {}).get("depth")
+    if depth is not None and not (_is_int(depth) and 1 <= depth <= MAX_DEPTH):
+        raise FfxError(f"{source}: ffx metadata field config.depth must be an integer from 1 to {MAX_DEPTH}, "
+                       f"found {_short(depth)}")
     if info.get("preprocess") is not None:
         Preprocess.from_dict(info["preprocess"], source)
     return info
@@ -207,9 +220,9 @@ def onnx_metadata(model, source="the model"):
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             try:
-                info = json.loads(prop.value)
-            except (json.JSONDecodeError, RecursionError):
-                raise FfxError(f"{source}: its ffx metadata is not valid JSON") from None
+                info = parse_json(prop.value)
+            except InvalidJson as e:
+                raise FfxError(f"{source}: its ffx metadata is {'not valid JSON' if e.syntax else e}") from None
             if not isinstance(info, dict):
                 raise FfxError(f"{source}: ffx metadata must be a JSON object, found {_kind(info)}")
             return info

@@ -11,7 +11,7 @@ builder config from a validated `BuildOptions`), `build_plan` (the serialized en
 `build_serialized_engine` runs them in order.
 
 TensorRT API conventions, checked by tests/test_tensorrt_conformance.py against the installed
-TensorRT-RTX and NVIDIA's TensorRT 10.3 and 11.x bindings: TensorRT objects live in variables
+TensorRT-RTX and NVIDIA's TensorRT 10.3, 10.16, 11.1 and 11.4 bindings: TensorRT objects live in variables
 named after their class (`trt`, `builder`, `network`, `parser`, `config`, `engine`, `context`,
 ...); a name only one flavour has is used inside a function whose name ends in `_rtx` or
 `_full_tensorrt`; a name only some versions have is looked up with `getattr(obj, "name", None)`.
@@ -25,8 +25,15 @@ import time
 import warnings
 from pathlib import Path
 
-from ffx.compute_capability import RTX_DEFAULT_TARGETS, TURING, capability_label, rtx_supports, rtx_unsupported_reason
-from ffx.errors import BackendUnavailable, FfxError, InvalidOption
+from ffx.compute_capability import (
+    RTX_DEFAULT_TARGETS,
+    TURING,
+    capability_label,
+    rtx_plan_targets,
+    rtx_supports,
+    rtx_unsupported_reason,
+)
+from ffx.errors import BackendUnavailable, FfxError, InvalidOption, install_hint
 from ffx.metadata import MAX_BATCH
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
@@ -46,7 +53,7 @@ _INSTALL_HINT = {
     ),
     "tensorrt-rtx": (
         "install TensorRT-RTX (`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`, or "
-        "`pip install 'ffx[tensorrt-rtx]'`); it builds engines for RTX GPUs ahead of time, even without a GPU"
+        f"{install_hint('tensorrt-rtx')}); it builds engines for RTX GPUs ahead of time, even without a GPU"
     ),
 }
 
@@ -193,6 +200,11 @@ DEFAULT_OPT_BATCH = 8  # capped by the max batch
 CURRENT_GPU = "current"  # as a target: the GPU of the building machine
 
 
+# The largest builder workspace BuildOptions accepts: 1 TiB, beyond the memory of any GPU (TensorRT
+# takes the limit as a 64-bit size; 10^35 bytes was a TypeError from its bindings).
+MAX_WORKSPACE_BYTES = 1 << 40
+
+
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
     """How to build an engine, validated on construction (InvalidOption names the field).
@@ -202,7 +214,7 @@ class BuildOptions:
     after the build (full TensorRT). optimization_level: 0..5. hardware_compatibility: a key of
     HARDWARE_COMPATIBILITY (full TensorRT). version_compatible: loadable by newer TensorRT of the
     same major (full TensorRT). compute_capabilities: TensorRT-RTX targets, replacing its default
-    (8.6, 8.9, 12.0); "current" alone means this machine's GPU and must be resolved with
+    (8.0, 8.6, 8.9, 12.0, 12.1); "current" alone means this machine's GPU and must be resolved with
     `with_current_gpu` before building. tf32: allow TF32 for FP32 layers (TensorRT's default).
     """
 
@@ -222,6 +234,9 @@ class BuildOptions:
             value = getattr(self, field)
             if (value is not None or field == "min_batch") and not _positive_int(value):
                 raise InvalidOption(field, f"must be a positive whole number, got {value!r}")
+        if self.workspace_bytes is not None and self.workspace_bytes > MAX_WORKSPACE_BYTES:
+            raise InvalidOption("workspace_bytes", f"at most {MAX_WORKSPACE_BYTES >> 30:,} GiB (more than any GPU "
+                                f"holds), got {self.workspace_bytes:,} bytes")
         given = [b for b in (self.min_batch, self.opt_batch, self.max_batch) if b is not None]
         if max(given) > MAX_BATCH:
             raise InvalidOption("max_batch", f"batches go up to {MAX_BATCH:,} (what an exported graph declares), "
@@ -590,6 +605,7 @@ def build_serialized_engine(onnx_path, options=None, backend="auto", progress=No
         cache_info = {"path": str(path), "loaded_bytes": setup.timing_cache_loaded_bytes, "saved_bytes": saved}
     trt = backend.module
     level = None if backend.is_rtx else setup.config.hardware_compatibility_level
+    targets = _plan_targets_rtx(engine_bytes, setup) if backend.is_rtx else setup.targets
     build = EngineBuild(
         backend=backend.name,
         backend_version=backend.version,
@@ -603,11 +619,24 @@ def build_serialized_engine(onnx_path, options=None, backend="auto", progress=No
         optimization_level=int(setup.config.builder_optimization_level),
         hardware_compatibility=_enum_name(level).lower() if level is not None else None,
         tf32=bool(setup.config.get_flag(trt.BuilderFlag.TF32)),
-        compute_capabilities=setup.targets,
+        compute_capabilities=targets,
         timing_cache=cache_info,
         notes=setup.notes,
     )
     return engine_bytes, build
+
+
+def _plan_targets_rtx(engine_bytes, setup):
+    """The targets the TensorRT-RTX plan records in its header (what the runtime will check), or
+    the ones ffx asked for when the header cannot be read; a difference is noted."""
+    recorded = rtx_plan_targets(engine_bytes)
+    if recorded is None:
+        setup.notes.append("the engine's own list of targets could not be read; recorded the targets asked for")
+        return list(setup.targets)
+    if list(recorded) != list(setup.targets):
+        setup.notes.append(f"the engine records compute capability {', '.join(recorded)} "
+                           f"(asked for {', '.join(setup.targets)})")
+    return list(recorded)
 
 
 # -- data types -------------------------------------------------------------------------------

@@ -108,7 +108,9 @@ def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, prov
     measurement, so several checkpoints share memory). A batch beyond an engine's profile is skipped via `on_skip(message)`,
     and so is a target that cannot run on this machine (an engine without a GPU) when others can;
     when none can, BackendUnavailable says why."""
-    runners = [open_runner(t, provider=provider, cuda_graph=cuda_graph, threads=threads) for t in targets]
+    # Speed is measured on the kernels a deployment runs: onnxruntime's fused int8 ones.
+    runners = [open_runner(t, provider=provider, cuda_graph=cuda_graph, threads=threads, int8_kernels=True)
+               for t in targets]
     available = []
     for runner in runners:  # checked before measuring anything
         try:

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from ffx.errors import BackendUnavailable, FfxError
+from ffx.errors import BackendUnavailable, FfxError, install_hint
 
 CUDA_LIBRARIES = ("pycuda", "cuda-python")
 
@@ -29,8 +29,14 @@ class GpuInfo:
         return dataclasses.asdict(self)
 
 
-GRAPHS_NEED_CUDA_PYTHON = ("CUDA graphs need cuda-python (`pip install cuda-python`): released pycuda has no "
-                           "stream-capture API")
+GRAPHS_NEED_CUDA_PYTHON = (f"CUDA graphs need cuda-python ({install_hint('cuda12')}, or '.[cuda13]' for a CUDA 13 "
+                           "driver): released pycuda has no stream-capture API")
+CUDA_LIBRARY_HINT = (f"{install_hint('cuda12')} (cuda-python; '.[cuda13]' for a CUDA 13 driver, '.[pycuda]' for "
+                     "pycuda, compiled on the device)")
+
+
+class CudaLibraryMissing(BackendUnavailable):
+    """A CUDA library is not installed (as opposed to installed, with no GPU or driver to talk to)."""
 
 
 def open_cuda(preferred="auto", device=0, graphs=False):
@@ -43,19 +49,21 @@ def open_cuda(preferred="auto", device=0, graphs=False):
     order = CUDA_LIBRARIES if preferred == "auto" else (preferred,)
     if graphs:
         order = ("cuda-python",)
-    reasons = []
+    missing, failed = [], []
     for name in order:
         try:
             return PycudaApi(device) if name == "pycuda" else CudaPythonApi(device)
+        except CudaLibraryMissing:
+            missing.append(name)
         except BackendUnavailable as e:
-            reasons.append(str(e))
+            failed.append(str(e))
+    if failed:  # a library is there: what is missing is a GPU, or a driver it can use
+        raise BackendUnavailable("running a TensorRT engine needs a CUDA GPU and its driver, and none is usable here ("
+                                 + "; ".join(failed) + ")")
     if graphs:
-        raise BackendUnavailable(f"{GRAPHS_NEED_CUDA_PYTHON} ({reasons[0]})")
-    raise BackendUnavailable(
-        "running a TensorRT engine needs a CUDA GPU and pycuda or cuda-python ("
-        + "; ".join(reasons)
-        + "): `pip install cuda-python` (or pycuda, compiled on the device)"
-    )
+        raise BackendUnavailable(GRAPHS_NEED_CUDA_PYTHON)
+    raise BackendUnavailable(f"running a TensorRT engine needs a CUDA GPU and pycuda or cuda-python, and neither "
+                             f"library is installed: {CUDA_LIBRARY_HINT}")
 
 
 def current_gpu(device=0):
@@ -141,7 +149,11 @@ class PycudaApi(CudaApi):
         self.context = None
         try:
             import pycuda.driver as driver
-        except Exception as e:  # ImportError, or OSError when libcuda is missing
+        except ImportError as e:
+            if e.name is not None and e.name.split(".")[0] == "pycuda":
+                raise CudaLibraryMissing("pycuda is not installed") from None
+            raise BackendUnavailable(f"pycuda: {type(e).__name__}: {e}") from None  # e.g. libcuda.so missing
+        except Exception as e:  # OSError when libcuda is missing
             raise BackendUnavailable(f"pycuda: {type(e).__name__}: {e}") from None
         try:
             driver.init()
@@ -214,6 +226,10 @@ class CudaPythonApi(CudaApi):
                 from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
             except ImportError:
                 from cuda import cudart  # older cuda-python
+        except ImportError as e:
+            if e.name is not None and e.name.split(".")[0] == "cuda":
+                raise CudaLibraryMissing("cuda-python is not installed") from None
+            raise BackendUnavailable(f"cuda-python: {type(e).__name__}: {e}") from None
         except Exception as e:
             raise BackendUnavailable(f"cuda-python: {type(e).__name__}: {e}") from None
         self.cudart = cudart

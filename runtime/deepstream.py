@@ -13,17 +13,23 @@ closest single scale and the accuracy this costs measured on labelled images.
 """
 
 import dataclasses
+import filecmp
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ffx.artifacts import atomic_output
+from ffx.artifacts import atomic_outputs, check_output_path, output_target
 from ffx.errors import FfxError
 from ffx.metadata import escape_text
+from ffx.onnx_file import external_data_files
 from ffx.runtime.model_interface import read_model_interface
 from ffx.runtime.sidecar import recorded_file
 
-NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode values
+# nvinfer's network-mode values. It has none for FP8 (its config parser takes 0 FP32, 1 INT8, 2 FP16):
+# an FP8 graph or engine gets 2, which matters only when nvinfer builds an engine itself (see _warnings).
+NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2, "fp8": 2}
 
 
 class PerChannelNormalization(FfxError):
@@ -89,34 +95,45 @@ def write_deepstream_config(model_path, output_dir, approximate=False, data=None
     interface = read_model_interface(model_path)
     preprocess = interface.preprocess
     scaling = nvinfer_scaling(preprocess, allow_approximation=approximate)
-    approximation = None
-    if not scaling.exact:
-        if data is None:
-            raise FfxError("an approximate normalization needs labelled images to measure what it costs")
-        approximation = measure_approximation(interface, scaling, data, num_images, progress)
     if interface.precision not in NETWORK_MODES:
         raise FfxError(f"{interface.path.name}: precision {interface.precision} has no nvinfer network-mode")
     output_dir = Path(output_dir)
     name = interface.path.name.split(".")[0] or "model"
     config_path = output_dir / f"config_infer_{name}.txt"
-
     model_files = _model_files(interface)
     labels = ";".join(escape_text(n).replace(";", ",") for n in interface.class_names) if interface.class_names else None
+    targets = [output_dir / target_name for target_name in model_files.values()]
+    targets += [output_dir / "labels.txt"] * (labels is not None) + [config_path]
+    for target in targets:  # before measuring: a device, FIFO or folder there, a name too long, ...
+        if os.path.lexists(target):
+            output_target(target)  # an identical file stays, another is refused below
+        else:
+            check_output_path(target)
+    approximation = None
+    if not scaling.exact:
+        if data is None:
+            raise FfxError("an approximate normalization needs labelled images to measure what it costs")
+        approximation = measure_approximation(interface, scaling, data, num_images, progress)
     warnings = _warnings(interface, preprocess)
     if interface.class_names and any(escape_text(n) != n for n in interface.class_names):
         warnings.append("class names with line breaks or control characters are written escaped to labels.txt")
     batch_size = interface.max_batch or 1
     text = _config_text(interface, scaling, model_files, batch_size, labels is not None, approximation, warnings)
-    outputs = {output_dir / target_name: source.read_bytes() for source, target_name in model_files.items()}
+    outputs = {output_dir / target_name: source for source, target_name in model_files.items()}
     if labels is not None:
         outputs[output_dir / "labels.txt"] = (labels + "\n").encode()  # classifiers: one line, ';'-separated
     outputs[config_path] = text.encode()
     for target, content in outputs.items():  # never replace a different file the user has there
-        if target.exists() and (not target.is_file() or target.read_bytes() != content):
+        if target.exists() and not _same_contents(target, content):
             raise FfxError(f"{target}: already exists with other contents; choose another output folder")
-    for target, content in outputs.items():
-        with atomic_output(target) as tmp:
-            tmp.write_bytes(content)
+    # A file already there with the same bytes (a model deployed into its own folder, a second run) stays as it is.
+    changed = {target: content for target, content in outputs.items() if not target.exists()}
+    with atomic_outputs(*changed) as temporaries:
+        for tmp, content in zip(temporaries, changed.values()):
+            if isinstance(content, Path):  # model files are copied, not read whole (external data can be GBs)
+                shutil.copyfile(content, tmp)
+            else:
+                tmp.write_bytes(content)
     written = [str(target) for target in outputs]
     return DeepStreamReport(
         config=str(config_path), labels=str(output_dir / "labels.txt") if labels else None, files=written,
@@ -126,15 +143,24 @@ def write_deepstream_config(model_path, output_dir, approximate=False, data=None
     )
 
 
+def _same_contents(target, content):
+    """Whether the existing file `target` holds `content` (bytes, or the contents of a Path)."""
+    if not target.is_file():
+        return False
+    if isinstance(content, Path):
+        return filecmp.cmp(target, content, shallow=False)
+    return target.read_bytes() == content
+
+
 def _model_files(interface):
     """{source path: file name in the output folder}: the engine and the ONNX it came from (nvinfer
     rebuilds from the ONNX when the engine does not load), or the ONNX alone."""
-    if interface.kind == "onnx":
-        return {interface.path: interface.path.name}
     files = {interface.path: interface.path.name}
-    source_onnx = recorded_file(interface.path, interface.sidecar.onnx)
+    source_onnx = interface.path if interface.kind == "onnx" else recorded_file(interface.path, interface.sidecar.onnx)
     if source_onnx is not None:
         files[source_onnx] = source_onnx.name
+        for location in external_data_files(source_onnx):  # its external weights, where its graph names them
+            files[source_onnx.parent / location] = location
     return files
 
 
@@ -149,6 +175,12 @@ def _warnings(interface, preprocess):
     if interface.sidecar is not None and interface.sidecar.backend == "tensorrt-rtx":
         warnings.append(f"{interface.path.name} was built by TensorRT-RTX, which DeepStream does not run; nvinfer "
                         "will build its own engine from the ONNX (onnx-file) on first start")
+    if interface.precision == "fp8":
+        warnings.append("nvinfer's network-mode has no FP8 value (0 FP32, 1 INT8, 2 FP16): FP8 is in the graph's "
+                        "Q/DQ nodes and in an engine nvinfer loads as built; network-mode=2 (FP16) applies only when "
+                        "nvinfer builds an engine itself, to the layers left in float; FP8 needs compute capability "
+                        "8.9 or newer (not Jetson Orin): ship an engine from `ffx build-engine --fp8` built on the "
+                        "target GPU")
     return warnings
 
 

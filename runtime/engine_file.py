@@ -2,10 +2,12 @@
 
 The TensorRT build itself is ffx.tensorrt's (parse -> configure -> build); this module decides
 what graph to build from and writes the two files. Precision is decided in the ONNX graph
-(TensorRT 11 has no FP16/INT8 builder flags), so an FP16 or INT8 engine from an FP32 model first
-runs the calibration stage in-process (typed FP16, or Q/DQ INT8 calibrated on `calib_data`) and
-builds from the result, which is kept beside the engine so that `ffx verify` can check exactly
-that graph with ONNX Runtime too.
+(TensorRT 11 has no FP16/INT8 builder flags), so an FP16, INT8 or FP8 engine from an FP32 model
+first runs the calibration stage in-process (typed FP16, or Q/DQ INT8/FP8 calibrated on
+`calib_data`) and builds from the result, which is kept beside the engine so that `ffx verify` can
+check exactly that graph with ONNX Runtime too. An FP8 engine is built only for GPUs with FP8
+tensor cores (ffx/gpu_precisions.py): other targets are refused before anything is calibrated, and
+TensorRT-RTX builds it for the FP8-capable ones among its default targets.
 """
 
 import dataclasses
@@ -14,8 +16,10 @@ import platform
 from pathlib import Path
 
 from ffx import __version__
-from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_bytes, sha256_file, written_together
+from ffx.artifacts import atomic_outputs, check_output_path, sha256_bytes, sha256_file, written_together
+from ffx.compute_capability import RTX_DEFAULT_TARGETS
 from ffx.errors import FfxError, InvalidOption
+from ffx.gpu_precisions import fp8_refusal, gpu_precisions, supports_fp8
 from ffx.runtime.onnx_model import calibration_manifest_path, graph_precision, load_onnx
 from ffx.runtime.sidecar import (
     ENGINE_SUFFIXES,
@@ -28,7 +32,7 @@ from ffx.runtime.sidecar import (
     sidecar_path,
 )
 from ffx.metadata import onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size
+from ffx.onnx_file import check_input_size, check_logits_output
 
 
 @dataclasses.dataclass
@@ -36,7 +40,8 @@ class BuildReport:
     engine: str
     sidecar: str
     onnx: str  # the graph the engine was built from (the calibrated one when calibration ran)
-    calibrated_onnx: str | None  # written by this build's FP16/INT8 calibration step
+    calibrated_onnx: str | None  # written (or reused, see below) by this build's FP16/INT8 calibration step
+    calibration_reused: bool  # the calibrated graph on disk was exactly what calibrating would write
     backend: str
     backend_version: str
     precision: str
@@ -48,6 +53,7 @@ class BuildReport:
     targets: list  # TensorRT-RTX compute capabilities the engine runs on; [] for full TensorRT
     tf32: bool
     notes: list
+    precision_guide: list = dataclasses.field(default_factory=list)  # per target GPU: what it runs, what ffx recommends
 
 
 def write_engine(onnx_path, output, options=None, precision=None, calib_data=None, calib_options=None, backend="auto",
@@ -56,9 +62,10 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
 
     Args:
         options: a BuildOptions (profile, workspace, targets, ...); defaults when None.
-        precision: None builds the graph as it is; "fp16" or "int8" convert or calibrate an FP32
-            graph first (INT8 on the images in `calib_data`, with `calib_options` for
-            `ffx.calib.calibrate_int8`), a graph already in that precision builds as it is.
+        precision: None builds the graph as it is; "fp16", "int8" or "fp8" convert or calibrate an
+            FP32 graph first (INT8/FP8 on the images in `calib_data`, with `calib_options` for
+            `ffx.calib.CalibrationOptions`), a graph already in that precision builds as it is. An
+            FP8 engine (asked for, or from an FP8 graph) is refused for targets without FP8.
         backend: "auto", "tensorrt" or "tensorrt-rtx".
     """
     from ffx.runtime.cuda import current_gpu
@@ -68,30 +75,41 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     options = options or BuildOptions()
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise FfxError(f"{output}: an engine file should end in {', '.join(ENGINE_SUFFIXES)}")
-    if precision not in (None, "fp16", "int8"):
-        raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16 or int8 (or the graph's own)")
-    refuse_overwriting_inputs(output, [onnx_path, calib_data])
-    refuse_overwriting_inputs(sidecar_path(output), [onnx_path])
+    if precision not in (None, "fp16", "int8", "fp8"):
+        raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16, int8 or fp8 (or the graph's own)")
+    for path in (output, sidecar_path(output)):
+        check_output_path(path, [onnx_path, calib_data])
+    if options.timing_cache is not None:  # full TensorRT reads it and writes it back after the build
+        _check_timing_cache(Path(options.timing_cache), onnx_path, calib_data, output)
     model = load_onnx(onnx_path)
     metadata = validate_metadata(onnx_metadata(model, onnx_path) or {}, onnx_path)
     check_input_size(model, metadata, onnx_path)  # else the sidecar would carry preprocessing the engine cannot take
+    check_logits_output(model, onnx_path)
     graph = graph_precision(model)
     backend = available_backend(backend)  # fail before a long calibration if TensorRT is missing
     gpu = current_gpu()
     options = options.with_current_gpu(gpu.compute_capability if gpu else None)
     check_backend_options(backend, options)
     notes = []
+    if "fp8" in (precision, graph):  # before any calibration: a target without FP8 cannot take the engine
+        options = _fp8_targets(backend, options, gpu, notes)
     calibrated = None
+    calibration_reused = False
     if precision is not None and graph != precision:
         if graph != "fp32":
             raise FfxError(f"{onnx_path} is a {graph} graph; {precision.upper()} engines are made from FP32 models")
-        if precision == "int8":
-            if calib_data is None:
-                raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an INT8 engine needs calibration "
-                                    "images to calibrate it first (or give a model made by `ffx calibrate`)")
-            calibrated = _calibrate_int8(onnx_path, calib_data, _derived_path(output, "int8", onnx_path, notes), calib_options or {}, progress)
+        quantized = precision in ("int8", "fp8")
+        if quantized and calib_data is None:
+            raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an {precision.upper()} engine needs "
+                                "calibration images to calibrate it first (or give a model made by `ffx calibrate`)")
+        conversion_options = _calibration_options(calib_options if quantized else {}, precision if quantized else None)
+        derived, calibration_reused = _conversion_path(output, precision, onnx_path, calib_data, conversion_options, notes)
+        if calibration_reused:
+            calibrated = derived
+        elif quantized:
+            calibrated = _calibrate(onnx_path, calib_data, derived, conversion_options, progress)
         else:
-            calibrated = _convert_fp16(onnx_path, _derived_path(output, "fp16", onnx_path, notes), calib_data, progress)
+            calibrated = _convert_fp16(onnx_path, derived, calib_data, progress)
     elif calib_data is not None:
         notes.append(f"calibration images ignored: {onnx_path.name} is already {graph}")
 
@@ -112,6 +130,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         sidecar=str(sidecar_path(output)),
         onnx=str(source),
         calibrated_onnx=str(calibrated) if calibrated else None,
+        calibration_reused=calibration_reused,
         backend=build.backend,
         backend_version=build.backend_version,
         precision=graph,
@@ -123,7 +142,27 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         targets=build.compute_capabilities,
         tf32=build.tf32,
         notes=notes,
+        precision_guide=[gpu_precisions(target).describe() for target in
+                         (build.compute_capabilities or ([gpu.compute_capability] if gpu else []))],
     )
+
+
+def _fp8_targets(backend, options, gpu, notes):
+    """`options` for an FP8 engine: TensorRT-RTX targets that all have FP8 (the FP8-capable ones
+    among its defaults when none are given); full TensorRT builds for this GPU, which must have FP8.
+    InvalidOption/FfxError naming the GPU and what to use instead otherwise."""
+    if backend.is_rtx:
+        for target in options.compute_capabilities:
+            if not supports_fp8(target):
+                raise InvalidOption("compute_capabilities", fp8_refusal(target))
+        if not options.compute_capabilities:
+            targets = tuple(target for target in RTX_DEFAULT_TARGETS if supports_fp8(target))
+            notes.append(f"FP8 engine: built for {', '.join(targets)} only, the TensorRT-RTX default targets with FP8 "
+                         "tensor cores")
+            options = dataclasses.replace(options, compute_capabilities=targets)
+    elif gpu is not None and not supports_fp8(gpu.compute_capability):
+        raise FfxError(fp8_refusal(gpu.compute_capability, gpu.name))
+    return options
 
 
 def _sidecar(output, engine_bytes, build, source, metadata, precision, gpu, notes):
@@ -164,12 +203,19 @@ def _write_engine_and_sidecar(output, engine_bytes, sidecar):
     """The two temporaries are renamed only once both are written, the engine first."""
     import json
 
-    # The inner context renames first: the engine lands before its sidecar, so a failure between
-    # the two renames leaves any old sidecar, whose engine sha256 no longer matches (inspect notices).
-    with written_together(output.parent), atomic_output(sidecar_path(output)) as sidecar_tmp, \
-            atomic_output(output) as engine_tmp:
+    # The engine is renamed first, then its sidecar: a failure between the two renames leaves any old
+    # sidecar, whose engine sha256 no longer matches (inspect notices).
+    with written_together(output.parent), atomic_outputs(output, sidecar_path(output)) as (engine_tmp, sidecar_tmp):
         engine_tmp.write_bytes(engine_bytes)
         sidecar_tmp.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _check_timing_cache(path, onnx_path, calib_data, output):
+    """FfxError unless the timing cache can be written back: a regular file or nothing, none of the
+    build's inputs or outputs."""
+    check_output_path(path, [onnx_path, calib_data])
+    if path.resolve() in (output.resolve(), sidecar_path(output).resolve()):
+        raise FfxError(f"--timing-cache {path}: is also the engine or its sidecar; give the cache its own file")
 
 
 def _derived_path(output, precision, source, notes):
@@ -177,13 +223,40 @@ def _derived_path(output, precision, source, notes):
     (`OUT.int8.engine` -> `OUT.int8.onnx` too, not `OUT.int8.int8.onnx`). A graph or manifest
     already there (the user's own calibration, or the input) is never replaced: the build's
     graph then goes to `OUT.engine.int8.onnx`, which belongs to the engine like its sidecar."""
-    stem = output.stem.removesuffix(f".{precision}")
-    derived = output.with_name(f"{stem}.{precision}.onnx")
+    derived = _primary_derived_path(output, precision)
     if derived.exists() or derived.with_suffix(".json").exists() or derived.resolve() == Path(source).resolve():
         kept = derived
         derived = output.with_name(f"{output.name}.{precision}.onnx")
         notes.append(f"kept the existing {kept.name}; the build's {precision} graph is {derived.name}")
     return derived
+
+
+def _primary_derived_path(output, precision):
+    return output.with_name(f"{output.stem.removesuffix(f'.{precision}')}.{precision}.onnx")
+
+
+def _conversion_path(output, precision, source, data, options, notes):
+    """(path, reused): a graph at either name `_derived_path` uses that is exactly what converting
+    `source` would write now (runtime/conversion_reuse.py: same input sha256, settings, images and
+    ffx version) is reused; otherwise `_derived_path`'s choice, to be written."""
+    from ffx.runtime.conversion_reuse import conversion_mismatch
+
+    for candidate in (_primary_derived_path(output, precision), output.with_name(f"{output.name}.{precision}.onnx")):
+        if candidate.is_file() and candidate.resolve() != Path(source).resolve() \
+                and conversion_mismatch(candidate, source, precision, data, options) is None:
+            return candidate, True
+    return _derived_path(output, precision, source, notes), False
+
+
+def _calibration_options(options, precision=None):
+    """CalibrationOptions for `precision` (a Q/DQ one, or None: the default) from `options`
+    (None meaning calibrate's own default)."""
+    from ffx.calib import CalibrationOptions
+
+    given = {key: value for key, value in (options or {}).items() if value is not None}
+    if precision is not None:
+        given["precision"] = precision
+    return CalibrationOptions(**given)
 
 
 def _relative(path, output):
@@ -194,13 +267,11 @@ def _relative(path, output):
         return str(path)
 
 
-def _calibrate_int8(onnx_path, data, output, options, progress=None):
-    from ffx.calib import CalibrationOptions, calibrate_int8
+def _calibrate(onnx_path, data, output, options, progress=None):
+    from ffx.calib import calibrate
 
-    # None means "calibrate's own default". tensorrt_check off: the engine build right after is
-    # that check, with the user's backend.
-    given = CalibrationOptions(**{key: value for key, value in options.items() if value is not None})
-    report = calibrate_int8(str(onnx_path), str(data), str(output), given, progress=progress, tensorrt_check=False)
+    # tensorrt_check off: the engine build right after is that check, with the user's backend.
+    report = calibrate(str(onnx_path), str(data), str(output), options, progress=progress, tensorrt_check=False)
     return report.output
 
 

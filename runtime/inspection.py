@@ -106,6 +106,7 @@ def inspect_engine(path, load_engine=True, not_loaded="--no-load"):
         "sidecar_file": str(sidecar_path(path)) if sidecar else None,
         "sidecar": sidecar.to_dict() if sidecar else None,
         "sidecar_matches_engine": None,
+        "engine_targets": _engine_targets(path) if present else None,
         "loadable_here": None,
         "layers": None,
         "layers_unavailable": None,
@@ -129,6 +130,16 @@ def inspect_engine(path, load_engine=True, not_loaded="--no-load"):
         info["loadable_here"] = False
         info["layers_unavailable"] = str(e)
     return info
+
+
+def _engine_targets(path):
+    """The compute capabilities a TensorRT-RTX plan's own header lists, or None (full TensorRT
+    plans have no such header; they run on the GPU that built them)."""
+    from ffx.compute_capability import PLAN_HEADER_SEARCH_BYTES, rtx_plan_targets
+
+    with open(path, "rb") as f:
+        targets = rtx_plan_targets(f.read(PLAN_HEADER_SEARCH_BYTES))
+    return list(targets) if targets else None
 
 
 def inspect_checkpoint(path):
@@ -165,3 +176,30 @@ def engine_compatibility_here(sidecar):
     if gpu is None:
         return f"{backend} matches the engine; no CUDA GPU visible here to check the architecture"
     return f"compatible with {backend} on {gpu.name} ({gpu.compute_capability})"
+
+
+def precision_guide(precision, capabilities):
+    """For each compute capability: what its GPU runs, what ffx recommends there, and whether a
+    model of `precision` (None: no model) runs there in that precision (JSON-able dicts)."""
+    from ffx.gpu_precisions import gpu_precisions
+
+    rows = []
+    for capability in capabilities:
+        row = gpu_precisions(capability)
+        fits = None if precision in (None, "fp32") else precision in row.supported()
+        rows.append({"compute_capability": row.capability, "architecture": row.architecture, "examples": row.examples,
+                     "supported": row.supported(), "recommended": row.recommended,
+                     "not_written_by_ffx": row.blackwell_formats or None, "note": row.note or None,
+                     "model_precision_runs_here": fits, "line": row.describe()})
+    return rows
+
+
+def guide_capabilities(info):
+    """The GPUs an inspected file is for, when it says: an engine's TensorRT-RTX targets or building GPU."""
+    sidecar = info.get("sidecar") if info.get("kind") == "engine" else None
+    if not sidecar:
+        return []
+    if sidecar.get("target_compute_capabilities"):
+        return list(sidecar["target_compute_capabilities"])
+    gpu = sidecar.get("gpu")
+    return [gpu["compute_capability"]] if gpu else []

@@ -13,7 +13,7 @@ import onnx
 
 from ffx.errors import FfxError
 from ffx.metadata import Preprocess, onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size
+from ffx.onnx_file import check_input_size, check_logits_output
 from ffx.runtime.runner import existing_model_kind
 from ffx.runtime.sidecar import EngineSidecar, read_sidecar
 
@@ -70,6 +70,7 @@ def _onnx_interface(path):
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise FfxError(f"{path}: expected one input and one output, found {len(graph.input)} and {len(graph.output)}")
     check_input_size(model, info, path)
+    check_logits_output(model, path)
     input_dtype, input_dims = _tensor_type(path, graph.input[0])
     output_dtype, output_dims = _tensor_type(path, graph.output[0])
     return ModelInterface(

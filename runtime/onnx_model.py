@@ -2,14 +2,18 @@
 the calibration manifest that came with a Q/DQ model."""
 
 import collections
-import json
 from pathlib import Path
 
 import onnx
 
+from ffx.json_input import InvalidJson, read_json_file
 from ffx.onnx_file import load_onnx  # noqa: F401  (runtime modules import it from here)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# ONNX's float8 element types (onnx 1.14+): Q/DQ with one of them as its zero point is FP8.
+FLOAT8_TYPES = frozenset(getattr(onnx.TensorProto, name) for name in
+                         ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ")
+                         if hasattr(onnx.TensorProto, name))
 
 
 def op_histogram(model):
@@ -17,10 +21,12 @@ def op_histogram(model):
 
 
 def graph_precision(model):
-    """"int8" when the graph has Q/DQ pairs, "fp16" when its weights or casts are float16, else "fp32"."""
+    """"fp8" when the graph has Q/DQ pairs with float8 zero points (any: FP8 then decides which GPUs
+    can run it), "int8" when it has other Q/DQ pairs, "fp16" when its weights or casts are float16,
+    else "fp32"."""
     ops = {node.op_type for node in model.graph.node}
     if ops & set(QDQ_OPS):
-        return "int8"
+        return "fp8" if _has_float8_qdq(model) else "int8"
     float16 = onnx.TensorProto.FLOAT16
     if any(init.data_type == float16 for init in model.graph.initializer):
         return "fp16"
@@ -28,6 +34,14 @@ def graph_precision(model):
         if node.op_type == "Cast" and any(a.name == "to" and a.i == float16 for a in node.attribute):
             return "fp16"
     return "fp32"
+
+
+def _has_float8_qdq(model):
+    float8 = {init.name for init in model.graph.initializer if init.data_type in FLOAT8_TYPES}
+    for node in model.graph.node:  # zero points written as Constant nodes count too
+        if node.op_type == "Constant" and any(a.t.data_type in FLOAT8_TYPES for a in node.attribute if a.name == "value"):
+            float8.update(node.output)
+    return any(node.op_type in QDQ_OPS and len(node.input) > 2 and node.input[2] in float8 for node in model.graph.node)
 
 
 def calibration_manifest_path(onnx_path, metadata=None):
@@ -46,8 +60,8 @@ def read_calibration_images(manifest_path):
     """[(absolute path, sha256 or None)] of the images an `ffx calibrate` manifest lists (its
     `images` entries, with paths relative to `data.path`); [] when the file is not such a manifest."""
     try:
-        manifest = json.loads(Path(manifest_path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        manifest = read_json_file(manifest_path)
+    except (OSError, InvalidJson):
         return []
     if not isinstance(manifest, dict):
         return []
@@ -56,11 +70,20 @@ def read_calibration_images(manifest_path):
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         base = base / data["path"]
     entries = manifest.get("images")
-    return [(_resolve(base, entry["path"]), entry.get("sha256"))
-            for entry in (entries if isinstance(entries, list) else [])
-            if isinstance(entry, dict) and isinstance(entry.get("path"), str)]
+    images = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            resolved = _resolve(base, entry["path"])
+            if resolved is not None:
+                images.append((resolved, entry.get("sha256") if isinstance(entry.get("sha256"), str) else None))
+    return images
 
 
 def _resolve(base, path):
-    path = Path(path)
-    return str((path if path.is_absolute() else base / path).resolve())
+    """`path` (relative to `base`) made absolute, or None for a path no file can have (a NUL
+    byte) or that loops through symlinks: a manifest is someone else's text."""
+    try:
+        path = Path(path)
+        return str((path if path.is_absolute() else base / path).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return None

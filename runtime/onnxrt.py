@@ -1,12 +1,12 @@
 """ONNX Runtime runner: the exact graph TensorRT builds from, on the CPU (int8 and float16
-kernels included) or on a GPU through the CUDA or TensorRT execution provider."""
+kernels included; FP8 Q/DQ with E4M3's exact rounding) or on a GPU through the CUDA or TensorRT execution provider."""
 
 import numpy as np
 import onnx
 
 from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime, reraise_onnxruntime
 from ffx.metadata import onnx_metadata, validate_metadata
-from ffx.onnx_file import check_input_size
+from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized_arithmetic
 from ffx.runtime.onnx_model import graph_precision, load_onnx
 from ffx.runtime.runner import ONNX_PROVIDERS, Runner
 
@@ -37,16 +37,20 @@ class OnnxRuntimeRunner(Runner):
         path: the .onnx file.
         provider: execution provider: cpu, cuda or tensorrt (ONNX_PROVIDERS).
         threads: intra-op threads (None: onnxruntime's default).
+        int8_kernels: on the CPU, run Q/DQ through onnxruntime's fused int8 kernels (what an
+            onnxruntime CPU deployment runs: bench, serve) rather than TensorRT's arithmetic (the
+            default; ffx.onnx_file.exact_quantized_arithmetic says why they differ).
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path, provider="cpu", threads=None):
+    def __init__(self, path, provider="cpu", threads=None, int8_kernels=False):
         super().__init__(path)
         if provider not in ONNX_PROVIDERS:
             raise FfxError(f"unknown ONNX Runtime provider {provider!r}; choose {', '.join(ONNX_PROVIDERS)}")
         self.provider = provider
         self.threads = threads
+        self.int8_kernels = int8_kernels
         model = load_onnx(self.path)
         self.metadata = validate_metadata(onnx_metadata(model, self.path) or {}, self.path)
         self.precision = graph_precision(model)
@@ -64,6 +68,7 @@ class OnnxRuntimeRunner(Runner):
         self.fixed_batch = shape[0]
         self.input_name = graph_inputs[0].name
         self.input_dtype = _input_dtype(graph_inputs[0], self.path)
+        check_logits_output(model, self.path)
         self.session = None
         if self.provider != "cpu":
             self.backend = f"onnxruntime-{self.provider}"
@@ -87,6 +92,8 @@ class OnnxRuntimeRunner(Runner):
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only; ORT's warnings about unused initializers are noise here
+        if self.provider == "cpu" and not self.int8_kernels:
+            exact_quantized_arithmetic(options)
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
         try:

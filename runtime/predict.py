@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ffx.datasets import ImageItem, SkippedImage, describe_skipped
 from ffx.errors import FfxError
 from ffx.images import UnreadableImage, is_image_file, load_image
 from ffx.runtime.runner import open_runner
@@ -38,7 +39,8 @@ def expand_images(paths):
 
 
 def predict(model, images, topk=5, batch_size=32, provider="cpu", on_skip=None, preprocess=None):
-    """[Prediction] for every readable image; unreadable ones are reported through `on_skip`.
+    """[Prediction] for every readable image; unreadable ones are counted and named (the first few)
+    in one message to `on_skip`.
     `preprocess` (a Preprocess) overrides the model's own, for models exported by other tools."""
     files = expand_images(images)
     if not files:
@@ -50,7 +52,7 @@ def predict(model, images, topk=5, batch_size=32, provider="cpu", on_skip=None, 
         raise FfxError(f"the given preprocessing makes {tuple(preprocess.input_size)} inputs but {model} takes "
                        f"{tuple(runner.input_shape)}")
     names = runner.class_names
-    predictions = []
+    predictions, skipped = [], []
     with runner:
         for start in range(0, len(files), batch_size):
             arrays, kept = [], []
@@ -59,8 +61,8 @@ def predict(model, images, topk=5, batch_size=32, provider="cpu", on_skip=None, 
                     arrays.append(load_image(path, preprocess))
                     kept.append(path)
                 except UnreadableImage as e:
-                    if on_skip:
-                        on_skip(f"skipped {e}" if is_image_file(path) else f"skipped {path}: not an image file")
+                    reason = str(e).removeprefix(f"{path}: ") if is_image_file(path) else "not an image file"
+                    skipped.append(SkippedImage(ImageItem(path), reason))
             if not arrays:
                 continue
             probabilities = softmax(runner.infer(np.stack(arrays)).astype(np.float64))
@@ -72,6 +74,8 @@ def predict(model, images, topk=5, batch_size=32, provider="cpu", on_skip=None, 
                      "probability": float(row[i])}
                     for i in best
                 ]))
+    if skipped and on_skip:  # one line, however many: 20,000 unreadable files are not 20,000 warnings
+        on_skip(describe_skipped(skipped))
     if not predictions:
         raise FfxError("none of the images could be read")
     return predictions

@@ -4,7 +4,7 @@ torch is imported here only, when a checkpoint is actually opened; the network i
 export stage's `resolve_model`, exactly as `ffx export` builds it.
 """
 
-from ffx.errors import BackendUnavailable
+from ffx.errors import TORCH_CPU_INSTALL, BackendUnavailable, install_hint
 from ffx.runtime.runner import Runner
 
 
@@ -27,8 +27,8 @@ class CheckpointRunner(Runner):
             import torch  # noqa: F401
         except ImportError:
             raise BackendUnavailable(
-                f"{self.path}: running a PyTorch checkpoint needs torch (`pip install torch`); "
-                "engines and ONNX models run without it"
+                f"{self.path}: running a PyTorch checkpoint needs torch (CPU-only: `{TORCH_CPU_INSTALL}`, "
+                f"then {install_hint('export')}); engines and ONNX models run without it"
             ) from None
         from ffx.export.checkpoint import resolve_model
 

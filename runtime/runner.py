@@ -131,10 +131,20 @@ class Runner:
             if count < smallest:
                 pad = np.zeros((smallest - count, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
-            outputs.append(np.asarray(self._infer(chunk), dtype=np.float32)[:count])
+            outputs.append(self._logits(self._infer(chunk), len(chunk))[:count])
         if not outputs:
             return np.zeros((0, self.num_classes or 0), np.float32)
         return np.concatenate(outputs)
+
+    def _logits(self, output, batch):
+        """`output` of a batch of `batch` images as float32 [batch, classes]; FfxError for anything
+        else (a graph from another tool may return class indices, [N, 1, classes] or no classes)."""
+        output = np.asarray(output)
+        if output.dtype.kind != "f" or output.ndim != 2 or output.shape[0] != batch or output.shape[1] < 1:
+            raise FfxError(f"{self.describe()}: its output is {output.dtype} {list(output.shape)} for {batch} "
+                           f"image{'s' if batch != 1 else ''}; ffx reads float logits [N, classes] (N = {batch}, "
+                           "at least one class)")
+        return output.astype(np.float32, copy=False)
 
     def _activate(self):
         raise NotImplementedError
@@ -170,7 +180,8 @@ def existing_model_kind(path):
 
 
 def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = False, cuda_library: str = "auto",
-                arch: str | None = None, ema: bool = False, device: str = "cpu", threads: int | None = None) -> Runner:
+                arch: str | None = None, ema: bool = False, device: str = "cpu", threads: int | None = None,
+                int8_kernels: bool = False) -> Runner:
     """The runner for a model file, picked by its type (not yet activated).
 
     Args:
@@ -181,6 +192,8 @@ def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = Fals
         arch, ema, device: for checkpoints: the architecture when it cannot be inferred, the EMA
             weights, the torch device.
         threads: CPU threads for ONNX Runtime and PyTorch (None: each library's default).
+        int8_kernels: for .onnx on the CPU: onnxruntime's fused int8 kernels (speed) instead of
+            TensorRT's arithmetic (accuracy); see OnnxRuntimeRunner.
 
     Returns:
         Runner: an OnnxRuntimeRunner, EngineRunner or CheckpointRunner.
@@ -197,7 +210,7 @@ def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = Fals
     if kind == "onnx":
         from ffx.runtime.onnxrt import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(path, provider=provider, threads=threads)
+        return OnnxRuntimeRunner(path, provider=provider, threads=threads, int8_kernels=int8_kernels)
     from ffx.runtime.pytorch import CheckpointRunner
 
     return CheckpointRunner(path, arch=arch, ema=ema, device=device, threads=threads)

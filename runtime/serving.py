@@ -8,19 +8,28 @@ Two models are served:
     NAME           float tensors: input [batch, C, H, W] preprocessed, output logits [batch, classes];
                    requests from many clients are batched together (dynamic batching).
     NAME_image     encoded image files (PNG, JPEG, ...) as BYTES [batch, 1]; decoded and preprocessed
-                   here with the model's own metadata, exactly as `ffx predict` does. Each request runs
-                   alone (no dynamic batching), so one undecodable image fails only its own request.
+                   with the model's own metadata, exactly as `ffx predict` does, by a Triton
+                   Python-backend model of ffx's own (runtime/triton_image_model.py), which sends
+                   the images on to NAME. One undecodable image fails only its own request, with
+                   HTTP 400 and one line.
 
-Triton validates names, shapes and dtypes before a request reaches ffx; what it cannot check
-(an undecodable image) comes back to the client as an error and the server keeps serving.
+Both models are in the model store when Triton starts, so /v2/health/ready answers 200 only once
+both serve. Triton validates names, shapes and dtypes before a request reaches ffx; what it cannot
+check (an undecodable image) comes back to the client as an error and the server keeps serving.
+Each output carries the class names as its label file, so `class_count` requests (Triton's
+classification extension) return them. The server's sockets, model store and (unless `log_file`
+is given) its log live in one folder under TMPDIR, removed on a clean exit; after a failure only
+the log is kept there, and the error names it.
 """
 
 import concurrent.futures
 import contextlib
 import dataclasses
 import errno
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -31,11 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ffx.errors import BackendUnavailable, FfxError
+from ffx.errors import TERMINATING_SIGNALS, BackendUnavailable, FfxError, install_hint
 from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
 DEFAULT_PORT = 8000
 SHUTDOWN_GRACE_SECONDS = 5  # Triton waits this long for in-flight requests and open connections
+MAX_PORT = 65535
+# A Unix socket path is at most 107 bytes (sun_path, NUL included in its 108); PyTriton's longest
+# is WORKSPACE/NAME_0_0-server.sock.
+MAX_SOCKET_PATH = 107
 
 
 class PortInUse(FfxError):
@@ -54,10 +67,29 @@ class ServeSettings:
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     name: str | None = None  # default: from the file name
     provider: str = "cpu"  # ONNX Runtime execution provider
+    log_file: str | None = None  # default: a temporary log, removed on a clean exit
 
     def ports(self):
         return {"HTTP": self.http_port, "gRPC": self.grpc_port or self.http_port + 1,
                 "metrics": self.metrics_port or self.http_port + 2}
+
+    def check(self):
+        """FfxError for settings no server can start with, before anything is loaded."""
+        if not self.host.strip() or any(not c.isprintable() or c.isspace() for c in self.host):
+            raise FfxError(f"--host {self.host!r}: give an address to listen on, such as 127.0.0.1 or 0.0.0.0")
+        ports = self.ports()
+        for role, flag, offset in (("gRPC", "--grpc-port", 1), ("metrics", "--metrics-port", 2)):
+            if not 1 <= ports[role] <= MAX_PORT:
+                raise FfxError(f"--port {self.http_port}: the {role} port defaults to --port + {offset}, past {MAX_PORT}; "
+                               f"give {flag} or a lower --port")
+        if len(set(ports.values())) != len(ports):
+            raise FfxError(f"the HTTP, gRPC and metrics ports must differ (got {ports})")
+        if self.log_file is not None:  # Triton would log to stderr instead, silently
+            log = Path(self.log_file)
+            if not log.parent.is_dir():
+                raise FfxError(f"--log-file {log}: no folder {log.parent} to write it in")
+            if log.exists() and not log.is_file():
+                raise FfxError(f"--log-file {log}: exists and is not a regular file")
 
 
 @dataclasses.dataclass
@@ -113,10 +145,11 @@ def _pytriton():
     try:
         import pytriton.triton  # noqa: F401
     except ImportError:
-        raise BackendUnavailable("serving needs NVIDIA PyTriton: pip install 'ffx[serve]'") from None
+        raise BackendUnavailable(f"serving needs NVIDIA PyTriton: {install_hint('serve')}") from None
     import pytriton.decorators
     import pytriton.exceptions
     import pytriton.model_config
+    import pytriton.utils.workspace
 
     return pytriton
 
@@ -152,6 +185,7 @@ class ModelServer:
         self.runner = None
         self.triton = None
         self.info = None
+        self._folder = None  # the server's own folder under TMPDIR (sockets, model store, log)
         # Every runner call (activation included) runs on this one thread: a CUDA context made
         # current by pycuda is current only on the thread that pushed it, and the two models
         # share one runner, which is not meant for concurrent calls.
@@ -162,37 +196,44 @@ class ModelServer:
         from ffx.runtime.runner import open_runner
 
         pytriton = _pytriton()
+        self.settings.check()
         ports = self.settings.ports()
-        if len(set(ports.values())) != len(ports):
-            raise FfxError(f"the HTTP, gRPC and metrics ports must differ (got {ports})")
         check_ports_free(self.settings.host, ports)
-        self._runner_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ffx-runner")
-        self.runner = self._runner_thread.submit(
-            lambda: open_runner(self.interface.path, provider=self.settings.provider).activate()).result()
-        log_file = Path(tempfile.mkstemp(prefix=f"ffx-serve-{self.name}-", suffix=".log")[1])
-        config = pytriton.triton.TritonConfig(
-            http_address=self.settings.host, http_port=ports["HTTP"],
-            grpc_address=self.settings.host, grpc_port=ports["gRPC"],
-            metrics_address=self.settings.host, metrics_port=ports["metrics"],
-            allow_gpu_metrics=False, exit_timeout_secs=SHUTDOWN_GRACE_SECONDS, log_file=log_file,
-        )
-        logging.getLogger("pytriton").setLevel(logging.ERROR)  # its notices would drown ffx's own lines
-        _python_library_on_loader_path()
-        # PyTriton guards several APIs with a random token. Model loading (model-repository),
-        # shared memory, tracing and log settings stay guarded; the read-only statistics are
-        # opened, since they are how an operator sees dynamic batching at work.
-        security = pytriton.triton.TritonSecurityConfig(
-            restricted_endpoints=[e for e in pytriton.triton.DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
-        self.triton = pytriton.triton.Triton(config=config, security_config=security)
+        self._folder = _server_folder(self.name)
+        log_file = Path(self.settings.log_file) if self.settings.log_file else self._folder / "tritonserver.log"
         try:
+            self._runner_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ffx-runner")
+            self.runner = self._runner_thread.submit(
+                lambda: open_runner(self.interface.path, provider=self.settings.provider,
+                                    int8_kernels=True).activate()).result()
+            config = pytriton.triton.TritonConfig(
+                http_address=self.settings.host, http_port=ports["HTTP"],
+                grpc_address=self.settings.host, grpc_port=ports["gRPC"],
+                metrics_address=self.settings.host, metrics_port=ports["metrics"],
+                allow_gpu_metrics=False, exit_timeout_secs=SHUTDOWN_GRACE_SECONDS, log_file=log_file,
+                strict_readiness=True,
+            )
+            logging.getLogger("pytriton").setLevel(logging.ERROR)  # its notices would drown ffx's own lines
+            _python_library_on_loader_path()
+            # PyTriton guards several APIs with a random token. Model loading (model-repository),
+            # shared memory, tracing and log settings stay guarded; the read-only statistics are
+            # opened, since they are how an operator sees dynamic batching at work.
+            security = pytriton.triton.TritonSecurityConfig(
+                restricted_endpoints=[e for e in pytriton.triton.DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+            # A local model store: both models are in it when Triton starts, and load before it
+            # reports ready (a store filled afterwards, PyTriton's default, is "ready" while empty).
+            workspace = pytriton.utils.workspace.Workspace(self._folder / "workspace")
+            self.triton = pytriton.triton.Triton(
+                config=config, workspace=workspace, security_config=security,
+                triton_lifecycle_policy=pytriton.triton.TritonLifecyclePolicy(local_model_store=True))
             with contextlib.redirect_stdout(sys.stderr):
-                self._bind(pytriton)
+                self._bind(pytriton, workspace.model_store_path)
                 self.triton.run()
         except pytriton.exceptions.PyTritonError as e:
-            self.stop()
+            self.stop(keep_log=True)
             raise FfxError(f"Triton Inference Server did not start ({e}); its log: {log_file}") from None
         except BaseException:
-            self.stop()
+            self.stop(keep_log=True)
             raise
         host = self.settings.host
         self.info = ServerInfo(
@@ -205,7 +246,9 @@ class ModelServer:
         )
         return self
 
-    def stop(self):
+    def stop(self, keep_log=False):
+        """Stop Triton and the runner; remove the server's folder (keeping its log when `keep_log`:
+        after a failure, the log is what says why)."""
         if self.triton is not None:
             triton, self.triton = self.triton, None
             with contextlib.redirect_stdout(sys.stderr):
@@ -216,15 +259,24 @@ class ModelServer:
         if self._runner_thread is not None:
             self._runner_thread.shutdown()
             self._runner_thread = None
+        if self._folder is not None:
+            folder, self._folder = self._folder, None
+            for entry in folder.iterdir():
+                if not (keep_log and entry.name == "tritonserver.log"):
+                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # fails, as meant, when the log is kept
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
-        self.stop()
+        self.stop(keep_log=exc[0] is not None)
 
     # -- the two models -----------------------------------------------------------------------
-    def _bind(self, pytriton):
+    def _bind(self, pytriton, model_store):
+        """NAME through PyTriton (its Python proxy calls `_infer_tensors` here), then ffx's own
+        NAME_image model beside it in the model store, and the class names as both outputs' labels."""
         Tensor = pytriton.model_config.Tensor
         ModelConfig = pytriton.model_config.ModelConfig
         dims = tuple(self.interface.input_dims)
@@ -239,14 +291,13 @@ class ModelServer:
                 preferred_batch_size=self.preferred)),
             strict=True,
         )
-        self.triton.bind(
-            model_name=image_model_name(self.name),
-            infer_func=pytriton.decorators.batch(self._infer_encoded_images),
-            inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,))],
-            outputs=[logits],
-            config=ModelConfig(max_batch_size=self.max_batch_size, batcher=None),
-            strict=True,
-        )
+        from ffx.runtime.triton_repository import labels_text
+
+        labels = labels_text(self.interface)
+        if labels is not None:  # PyTriton writes no label file: add one to the config it wrote
+            _attach_labels(model_store / self.name, labels)
+        _write_image_model(model_store / image_model_name(self.name), self.interface, self.name, self.max_batch_size,
+                           labels)
 
     def _infer(self, images):
         return {self.interface.output_name: self._runner_thread.submit(self.runner.infer, images).result()}
@@ -254,25 +305,65 @@ class ModelServer:
     def _infer_tensors(self, **inputs):
         return self._infer(inputs[self.interface.input_name])
 
-    def _infer_encoded_images(self, image):
-        from pytriton.exceptions import PyTritonValidationError
 
-        from ffx.images import UnreadableImage, decode_rgb, preprocess_image
+def _server_folder(name):
+    """A new folder under TMPDIR for the server's sockets, model store and log; FfxError when the
+    socket paths in it would exceed what Unix sockets allow (a long TMPDIR, a long --name)."""
+    folder = Path(tempfile.mkdtemp(prefix="ffx-serve-"))
+    longest = folder / "workspace" / f"{name}_0_0-server.sock"
+    if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+        folder.rmdir()
+        raise FfxError(f"the server's sockets would have paths of {len(os.fsencode(longest))} bytes under "
+                       f"{folder.parent}, more than the {MAX_SOCKET_PATH} Unix sockets allow; set TMPDIR to a "
+                       "shorter folder or give a shorter --name")
+    return folder
 
-        arrays = []
-        for index, row in enumerate(np.asarray(image).reshape(len(image), -1)):
-            try:
-                arrays.append(preprocess_image(decode_rgb(bytes(row[0]), name=f"image {index}"), self.preprocess))
-            except (UnreadableImage, FfxError) as e:
-                raise PyTritonValidationError(str(e)) from None
-        return self._infer(np.stack(arrays))
+
+def _attach_labels(model_folder, labels):
+    """Write labels.txt into a model folder and name it as the output's label file in its config."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config_path = model_folder / "config.pbtxt"
+    config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    config.output[0].label_filename = "labels.txt"
+    config_path.write_text(text_format.MessageToString(config))
+    (model_folder / "labels.txt").write_text(labels)
+
+
+def _write_image_model(model_folder, interface, target_model, max_batch_size, labels):
+    """The NAME_image model folder: ffx's Python-backend model (runtime/triton_image_model.py) and
+    its config, which tells it where ffx is and how to preprocess."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    import ffx
+
+    config = model_config_pb2.ModelConfig(name=model_folder.name, backend="python", max_batch_size=max_batch_size)
+    config.input.add(name="image", data_type=model_config_pb2.TYPE_STRING, dims=[1])
+    output = config.output.add(name=interface.output_name, data_type=model_config_pb2.TYPE_FP32,
+                               dims=list(interface.output_dims))
+    if labels is not None:
+        output.label_filename = "labels.txt"
+        (model_folder / "labels.txt").parent.mkdir(parents=True, exist_ok=True)
+        (model_folder / "labels.txt").write_text(labels)
+    config.instance_group.add(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    parameters = {"ffx_path": str(Path(ffx.__file__).resolve().parents[1]),
+                  "preprocess": json.dumps(interface.preprocess.to_dict()), "target_model": target_model,
+                  "target_input": interface.input_name, "target_input_dtype": interface.input_dtype,
+                  "target_output": interface.output_name}
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    (model_folder / "1").mkdir(parents=True, exist_ok=True)
+    (model_folder / "config.pbtxt").write_text(text_format.MessageToString(config))
+    (model_folder / "1" / "model.py").write_bytes(Path(__file__).with_name("triton_image_model.py").read_bytes())
 
 
 def serve_until_stopped(model_path, settings, on_ready=None):
-    """Serve until SIGINT (Ctrl-C) or SIGTERM, then shut Triton down cleanly. `on_ready(info)`
-    is called once the models are loaded."""
+    """Serve until SIGINT (Ctrl-C), SIGTERM, SIGHUP or SIGQUIT, then shut Triton down cleanly.
+    `on_ready(info)` is called once the models are loaded."""
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, *TERMINATING_SIGNALS)}
     try:
         with ModelServer(model_path, settings) as server:
             if on_ready:

@@ -13,7 +13,6 @@ field of the first problem, so readers index fields directly and never guess.
 """
 
 import dataclasses
-import json
 from pathlib import Path
 
 from ffx.compute_capability import (
@@ -24,6 +23,8 @@ from ffx.compute_capability import (
     rtx_unsupported_reason,
 )
 from ffx.errors import FfxError
+from ffx.json_input import InvalidJson, read_json_file
+from ffx.metadata import validate_metadata
 
 SIDECAR_FORMAT = "ffx-engine-sidecar"
 # 2: builder.tf32 added; RTX sidecars list their targets explicitly. Version 1 is still read.
@@ -32,7 +33,7 @@ READABLE_VERSIONS = (1, 2)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 BACKEND_NAMES = ("tensorrt", "tensorrt-rtx")
 HARDWARE_COMPATIBILITY_LEVELS = ("none", "ampere_plus", "same_compute_capability")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 
 
 def sidecar_path(engine_path):
@@ -136,9 +137,11 @@ def read_sidecar(engine_path, required=False):
             raise FfxError(f"{engine_path}: no sidecar {path.name}; rebuild the engine with `ffx build-engine`")
         return None
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FfxError(f"{path}: not valid JSON ({e})") from None
+        data = read_json_file(path)
+    except OSError as e:
+        raise FfxError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except InvalidJson as e:
+        raise FfxError(f"{path}: {e}") from None
     return EngineSidecar.from_dict(data, source=str(path))
 
 
@@ -251,7 +254,7 @@ class _SidecarReader:
             built_at=self.text(data, "built_at"),
             built_on=self.mapping(data, "built_on"),
             ffx_version=self.text(data, "ffx_version"),
-            metadata=self.mapping(data, "metadata"),
+            metadata=validate_metadata(self.mapping(data, "metadata"), f"{self.source} (its metadata)"),
             notes=self.strings(data, "notes"),
         )
         if backend == "tensorrt-rtx":
@@ -275,7 +278,7 @@ class _SidecarReader:
 
 def describe_build(sidecar):
     """'TensorRT 10.3.0 on Orin (compute capability 8.7)' or 'TensorRT-RTX 1.7.1 ahead of time for
-    compute capability 8.6, 8.9, 12.0'."""
+    compute capability 8.0, 8.6, 8.9, 12.0, 12.1'."""
     from ffx.tensorrt import backend_label
 
     text = f"{backend_label(sidecar.backend)} {sidecar.backend_version}"

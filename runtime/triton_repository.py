@@ -11,16 +11,16 @@
 The config uses only fields of Triton's `ModelConfig` protobuf (tests parse it strictly).
 """
 
+import contextlib
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from ffx.artifacts import current_umask
+from ffx.artifacts import partial_folder
 from ffx.errors import FfxError
 from ffx.metadata import escape_text
+from ffx.onnx_file import external_data_files
 from ffx.runtime.model_interface import read_model_interface
 
 DEFAULT_ONNX_MAX_BATCH = 32
@@ -78,6 +78,15 @@ def batch_settings(interface, max_batch=None):
     return limit, [limit]
 
 
+def labels_text(interface):
+    """Triton's label file for the model's output (one class name per line, control characters
+    escaped so that each name stays one line), or None when the model names no classes."""
+    names = interface.class_names
+    if not names or len(names) != interface.output_dims[0]:
+        return None
+    return "".join(f"{escape_text(label)}\n" for label in names)
+
+
 def triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels):
     """config.pbtxt for `interface` (text format of Triton's ModelConfig)."""
     model_file, backend = _MODEL_FILES[interface.kind]
@@ -127,9 +136,12 @@ def _triton_dtype(dtype):
 
 
 def write_triton_repository(model_path, repository, name=None, max_batch=None, instances=1,
-                            queue_delay_us=DEFAULT_QUEUE_DELAY_US):
-    """Write REPO/NAME for `model_path` (engine with sidecar, or ffx ONNX); the directory appears
-    complete or not at all, and an existing REPO/NAME is never overwritten."""
+                            queue_delay_us=DEFAULT_QUEUE_DELAY_US, image_input=False):
+    """Write REPO/NAME for `model_path` (engine with sidecar, or ffx ONNX), and with `image_input`
+    REPO/NAME_preprocess and the ensemble REPO/NAME_image in front of it (runtime/triton_image_input.py);
+    the directories appear complete or not at all, and an existing one is never overwritten."""
+    from ffx.runtime.triton_image_input import ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX
+
     interface = read_model_interface(model_path)
     name = check_model_name(name or default_model_name(model_path))
     if instances < 1:
@@ -138,41 +150,57 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     if repository.exists() and not repository.is_dir():
         raise FfxError(f"{repository}: exists and is not a directory")
     target = repository / name
-    if target.exists():
-        raise FfxError(f"{target}: already exists; choose another model name or remove it")
+    names = [name] + ([name + PREPROCESS_SUFFIX, name + ENSEMBLE_SUFFIX] if image_input else [])
+    for taken in names:
+        if (repository / taken).exists():
+            raise FfxError(f"{repository / taken}: already exists; choose another model name or remove it")
+    if image_input and "preprocess" not in interface.metadata:
+        raise FfxError(f"{interface.path.name} carries no preprocessing (not exported by ffx): --image-input "
+                       "cannot know how to turn images into its input")
     max_batch_size, preferred = batch_settings(interface, max_batch)
     warnings = _deployment_warnings(interface)
     model_file, backend = _MODEL_FILES[interface.kind]
-    labels = bool(interface.class_names) and len(interface.class_names) == interface.output_dims[0]
+    labels = labels_text(interface) is not None
     if labels and any(escape_text(label) != label for label in interface.class_names):
         warnings.append("class names with line breaks or control characters are written escaped to labels.txt "
                         "(one name per line)")
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repository))
-    except OSError as e:
-        raise FfxError(f"{repository}: cannot write there ({e.strerror or e})") from None
-    try:
+    # Each folder appears complete or not at all. They are entered in reverse and renamed into place
+    # in the order they are left, so the model lands first: an ensemble never lands without what it runs.
+    with contextlib.ExitStack() as stack:
+        staged = {folder: stack.enter_context(partial_folder(repository / folder)) for folder in reversed(names)}
+        staging = staged[name]
         (staging / "1").mkdir()
         shutil.copyfile(interface.path, staging / "1" / model_file)
+        if interface.kind == "onnx":  # external weights lie beside the model, where its graph names them
+            for location in external_data_files(interface.path):
+                (staging / "1" / location).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(interface.path.parent / location, staging / "1" / location)
         (staging / "config.pbtxt").write_text(
             triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels))
         if labels:
-            (staging / "labels.txt").write_text("".join(f"{escape_text(label)}\n" for label in interface.class_names))
+            (staging / "labels.txt").write_text(labels_text(interface))
         provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))
-        os.chmod(staging, 0o777 & ~current_umask())
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    files = sorted(str(p.relative_to(repository)) for p in target.rglob("*") if p.is_file())
+        if image_input:
+            _write_image_input(staged, interface, name, repository, max_batch_size, queue_delay_us, instances, labels)
+    files = sorted(str(p.relative_to(repository)) for folder in names for p in (repository / folder).rglob("*")
+                   if p.is_file())
     return TritonRepositoryReport(
         repository=str(repository), model_name=name, model_dir=str(target), backend=backend,
         model_file=f"1/{model_file}", max_batch_size=max_batch_size, preferred_batch_sizes=preferred,
         max_queue_delay_us=queue_delay_us, instances=instances, labels=labels, files=files, warnings=warnings,
     )
+
+
+def _write_image_input(staged, interface, name, repository, max_batch_size, queue_delay_us, instances, labels):
+    """Write NAME_preprocess and the ensemble NAME_image into their staging folders (`staged`)."""
+    from ffx.runtime.triton_image_input import (ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, write_ensemble,
+                                                write_preprocess_model)
+
+    write_preprocess_model(staged[name + PREPROCESS_SUFFIX], interface, name, max_batch_size, queue_delay_us, instances)
+    labels_text = (staged[name] / "labels.txt").read_text() if labels else None
+    write_ensemble(staged[name + ENSEMBLE_SUFFIX], interface, name, max_batch_size, labels_text, repository)
 
 
 def _deployment_warnings(interface):

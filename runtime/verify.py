@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.artifacts import sha256_file
-from ffx.errors import FfxError, InvalidOption, MissingPreprocess
+from ffx.errors import BackendUnavailable, FfxError, InvalidOption, MissingPreprocess
 from ffx.fidelity import paired_difference_ci, row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
@@ -135,8 +135,8 @@ class VerifyReport:
 
 def verify(
     candidate: str | Path,
-    reference: str | Path,
-    data: str | Path,
+    reference: str | Path | None,
+    data: str | Path | None,
     limit: int | None = None,
     max_top1_drop: float = DEFAULT_MAX_TOP1_DROP,
     batch_size: int = 32,
@@ -153,8 +153,11 @@ def verify(
 
     Args:
         candidate: the model under test: an engine, an ONNX model or a checkpoint.
-        reference: the model it must match (usually the FP32 checkpoint or ONNX).
-        data: labelled images (class folders, a LOC_val_solution.csv folder or a list file).
+        reference: the model it must match (usually the FP32 checkpoint or ONNX); None: the FP32
+            ONNX the candidate's records lead to (`find_reference`).
+        data: labelled images (class folders, a LOC_val_solution.csv folder or a list file); None
+            is refused once the models are known to run here (so that a machine that cannot run
+            the candidate says that first).
         limit: use at most this many images (stratified, chosen with `seed`); None: all.
         max_top1_drop: the largest top-1 drop, in points, that passes.
         batch_size, workers, threads: batch size, image-decoding processes, CPU threads.
@@ -179,9 +182,13 @@ def verify(
         raise InvalidOption("max_top1_drop", f"the largest top-1 drop must be a finite number, got {max_top1_drop}")
     started = time.perf_counter()
     warnings = []
+    found = None
+    if reference is None:
+        reference, found = find_reference(candidate)
+        warnings.append(f"reference: {reference} ({found})")
     for path in (candidate, reference):
         existing_model_kind(path)
-    if not Path(data).exists():
+    if data is not None and not Path(data).exists():
         raise FfxError(f"{data}: no such directory")
     candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
     # A checkpoint reference is hashed once: for the lineage check, and to run the EMA weights
@@ -194,6 +201,14 @@ def verify(
     if ema:
         warnings.append(f"{Path(reference).name}: running its model_ema weights, which {candidate_runner.name} was "
                         "exported from")
+    for runner, role in ((candidate_runner, "candidate"), (reference_runner, "reference")):
+        try:  # before any image is read: an engine on a machine without a GPU is one line
+            runner.check_available()
+        except BackendUnavailable as e:
+            chain = f" (reference {reference}: {found})" if found else ""
+            raise BackendUnavailable(f"{runner.path} cannot run here{chain}: {e}") from None
+    if data is None:
+        raise FfxError(f"--data is needed: labelled images to compare {Path(candidate).name} and {Path(reference).name} on")
     preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings, preprocess)
     class_names = candidate_runner.class_names or reference_runner.class_names
     lineage = _lineage(candidate_runner, reference_runner, reference_sha256)
@@ -317,6 +332,62 @@ def _lineage(candidate, reference, reference_sha256=None):
 
 def _network_input_range(preprocess):
     return preprocess.normalization_folded, preprocess.input_scale
+
+
+def find_reference(candidate):
+    """(the FP32 ONNX `candidate` descends from, how that was found) for `ffx verify` without
+    --reference. The records lead there: an engine's sidecar names the ONNX it was built from; a
+    calibrated (INT8/FP16) ONNX's manifest names the FP32 ONNX it was made from. Each step's sha256
+    is checked, so a file replaced since is not taken for the source. FfxError (one line) when
+    the chain breaks."""
+    from ffx.metadata import onnx_metadata
+    from ffx.runtime.onnx_model import load_onnx
+
+    candidate = Path(candidate)
+    existing_model_kind(candidate)
+    steps = []
+    path = candidate
+    if runner_kind(candidate) == "engine":
+        sidecar = read_sidecar(candidate)
+        if sidecar is None:
+            raise FfxError(f"{candidate}: no sidecar to find its source ONNX in; give --reference")
+        path = Path(candidate).parent / sidecar.onnx.file
+        _check_recorded(path, sidecar.onnx.sha256, f"{candidate.name}'s sidecar")
+        steps.append(f"{candidate.name} was built from {path.name}")
+    elif runner_kind(candidate) != "onnx":
+        raise FfxError(f"{candidate}: a checkpoint is a reference itself; give --reference")
+    metadata = onnx_metadata(load_onnx(path), path) or {}
+    if metadata.get("precision", "fp32") != "fp32":
+        manifest_path = calibration_manifest_path(path, metadata)
+        manifest = _read_manifest(manifest_path, path)
+        source = path.parent / Path(str(manifest.get("input", {}).get("file", ""))).name
+        _check_recorded(source, manifest["input"].get("sha256"), manifest_path.name)
+        steps.append(f"{path.name} was calibrated from {source.name} ({manifest_path.name})")
+        path = source
+    elif path == candidate:
+        raise FfxError(f"{candidate} is an FP32 model: it is the reference itself; give --reference to compare it "
+                       "with another model")
+    return path, "; ".join(steps)
+
+
+def _check_recorded(path, sha256, record):
+    if not path.is_file():
+        raise FfxError(f"{path}: named by {record} but not there; give --reference")
+    if sha256_file(path) != sha256:
+        raise FfxError(f"{path} is not the file {record} names (sha256 differs); give --reference")
+
+
+def _read_manifest(manifest_path, model_path):
+    import json
+
+    if manifest_path is None:
+        raise FfxError(f"{model_path}: no calibration manifest beside it to find its FP32 source in; give --reference")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        manifest["input"]["file"], manifest["input"]["sha256"]
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise FfxError(f"{manifest_path}: not a calibration manifest (no input file and sha256); give --reference") from None
+    return manifest
 
 
 def calibration_images_of(model_path):

@@ -8,14 +8,26 @@ module-level `m.def`) plus the functions the wheel's tensorrt/__init__.py adds (
 
     python scripts/tensorrt_api_names.py GIT_DIR REF OUTPUT
     python scripts/tensorrt_api_names.py /path/to/TensorRT/.git release/10.3 tests/tensorrt_api/tensorrt-10.3.txt
+    python scripts/tensorrt_api_names.py --tree DIR REF COMMIT OUTPUT [--wheel WHEEL]
 
 GIT_DIR is a clone of NVIDIA/TensorRT (a bare one works); nothing is downloaded here.
+
+--tree reads the same files from DIR, a folder laid out like the repository at REF, for a release
+whose branch is not in the clone at hand (release/11.4: the files were read one by one from a copy
+of the repository). DIR/SOURCES says where each file came from, one line each; its lines go into the
+list's header. --wheel WHEEL checks the list against that release's tensorrt bindings wheel (from
+PyPI; its tensorrt.so cannot be imported without the TensorRT libraries, but every name the
+bindings define is a string in it): it prints the member names the .so lacks (none expected) and
+the snake_case / UPPER_CASE strings of the .so that no binding source spells (what the sources
+may miss).
 """
 
 import ast
 import re
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 BINDING = re.compile(r"py::(class_|enum_)<")
 MEMBER = re.compile(r"\.(?:def|def_property|def_property_readonly|def_readwrite|def_readonly|def_static|value)\s*\(\s*\"(\w+)\"")
@@ -106,26 +118,35 @@ def python_names(text):
     return names
 
 
-def api_names(git_dir, ref):
+def git_sources(git_dir, ref):
     files = [f for f in git(git_dir, "ls-tree", "-r", "--name-only", ref, "python/src").split()
              if f.endswith(".cpp")]
+    return files, lambda path: git(git_dir, "show", f"{ref}:{path}")
+
+
+def tree_sources(folder):
+    root = Path(folder)
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "python/src").rglob("*.cpp"))
+    return files, lambda path: (root / path).read_text()
+
+
+def api_names(files, read):
     classes, functions = {}, set()
     for path in files:
-        found, module_functions = cpp_names(git(git_dir, "show", f"{ref}:{path}"))
+        found, module_functions = cpp_names(read(path))
         for name, members in found.items():
             classes.setdefault(name, set()).update(members)
         functions |= module_functions
-    functions |= python_names(git(git_dir, "show", f"{ref}:{PYTHON_FILE}"))
+    functions |= python_names(read(PYTHON_FILE))
     lines = sorted(functions | set(classes)) + sorted(f"{c}.{m}" for c, members in classes.items() for m in members)
-    return files, lines
+    return lines
 
 
-def main(git_dir, ref, output):
-    commit = git(git_dir, "rev-parse", ref).strip()
-    files, lines = api_names(git_dir, ref)
+def write(output, ref, commit, files, lines, notes=()):
     header = [
         f"# TensorRT Python API names at github.com/NVIDIA/TensorRT {ref} (commit {commit})",
         f"# from {PYTHON_FILE} and the pybind11 sources {', '.join(files)}",
+        *(f"# {note}" for note in notes),
         "# written by scripts/tensorrt_api_names.py; one name per line: Module-level, or Class.member",
     ]
     with open(output, "w") as f:
@@ -133,7 +154,40 @@ def main(git_dir, ref, output):
     print(f"{output}: {len(lines)} names from {ref} ({commit[:12]})")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 4:
+def wheel_check(lines, files, read, wheel):
+    """Names of `lines` absent from the wheel's compiled bindings, and the wheel's API-like strings no source spells."""
+    with zipfile.ZipFile(wheel) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith("/tensorrt.so")))
+    strings = set(data.split(b"\0"))
+    # The linker stores a string that ends another one only once ("Builder" inside "IBuilder"): look for the tail.
+    absent = sorted(name for name in {line.split(".")[-1] for line in lines} - python_names(read(PYTHON_FILE))
+                    if name.encode() + b"\0" not in data)
+    literals = set()
+    for path in files:
+        literals.update(re.findall(r'"(\w+)"', without_comments(read(path))))
+    api_like = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+    unspelled = sorted(s.decode("latin1") for s in strings
+                       if api_like.fullmatch(s.decode("latin1")) and s.decode("latin1") not in literals)
+    print(f"{wheel}: names of the list absent from the compiled bindings: {absent or 'none'}")
+    print(f"{wheel}: API-like strings of the compiled bindings that no source spells: {unspelled}")
+
+
+def main(argv):
+    if len(argv) == 3 and not argv[0].startswith("--"):
+        git_dir, ref, output = argv
+        files, read = git_sources(git_dir, ref)
+        write(output, ref, git(git_dir, "rev-parse", ref).strip(), files, api_names(files, read))
+    elif len(argv) in (5, 7) and argv[0] == "--tree" and (len(argv) == 5 or argv[5] == "--wheel"):
+        folder, ref, commit, output = argv[1:5]
+        files, read = tree_sources(folder)
+        notes = [line.strip() for line in (Path(folder) / "SOURCES").read_text().splitlines() if line.strip()]
+        lines = api_names(files, read)
+        write(output, ref, commit, files, lines, notes)
+        if len(argv) == 7:
+            wheel_check(lines, files, read, argv[6])
+    else:
         sys.exit(__doc__)
-    main(*sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -32,7 +32,7 @@ def _tensorrt_rtx_missing():
     try:
         import tensorrt_rtx_bindings  # noqa: F401
     except Exception as e:  # ImportError, or OSError from a broken install
-        return f"needs TensorRT-RTX ({type(e).__name__}: {e}); pip install 'ffx[tensorrt-rtx]'"
+        return f"needs TensorRT-RTX ({type(e).__name__}: {e}); pip install '.[tensorrt-rtx]' in ffx's folder"
     return None
 
 
@@ -181,6 +181,39 @@ def qdq_model(tmp_path_factory):
                            "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]},
         )
     return output
+
+
+def fashion_fp8_onnx(tmp_path_factory):
+    """The trained fixture calibrated to FP8 E4M3 Q/DQ by ffx (128 of its train images), made once per
+    session: the real FP8 graph the runtime, deploy and serve tests run (skips without the fixture)."""
+    source = fashion_onnx(tmp_path_factory)
+    path = _session_dir(tmp_path_factory, "fashion-model") / "fashion.fp8.onnx"
+    if not path.is_file():
+        from ffx.calib import CalibrationOptions, calibrate_fp8
+
+        calibrate_fp8(source, FASHION / "train", path, CalibrationOptions(precision="fp8", num_images=128, workers=0,
+                                                                          use_cache=False),
+                      tensorrt_check=False, warn=None)
+    return path
+
+
+def sidecar_dict(**changes):
+    """A complete, valid sidecar as `ffx build-engine` writes it (full TensorRT on an Orin)."""
+    data = {
+        "format": "ffx-engine-sidecar", "sidecar_version": 2,
+        "engine": {"file": "model.engine", "sha256": "a" * 64, "bytes": 1000},
+        "backend": "tensorrt", "backend_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
+        "target_compute_capabilities": [], "hardware_compatibility": "none", "version_compatible": False,
+        "precision": "int8", "onnx": {"file": "model.int8.onnx", "sha256": "b" * 64}, "calibration_manifest": None,
+        "profile": {"input": "images", "min": [1, 3, 28, 28], "opt": [8, 3, 28, 28], "max": [32, 3, 28, 28]},
+        "input_dtype": "float32", "outputs": ["logits"], "build_seconds": 1.5,
+        "builder": {"optimization_level": 3, "workspace_bytes": None, "timing_cache": None, "strongly_typed": True,
+                    "tf32": True},
+        "built_at": "2026-11-21T18:00:00+00:00", "built_on": {"machine": "aarch64", "system": "Linux"},
+        "ffx_version": "0.1.0", "metadata": {"num_classes": 10}, "notes": [],
+    }
+    data.update(changes)
+    return data
 
 
 # -- image files ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ def calibrated(tmp_path_factory):
     return onnx.load(out), weights, images, run_model(fp32.read_bytes(), images)
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_partly_float_graphs_are_what_they_claim(calibrated):
     from bench.int8_noise import activation_quantizers, partly_float, weight_dequantizers
@@ -43,6 +44,7 @@ def test_partly_float_graphs_are_what_they_claim(calibrated):
     assert [node.input[0] for node in one.graph.node if node.op_type == "QuantizeLinear"] == activations[:1]
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_the_budget_adds_up(calibrated):
     from bench.int8_noise import budget

@@ -40,6 +40,7 @@ def test_profile_attributes_time_to_op_types(qdq, mini):
     assert eager["wall_ms"] >= eager["matmul_ms"] > 0
 
 
+@pytest.mark.slow
 def test_cpu_speed_runs_ffx_bench_and_computes_ratios(mini, qdq):
     block = cpu_speed.measure("mini", {"checkpoint": mini.checkpoint, "fp32": mini.onnx, "int8": qdq}, [1],
                               iterations=5, warmup=0, max_seconds=0.2, log=lambda _: None)
@@ -126,6 +127,7 @@ def synthetic_results():
     }
 
 
+@pytest.mark.slow
 def test_report_renders_every_section_and_the_plot(tmp_path):
     results = synthetic_results()
     png = tmp_path / "plot.png"
@@ -145,6 +147,7 @@ def test_report_renders_every_section_and_the_plot(tmp_path):
     assert "batch 1: 10.0 ms alone, 20.0 ms per call with two live sessions" in text
 
 
+@pytest.mark.slow
 def test_report_conclusions_follow_the_target_check():
     results = synthetic_results()  # batch 1 meets its target, batch 8 does not
     missed = report.render(results)

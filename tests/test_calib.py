@@ -161,6 +161,7 @@ def test_metadata_and_manifest_record_the_calibration(small_model, photos, workd
     assert manifest["layers"][0]["name"] == "patch_embed" and manifest["layers"][-1]["name"] == "head"
 
 
+@pytest.mark.slow
 def test_identical_runs_give_identical_files_and_the_cache_is_keyed_by_content(small_model, photos, workdir):
     cache = workdir / "keyed-cache"
     # The same output name in three folders: the metadata names the manifest file beside it.
@@ -248,6 +249,7 @@ def test_cli_errors_exit_2_without_output_or_traceback(small_model, photos, work
     assert not list(workdir.glob(".*.partial"))
 
 
+@pytest.mark.slow
 def test_compare_warns_on_other_weights_and_refuses_another_network(small_model, photos, workdir, cli_runner):
     """Same layer names are not the same network: other weights are compared with a warning that
     names the lineage; other shapes are refused in one line."""
@@ -269,6 +271,7 @@ def test_compare_warns_on_other_weights_and_refuses_another_network(small_model,
     assert result.exit_code == 2 and "has shape" in result.stderr and "Traceback" not in result.output, result.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_partial_output(small_model, photos, workdir, cli_runner, monkeypatch):
     import ffx.calib.conversion
 
@@ -316,6 +319,7 @@ def test_fp16_graph_is_float16_inside_with_float32_io(small_model, photos, workd
     np.testing.assert_allclose(_run(report.output, images), _run(small_model, images), atol=0.05)
 
 
+@pytest.mark.slow
 def test_fp16_overflow_preflight_keeps_large_tensors_in_float32(workdir, photos):
     def huge_residual_stream(state):
         state["patch_embed.proj.bias"] += 50000.0  # every residual tensor sits near 50000
@@ -345,6 +349,7 @@ def test_fp16_overflow_preflight_keeps_large_tensors_in_float32(workdir, photos)
 # --- TensorRT-RTX builds --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_rtx
 def test_tensorrt_rtx_builds_the_int8_and_fp16_graphs_of_ff_tiny(workdir, photos, cli_runner):
     tiny = workdir / "tiny.onnx"
@@ -395,6 +400,7 @@ def test_a_graph_tensorrt_rejects_is_reported_and_not_written(small_model, photo
 
 # --- the trained Fashion-MNIST fixture --------------------------------------------------------
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_int8_and_fp16_keep_the_fashion_models_accuracy(workdir):
     """Calibrate on the fixture's train/ images, measure on its val/ images (1000, 100 per class):

@@ -35,6 +35,7 @@ def _options(folder):
     return CalibrationOptions(cache_dir=str(folder / "cache"), **OPTIONS)
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_a_float_variant_is_the_graph_calibrate_writes(fashion, folder):
     options = _options(folder)
@@ -67,6 +68,7 @@ def _sensitivity(cli_runner, fashion, folder, *extra):
         "--num-images", "100", "--calib-images", "100", "--workers", "0", "--cache-dir", str(folder / "cache"), *extra])
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_sensitivity_ranks_every_layer(fashion, folder, cli_runner):
     plot = folder / "sensitivity.png"
@@ -99,6 +101,7 @@ def test_sensitivity_ranks_every_layer(fashion, folder, cli_runner):
     assert first.split()[1] == report["layers"][0]["name"]
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_target_agreement_writes_the_search_into_the_manifest(fashion, folder, cli_runner):
     out = folder / "target.onnx"
@@ -235,6 +238,7 @@ def _tied_classes(state):
     state["head.bias"][1] = 20.0 - float(direction @ beta)
 
 
+@pytest.mark.slow
 def test_an_unreachable_target_exits_1_and_writes_nothing(folder, cli_runner):
     model = _export(_small_checkpoint(folder / "tied.pth", edit=_tied_classes), folder / "tied.onnx")
     photos = _photos(folder / "photos", per_class=16)
@@ -258,6 +262,7 @@ def test_target_flags_are_checked(folder, cli_runner):
         assert result.exit_code == 2 and "Traceback" not in result.output, (extra, result.output)
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_compare_shows_the_error_block_by_block(fashion, folder, cli_runner):
     from ffx.calib import convert_fp16
@@ -299,6 +304,7 @@ def test_calibration_options_are_validated_once():
     assert CalibrationOptions(cache_dir="c").statistics_cache == Path("c")
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_outlier_options_raise_the_logit_snr_and_keep_the_placement(fashion, folder):
     from ffx.calib.sensitivity import fidelity_of
@@ -332,6 +338,7 @@ def test_outlier_options_raise_the_logit_snr_and_keep_the_placement(fashion, fol
                                run_model(Path(written.output).read_bytes(), held_out.images), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_smooth_gelu_evens_out_the_outlier_channels_exactly(fashion, folder, cli_runner):
     from ffx.calib.layers import network_layers

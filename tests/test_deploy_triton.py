@@ -10,7 +10,7 @@ from ffx.metadata import read_onnx_metadata
 from helpers import FASHION_CLASSES, TENSORRT_RTX_MISSING, fashion_onnx
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                       reason="needs tritonclient[grpc] (pip install 'ffx[serve]')")
+                                       reason="needs tritonclient[grpc] (pip install '.[serve]' in ffx's folder)")
 from google.protobuf import text_format  # noqa: E402  (tritonclient brings protobuf)
 
 
@@ -118,3 +118,24 @@ def test_mistakes_exit_2_and_leave_nothing(cli_runner, fashion_engine, tmp_path_
     checkpoint = _deploy(cli_runner, tmp_path_factory.getbasetemp() / "nope.pth", "-o", repo)
     assert checkpoint.exit_code == 2 and checkpoint.output.startswith("Error: ")
     assert sorted(p.name for p in repo.iterdir()) == ["m"]
+
+
+def test_external_weights_travel_with_the_model(cli_runner, mini, tmp_path):
+    """A model whose weights lie in a data file beside it (what exports above 2 GB do): the
+    repository and the DeepStream folder get the data file too, where the graph names it, and
+    the copies run (the repository written before lacked it and could not load)."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    source = tmp_path / "model" / "net.onnx"
+    (source.parent / "weights").mkdir(parents=True)
+    onnx.save(onnx.load(str(mini.onnx)), source, save_as_external_data=True, location="weights/net.bin")
+    images = np.random.default_rng(0).standard_normal((2, 3, 28, 28), dtype=np.float32)
+    expected = onnxruntime.InferenceSession(str(source)).run(None, {"images": images})[0]
+    assert _deploy(cli_runner, source, "-o", tmp_path / "repo").exit_code == 0
+    result = cli_runner.invoke(cli, ["deploy", "deepstream", str(source), "-o", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    for copy in (tmp_path / "repo" / "net" / "1" / "model.onnx", tmp_path / "ds" / "net.onnx"):
+        assert (copy.parent / "weights" / "net.bin").read_bytes() == (source.parent / "weights" / "net.bin").read_bytes()
+        np.testing.assert_array_equal(onnxruntime.InferenceSession(str(copy)).run(None, {"images": images})[0], expected)

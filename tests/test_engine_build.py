@@ -10,6 +10,7 @@ import pytest
 from ffx.errors import InvalidOption
 
 from ffx.cli import cli
+from ffx.compute_capability import rtx_plan_targets
 from ffx.runtime.sidecar import SIDECAR_VERSION, read_sidecar, sidecar_path
 from helpers import FASHION, fashion_onnx, labelled_images, needs_rtx, qdq_model
 
@@ -43,7 +44,9 @@ def test_fp32_engine_and_sidecar(cli_runner, mini, tmp_path):
                                                    "max": [4, 3, 28, 28]}
     assert sidecar.ffx_version == __version__
     assert sidecar.gpu is None  # built ahead of time, no GPU here
-    assert sidecar.target_compute_capabilities == ["8.6", "8.9", "12.0"]  # only targets TensorRT-RTX supports
+    # TensorRT-RTX 1.7's default: Ampere and newer, as the plan's own header says (sm80, forward compatible).
+    assert sidecar.target_compute_capabilities == ["8.0", "8.6", "8.9", "12.0", "12.1"]
+    assert sidecar.target_compute_capabilities == list(rtx_plan_targets(engine.read_bytes()))
     assert sidecar.builder.tf32 is True
     assert sidecar.calibration_manifest is None
     assert sidecar.build_seconds > 0
@@ -123,7 +126,7 @@ def test_parse_failure_leaves_no_files(cli_runner, tmp_path):
     from onnx import TensorProto, helper
 
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])
-    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])  # a classifier's, so parsing is reached
     node = helper.make_node("NoSuchOperator", ["images"], ["logits"], name="mystery", domain="")
     model = helper.make_model(helper.make_graph([node], "g", [images], [logits]), opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "bad.onnx")
@@ -162,6 +165,7 @@ def test_fp16_converts_an_fp32_model_on_the_fly(cli_runner, mini, tmp_path):
     assert (tmp_path / "mini.fp16.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_fashion_fixture_fp16_and_int8_engines(cli_runner, tmp_path, tmp_path_factory):
     onnx_path = fashion_onnx(tmp_path_factory)
     local = tmp_path / "fashion.onnx"
@@ -202,5 +206,6 @@ def test_turing_target_replaces_the_default_and_fp32_fails_there_in_one_line(cli
 
 def test_help_states_the_target_semantics(cli_runner):
     text = " ".join(cli_runner.invoke(cli, ["build-engine", "--help"]).output.split())
-    assert "REPLACES the default (8.6, 8.9, 12.0)" in text
+    assert "REPLACES the default (8.0, 8.6, 8.9, 12.0, 12.1)" in text
+    assert "8.0 (A100)" in text and "not on H100/H200" in text
     assert "--no-tf32" in text and "--backend tensorrt" in text

@@ -60,12 +60,14 @@ def run_export(cli_runner, *args):
 
 
 @pytest.mark.parametrize(
-    "name, expected", [("ff_tiny", 7_676_332), ("ff_base", 61_943_020), ("ff_large", 206_363_576)]
+    "name, expected",
+    [("ff_tiny", 7_676_332), ("ff_base", 61_943_020), pytest.param("ff_large", 206_363_576, marks=pytest.mark.slow)],
 )
 def test_parameter_counts_match_the_paper_models(name, expected):
     assert count_parameters(FFVisionTransformer(get_architecture(name).config)) == expected
 
 
+@pytest.mark.slow
 def test_original_names_are_aliases_and_state_dict_keys_match_the_release():
     assert get_architecture("linear_base") is ARCHITECTURES["ff_base"]
     keys = FFVisionTransformer(ARCHITECTURES["ff_tiny"].config).state_dict()
@@ -86,6 +88,7 @@ def test_network_matches_independent_reference(config):
         torch.testing.assert_close(model(images), reference_forward(state, images), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_infer_config_recovers_every_field():
     config = FFConfig(patch_size=4, embed_dim=40, depth=3, num_classes=10, img_size=28, pos_grid=7, mlp_ratio=2.0)
     assert infer_config(FFVisionTransformer(config).state_dict()) == config
@@ -95,6 +98,7 @@ def test_infer_config_recovers_every_field():
 # --- ONNX export --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deit_checkpoint_exports_with_and_without_arch_and_matches_reference(tmp_path, cli_runner):
     config = ARCHITECTURES["ff_tiny"].config
     checkpoint = deit_checkpoint(config)
@@ -117,6 +121,7 @@ def test_deit_checkpoint_exports_with_and_without_arch_and_matches_reference(tmp
     np.testing.assert_allclose(onnx_logits(out, images), reference_forward(checkpoint["model_ema"], images).numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_graph_shape_ops_and_metadata(tmp_path, cli_runner):
     torch.save({"model": random_state_dict(SMALL, 0)}, tmp_path / "small.pth")
     out = tmp_path / "small.onnx"
@@ -149,6 +154,7 @@ def test_graph_shape_ops_and_metadata(tmp_path, cli_runner):
         assert onnx_logits(out, torch.randn(batch, 3, 224, 224)).shape == (batch, 10)
 
 
+@pytest.mark.slow
 def test_patch32_checkpoint_folds_position_resize(tmp_path, cli_runner):
     state = random_state_dict(PATCH32, 1)
     torch.save({"model": state}, tmp_path / "p32.pth")
@@ -160,6 +166,7 @@ def test_patch32_checkpoint_folds_position_resize(tmp_path, cli_runner):
     np.testing.assert_allclose(onnx_logits(out, images), reference_forward(state, images).numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_imagenet_models_carry_class_names(tmp_path, cli_runner):
     out = tmp_path / "tiny.onnx"
     result = run_export(cli_runner, "--arch", "ff_tiny", "-o", str(out))
@@ -170,6 +177,7 @@ def test_imagenet_models_carry_class_names(tmp_path, cli_runner):
     assert meta["weights"] == "random" and meta["source_sha256"] is None
 
 
+@pytest.mark.slow
 def test_safetensors_and_module_prefix(tmp_path, cli_runner):
     from safetensors.torch import save_file
 
@@ -184,6 +192,7 @@ def test_safetensors_and_module_prefix(tmp_path, cli_runner):
         np.testing.assert_allclose(onnx_logits(out, images), reference_forward(state, images).numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_num_classes_for_fine_tuned_heads(tmp_path, cli_runner):
     config = FFConfig(patch_size=16, embed_dim=192, depth=12, num_classes=37)
     torch.save({"model": random_state_dict(config, 4)}, tmp_path / "ft.pth")
@@ -263,6 +272,7 @@ def test_not_a_feed_forward_vit(tmp_path, cli_runner):
     assert_refused(run_export(cli_runner, "--checkpoint", str(tmp_path / "resnet.pth"), "-o", str(out)), out, "cannot infer")
 
 
+@pytest.mark.slow
 def test_max_opset_is_the_one_torch_declares_and_exports(mini, tmp_path, cli_runner):
     """Raise MAX_OPSET with torch only after an export at the new maximum passes the checker."""
     import torch.onnx._constants
@@ -286,6 +296,7 @@ def test_usage_errors_exit_2(tmp_path, cli_runner):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_failed_parity_gate_exits_1_and_writes_nothing(tmp_path, cli_runner, monkeypatch):
     import ffx.export.onnx_export as onnx_export
 
@@ -298,6 +309,7 @@ def test_failed_parity_gate_exits_1_and_writes_nothing(tmp_path, cli_runner, mon
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_console_script_version_and_export(tmp_path):
     version = subprocess.run(["ffx", "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("ffx, version")
@@ -306,6 +318,7 @@ def test_console_script_version_and_export(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such checkpoint" in bad.stderr
 
 
+@pytest.mark.slow
 def test_onnxruntime_fuses_every_gelu(tmp_path, cli_runner):
     """The exported GELU is in the form onnxruntime's GeluFusion recognises (a large share of
     CPU time otherwise goes to four unfused elementwise ops per GELU)."""

@@ -6,7 +6,6 @@ Real torch, real PNG files. Tests that read the full data set need Debian's
 
 import argparse
 import gzip
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 
 from ffx.export.configs import FFConfig
 from ffx.export.model import FFVisionTransformer
+from scripts import fashion_mnist_to_folders as converter
 
 REPO = Path(__file__).resolve().parents[1]
 CONVERTER = REPO / "scripts" / "fashion_mnist_to_folders.py"
@@ -32,13 +32,6 @@ EXPECTED_FOLDERS = [
     "0_t-shirt_top", "1_trouser", "2_pullover", "3_dress", "4_coat",
     "5_sandal", "6_shirt", "7_sneaker", "8_bag", "9_ankle_boot",
 ]
-
-
-def load_converter():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_to_folders", CONVERTER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_converter(*args):
@@ -158,7 +151,6 @@ def test_converter_reports_a_missing_idx_folder_without_traceback(tmp_path):
 
 @needs_debian_data
 def test_committed_val_pngs_are_the_first_100_test_images_of_each_class():
-    converter = load_converter()
     images, labels = converter.load_split(DEBIAN_IDX_DIR, "val")
     expected = converter.select_indices(labels, per_class=100)
     committed = read_png_folder(FIXTURE / "val")
@@ -169,6 +161,7 @@ def test_committed_val_pngs_are_the_first_100_test_images_of_each_class():
         assert (pixels == images[index][:, :, None]).all()
 
 
+@pytest.mark.slow
 def test_pytorch_top1_on_committed_val_pngs(model, checkpoint):
     preprocess = checkpoint["ffx"]["preprocess"]
     committed = read_png_folder(FIXTURE / "val")

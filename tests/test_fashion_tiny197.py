@@ -46,6 +46,7 @@ def test_checkpoint_has_ff_tiny_blocks_in_release_layout(checkpoint):
     assert len(checkpoint["ffx"]["class_names"]) == 10
 
 
+@pytest.mark.slow
 def test_export_needs_no_flags_and_matches_the_checkpoint_on_val_images(exported):
     from click.testing import CliRunner
 

@@ -74,3 +74,68 @@ def test_find_images_ignores_stray_files_and_matches_extensions_case_insensitive
     assert {p.name for p in found} == set(write_awkward_images(tmp_path / "b")) and len(found) == 9
     with pytest.raises(FfxError):
         find_images(tmp_path / "nope")
+
+
+def test_only_photo_formats_are_opened_whatever_the_file_is_called(tmp_path):
+    """Pillow identifies files by content: PostScript named .png would go to Ghostscript, a Targa
+    or an icon to decoders no photo needs. Only RASTER_FORMATS open."""
+    import hostile_corpus
+
+    (tmp_path / "ps.png").write_bytes(hostile_corpus.POSTSCRIPT)
+    Image.fromarray(photo()).save(tmp_path / "targa.png", format="TGA")
+    Image.fromarray(photo()).save(tmp_path / "icon.jpg", format="ICO")
+    for name in ("ps.png", "targa.png", "icon.jpg"):
+        with pytest.raises(UnreadableImage, match=f"{name}: not an image in a format ffx reads"):
+            load_rgb(tmp_path / name)
+        with pytest.raises(UnreadableImage, match="not an image in a format ffx reads"):
+            decode_rgb((tmp_path / name).read_bytes(), name)
+    for name, image in (("rgb.webp", Image.fromarray(photo())), ("gray.pgm", Image.fromarray(photo()).convert("L")),
+                        ("multi.tiff", Image.fromarray(photo()))):
+        image.save(tmp_path / name)
+        assert load_rgb(tmp_path / name).size == (60, 45)
+
+
+@pytest.mark.parametrize("width, height, problem", [
+    (3_000_000, 1, "a side longer than 32,768"),
+    (1, 40_000, "a side longer than 32,768"),
+    (20_000, 20_000, "exceeds limit of 178956970 pixels"),  # Pillow's own bomb check comes first
+    (14_000, 13_000, "exceeds limit of 178956970 pixels"),
+    (28 * 60, 28, "an aspect ratio beyond 50:1"),
+])
+def test_sizes_are_bounded_from_the_header_before_decoding(tmp_path, width, height, problem):
+    import hostile_corpus
+
+    path = hostile_corpus._png(tmp_path / "big.png", width, height)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(UnreadableImage, match=problem):
+        load_rgb(path)
+    with pytest.raises(UnreadableImage, match=problem):
+        load_image_with_sha256(path, SMALL)
+
+
+def test_the_pixel_bound_holds_when_a_program_lifts_pillows(tmp_path, monkeypatch):
+    import hostile_corpus
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # what a program embedding ffx may do
+    with pytest.raises(UnreadableImage, match="14,000 x 13,000 pixels, more than 178,956,970 pixels"):
+        load_rgb(hostile_corpus._png(tmp_path / "big.png", 14_000, 13_000))
+
+
+def test_the_resized_image_is_bounded_before_resizing():
+    """A 50:1 image within every bound, resized so its shorter side is 8192 (metadata allows it):
+    409,600 x 8192 pixels would be allocated; refused first."""
+    image = Image.new("RGB", (1000, 20))
+    huge = Preprocess(input_size=(3, 4096, 4096), resize=8192)
+    with pytest.raises(UnreadableImage, match="strip.png: 1,000 x 20 pixels would resize to 409,600 x 8,192"):
+        preprocess_image(image, huge, "strip.png")
+
+
+def test_a_file_longer_than_the_bound_is_not_read_whole(tmp_path, monkeypatch):
+    import ffx.images
+
+    path = tmp_path / "long.png"
+    Image.fromarray(photo(600, 450)).save(path)
+    monkeypatch.setattr(ffx.images, "MAX_IMAGE_BYTES", path.stat().st_size - 1)
+    for attempt in (lambda: load_image_with_sha256(path, SMALL), lambda: decode_rgb(path.read_bytes(), "long.png")):
+        with pytest.raises(UnreadableImage, match="long.png"):
+            attempt()

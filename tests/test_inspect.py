@@ -51,8 +51,13 @@ def test_engine_sidecar_without_a_gpu(cli_runner, mini, tmp_path):
     assert info["sidecar_matches_engine"] is True
     assert info["compatibility"].startswith(f"TensorRT-RTX {tensorrt_rtx_bindings.__version__} matches the engine")
 
+    # The targets, from the sidecar and from the plan's own header, agree.
+    assert info["engine_targets"] == info["sidecar"]["target_compute_capabilities"] == ["8.0", "8.6", "8.9", "12.0", "12.1"]
+
     text = _inspect(cli_runner, engine).stdout
-    assert f"built by TensorRT-RTX {tensorrt_rtx_bindings.__version__} ahead of time" in text
+    assert (f"built by TensorRT-RTX {tensorrt_rtx_bindings.__version__} ahead of time for compute capability "
+            "8.0, 8.6, 8.9, 12.0, 12.1") in text
+    assert "WARNING" not in text
     assert "profile images: min [1, 3, 28, 28] opt [2, 3, 28, 28] max [2, 3, 28, 28]" in text
     assert "\nlayers: " in text
 
@@ -98,3 +103,22 @@ def test_sidecar_given_directly_describes_its_engine(cli_runner, mini, tmp_path)
     assert "a sidecar given alone" in result.stdout and "--no-load" not in result.stdout
     missing = cli_runner.invoke(cli, ["inspect", str(alone / "other.engine.json")])
     assert missing.exit_code == 2 and "no such file" in missing.stderr
+
+
+@needs_rtx
+def test_targets_come_from_the_engine_itself(cli_runner, mini, tmp_path):
+    """An 8.6-only build: the plan's header lists sm86 alone; a sidecar that says otherwise is
+    called out, and an engine without its sidecar still shows what it runs on."""
+    engine = tmp_path / "ampere.engine"
+    assert cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "--backend", "tensorrt-rtx", "--fp16", "--max-batch", "2",
+                                   "--compute-capability", "8.6", "-o", str(engine)]).exit_code == 0
+    info = json.loads(_inspect(cli_runner, engine, "--json", "--no-load").stdout)
+    assert info["engine_targets"] == info["sidecar"]["target_compute_capabilities"] == ["8.6"]
+    sidecar = json.loads((tmp_path / "ampere.engine.json").read_text())
+    sidecar["target_compute_capabilities"] = ["8.9"]
+    (tmp_path / "ampere.engine.json").write_text(json.dumps(sidecar))
+    text = _inspect(cli_runner, engine, "--no-load").stdout
+    assert "WARNING: the engine itself lists compute capability 8.6, the sidecar 8.9" in text
+    (tmp_path / "ampere.engine.json").unlink()
+    text = _inspect(cli_runner, engine, "--no-load").stdout
+    assert "no sidecar" in text and "a TensorRT-RTX plan: its header lists compute capability 8.6" in text

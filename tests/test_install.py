@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx
+from helpers import FASHION, FASHION_CHECKPOINT, fashion_folded_onnx, fashion_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ["ffx", "export", "calib", "runtime"]
@@ -65,6 +65,7 @@ def test_base_requirements_leave_out_what_only_export_needs():
         assert export_only not in base
 
 
+@pytest.mark.slow
 def test_code_is_python_3_10_compatible():
     """vermin (a dev requirement) reads the syntax and standard library each file needs."""
     pytest.importorskip("vermin", reason="vermin is not installed (pip install -e '.[dev]')")
@@ -179,11 +180,13 @@ def _run(command, **kwargs):
     return result
 
 
+@pytest.mark.slow
 def test_plain_install_has_no_torch(plain_install):
     result = subprocess.run([str(plain_install / "python"), "-c", "import torch"], capture_output=True, text=True)
     assert "No module named 'torch'" in result.stderr
 
 
+@pytest.mark.slow
 def test_plain_install_runs_calibrate_verify_and_predict(plain_install, tmp_path_factory, tmp_path):
     model = fashion_onnx(tmp_path_factory)  # exported here, with torch: the plain install has none
     ffx = str(plain_install / "ffx")
@@ -199,6 +202,7 @@ def test_plain_install_runs_calibrate_verify_and_predict(plain_install, tmp_path
     assert predicted.stdout.startswith(f"{bag}: Bag ")
 
 
+@pytest.mark.slow
 def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py310_install, tmp_path_factory,
                                                                            tmp_path):
     """JetPack 6's Python: pip finds no onnxruntime past 1.23 there, so everything but INT8
@@ -235,9 +239,11 @@ def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py
         assert result.stderr.count("\n") == 1 and not (tmp_path / "py310.int8.onnx").exists()
 
 
+@pytest.mark.slow
 def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_path):
     """The export extra's floors, with this machine's torch (pip cannot swap torch here: PyPI's is
-    the CUDA build): a venv that sees this torch and ffx, with onnxscript and safetensors pinned low."""
+    the CUDA build): a venv that sees this torch and ffx, with onnxscript and safetensors pinned low.
+    Runs from the system Python and from the README's venv alike (see _venv_seeing_this_interpreter)."""
     from packaging.version import Version
     from safetensors.torch import save_file
 
@@ -246,8 +252,7 @@ def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_pat
     pins = dict(pin.split("==") for pin in lowest_declared(f"{sys.version_info.major}.{sys.version_info.minor}", "export"))
     pins.pop("torch")
     assert set(pins) == {"onnxscript", "safetensors"}
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")])
-    python = str(tmp_path / "venv" / "bin" / "python")
+    python = str(_venv_seeing_this_interpreter(tmp_path / "venv"))
     _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *(f"{k}=={v}" for k, v in pins.items())])
     versions = _run([python, "-c", "import onnxscript, safetensors; print(onnxscript.__version__, safetensors.__version__)"])
     assert [Version(v) for v in versions.stdout.split()] == [Version(pins["onnxscript"]), Version(pins["safetensors"])]
@@ -258,15 +263,54 @@ def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_pat
     assert "ONNX sha256" in exported.stdout and (tmp_path / "low.onnx").is_file()
 
 
+def _venv_seeing_this_interpreter(folder):
+    """python of a new venv whose own packages come first, then every package the running
+    interpreter sees (torch, ffx installed editable, ...). `venv --system-site-packages` gives that
+    only from a system Python: run from inside a venv (the README's set-up), it exposes the base
+    interpreter's site-packages, not the venv's, and ffx and torch are missing there. So the new
+    venv gets a .pth file that adds this interpreter's site folders (site.addsitedir, which also
+    reads their .pth files, such as an editable install's) after its own."""
+    import site
+
+    _run([sys.executable, "-m", "venv", str(folder)])
+    python = folder / "bin" / "python"
+    own = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    seen = [path for path in site.getsitepackages() if os.path.isdir(path)]
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        seen.append(site.getusersitepackages())
+    (Path(own) / "running-interpreter-site.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({path!r})" for path in seen) + "\n")
+    return python
+
+
+@pytest.mark.slow
 def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
     result = subprocess.run([str(plain_install / "ffx"), "export", "--arch", "ff_tiny", "-o", "x.onnx"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ffx export needs torch")
-    assert "pip install 'ffx[export]'" in result.stderr and "download.pytorch.org/whl/cpu" in result.stderr
+    assert "pip install '.[export]'" in result.stderr and "download.pytorch.org/whl/cpu" in result.stderr
     assert not (tmp_path / "x.onnx").exists()
+    # build-engine from a checkpoint exports first: the same line, before anything else.
+    (tmp_path / "m.pth").write_bytes(b"not read")
+    result = subprocess.run([str(plain_install / "ffx"), "build-engine", "m.pth", "--int8", "--calib-data", ".",
+                             "-o", "m.engine"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("Error: build-engine from a checkpoint (m.pth) needs torch")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
 
 
+@pytest.mark.slow
+def test_plain_install_folds_an_existing_onnx_without_torch(plain_install, tmp_path_factory, tmp_path):
+    """--from-onnx --fold-normalization reads no checkpoint: it runs without torch and writes the
+    bytes the same fold writes where torch is installed."""
+    folded = tmp_path / "fashion.folded.onnx"
+    _run([str(plain_install / "ffx"), "export", "--from-onnx", str(fashion_onnx(tmp_path_factory)),
+          "--fold-normalization", "-o", str(folded)], cwd=tmp_path)
+    assert folded.read_bytes() == fashion_folded_onnx(tmp_path_factory).read_bytes()
+
+
+@pytest.mark.slow
 def test_readme_python_api_example_runs(tmp_path):
     """The README's Python API block, run as written (from a scratch folder, on the fixture)."""
     readme = (ROOT / "README.md").read_text()

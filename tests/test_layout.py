@@ -111,3 +111,10 @@ def test_benchmarks_are_one_package_run_as_modules():
     ]
     assert not offending, offending
     assert not list((ROOT / "scripts").glob("bench*")), "benchmarks belong in bench/"
+
+
+def test_tests_import_scripts_as_a_package_not_by_file_path():
+    assert (ROOT / "scripts" / "__init__.py").is_file()
+    offending = [path.name for path in (ROOT / "tests").glob("*.py")
+                 if path.name != Path(__file__).name and "spec_from_file_location(" in path.read_text()]
+    assert not offending, offending

@@ -12,7 +12,7 @@ import pytest
 from ffx.cli import cli
 from ffx.images import normalize_pixels
 from ffx.metadata import Preprocess, read_onnx_metadata
-from helpers import FASHION, fashion_folded_onnx, fashion_onnx
+from helpers import FASHION, fashion_folded_onnx, fashion_onnx, python_with_blocked_imports
 
 
 def _logits(path, images):
@@ -27,6 +27,7 @@ def _real_pixels(count=16):
     return np.stack([resize_and_crop(load_rgb(p), preprocess) for p in find_images(FASHION / "val")[::61][:count]])
 
 
+@pytest.mark.slow
 def test_export_folds_normalization_with_parity(cli_runner, mini, tmp_path):
     folded = tmp_path / "mini.folded.onnx"
     result = cli_runner.invoke(cli, ["export", "--checkpoint", str(mini.checkpoint), "--fold-normalization",
@@ -61,6 +62,7 @@ def test_existing_onnx_folds_to_0_255_and_predicts_the_same(tmp_path_factory):
     assert (actual.argmax(1) == expected.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_predict_and_verify_feed_a_folded_model_scaled_pixels(cli_runner, tmp_path_factory):
     original, folded = fashion_onnx(tmp_path_factory), fashion_folded_onnx(tmp_path_factory)
     folder = str(FASHION / "val" / "3_dress")
@@ -77,6 +79,7 @@ def test_predict_and_verify_feed_a_folded_model_scaled_pixels(cli_runner, tmp_pa
     assert report["agreement"] == 100.0 and report["max_abs_error"] < 1e-4
 
 
+@pytest.mark.slow
 def test_calibrate_keeps_the_fold_and_feeds_scaled_pixels(cli_runner, tmp_path_factory, tmp_path):
     folded = fashion_folded_onnx(tmp_path_factory)
     output = tmp_path / "folded.int8.onnx"
@@ -102,3 +105,18 @@ def test_fold_mistakes_exit_2_with_one_line(cli_runner, tmp_path_factory, tmp_pa
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_folding_an_existing_onnx_imports_no_torch(tmp_path_factory, tmp_path):
+    """In a Python where importing torch fails; tests/test_install.py runs the same fold in a venv
+    that has no torch at all."""
+    import subprocess
+    import sys
+
+    folded = tmp_path / "folded.onnx"
+    code = "import sys; from ffx.cli import main; sys.argv = ['ffx', *sys.argv[1:]]; main()"
+    result = subprocess.run([sys.executable, "-c", code, "export", "--from-onnx", str(fashion_onnx(tmp_path_factory)),
+                             "--fold-normalization", "-o", str(folded)],
+                            env=python_with_blocked_imports(tmp_path, "torch"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert folded.read_bytes() == fashion_folded_onnx(tmp_path_factory).read_bytes()

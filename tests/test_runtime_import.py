@@ -66,9 +66,34 @@ def test_checkpoints_and_engines_say_what_is_missing(tmp_path, tmp_path_factory)
     result = _ffx(["bench", mini.checkpoint], env)
     assert result.returncode == 2
     assert "needs torch" in result.stderr and "Traceback" not in result.stderr
+    # ...and how to get torch's CPU build (PyPI's default is the multi-GB CUDA one), then ffx's extra
+    # from its own folder (`ffx` on PyPI is an unrelated package).
+    assert "download.pytorch.org/whl/cpu" in result.stderr and "pip install '.[export]'" in result.stderr
 
     fake_engine = tmp_path / "model.engine"
     fake_engine.write_bytes(b"\0" * 64)
     result = _ffx(["bench", fake_engine], env)
     assert result.returncode == 2
     assert "TensorRT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_install_hints_name_what_to_run_in_ffx_folder(tmp_path, tmp_path_factory):
+    """Serving without PyTriton, and an engine with neither CUDA library: the hint is `pip install
+    '.[extra]'` in ffx's folder, never `pip install ffx...` or a bare `pip install cuda-python`."""
+    mini = mini_model(tmp_path_factory)
+    env = python_with_blocked_imports(tmp_path, "pytriton", "pycuda", "cuda")
+    served = _ffx(["serve", mini.onnx], env)
+    assert served.returncode == 2 and served.stderr.strip().splitlines() == [
+        "Error: serving needs NVIDIA PyTriton: `pip install '.[serve]'` in ffx's folder"], served.stderr
+
+    from ffx.errors import BackendUnavailable
+    from ffx.runtime.cuda import open_cuda
+
+    engine = _run(["-c", "from ffx.runtime.cuda import open_cuda\nopen_cuda()"], env)
+    assert "neither library is installed: `pip install '.[cuda12]'` in ffx's folder" in engine.stderr, engine.stderr
+    try:  # here, with whatever is installed: a CUDA library without a GPU names the GPU, not an install
+        open_cuda().close()
+    except BackendUnavailable as e:
+        assert "pip install cuda-python" not in str(e)
+        if "neither library is installed" not in str(e):
+            assert str(e).startswith("running a TensorRT engine needs a CUDA GPU and its driver, and none is usable")

@@ -8,7 +8,7 @@ from ffx.errors import BackendUnavailable, FfxError
 from ffx.runtime import open_runner, runner_kind
 from ffx.runtime.cuda import GpuInfo
 from ffx.runtime.sidecar import EngineSidecar, compatibility_problem, describe_build
-from helpers import needs_gpu_reason, needs_rtx
+from helpers import needs_gpu_reason, needs_rtx, sidecar_dict
 
 
 def _images(n):
@@ -135,41 +135,23 @@ A100 = GpuInfo("NVIDIA A100-SXM4-80GB", "8.0", 0, "cuda-python")
 RTX3090 = GpuInfo("NVIDIA GeForce RTX 3090", "8.6", 0, "cuda-python")
 RTX4090 = GpuInfo("NVIDIA GeForce RTX 4090", "8.9", 0, "cuda-python")
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", 0, "cuda-python")
+H200 = GpuInfo("NVIDIA H200", "9.0", 0, "cuda-python")
 RTX5090 = GpuInfo("NVIDIA GeForce RTX 5090", "12.0", 0, "cuda-python")
 GB10 = GpuInfo("NVIDIA GB10", "12.1", 0, "cuda-python")
 
 
-def _sidecar_dict(**changes):
-    """A complete, valid sidecar as `ffx build-engine` writes it (full TensorRT on an Orin)."""
-    data = {
-        "format": "ffx-engine-sidecar", "sidecar_version": 2,
-        "engine": {"file": "model.engine", "sha256": "a" * 64, "bytes": 1000},
-        "backend": "tensorrt", "backend_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
-        "target_compute_capabilities": [], "hardware_compatibility": "none", "version_compatible": False,
-        "precision": "int8", "onnx": {"file": "model.int8.onnx", "sha256": "b" * 64}, "calibration_manifest": None,
-        "profile": {"input": "images", "min": [1, 3, 28, 28], "opt": [8, 3, 28, 28], "max": [32, 3, 28, 28]},
-        "input_dtype": "float32", "outputs": ["logits"], "build_seconds": 1.5,
-        "builder": {"optimization_level": 3, "workspace_bytes": None, "timing_cache": None, "strongly_typed": True,
-                    "tf32": True},
-        "built_at": "2026-11-21T18:00:00+00:00", "built_on": {"machine": "aarch64", "system": "Linux"},
-        "ffx_version": "0.1.0", "metadata": {"num_classes": 10}, "notes": [],
-    }
-    data.update(changes)
-    return data
-
-
 def _trt_sidecar(**changes):
-    return EngineSidecar.from_dict(_sidecar_dict(**changes))
+    return EngineSidecar.from_dict(sidecar_dict(**changes))
 
 
-def _rtx_sidecar(targets=("8.6", "8.9", "12.0")):
+def _rtx_sidecar(targets=("8.0", "8.6", "8.9", "12.0", "12.1")):
     return _trt_sidecar(backend="tensorrt-rtx", backend_version="1.7.1.116", gpu=None,
                         target_compute_capabilities=list(targets), hardware_compatibility=None)
 
 
 def test_sidecar_round_trips_through_its_dict():
     sidecar = _trt_sidecar()
-    assert sidecar.to_dict() == _sidecar_dict()
+    assert sidecar.to_dict() == sidecar_dict()
     assert EngineSidecar.from_dict(sidecar.to_dict()) == sidecar
 
 
@@ -190,8 +172,8 @@ def test_sidecar_round_trips_through_its_dict():
      "builder.tf32", "is missing"),
     ({"build_seconds": True}, "build_seconds", "a number of seconds"),
     ({"target_compute_capabilities": ["8.6"]}, "target_compute_capabilities", "must be empty for full TensorRT"),
-    ({"backend": "tensorrt-rtx", "target_compute_capabilities": ["8.0"]}, "target_compute_capabilities",
-     "lists 8.0, which TensorRT-RTX does not run on"),
+    ({"backend": "tensorrt-rtx", "target_compute_capabilities": ["9.0"]}, "target_compute_capabilities",
+     "lists 9.0, which TensorRT-RTX does not run on"),
 ])
 def test_every_sidecar_field_is_validated(tmp_path, change, field, problem):
     import json
@@ -199,7 +181,7 @@ def test_every_sidecar_field_is_validated(tmp_path, change, field, problem):
     from ffx.runtime.sidecar import read_sidecar, sidecar_path
 
     engine = tmp_path / "model.engine"
-    sidecar_path(engine).write_text(json.dumps(_sidecar_dict(**change)))
+    sidecar_path(engine).write_text(json.dumps(sidecar_dict(**change)))
     with pytest.raises(FfxError, match="field") as caught:
         read_sidecar(engine)
     message = str(caught.value)
@@ -207,21 +189,21 @@ def test_every_sidecar_field_is_validated(tmp_path, change, field, problem):
 
 
 def test_missing_fields_and_newer_formats_are_named(tmp_path):
-    data = _sidecar_dict()
+    data = sidecar_dict()
     del data["precision"]
     with pytest.raises(FfxError, match="field 'precision' is missing"):
         EngineSidecar.from_dict(data, source="x.engine.json")
     with pytest.raises(FfxError, match="x.engine.json: sidecar version 3 is newer"):
-        EngineSidecar.from_dict(_sidecar_dict(sidecar_version=3), source="x.engine.json")
+        EngineSidecar.from_dict(sidecar_dict(sidecar_version=3), source="x.engine.json")
 
 
 def test_version_1_sidecars_still_read():
-    data = _sidecar_dict(sidecar_version=1, backend="tensorrt-rtx", backend_version="1.7.1.116", gpu=None,
+    data = sidecar_dict(sidecar_version=1, backend="tensorrt-rtx", backend_version="1.7.1.116", gpu=None,
                          target_compute_capabilities=[], hardware_compatibility=None)
     del data["builder"]["tf32"]
     sidecar = EngineSidecar.from_dict(data)
     assert sidecar.builder.tf32 is None
-    assert sidecar.targets == ["8.6", "8.9", "12.0"]  # [] meant TensorRT-RTX's default
+    assert sidecar.targets == ["8.0", "8.6", "8.9", "12.0", "12.1"]  # [] meant TensorRT-RTX's default
 
 
 def test_same_machine_is_compatible():
@@ -256,17 +238,25 @@ def test_wrong_backend_family():
     assert "only TensorRT-RTX can load it" in problem
 
 
-@pytest.mark.parametrize("gpu, loads", [(RTX3090, True), (RTX4090, True), (RTX5090, True), (GB10, False), (T4, False)])
+@pytest.mark.parametrize("gpu, loads", [(A100, True), (RTX3090, True), (RTX4090, True), (RTX5090, True), (GB10, True),
+                                        (T4, False)])
 def test_rtx_default_engine_on_each_supported_gpu(gpu, loads):
     sidecar = _rtx_sidecar()
-    assert "ahead of time for compute capability 8.6, 8.9, 12.0" in describe_build(sidecar)
+    assert "ahead of time for compute capability 8.0, 8.6, 8.9, 12.0, 12.1" in describe_build(sidecar)
     problem = compatibility_problem(sidecar, "tensorrt-rtx", "1.7.1.116", gpu)
     assert (problem is None) == loads, problem
-    if not loads:  # membership, not "12.0 and later"
+    if not loads:  # Turing needs a Turing-only engine
         assert gpu.name in problem and "rebuild it here" in problem
 
 
-@pytest.mark.parametrize("gpu, name", [(A100, "A100"), (H100, "H100"), (ORIN, "Orin")])
+def test_rtx_engine_for_some_targets_is_refused_on_the_others():
+    ada_blackwell = _rtx_sidecar(targets=["8.9", "12.0"])
+    assert compatibility_problem(ada_blackwell, "tensorrt-rtx", "1.7.1.116", RTX5090) is None
+    problem = compatibility_problem(ada_blackwell, "tensorrt-rtx", "1.7.1.116", A100)  # membership, not "8.9 and later"
+    assert A100.name in problem and "8.0" in problem and "rebuild it here" in problem
+
+
+@pytest.mark.parametrize("gpu, name", [(H100, "H100"), (H200, "H200"), (ORIN, "Orin")])
 def test_rtx_engine_on_a_gpu_tensorrt_rtx_does_not_support(gpu, name):
     problem = compatibility_problem(_rtx_sidecar(), "tensorrt-rtx", "1.7.1.116", gpu)
     assert f"TensorRT-RTX does not run on {gpu.name}" in problem and name in problem
@@ -282,3 +272,50 @@ def test_turing_engine_runs_on_turing_only():
 def test_no_gpu_visible_checks_versions_only():
     assert compatibility_problem(_trt_sidecar(), "tensorrt", "10.3.0", None) is None
     assert compatibility_problem(_trt_sidecar(), "tensorrt", "10.4.0", None) is not None
+
+
+def _saturating_qdq_model(path, rng):
+    """An image-shaped Q/DQ MatMul whose int8 products are near 127 x 127: onnxruntime's fused int8
+    kernels on x86 CPUs without VNNI add such products in pairs in 16 bits, which saturate."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = rng.integers(100, 128, size=(192, 10), dtype=np.int8) * rng.choice(np.array([-1, 1], np.int8), (192, 10))
+    nodes = [
+        helper.make_node("Reshape", ["images", "flat_shape"], ["flat"]),
+        helper.make_node("QuantizeLinear", ["flat", "x_scale", "x_zero"], ["flat_q"]),
+        helper.make_node("DequantizeLinear", ["flat_q", "x_scale", "x_zero"], ["flat_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], axis=1),
+        helper.make_node("MatMul", ["flat_dq", "w_dq"], ["logits"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([-1, 192], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+        numpy_helper.from_array(weight, "w_q"),
+        numpy_helper.from_array(np.full(10, 0.001, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(10, np.int8), "w_zero"),
+    ]
+    graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return weight
+
+
+def test_qdq_graphs_run_with_tensorrts_arithmetic_for_accuracy(tmp_path):
+    """verify/predict (the default runner) and calibration's sessions give the exact int8 result
+    (int32 sums, as TensorRT computes), whatever this CPU's int8 kernels do; bench's runner runs
+    onnxruntime's fused kernels. Without VNNI those differ (see ffx.onnx_file.exact_quantized_arithmetic)."""
+    from ffx.calib.model_io import cpu_session
+
+    rng = np.random.default_rng(0)
+    weight = _saturating_qdq_model(tmp_path / "q.onnx", rng)
+    images = (rng.choice(np.array([-1, 1]), (4, 3, 8, 8)) * rng.uniform(1.0, 1.27, (4, 3, 8, 8))).astype(np.float32)
+    quantized = np.clip(np.rint(images.reshape(4, 192) / 0.01), -128, 127).astype(np.int64)
+    exact = (quantized @ weight.astype(np.int64)) * np.float32(0.01) * np.float32(0.001)
+    with open_runner(tmp_path / "q.onnx") as runner:
+        np.testing.assert_allclose(runner.infer(images), exact, rtol=1e-5)
+    session = cpu_session((tmp_path / "q.onnx").read_bytes())
+    np.testing.assert_allclose(session.run(None, {"images": images})[0], exact, rtol=1e-5)
+    with open_runner(tmp_path / "q.onnx", int8_kernels=True) as fused:  # runs; exact only on CPUs with VNNI
+        assert fused.infer(images).shape == (4, 10)

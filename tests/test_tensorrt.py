@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ffx.errors import BackendUnavailable, FfxError, InvalidOption
+from ffx.compute_capability import rtx_plan_targets
 from ffx.tensorrt import BuildOptions, available_backend, build_serialized_engine
 from helpers import needs_rtx
 
@@ -71,8 +72,27 @@ def test_rtx_builds_every_precision_on_the_cpu(tmp_path, precision):
     assert build.input_name == "images" and build.output_names == ["logits"]
     assert build.profile == {"min": [1, 8], "opt": [2, 8], "max": [4, 8]}
     assert build.input_dtype == "float32"
-    assert build.compute_capabilities == ["8.6", "8.9", "12.0"]  # TensorRT-RTX's default targets
+    assert build.compute_capabilities == ["8.0", "8.6", "8.9", "12.0", "12.1"]  # TensorRT-RTX's default targets
     assert build.tf32 is True  # TensorRT's default: FP32 layers may run in TF32
+
+
+@pytest.mark.parametrize("targets", [("8.6",), ("8.0", "12.1"), ("8.9", "12.0")])
+def test_rtx_records_the_targets_its_plan_lists(tmp_path, targets):
+    path = _linear_model(tmp_path / "linear.onnx", "fp16")
+    engine, build = build_serialized_engine(path, BuildOptions(max_batch=2, compute_capabilities=targets),
+                                            backend="tensorrt-rtx", progress=False)
+    assert build.compute_capabilities == list(targets) == list(rtx_plan_targets(engine))
+    assert f"accelerators={{{''.join('sm' + t.replace('.', '') + ' ' for t in targets)}}}".encode() in engine
+    assert not any("engine records" in note for note in build.notes)
+
+
+def test_rtx_plan_targets_reads_the_header():
+    header = b"header {\n  hardware_forward_compatibility=%s\n  accelerators={%s}\n}"
+    assert rtx_plan_targets(header % (b"1", b"sm80 ")) == ("8.0", "8.6", "8.9", "12.0", "12.1")  # a default build
+    assert rtx_plan_targets(header % (b"1", b"sm89 ")) == ("8.9", "12.0", "12.1")
+    assert rtx_plan_targets(header % (b"0", b"sm75 ")) == ("7.5",)
+    assert rtx_plan_targets(header % (b"0", b"sm120 sm86 ")) == ("8.6", "12.0")
+    assert rtx_plan_targets(b"\x00" * 100) is None and rtx_plan_targets(header % (b"0", b"")) is None
 
 
 def test_auto_picks_an_installed_backend():
@@ -161,8 +181,9 @@ def test_compute_capabilities_are_normalized(given, expected):
 @pytest.mark.parametrize("given, message", [
     (("none",), "not a target"),
     (("SM99",), "does not run on this GPU"),
-    (("8.0",), r"A100.*--backend tensorrt"),
     (("9.0",), r"H100/H200.*--backend tensorrt"),
+    (("10.0",), r"B200.*--backend tensorrt"),
+    (("8.7",), r"Jetson Orin.*--backend tensorrt"),
     (("banana",), "not a compute capability"),
     (("current", "8.6"), "cannot be combined"),
 ])

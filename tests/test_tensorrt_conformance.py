@@ -1,15 +1,16 @@
 """Every TensorRT name ffx uses exists where it is used: in the installed TensorRT-RTX bindings and
-in NVIDIA's TensorRT 10.3 (JetPack 6) and 11.x Python bindings. Runs without a GPU, so a typo or
-an API a release removed fails CI instead of a user's first run on a GPU.
+in NVIDIA's TensorRT 10.3 (JetPack 6), 10.16 (the last 10.x), 11.1 and 11.4 (the first 11.x for Jetson,
+JetPack 7.2.2+) Python bindings. Runs without a GPU, so a typo or an API a release removed fails CI
+instead of a user's first run on a GPU.
 
-The 10.3 and 11.x names are committed lists (tests/tensorrt_api/*.txt, each citing the repository,
+The TensorRT names are committed lists (tests/tensorrt_api/*.txt, each citing the repository,
 branch, commit and files it was taken from; regenerate with scripts/tensorrt_api_names.py). The
 TensorRT-RTX names are read from the installed module.
 
 The convention this checks (stated in ffx/tensorrt.py's docstring):
 - the TensorRT module is always called `trt`, and TensorRT objects live in variables or attributes
   named after their class (TYPED_NAMES below): `config.set_flag` is IBuilderConfig.set_flag;
-- a name must exist in all three flavours, unless it is used inside a function whose name ends in
+- a name must exist in every flavour, unless it is used inside a function whose name ends in
   `_rtx` (TensorRT-RTX only) or `_full_tensorrt` (TensorRT 10.3 and 11.x only);
 - `getattr(obj, "name", default)` / `hasattr(obj, "name")` marks an API some versions lack: the
   name must exist in at least one flavour the code runs on (so a typo still fails).
@@ -26,7 +27,9 @@ from helpers import TENSORRT_RTX_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("ffx", "export", "calib", "runtime")
-NAME_LISTS = {"TensorRT 10.3": "tensorrt-10.3.txt", "TensorRT 11.1": "tensorrt-11.1.txt"}
+# 10.3: JetPack 6. 10.16: the last 10.x. 11.1 and 11.4 (the first 11.x for Jetson: JetPack 7.2.2+).
+NAME_LISTS = {"TensorRT 10.3": "tensorrt-10.3.txt", "TensorRT 10.16": "tensorrt-10.16.txt",
+              "TensorRT 11.1": "tensorrt-11.1.txt", "TensorRT 11.4": "tensorrt-11.4.txt"}
 RTX = "TensorRT-RTX"
 
 # variable / attribute name -> the TensorRT class it holds
@@ -170,6 +173,18 @@ def test_the_name_lists_cite_their_source():
         assert len(listed_names(filename)) > 1000
 
 
+def test_the_lists_differ_where_the_releases_do():
+    """Each list is its release's, not a copy of another's."""
+    lists = {label: listed_names(f) for label, f in NAME_LISTS.items()}
+    # Weak typing (builder precision flags, calibrators) is in every 10.x and gone from 11.x.
+    for label, names in lists.items():
+        assert ("BuilderFlag.FP16" in names) == label.startswith("TensorRT 10."), label
+        assert ("IInt8EntropyCalibrator2" in names) == label.startswith("TensorRT 10."), label
+    # 10.16 has what came after 10.3 (the runtime config of 10.11), 11.4 what came after 11.1 (DLA is back).
+    assert "ICudaEngine.create_runtime_config" in lists["TensorRT 10.16"] - lists["TensorRT 10.3"]
+    assert "Runtime.dla_workspace_allocation_strategy" in lists["TensorRT 11.4"] - lists["TensorRT 11.1"]
+
+
 def test_the_tensorrt_files_are_found():
     names = {path.relative_to(ROOT).as_posix() for path in tensorrt_files()}
     assert {"ffx/tensorrt.py", "runtime/engine.py"} <= names
@@ -210,7 +225,8 @@ def _copy_with(tmp_path, relative, old, new):
 def test_a_misspelled_attribute_in_a_copy_fails(flavours, tmp_path):
     uses = _copy_with(tmp_path, "ffx/tensorrt.py", "config.set_memory_pool_limit(", "config.set_memory_pool_limt(")
     found = problems(uses, flavours)
-    assert len(found) == 1 and "IBuilderConfig.set_memory_pool_limt is missing from TensorRT 10.3, TensorRT 11.1, TensorRT-RTX" in found[0]
+    assert len(found) == 1 and ("IBuilderConfig.set_memory_pool_limt is missing from "
+                                "TensorRT 10.16, TensorRT 10.3, TensorRT 11.1, TensorRT 11.4, TensorRT-RTX") in found[0]
 
 
 def test_a_misspelled_enum_member_and_optional_name_fail(flavours, tmp_path):
@@ -221,8 +237,11 @@ def test_a_misspelled_enum_member_and_optional_name_fail(flavours, tmp_path):
 
 
 def test_a_one_flavour_name_outside_its_guard_fails(flavours, tmp_path):
-    # create_runtime_config is TensorRT-RTX's: allowed in _create_context_rtx, not in a plain function.
+    # The runtime config's CUDA-graph strategy is TensorRT-RTX's: allowed in _create_context_rtx, not in a plain
+    # function; create_runtime_config itself came in 10.11, after JetPack 6's 10.3.
     uses = _copy_with(tmp_path, "runtime/engine.py", "def _create_context_rtx(self):", "def _create_context_any(self):")
     found = problems(uses, flavours)
-    assert any("ICudaEngine.create_runtime_config is missing from TensorRT 10.3; only TensorRT 11.1, TensorRT-RTX has it"
-               in problem for problem in found), found
+    assert any("ICudaEngine.create_runtime_config is missing from TensorRT 10.3; "
+               "only TensorRT 10.16, TensorRT 11.1, TensorRT 11.4, TensorRT-RTX has it" in problem for problem in found), found
+    assert any("IRuntimeConfig.cuda_graph_strategy is missing from TensorRT 10.16, TensorRT 10.3, TensorRT 11.1, "
+               "TensorRT 11.4; only TensorRT-RTX has it" in problem for problem in found), found

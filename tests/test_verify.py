@@ -104,12 +104,16 @@ def test_human_report_and_limit(cli_runner, mini, images):
 
 
 def test_gate_failure_exits_1_and_still_reports(cli_runner, mini, images):
-    # Demanding that the candidate beat the reference by a point makes an identical model fail.
+    # No drop allowed, gated on the interval: 30 images cannot show that even an identical model
+    # loses nothing. (A negative limit, which demanded that the candidate beat the reference, is
+    # refused: exit 2.)
     result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images,
-                     "--max-top1-drop", "-1", "--json")
+                     "--max-top1-drop", "0", "--strict", "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["passed"] is False
-    assert "top-1 dropped" in result.stderr and "Traceback" not in result.output
+    assert "upper bound of the top-1 drop" in result.stderr and "Traceback" not in result.output
+    negative = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--max-top1-drop", "-1")
+    assert negative.exit_code == 2 and "0<=x<=100" in negative.stderr
 
 
 def test_strict_gate_uses_the_interval(cli_runner, mini, images):
@@ -148,6 +152,7 @@ def test_bad_input_exits_2(cli_runner, mini, images, tmp_path, case):
     assert "Error: " in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tmp_path):
     from ffx.calib import CalibrationOptions, calibrate_int8
 
@@ -162,6 +167,7 @@ def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tm
     assert "were also calibration images" in result.stderr
 
 
+@pytest.mark.slow
 def test_warns_when_the_candidate_was_made_from_other_weights(cli_runner, mini, images, tmp_path):
     """A candidate converted from another checkpoint than the reference is two networks compared,
     whatever the gate says: the lineage both carry (the checkpoint's sha256) says so."""
@@ -180,6 +186,7 @@ def test_warns_when_the_candidate_was_made_from_other_weights(cli_runner, mini, 
         assert "made from a different checkpoint" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_an_ema_export_is_verified_against_the_checkpoints_ema_weights(cli_runner, mini, images, tmp_path):
     """`ffx export --ema` then `ffx verify model.onnx --reference model.pth`: the reference runs the
     weights the candidate came from (it ran `model`, and the lineage warning said so)."""
@@ -228,6 +235,7 @@ def scrambled_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_path_factory):
     from ffx.calib import CalibrationOptions, calibrate_int8
@@ -245,6 +253,7 @@ def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_pa
     assert report["calibration_overlap"] == 0  # calibrated on train, verified on val
 
 
+@pytest.mark.slow
 @needs_fashion_model
 def test_fixture_with_a_scrambled_head_fails(cli_runner, scrambled_checkpoint):
     result = _verify(cli_runner, scrambled_checkpoint, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val",

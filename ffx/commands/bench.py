@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import THREADS, Count, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import FfxError
 from ffx.progress import Progress, stderr_is_terminal
 from ffx.runtime.bench import UNSTABLE_CV
@@ -25,13 +25,13 @@ def parse_batches(text):
 
 
 @click.command("bench")
-@click.argument("targets", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("targets", nargs=-1, required=True, type=InputPath(dir_okay=False))
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8,32.")
-@click.option("--iterations", type=click.IntRange(min=5), default=50, show_default=True, help="Timed calls per measurement.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls first.")
-@click.option("--max-seconds", type=FiniteFloat(min=0.1), default=10.0, show_default=True, help="Stop a measurement early after this long (at least 5 calls).")
+@click.option("--iterations", type=Count(5, 1_000_000), default=50, show_default=True, help="Timed calls per measurement.")
+@click.option("--warmup", type=Count(0, 10_000), default=5, show_default=True, help="Untimed calls first.")
+@click.option("--max-seconds", type=FiniteFloat(min=0.1, max=3600), default=10.0, show_default=True, help="Stop a measurement early after this long (at least 5 calls).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx targets.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
+@click.option("--threads", type=THREADS, help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
 @click.option("--cuda-graph", is_flag=True, help="Engines: replay captured CUDA graphs (one per batch size) instead of enqueuing each call; full TensorRT captures through cuda-python (pycuda has no graph capture).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
 def command(targets, batch_text, iterations, warmup, max_seconds, provider, threads, cuda_graph, as_json):

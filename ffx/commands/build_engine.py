@@ -1,11 +1,18 @@
 import dataclasses
+from pathlib import Path
 
 import click
 
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import FiniteFloat, InputPath, print_json, warn
 from ffx.compute_capability import RTX_DEFAULT_TARGETS, RTX_SUPPORTED
 from ffx.errors import FfxError, InvalidOption
+from ffx.runtime.runner import CHECKPOINT_SUFFIXES
 from ffx.tensorrt import HARDWARE_COMPATIBILITY, backend_label
+
+
+def _announce(text):
+    if click.get_text_stream("stderr").isatty():  # scripts get the summary lines only
+        click.echo(text, err=True)
 
 
 def parse_size(text):
@@ -37,18 +44,24 @@ OPTION_FLAGS = {
     "compute_capabilities": "--compute-capability",
     "tf32": "--no-tf32",
     "calib_data": "--calib-data",  # write_engine's own options
-    "precision": "--fp16/--int8",
+    "precision": "--fp16/--int8/--fp8",
+    "method": "--calib-method",  # the calibration's, when an FP32 model is calibrated first
+    "percentile": "--calib-percentile",
+    "num_images": "--calib-images",
+    "keep_fp": "--calib-keep-fp",
+    "seed": "--calib-seed",
 }
 
 
 @click.command("build-engine")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputPath(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Engine file to write (.engine or .plan); OUTPUT.json is written beside it.")
 @click.option("--fp16", is_flag=True, help="FP16 engine: an FP32 model is converted to typed FP16 first.")
 @click.option("--int8", is_flag=True, help="INT8 engine: a Q/DQ model builds as is, an FP32 model is calibrated first (needs --calib-data).")
-@click.option("--calib-data", type=click.Path(file_okay=False), help="Calibration images for --int8 on an FP32 model (a folder, searched recursively).")
+@click.option("--fp8", is_flag=True, help="FP8 (E4M3) engine for GPUs with FP8 tensor cores (compute capability 8.9+): an FP8 Q/DQ model builds as is, an FP32 model is calibrated first (needs --calib-data).")
+@click.option("--calib-data", type=InputPath(file_okay=False), help="Calibration images for --int8/--fp8 on an FP32 model (a folder, searched recursively).")
 @click.option("--calib-images", "num_images", type=click.IntRange(min=1), help="How many calibration images to use (default: calibrate's).")
-@click.option("--calib-method", "method", help="Calibration method, as `ffx calibrate --method`: entropy (default), max, percentile, mse.")
+@click.option("--calib-method", "method", help="Calibration method, as `ffx calibrate --method`: entropy (INT8 default), max (FP8 default), percentile, mse.")
 @click.option("--calib-percentile", "percentile", type=FiniteFloat(0, 100, min_open=True), help="Percentile for --calib-method percentile.")
 @click.option("--calib-keep-fp", "keep_fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as `ffx calibrate --keep-fp` (e.g. head,patch_embed).")
 @click.option("--calib-seed", "seed", type=click.IntRange(min=0), help="Seed of the calibration image selection.")
@@ -67,23 +80,33 @@ OPTION_FLAGS = {
 @click.option("--no-tf32", "no_tf32", is_flag=True, help="Keep FP32 layers in full FP32 (TensorRT allows TF32 on Ampere and newer by default); for exact FP32 comparisons.")
 @click.option("--verbose", is_flag=True, help="Print TensorRT's log.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def command(model, output, fp16, int8, calib_data, num_images, method, percentile, keep_fp, seed, backend, min_batch, opt_batch, max_batch,
+def command(model, output, fp16, int8, fp8, calib_data, num_images, method, percentile, keep_fp, seed, backend, min_batch, opt_batch, max_batch,
             workspace, timing_cache, optimization_level, hardware_compatibility, version_compatible,
             compute_capabilities, no_tf32, verbose, as_json):
-    """Build a TensorRT or TensorRT-RTX engine from an ONNX model, with a JSON sidecar.
+    """Build a TensorRT or TensorRT-RTX engine from an ONNX model or a checkpoint, with a JSON sidecar.
 
     The engine is a plain plan file (trtexec loads it); OUTPUT.json beside it records the
     backend and version, GPU or TensorRT-RTX targets, precision, TF32, ONNX and calibration
     hashes, the batch profile and the model's metadata, so `ffx verify`, `bench` and `predict`
     need no further flags.
 
-    TensorRT-RTX does not run on A100 (8.0), H100/H200 (9.0) or Jetson: use `--backend tensorrt`
-    there. A Turing (7.5) engine is built on its own: `--compute-capability 7.5`.
+    From a checkpoint (.pth, .pt, .safetensors, ...; needs torch) it exports, calibrates and
+    builds in one go, each intermediate beside the engine with its record: OUT.onnx + OUT.json
+    (the export), OUT.int8.onnx + OUT.int8.json (the calibration), OUT.engine + OUT.engine.json.
+    An intermediate whose recorded hashes match this run's inputs is reused; a file of yours at
+    one of those names is never replaced (the run's goes to OUT.engine.fp32.onnx / .int8.onnx).
+
+    A TensorRT-RTX engine runs on 8.0 (A100), 8.6, 8.9, 12.0 and 12.1 by default; not on H100/H200
+    (9.0), B200 or Jetson: use `--backend tensorrt` there. A Turing (7.5) engine is built on its
+    own: `--compute-capability 7.5`. FP8 needs compute capability 8.9 or newer: other targets are
+    refused, and TensorRT-RTX FP8 engines target only the FP8-capable GPUs among its defaults.
 
     \b
     Examples:
+      ffx build-engine model.pth --int8 --calib-data train/ -o model.engine   # export + calibrate + build
       ffx build-engine model.int8.onnx -o model.engine
       ffx build-engine model.onnx --int8 --calib-data train/ -o model.int8.engine
+      ffx build-engine model.onnx --fp8 --calib-data train/ -o model.fp8.engine
       ffx build-engine model.onnx --fp16 --backend tensorrt-rtx -o model.fp16.engine
       ffx build-engine model.onnx --backend tensorrt-rtx --compute-capability 7.5 -o model.turing.engine
       ffx build-engine model.onnx -o model.engine --max-batch 8 --workspace 1G --timing-cache trt.cache
@@ -91,12 +114,12 @@ def command(model, output, fp16, int8, calib_data, num_images, method, percentil
     from ffx.runtime.engine_file import write_engine
     from ffx.tensorrt import BuildOptions
 
-    if (num_images or method or percentile is not None or keep_fp or seed is not None) and not (int8 and calib_data):
-        raise click.UsageError("the --calib-* options apply to --int8 with --calib-data")
+    if (num_images or method or percentile is not None or keep_fp or seed is not None) and not ((int8 or fp8) and calib_data):
+        raise click.UsageError("the --calib-* options apply to --int8 or --fp8 with --calib-data")
     if percentile is not None and method not in (None, "percentile"):
         raise click.UsageError(f"--calib-percentile applies to --calib-method percentile, not {method}")
-    if fp16 and int8:
-        raise FfxError("choose one of --fp16 and --int8 (an INT8 graph keeps its unquantized layers in float)")
+    if fp16 + int8 + fp8 > 1:
+        raise FfxError("choose one of --fp16, --int8 and --fp8 (a Q/DQ graph keeps its unquantized layers in float)")
     if percentile is not None:
         method = "percentile"
     try:
@@ -106,27 +129,46 @@ def command(model, output, fp16, int8, calib_data, num_images, method, percentil
             optimization_level=optimization_level, hardware_compatibility=hardware_compatibility,
             version_compatible=version_compatible, compute_capabilities=tuple(compute_capabilities), tf32=not no_tf32,
         )
-        report = write_engine(
-            model, output, options, precision="fp16" if fp16 else "int8" if int8 else None, calib_data=calib_data,
+        arguments = dict(
+            options=options, precision="fp16" if fp16 else "int8" if int8 else "fp8" if fp8 else None,
+            calib_data=calib_data,
             calib_options={"num_images": num_images, "method": method, "percentile": percentile,
                            "keep_fp": tuple(keep_fp) or None, "seed": seed},
             backend=backend, progress=None if not as_json else False, verbose=verbose,
         )
+        if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
+            from ffx.runtime.checkpoint_engine import build_engine_from_checkpoint
+
+            pipeline = build_engine_from_checkpoint(model, output, announce=None if as_json else _announce, **arguments)
+            report, notes = pipeline.engine, pipeline.notes
+        else:
+            pipeline, report = None, write_engine(model, output, **arguments)
+            notes = report.notes
     except InvalidOption as e:
         raise FfxError(f"{OPTION_FLAGS.get(e.option, e.option)}: {e}") from None
     if as_json:
-        print_json(dataclasses.asdict(report))
+        print_json({**dataclasses.asdict(report), "export": dataclasses.asdict(pipeline.export), "notes": notes}
+                   if pipeline else dataclasses.asdict(report))
         return
-    for note in report.notes:
+    for note in notes:
         warn(note)
+    if pipeline:
+        step = pipeline.export
+        how = (f"reused, exported from {model} earlier" if step.reused
+               else f"exported from {model}, parity vs PyTorch max abs diff {step.max_abs_diff:.2e}")
+        click.echo(f"{step.onnx}: {how}; record {step.record} (checkpoint sha256 {step.checkpoint_sha256[:16]}...)")
     profile = report.profile
     batches = f"batch {profile['min'][0]}..{profile['opt'][0]}..{profile['max'][0]} (min..opt..max)"
     click.echo(f"{report.engine}: {backend_label(report.backend)} {report.backend_version}, {report.precision}, {batches}, "
                f"{report.engine_bytes / (1 << 20):.1f} MiB, built in {report.build_seconds:.1f} s")
     if report.calibrated_onnx:
-        click.echo(f"built from {report.calibrated_onnx} (written by this build's calibration)")
+        how = "reused: its manifest records the same input, settings and images" if report.calibration_reused \
+            else "written by this build's calibration"
+        click.echo(f"built from {report.calibrated_onnx} ({how})")
     if report.backend == "tensorrt-rtx":
         where = f"ahead of time for compute capability {', '.join(report.targets)}"
     else:
         where = f"on {report.gpu['name']} ({report.gpu['compute_capability']})" if report.gpu else "no GPU recorded"
     click.echo(f"sidecar {report.sidecar} ({where}{'' if report.tf32 else ', TF32 off'}); engine sha256 {report.engine_sha256}")
+    for line in report.precision_guide:
+        click.echo(f"precisions on {line}")

@@ -6,45 +6,49 @@ import click
 
 from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, OPTION_FLAGS,
                                 CalibrationOptions, calibration_option_error)
+from ffx.calib.precisions import PRECISIONS
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
 from ffx.calib.mixed_precision import DEFAULT_HELD_OUT_IMAGES
 from ffx.calib.sensitivity import UNUSED_CALIBRATION_IMAGES
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import WORKERS, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import InvalidOption
 
 
 
 @click.command("calibrate")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
+@click.argument("model", type=InputPath(dir_okay=False))
+@click.option("--data", type=InputPath(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
-@click.option("--method", type=click.Choice(METHODS), help=f"INT8 range method (default {DEFAULT_METHOD}: TensorRT's KL-divergence calibration).")
+@click.option("--method", type=click.Choice(METHODS), help=f"Range method. INT8: default {DEFAULT_METHOD} (TensorRT's KL-divergence calibration). FP8: {', '.join(PRECISIONS['fp8'].methods)}, default {PRECISIONS['fp8'].default_method}.")
 @click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image selection.")
-@click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated).")
-@click.option("--target-agreement", type=FiniteFloat(min=0, max=100), metavar="PCT", help="Keep in float the layers that buy the most accuracy per FLOP, as few FLOPs as it takes for INT8 to agree with FP32's top-1 on at least PCT % of held-out images, judged on the 95% lower bound (Wilson); exit 1 if it cannot, exit 2 if the held-out images are too few to tell.")
-@click.option("--max-top1-drop", type=FiniteFloat(min=0), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points, judged on the upper end of its paired 95% interval (needs labelled images); both may be given.")
-@click.option("--held-out", "held_out", type=click.Path(), help="Images the target is measured on (default: the images of --data not used for calibration).")
+@click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated); `none` for none. Default: none for INT8, patch_embed,head for FP8.")
+@click.option("--target-agreement", type=FiniteFloat(min=0, max=100), metavar="PCT", help="Keep in float the layers that buy the most accuracy per FLOP, as few FLOPs as it takes for the quantized graph to agree with FP32's top-1 on at least PCT % of held-out images, judged on the 95% lower bound (Wilson); exit 1 if it cannot, exit 2 if the held-out images are too few to tell.")
+@click.option("--max-top1-drop", type=FiniteFloat(min=0, max=100), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points, judged on the upper end of its paired 95% interval (needs labelled images); both may be given.")
+@click.option("--held-out", "held_out", type=InputPath(), help="Images the target is measured on (default: the images of --data not used for calibration).")
 @click.option("--held-out-images", type=click.IntRange(min=1), help=f"How many held-out images the target is measured on [default: {DEFAULT_HELD_OUT_IMAGES:,}, or all there are when fewer]; more than there are is an error.")
 @click.option("--point-estimate", is_flag=True, help="Judge the target on the measured agreement and drop themselves, not their 95% bounds: the only way to search on fewer held-out images than the target needs (say 300 for 99.9%); the summary still shows the bounds.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
+@click.option("--fp8", is_flag=True, help="Write FP8 (E4M3) Q/DQ instead of INT8, for GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell, Thor); opset 19.")
+@click.option("--scale-search", is_flag=True, help="FP8: search each activation scale over one octave above its range by the layer's output error (helps when patch_embed is FP8 too: --keep-fp none).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx, MODEL.fp8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
 @outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (default ~/.cache/ffx/calib, or $FFX_CACHE_DIR/calib).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes (0: decode in this process).")
+@click.option("--workers", type=WORKERS, default=2, show_default=True, help="Image decoding processes (0: decode in this process).")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(model, data, num_images, method, percentile, seed, keep_fp, target_agreement, max_top1_drop, held_out,
-            held_out_images, point_estimate, fp16, output, gelu_range, bias_correction, smooth_gelu, cache_dir, no_cache, workers,
+            held_out_images, point_estimate, fp16, fp8, scale_search, output, gelu_range, bias_correction, smooth_gelu, cache_dir, no_cache, workers,
             backend, no_tensorrt_check, as_json):
-    """Turn an FP32 ffx ONNX model into a TensorRT-ready INT8 (Q/DQ) or FP16 ONNX.
+    """Turn an FP32 ffx ONNX model into a TensorRT-ready INT8 or FP8 (Q/DQ) or FP16 ONNX.
 
-    INT8: activation ranges from real images, Q/DQ on the inputs of Conv/MatMul/Gemm only
+    INT8 and FP8: activation ranges from real images, Q/DQ on the inputs of Conv/MatMul/Gemm only
     (per-tensor activations, per-channel weights; LayerNorm, GELU, residual Adds and biases stay
-    float). Preprocessing comes from the model's metadata. The result is checked with
+    float). FP8 (E4M3) runs on compute capability 8.9 and newer; `ffx inspect --gpu CC` says
+    which precisions a GPU has. Preprocessing comes from the model's metadata. The result is checked with
     onnxruntime (top-1 agreement with FP32) and built with TensorRT or TensorRT-RTX when
     installed; a graph TensorRT rejects is not written (exit 1).
 
@@ -60,6 +64,7 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
       ffx calibrate tiny.onnx --data train/ --target-agreement 99.9 -o tiny.int8.onnx
       ffx calibrate tiny.onnx --data calib/ --held-out val/ --target-agreement 99 --max-top1-drop 0.5
       ffx calibrate tiny.onnx --fp16 --data calib/ -o tiny.fp16.onnx
+      ffx calibrate tiny.onnx --fp8 --data imagenet/train -o tiny.fp8.onnx
     """
     started = time.perf_counter()
     searching = target_agreement is not None or max_top1_drop is not None
@@ -68,6 +73,9 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
     for name, value in (("--held-out", held_out), ("--held-out-images", held_out_images), ("--point-estimate", point_estimate)):
         if value and not searching:
             raise click.UsageError(f"{name} applies to --target-agreement/--max-top1-drop")
+    if fp16 and fp8:
+        raise click.UsageError("choose one of --fp16 and --fp8")
+    precision = "fp16" if fp16 else "fp8" if fp8 else "int8"
     if fp16:
         for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp),
                             ("--target-agreement", target_agreement), ("--max-top1-drop", max_top1_drop),
@@ -76,34 +84,33 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
             if value:
                 raise click.UsageError(f"{name} applies to INT8 calibration, not --fp16")
     elif data is None:
-        raise click.UsageError("INT8 calibration needs --data DIR (images like the ones the model will see)")
+        raise click.UsageError(f"{PRECISIONS[precision].label} calibration needs --data DIR (images like the ones the model will see)")
     if percentile is not None and method not in (None, "percentile"):
         raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
     try:
         options = CalibrationOptions(
-            method=method or ("percentile" if percentile is not None else DEFAULT_METHOD),
+            precision=precision, method=method or ("percentile" if percentile is not None else None),
             percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
-            num_images=num_images, seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir,
+            num_images=num_images, seed=seed, keep_fp=keep_fp or None, workers=workers, cache_dir=cache_dir,
             use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction, smooth_gelu=smooth_gelu,
+            scale_search=scale_search,
         )
     except InvalidOption as e:
         raise calibration_option_error(e) from None
+    from ffx.calib.model_io import output_paths
+
+    output_paths(model, output, precision)  # checked before the search and any image is read
     # The search and the calibration after it read the same images: say each warning once.
     checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend,
               "warn": _once(warn) if searching else warn}
-    if fp16:
-        from ffx.calib import convert_fp16
+    from ffx.calib import calibrate
 
-        report = convert_fp16(model, output, data=data, options=options, **checks)
-    else:
-        from ffx.calib import calibrate_int8
-
-        search = None
-        if searching:
-            search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point_estimate, held_out,
-                                     held_out_images, quiet=as_json, warn=checks["warn"])
-            options = options.replace(keep_fp=tuple(search["keep_fp"]))
-        report = calibrate_int8(model, data, output, options, keep_fp_search=search, **checks)
+    search = None
+    if searching:
+        search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point_estimate, held_out,
+                                 held_out_images, quiet=as_json, warn=checks["warn"])
+        options = options.replace(keep_fp=tuple(search["keep_fp"]))
+    report = calibrate(model, data, output, options, keep_fp_search=search, **checks)
     # The whole command's time (the search's too), not only the final calibration's.
     report = dataclasses.replace(report, seconds=round(time.perf_counter() - started, 2))
     if as_json:
@@ -157,18 +164,18 @@ def _search_summary(search):
 
 
 def _print_summary(report):
-    if report.precision == "int8":
+    if report.precision in ("int8", "fp8"):
         method = report.method + (f" {report.percentile}" if report.percentile is not None else "")
         kept = f", {len(report.kept_fp_layers)} kept in float ({', '.join(report.kept_fp_layers)})" if report.kept_fp_layers else ""
         click.echo(
-            f"{report.output}: INT8 Q/DQ, {method} ranges from {report.num_images} images "
+            f"{report.output}: {'INT8' if report.precision == 'int8' else 'FP8 (E4M3)'} Q/DQ, {method} ranges from {report.num_images} images "
             f"({report.skipped_images} skipped), {len(report.quantized_layers)} layers quantized{kept}"
         )
     else:
         source = f"overflow preflight on {report.num_images} images ({report.skipped_images} skipped)" if report.num_images else "no overflow preflight"
         kept = f"{len(report.fp32_tensors)} tensors kept in float32" if report.fp32_tensors else "no tensor kept in float32"
         click.echo(f"{report.output}: FP16 with float32 inputs/outputs, {source}, {kept}")
-    search = report.keep_fp_search if report.precision == "int8" else None
+    search = getattr(report, "keep_fp_search", None)
     if search:
         click.echo(_search_summary(search))
         if search["held_out_source"].endswith(UNUSED_CALIBRATION_IMAGES):

@@ -1,19 +1,19 @@
 import click
 
 from ffx.calib.compare import DEFAULT_IMAGES
-from ffx.cli import print_json, warn
+from ffx.cli import InputPath, print_json, warn
 
 
 @click.command("compare")
-@click.argument("reference", type=click.Path(dir_okay=False))
-@click.argument("candidate", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(), help="Images to run both graphs on (a folder or list file, as for `ffx verify`).")
+@click.argument("reference", type=InputPath(dir_okay=False))
+@click.argument("candidate", type=InputPath(dir_okay=False))
+@click.option("--data", required=True, type=InputPath(), help="Images to run both graphs on (a folder or list file, as for `ffx verify`).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_IMAGES, show_default=True, help="Images to compare on (a seeded, class-stratified sample).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(reference, candidate, data, num_images, seed, as_json):
     """Where a converted graph's error enters: REFERENCE (the FP32 ONNX) and CANDIDATE (its INT8
-    or FP16 conversion) block by block on the same images.
+    or FP8 Q/DQ, or FP16 conversion) block by block on the same images.
 
     For the embedded tokens, the output of every block's feature MLP (mlp1) and token MLP (mlp2)
     and the logits: the relative L2 error against FP32, the logit-style SNR, the worst image's

@@ -2,7 +2,7 @@ import dataclasses
 
 import click
 
-from ffx.cli import print_json, warn
+from ffx.cli import QUEUE_DELAY_US, Count, InputPath, print_json, warn
 from ffx.metadata import MAX_BATCH
 from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
@@ -20,14 +20,15 @@ def command():
 
 
 @command.command("triton")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputPath(dir_okay=False))
 @click.option("-o", "--output", "repository", required=True, type=click.Path(file_okay=False), help="Model repository folder (created if needed; REPO/NAME must not exist).")
 @click.option("--name", help="Triton model name [default: from the file name].")
 @click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), help="max_batch_size [default: the engine profile's max batch; 32 for ONNX].")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (instance_group count).")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_QUEUE_DELAY_US, show_default=True, help="Dynamic batching: longest wait for more requests.")
+@click.option("--instances", type=Count(1, 1024), default=1, show_default=True, help="Model instances (instance_group count).")
+@click.option("--max-queue-delay-us", type=QUEUE_DELAY_US, default=DEFAULT_QUEUE_DELAY_US, show_default=True, help="Dynamic batching: longest wait for more requests.")
+@click.option("--image-input", is_flag=True, help="Also write NAME_preprocess (Python backend: ffx's own decoder and preprocessing, numpy and Pillow only) and the ensemble NAME_image, which takes image files.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def triton(model, repository, name, max_batch, instances, max_queue_delay_us, as_json):
+def triton(model, repository, name, max_batch, instances, max_queue_delay_us, image_input, as_json):
     """Triton Inference Server model repository for MODEL (engine + sidecar, or ffx ONNX).
 
     Writes REPO/NAME/config.pbtxt (names, dtypes and dims from the model; max_batch_size and
@@ -36,15 +37,21 @@ def triton(model, repository, name, max_batch, instances, max_queue_delay_us, as
     (provenance) and README.txt (the tritonserver command and a client example).
 
     \b
+    With --image-input, clients send image files: NAME_image (an ensemble) runs NAME_preprocess
+    (Triton's Python backend with ffx's own decoder and preprocessing, copied verbatim, the same
+    code as `ffx predict`) and then NAME; NAME_image/README.txt shows a client.
+
+    \b
     Examples:
       ffx deploy triton model.onnx -o model_repository
       ffx deploy triton model.engine -o model_repository --name classifier --max-batch 8
+      ffx deploy triton model.engine -o model_repository --name classifier --image-input
       tritonserver --model-repository=model_repository
     """
     from ffx.runtime.triton_repository import write_triton_repository
 
     report = write_triton_repository(model, repository, name=name, max_batch=max_batch, instances=instances,
-                                     queue_delay_us=max_queue_delay_us)
+                                     queue_delay_us=max_queue_delay_us, image_input=image_input)
     if as_json:
         print_json(dataclasses.asdict(report))
         return
@@ -52,14 +59,17 @@ def triton(model, repository, name, max_batch, instances, max_queue_delay_us, as
         warn(message)
     click.echo(f"{report.model_dir}: backend {report.backend}, {report.model_file}, max_batch_size {report.max_batch_size}, "
                f"preferred batch {report.preferred_batch_sizes}, {report.instances} instance(s)")
+    if image_input:
+        click.echo(f"image input: {report.model_name}_image (ensemble) -> {report.model_name}_preprocess (Python backend, "
+                   f"ffx's preprocessing) -> {report.model_name}; see {report.model_name}_image/README.txt")
     click.echo(f"start it: tritonserver --model-repository={report.repository}   (see {report.model_dir}/README.txt)")
 
 
 @command.command("deepstream")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputPath(dir_okay=False))
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for the config, labels and model files.")
 @click.option("--approximate-normalization", is_flag=True, help="Write a config for a model with per-channel std anyway (mean std as the one scale); needs --data to measure the accuracy this costs.")
-@click.option("--data", type=click.Path(exists=True), help="Labelled images (one folder per class) for --approximate-normalization.")
+@click.option("--data", type=InputPath(exists=True), help="Labelled images (one folder per class) for --approximate-normalization.")
 @click.option("--num-images", type=click.IntRange(min=1), default=500, show_default=True, help="Images measured with --approximate-normalization.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def deepstream(model, output_dir, approximate_normalization, data, num_images, as_json):

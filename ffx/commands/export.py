@@ -1,34 +1,32 @@
 import dataclasses
-import importlib.util
 
 import click
 
-from ffx.cli import print_json, warn
+from ffx.cli import InputPath, print_json, warn
 from ffx.errors import FfxError
+from ffx.export.limits import MAX_OPSET, MIN_OPSET
+from ffx.metadata import MAX_CLASSES
+from ffx.runtime.checkpoint_engine import missing_export_packages_message
 
-# A plain `pip install ffx` leaves these out: every other command runs without them.
-EXPORT_PACKAGES = ("torch", "onnxscript", "safetensors")
-_missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
-if _missing:
-    raise FfxError(
-        f"ffx export needs {', '.join(_missing)}: install torch (CPU-only: pip install torch==2.13.0 "
-        "--index-url https://download.pytorch.org/whl/cpu), then pip install 'ffx[export]'"
-    )
 
-from ffx.export.onnx_export import MAX_OPSET, MIN_OPSET  # noqa: E402  (imports torch)
-from ffx.metadata import MAX_CLASSES  # noqa: E402
+def require_export_packages():
+    """FfxError naming what to install when exporting a checkpoint is impossible here (a plain
+    `pip install ffx` leaves torch, onnxscript and safetensors out; folding the normalization into
+    an existing ONNX, --from-onnx, runs without them)."""
+    if message := missing_export_packages_message("ffx export"):
+        raise FfxError(message)
 
 
 @click.command("export")
 @click.option("--arch", help="Registered architecture: ff_tiny, ff_base, ff_large (or linear_*). Inferred from the checkpoint when omitted.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="DeiT training checkpoint, state dict or .safetensors.")
+@click.option("--checkpoint", type=InputPath(dir_okay=False), help="DeiT training checkpoint, state dict or .safetensors.")
 @click.option("--ema", is_flag=True, help="Use the checkpoint's model_ema weights instead of model.")
 @click.option("--num-classes", type=click.IntRange(1, MAX_CLASSES), help="Classifier size when it differs from the architecture's.")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET, max=MAX_OPSET), default=MIN_OPSET, show_default=True, help="ONNX opset (>= 17 keeps LayerNorm fused).")
-@click.option("--check-images", type=click.Path(file_okay=False), help="Also compare ONNX Runtime and PyTorch on up to 32 real images from this folder.")
+@click.option("--check-images", type=InputPath(file_okay=False), help="Also compare ONNX Runtime and PyTorch on up to 32 real images from this folder.")
 @click.option("--fold-normalization", is_flag=True, help="Fold mean/std into the first layer: the model takes RGB in [0, 1] (see --input-scale). Needed by DeepStream.")
 @click.option("--input-scale", type=click.Choice(["1", "255"]), default="1", show_default=True, help="With --fold-normalization: the folded model takes RGB in [0, 1] or [0, 255].")
-@click.option("--from-onnx", type=click.Path(dir_okay=False), help="With --fold-normalization: fold an existing FP32 ffx ONNX instead of exporting a checkpoint.")
+@click.option("--from-onnx", type=InputPath(dir_okay=False), help="With --fold-normalization: fold an existing FP32 ffx ONNX instead of exporting a checkpoint.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normalization, input_scale, from_onnx,
@@ -46,21 +44,26 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
       ffx export --checkpoint model.pth --fold-normalization -o folded.onnx   # takes RGB in [0, 1]
       ffx export --from-onnx model.onnx --fold-normalization --input-scale 255 -o folded255.onnx
     """
-    from ffx.export.checkpoint import resolve_model
-    from ffx.export.onnx_export import export_onnx
+    from ffx.artifacts import check_output_path
 
     if ema and not checkpoint:
         raise click.UsageError("--ema needs --checkpoint")
     if input_scale != "1" and not fold_normalization:
         raise click.UsageError("--input-scale needs --fold-normalization")
+    check_output_path(output)  # before the checkpoint is read (the command's inputs are recorded)
     if from_onnx:
         _fold_existing_onnx(from_onnx, fold_normalization, float(input_scale), (arch, checkpoint, ema, num_classes, check_images), output, as_json)
         return
-    if not checkpoint:
-        warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
+    require_export_packages()
+    from ffx.export.checkpoint import resolve_model
+    from ffx.export.onnx_export import export_onnx
+
     if not as_json and click.get_text_stream("stderr").isatty():  # scripts get one line per outcome
         click.echo(f"exporting {checkpoint or arch}: load, trace, ONNX Runtime parity check ...", err=True)
     resolved = resolve_model(arch, checkpoint, use_ema=ema, num_classes=num_classes)
+    # Warnings only once the arguments made a network: a usage error comes alone.
+    if not checkpoint:
+        warn("no --checkpoint: exporting RANDOM weights (fine for trying the pipeline, useless for predictions)")
     if checkpoint and not resolved.preprocess_recorded:
         p = resolved.preprocess
         warn(f"{checkpoint} records no preprocessing; assuming the ImageNet evaluation transform (resize {p.resize} "

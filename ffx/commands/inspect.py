@@ -2,16 +2,17 @@ from pathlib import Path
 
 import click
 
-from ffx.cli import print_json
+from ffx.cli import InputPath, print_json
 from ffx.metadata import escape_text, metadata_problem
 
 
 @click.command("inspect")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=InputPath(dir_okay=False))
 @click.option("--no-load", is_flag=True, help="Engines: only read the sidecar, never load the engine on a GPU.")
 @click.option("--layers", is_flag=True, help="Engines: print TensorRT's per-layer information (needs a GPU).")
+@click.option("--gpu", "gpus", multiple=True, metavar="CC", help="A GPU's compute capability (8.7, SM90, ...; repeat for several): which precisions it runs, which ffx recommends, and whether this model's runs there. Engines default to their targets.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def command(path, no_load, layers, as_json):
+def command(path, no_load, layers, gpus, as_json):
     """Show what an ONNX model, an engine or a checkpoint contains.
 
     ONNX: inputs, opset, op histogram, Q/DQ count, precision, ffx metadata. Engine: the sidecar
@@ -23,18 +24,33 @@ def command(path, no_load, layers, as_json):
       ffx inspect model.int8.onnx
       ffx inspect model.engine --layers
       ffx inspect model.engine.json          # a sidecar alone: never loads the engine
+      ffx inspect model.fp8.onnx --gpu 8.7 --gpu 9.0   # FP8 on Jetson Orin? on H100?
     """
-    from ffx.runtime.inspection import inspect_file, inspect_sidecar
+    from ffx.compute_capability import parse_compute_capability
+    from ffx.runtime.inspection import guide_capabilities, inspect_file, inspect_sidecar, precision_guide
     from ffx.runtime.sidecar import ENGINE_SUFFIXES
+
+    for gpu in gpus:
+        parse_compute_capability(gpu)  # an unreadable --gpu fails before the file is read
 
     if path.endswith(".json") and Path(path[:-len(".json")]).suffix in ENGINE_SUFFIXES:
         info = inspect_sidecar(path)  # the engine from its sidecar alone, whether or not it is there
     else:
         info = inspect_file(path, load_engine=not no_load)
+    model_precision = info.get("precision") if info["kind"] == "onnx" else (info.get("sidecar") or {}).get("precision")
+    info["precision_guide"] = precision_guide(model_precision, list(gpus) or guide_capabilities(info))
     if as_json:
         print_json(info)
         return
     {"onnx": _print_onnx, "engine": _print_engine, "checkpoint": _print_checkpoint}[info["kind"]](info, layers)
+    for row in info["precision_guide"]:
+        fits = row["model_precision_runs_here"]
+        verdict = "" if fits is None else (f"; this {model_precision.upper()} model runs there" if fits else
+                                           f"; this {model_precision.upper()} model does NOT run there")
+        click.echo(f"precisions on {row['line']}{verdict}")
+    if model_precision == "fp8" and not info["precision_guide"]:
+        click.echo("FP8 runs on compute capability 8.9 and newer (Ada, Hopper, Blackwell, Thor); "
+                   "`--gpu CC` says what a GPU runs")
 
 
 def _metadata_lines(metadata, source, error=None):
@@ -107,6 +123,8 @@ def _print_engine(info, layers):
         click.echo(f"{info['path']}: TensorRT plan, not here (described by its sidecar alone)")
     if not info["sidecar"]:
         click.echo("no sidecar: where and how it was built is unknown")
+        if info["engine_targets"]:
+            click.echo(f"a TensorRT-RTX plan: its header lists compute capability {', '.join(info['engine_targets'])}")
     else:
         sidecar = EngineSidecar.from_dict(info["sidecar"], source=info["sidecar_file"])
         profile = sidecar.profile
@@ -119,6 +137,9 @@ def _print_engine(info, layers):
             click.echo(f"calibration manifest {sidecar.calibration_manifest.file}")
         if info["sidecar_matches_engine"] is False:
             click.echo("WARNING: the sidecar describes a different engine file (sha256 differs): rebuild both")
+        if info["engine_targets"] and sidecar.backend == "tensorrt-rtx" and info["engine_targets"] != sidecar.targets:
+            click.echo(f"WARNING: the engine itself lists compute capability {', '.join(info['engine_targets'])}, "
+                       f"the sidecar {', '.join(sidecar.targets)}")
         click.echo(f"on this machine: {info['compatibility']}")
         for line in _metadata_lines(sidecar.metadata, info["sidecar_file"]):
             click.echo(line)

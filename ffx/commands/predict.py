@@ -2,14 +2,14 @@ import dataclasses
 
 import click
 
-from ffx.cli import print_json, warn
+from ffx.cli import InputPath, print_json, warn
 from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
 from ffx.metadata import escape_text
 
 
 @click.command("predict")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("model", type=InputPath(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=InputPath())
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
 @preprocess_option

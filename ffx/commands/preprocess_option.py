@@ -6,12 +6,12 @@ object, e.g. {"input_size": [3, 224, 224], "resize": 256, "interpolation": "bicu
 """
 
 import contextlib
-import json
 from pathlib import Path
 
 import click
 
 from ffx.errors import FfxError, MissingPreprocess
+from ffx.json_input import InvalidJson, parse_json, read_json_file
 from ffx.metadata import Preprocess
 
 preprocess_option = click.option(
@@ -27,13 +27,11 @@ def parse_preprocess(text):
     path = Path(text)
     source = f"--preprocess {text}"
     try:
-        raw = path.read_text() if path.is_file() else text
-    except (OSError, UnicodeDecodeError) as e:
-        raise FfxError(f"{source}: cannot read it ({e})") from None
-    try:
-        fields = json.loads(raw)
-    except json.JSONDecodeError:
-        raise FfxError(f"{source}: neither a JSON file nor JSON text") from None
+        fields = read_json_file(path) if path.is_file() else parse_json(text)
+    except OSError as e:
+        raise FfxError(f"{source}: cannot read it ({e.strerror or e})") from None
+    except InvalidJson as e:
+        raise FfxError(f"{source}: {'neither a JSON file nor JSON text' if e.syntax else e}") from None
     return Preprocess.from_dict(fields, source)
 
 

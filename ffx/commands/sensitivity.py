@@ -4,7 +4,7 @@ from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCE
                                 CalibrationOptions, calibration_option_error)
 from ffx.calib.ranges import METHODS
 from ffx.commands.outlier_options import outlier_options
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import WORKERS, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import InvalidOption
 from ffx.fidelity import error_power, snr_of
 
@@ -15,21 +15,22 @@ DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a min
 
 
 @click.command("sensitivity")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
+@click.argument("model", type=InputPath(dir_okay=False))
+@click.option("--data", required=True, type=InputPath(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT, show_default=True, help="Held-out images every variant is measured on.")
-@click.option("--held-out", type=click.Path(), help="Measure on these images instead of the rest of --data.")
+@click.option("--held-out", type=InputPath(), help="Measure on these images instead of the rest of --data.")
 @click.option("--calib-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Calibration images (as `ffx calibrate --num-images`: the same value reuses its cached statistics).")
-@click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True, help="INT8 range method.")
+@click.option("--method", type=click.Choice(METHODS), help=f"Range method [default: {DEFAULT_METHOD} for INT8, max for --fp8].")
+@click.option("--fp8", is_flag=True, help="Rank the layers by what FP8 (E4M3) costs instead of INT8, as `ffx calibrate --fp8` writes them.")
 @click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), default=DEFAULT_PERCENTILE, show_default=True, help="Percentile of |x| for --method percentile.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image selection.")
 @outlier_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (as for `ffx calibrate`).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding processes.")
+@click.option("--workers", type=WORKERS, default=2, show_default=True, help="Image decoding processes.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the ranking into this image file (.png, .svg, .pdf; needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def command(model, data, num_images, held_out, calib_images, method, percentile, seed, gelu_range, bias_correction,
+def command(model, data, num_images, held_out, calib_images, method, fp8, percentile, seed, gelu_range, bias_correction,
             smooth_gelu, cache_dir, no_cache, workers, plot, as_json):
     """Which layers cost INT8 accuracy: every quantizable layer quantized alone and kept in
     float alone, against FP32 on held-out images.
@@ -45,11 +46,13 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
       ffx sensitivity model.onnx --data train/
       ffx sensitivity model.onnx --data calib/ --held-out val/ --num-images 1000 --plot sens.png
       ffx sensitivity model.onnx --data train/ --json > sensitivity.json
+      ffx sensitivity model.onnx --data train/ --fp8
     """
     from ffx.calib.sensitivity import layer_sensitivity
 
     try:
-        options = CalibrationOptions(method=method, percentile=percentile, num_images=calib_images, seed=seed,
+        options = CalibrationOptions(precision="fp8" if fp8 else "int8", method=method, percentile=percentile,
+                                     num_images=calib_images, seed=seed,
                                      workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
                                      gelu_range=gelu_range, bias_correction=bias_correction,
                                      smooth_gelu=smooth_gelu)
@@ -69,7 +72,7 @@ def command(model, data, num_images, held_out, calib_images, method, percentile,
     if as_json:
         print_json(report.to_dict())
         return
-    _print_table(report)
+    _print_table(report, "FP8" if fp8 else "INT8")
     top = report.layers[0]
     if not smooth_gelu and top.name.endswith(".fc2") and top.error_share >= SMOOTHING_HINT_SHARE:
         click.echo(f"hint: {top.name} alone carries {100 * top.error_share:.0f}% of the error and its input is a "
@@ -83,16 +86,16 @@ def _remaining_db(report, removed_share):
     return snr_of(error_power(report.all_int8.snr_db) - removed_share * error_power(report.predicted_snr_db))
 
 
-def _print_table(report):
+def _print_table(report, label="INT8"):
     base = report.all_int8
     top1 = f", top-1 {base.top1:.2f}% (FP32 {report.fp32_top1:.2f}%)" if base.top1 is not None else ""
-    click.echo(f"{report.model}: {report.method} INT8 from {report.calibration_images} calibration images "
+    click.echo(f"{report.model}: {report.method} {label} from {report.calibration_images} calibration images "
                f"(statistics cache: {report.cache}); measured on {report.held_out_images} held-out images "
                f"from {report.held_out_source}")
-    click.echo(f"all layers INT8: agreement {base.agreement:.2f}%, logit cosine {base.cosine:.5f}, "
+    click.echo(f"all layers {label}: agreement {base.agreement:.2f}%, logit cosine {base.cosine:.5f}, "
                f"SNR {base.snr_db:.1f} dB{top1}")
     width = max(len(row.name) for row in report.layers)
-    click.echo(f"{'rank':>4}  {'layer':<{width}}  {'FLOPs':>6}  {'INT8 alone: agree':>17} {'cosine':>8} {'SNR dB':>7}"
+    click.echo(f"{'rank':>4}  {'layer':<{width}}  {'FLOPs':>6}  {label + ' alone: agree':>17} {'cosine':>8} {'SNR dB':>7}"
                f" {'error share':>11}  {'float alone: agree':>18} {'SNR dB':>7}")
     for rank, row in enumerate(report.layers, 1):
         q, f = row.quantized_alone, row.float_alone
@@ -101,7 +104,7 @@ def _print_table(report):
     if report.predicted_snr_db is not None:
         top = sum(row.error_share for row in report.layers[:3])
         click.echo(f"error share: each layer's error alone, of their sum; the sum predicts {report.predicted_snr_db:.1f} dB "
-                   f"for all INT8 (measured {base.snr_db:.1f} dB). The top 3 layers carry {100 * top:.0f}% of it: keeping "
+                   f"for all {label} (measured {base.snr_db:.1f} dB). The top 3 layers carry {100 * top:.0f}% of it: keeping "
                    f"them in float leaves about {_remaining_db(report, top):.1f} dB.")
     click.echo(f"({report.seconds:.1f} s) keep the top layers in float with `ffx calibrate --keep-fp NAME,...`, or let "
                "`ffx calibrate --target-agreement PCT` choose them")

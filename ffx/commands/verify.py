@@ -1,21 +1,21 @@
 import click
 
-from ffx.cli import FiniteFloat, print_json, warn
+from ffx.cli import THREADS, Count, FiniteFloat, InputPath, print_json, warn
 from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
 from ffx.errors import GateFailed
 from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
 
 
 @click.command("verify")
-@click.argument("candidate", type=click.Path(dir_okay=False))
-@click.option("--reference", required=True, type=click.Path(dir_okay=False), help="Model to compare against: usually the PyTorch checkpoint or the FP32 ONNX.")
-@click.option("--data", required=True, type=click.Path(), help="Labelled images: one folder per class, or a list file of `path label` lines.")
+@click.argument("candidate", type=InputPath(dir_okay=False))
+@click.option("--reference", type=InputPath(dir_okay=False), help="Model to compare against: usually the PyTorch checkpoint or the FP32 ONNX [default: the FP32 ONNX the candidate's sidecar and manifest lead to].")
+@click.option("--data", type=InputPath(), help="Labelled images: one folder per class, or a list file of `path label` lines (required to compare).")
 @click.option("--limit", type=click.IntRange(min=1), help="Use a seeded random sample of N images (all classes).")
-@click.option("--max-top1-drop", type=FiniteFloat(), default=DEFAULT_MAX_TOP1_DROP, show_default=True, help="Fail (exit 1) when the candidate's top-1 is lower by more than this many points.")
+@click.option("--max-top1-drop", type=FiniteFloat(min=0, max=100), default=DEFAULT_MAX_TOP1_DROP, show_default=True, help="Fail (exit 1) when the candidate's top-1 is lower by more than this many points.")
 @click.option("--strict", is_flag=True, help="Gate on the upper end of the drop's 95% interval instead of the estimate (needs enough images to pass).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=Count(1, 4096), default=32, show_default=True)
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
+@click.option("--threads", type=THREADS, help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
 @preprocess_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
 def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size, provider, threads, preprocess_text, as_json):
@@ -26,8 +26,13 @@ def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size
     and max abs error, and the classes that lost most. Exit 0: passed, 1: the drop exceeds
     --max-top1-drop, 2: bad input.
 
+    Without --reference, an engine is compared with the FP32 ONNX its records lead to (the
+    sidecar names the ONNX it was built from; a calibrated ONNX's manifest names its FP32 source;
+    every sha256 is checked).
+
     \b
     Examples:
+      ffx verify model.engine --data val/           # reference: the FP32 ONNX behind the engine
       ffx verify model.engine --reference model.pth --data val/
       ffx verify model.int8.onnx --reference model.onnx --data val/ --limit 500 --json
     """

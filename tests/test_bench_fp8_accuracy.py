@@ -1,0 +1,47 @@
+"""bench/int8_accuracy.py --precisions (issue 19): the section's verdicts follow the measured numbers,
+and the on-paper FP8 part is computed from the roofline."""
+
+from bench.int8_accuracy import FP8_AUTOPILOT, FP8_DEFAULT, paper_section, precision_section
+from bench.roofline import fp8_on_paper
+
+
+def _row(model, agreement, snr, tool="ffx", **extra):
+    return {"model": model, "tool": tool, "error": None, "precision": "fp8", "keep_fp": [], "agreement": agreement,
+            "top1": 88.4, "top1_drop": 0.0, "snr_db": snr, "tensorrt_rtx": "built", **extra}
+
+
+def _result(default_verified, modelopt_full):
+    rows = [_row(FP8_DEFAULT, 99.8, 40.0, keep_fp=["patch_embed", "head"],
+                 verify={"exit_code": 0, "agreement": default_verified, "images": 10000, "top1": 88.4,
+                         "reference_top1": 88.41}),
+            _row("NVIDIA ModelOpt ONNX PTQ, fp8 max", 99.7, 38.0, tool="modelopt", quantized_layers=48,
+                 float_layers=["Conv", "Gemm"], full_test={"images": 10000, "agreement": modelopt_full, "top1": 88.3,
+                                                           "snr_db": 38.0}),
+            _row(FP8_AUTOPILOT, 99.9, 45.0, keep_fp=["patch_embed", "head", "blocks.0.mlp1.fc2"], autopilot=True,
+                 target=99.9, search_seconds=100.0, verify={"exit_code": 0, "agreement": 99.92, "images": 10000,
+                                                            "top1": 88.4, "reference_top1": 88.41})]
+    return {"checkpoint": "tests/fixtures/fashion_tiny197/model.pth", "test_images": 2000, "fp32_top1": 89.6,
+            "calibration_images": 512, "held_out_images": 5000, "rows": rows, "paper": fp8_on_paper()}
+
+
+def test_the_verdicts_follow_the_numbers():
+    good = precision_section(_result(99.85, 99.81))
+    assert "2,000 test images (the first of each class)" in good
+    assert f"`ffx verify` of the `{FP8_DEFAULT}` graph on the 10,000 test images: agreement 99.85% (meets" in good
+    assert "ffx's default FP8 agrees at least as well as ModelOpt's fp8" in good
+    assert "| 2 of 50 layers (Conv, Gemm) |" in good
+    assert f"`{FP8_AUTOPILOT}`: 3 layers kept in float" in good and "99.92% (met, >= 99.9%)" in good
+    bad = precision_section(_result(99.65, 99.81))
+    assert "99.65% (does NOT meet issue 19's 99.7%)" in bad and "LESS well than ModelOpt's fp8" in bad
+
+
+def test_the_paper_part_is_computed_and_quotes_the_issue():
+    paper = fp8_on_paper()
+    text = paper_section(paper)
+    assert "Computed, not measured" in text and "Measured by issue 19's author on an NVIDIA H200" in text
+    assert all(row["fp8_vs_fp16"] == 2.0 for row in paper["bounds"])  # FP8's dense peak is twice FP16's on Hopper
+    fc1 = paper["issue_19_h200_gemms"][0]
+    assert (fc1["fp16"], fc1["fp8"], fc1["fp8_vs_fp16"]) == (646, 967, 1.5)
+    rates = paper["gemms_at_measured_rates"]
+    assert rates["fp8_vs_fp16"] > 1 > rates["int8_vs_fp16"]
+    assert f"FP8 {rates['fp8_vs_fp16']:.2f}x FP16's speed" in text

@@ -1,0 +1,296 @@
+"""ffx calibrate --fp8: E4M3 Q/DQ graphs from real exports and real images, checked with real
+onnxruntime and the real TensorRT-RTX builder; the opset lift from 17 to 19; the one calibration
+entry that dispatches on the precision; build-engine's FP8 targets and the precision guide."""
+
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from ffx.calib import CalibrationOptions, calibrate, calibrate_fp8
+from ffx.calib.fp8 import E4M3_MAX, FP8_OPSET, to_e4m3, to_fp8_opset
+from ffx.cli import cli
+from ffx.errors import FfxError, InvalidOption
+from ffx.gpu_precisions import GPU_PRECISIONS, gpu_precisions, supports_fp8
+from ffx.metadata import onnx_metadata
+from ffx.runtime.onnx_model import graph_precision
+from helpers import needs_rtx
+from test_calib import SMALL_CONFIG, _export, _photos, _small_checkpoint
+
+FLOAT8 = onnx.TensorProto.FLOAT8E4M3FN
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("calib-fp8")
+
+
+@pytest.fixture(scope="module")
+def small_model(workdir):
+    return _export(_small_checkpoint(workdir / "small.pth"), workdir / "small.onnx")
+
+
+@pytest.fixture(scope="module")
+def photos(workdir):
+    return _photos(workdir / "photos")
+
+
+def _fp8(model, data, output, tensorrt_check=False, **options):
+    options.setdefault("workers", 0)
+    options.setdefault("num_images", 12)
+    return calibrate_fp8(model, data, output, CalibrationOptions(precision="fp8", **options),
+                         tensorrt_check=tensorrt_check, warn=None)
+
+
+def _initializers(model):
+    return {init.name: init for init in model.graph.initializer}
+
+
+def test_every_layer_input_is_e4m3_qdq_and_nothing_else_is(small_model, photos, workdir):
+    report = _fp8(small_model, photos, workdir / "placement.onnx", keep_fp=["none"], cache_dir=workdir / "cache")
+    model = onnx.load(report.output)
+    assert graph_precision(model) == "fp8" and onnx_metadata(model)["precision"] == "fp8" == report.precision
+    assert next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx")) == FP8_OPSET
+    initializers = _initializers(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    layers = [node for node in model.graph.node if node.op_type in ("Conv", "MatMul", "Gemm")]
+    assert len(layers) == len(report.quantized_layers) == 2 + 4 * SMALL_CONFIG["depth"]
+    for node in layers:  # both inputs come from a DequantizeLinear of E4M3, the activation through a QuantizeLinear
+        activation, weight = producers[node.input[0]], producers[node.input[1]]
+        assert activation.op_type == weight.op_type == "DequantizeLinear"
+        assert producers[activation.input[0]].op_type == "QuantizeLinear"
+        assert initializers[weight.input[0]].data_type == FLOAT8
+        assert onnx.numpy_helper.to_array(initializers[weight.input[1]]).size > 1  # per output channel
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero_point = initializers[node.input[2]]
+            assert zero_point.data_type == FLOAT8 and not any(zero_point.raw_data)  # E4M3 zeros, never INT8
+    assert not any(init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32) for init in model.graph.initializer)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("QuantizeLinear") == len(layers) and "Pow" not in ops
+
+    manifest = json.loads(Path(report.manifest).read_text())
+    assert manifest["precision"] == "fp8" and manifest["params"]["method"] == "max"
+    assert manifest["params"]["opset"] == {"source": 17, "output": 19} and manifest["params"]["keep_fp"] == []
+    assert "keep_fp_default" not in manifest["params"]
+    assert "scale_search" not in manifest["params"]
+    for layer in manifest["layers"]:
+        assert layer["precision"] == "fp8"
+        assert layer["scale"] == pytest.approx(layer["threshold"] / E4M3_MAX, rel=1e-6)
+        assert layer["threshold"] == layer["absmax"]  # max
+
+    session = onnxruntime.InferenceSession(report.output, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"images": np.zeros((2, 3, 32, 32), np.float32)})[0]
+    assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
+
+
+def test_by_default_the_first_and_last_layers_stay_float(small_model, photos, workdir, cli_runner):
+    report = _fp8(small_model, photos, workdir / "default.onnx", cache_dir=workdir / "cache")
+    assert report.kept_fp_layers == ["patch_embed", "head"] and len(report.quantized_layers) == 4 * SMALL_CONFIG["depth"]
+    params = json.loads(Path(report.manifest).read_text())["params"]
+    assert params["keep_fp"] == ["patch_embed", "head"] and params["keep_fp_default"] is True
+    result = cli_runner.invoke(cli, ["calibrate", str(small_model), "--fp8", "--data", str(photos), "-o",
+                                     str(workdir / "cli-default.onnx"), "--num-images", "12", "--workers", "0",
+                                     "--no-tensorrt-check", "--cache-dir", str(workdir / "cache")])
+    assert result.exit_code == 0 and "2 kept in float (patch_embed, head)" in result.stdout, result.output
+    assert Path(workdir / "cli-default.onnx").read_bytes() != b""
+    # INT8 keeps nothing in float unless asked, as before
+    assert CalibrationOptions().keep_fp == () and CalibrationOptions(precision="fp8").keep_fp is None
+
+
+def test_the_scale_search_moves_scales_up_by_less_than_an_octave(small_model, photos, workdir):
+    report = _fp8(small_model, photos, workdir / "searched.onnx", keep_fp=["none"], scale_search=True,
+                  cache_dir=workdir / "cache")
+    manifest = json.loads(Path(report.manifest).read_text())
+    assert manifest["params"]["scale_search"]["images"] == 32
+    thresholds = [(layer["threshold"], layer["absmax"]) for layer in manifest["layers"]]
+    assert all(absmax <= threshold < 2 * absmax for threshold, absmax in thresholds)  # never clips
+    assert any(threshold > absmax for threshold, absmax in thresholds)  # and it does move some
+    with pytest.raises(InvalidOption, match="applies to FP8"):
+        CalibrationOptions(scale_search=True)
+
+
+def test_weights_are_e4m3_with_a_per_channel_amax_scale(small_model, photos, workdir):
+    report = _fp8(small_model, photos, workdir / "weights.onnx", keep_fp=["none"], cache_dir=workdir / "cache")
+    model, source = onnx.load(report.output), onnx.load(small_model)
+    initializers, float_weights = _initializers(model), _initializers(source)
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in initializers:
+            name = node.input[0].removesuffix("_quantized")
+            original = onnx.numpy_helper.to_array(float_weights[name]).astype(np.float32)
+            stored = np.frombuffer(initializers[node.input[0]].raw_data, np.uint8).view(ml_dtypes.float8_e4m3fn)
+            values = stored.astype(np.float32).reshape(original.shape)
+            scale = onnx.numpy_helper.to_array(initializers[node.input[1]])
+            axis = next(a.i for a in node.attribute if a.name == "axis")
+            shape = [1] * original.ndim
+            shape[axis] = -1
+            assert np.abs(values).max(axis=tuple(i for i in range(values.ndim) if i != axis)) == pytest.approx(E4M3_MAX)
+            np.testing.assert_array_equal(values, to_e4m3(original / scale.reshape(shape)))
+            # E4M3 keeps 3 mantissa bits: every weight within half a step (1/16 relative) of the original
+            error = np.abs(values * scale.reshape(shape) - original)
+            assert np.all(error <= np.abs(original) / 16 + scale.reshape(shape) * 2.0 ** -10)
+
+
+def test_reruns_are_byte_identical_and_share_the_int8_statistics(small_model, photos, workdir):
+    cache = workdir / "shared-cache"
+    int8 = calibrate(small_model, photos, workdir / "s.int8.onnx",
+                     CalibrationOptions(num_images=12, workers=0, cache_dir=cache), tensorrt_check=False, warn=None)
+    first = _fp8(small_model, photos, workdir / "r1" / "m.onnx", cache_dir=cache)
+    second = _fp8(small_model, photos, workdir / "r2" / "m.onnx", cache_dir=cache)
+    uncached = _fp8(small_model, photos, workdir / "r3" / "m.onnx", use_cache=False)
+    assert (int8.cache, first.cache, second.cache, uncached.cache) == ("miss", "hit", "hit", "off")
+    assert Path(first.output).read_bytes() == Path(second.output).read_bytes() == Path(uncached.output).read_bytes()
+    assert Path(first.manifest).read_bytes() == Path(second.manifest).read_bytes() == Path(uncached.manifest).read_bytes()
+
+
+def test_range_methods_and_keep_fp(small_model, photos, workdir):
+    cache = workdir / "cache"
+    kept = _fp8(small_model, photos, workdir / "keep.onnx", keep_fp=["head,patch_embed"], cache_dir=cache)
+    assert kept.kept_fp_layers == ["patch_embed", "head"]
+    model = onnx.load(kept.output)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            assert all(name not in producers or producers[name].op_type != "DequantizeLinear" for name in node.input)
+    for method in ("percentile", "mse"):
+        report = _fp8(small_model, photos, workdir / f"{method}.onnx", method=method, keep_fp=["none"], cache_dir=cache)
+        manifest = json.loads(Path(report.manifest).read_text())
+        assert manifest["params"]["method"] == method and report.cache == "hit"
+        assert all(layer["threshold"] < 2 * layer["absmax"] for layer in manifest["layers"])
+    with pytest.raises(InvalidOption, match="max, percentile, mse, not entropy"):
+        CalibrationOptions(precision="fp8", method="entropy")
+    with pytest.raises(InvalidOption, match="applies to INT8"):
+        CalibrationOptions(precision="fp8", bias_correction="channel")
+    with pytest.raises(InvalidOption, match="options for int8"):
+        calibrate_fp8(small_model, photos, workdir / "wrong.onnx", CalibrationOptions())
+
+
+def test_one_entry_dispatches_on_the_precision(small_model, photos, workdir):
+    settings = dict(num_images=12, workers=0, cache_dir=workdir / "cache")
+    reports = {precision: calibrate(small_model, photos, workdir / f"entry.{precision}.onnx",
+                                    CalibrationOptions(precision=precision, **settings), tensorrt_check=False, warn=None)
+               for precision in ("int8", "fp8", "fp16")}
+    for precision, report in reports.items():
+        assert report.precision == precision == graph_precision(onnx.load(report.output))
+    assert CalibrationOptions().method == "entropy" and CalibrationOptions(precision="fp8").method == "max"
+
+
+def test_the_opset_is_lifted_to_19_only_when_nothing_else_changes(small_model, photos, workdir):
+    model = onnx.load(small_model)
+    lifted = to_fp8_opset(model)
+    assert [(e.domain, e.version) for e in lifted.opset_import] == [("", FP8_OPSET)]
+    assert len(lifted.graph.node) == len(model.graph.node)
+    images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+
+    def run(m):
+        return onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"images": images})[0]
+
+    np.testing.assert_array_equal(run(lifted), run(model))
+    # An operator whose meaning moved between 17 and 19 (ReduceMean's axes became an input in 18): refused.
+    rewritten = onnx.load(small_model)
+    rewritten.graph.node.append(onnx.helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1], name="extra_mean"))
+    with pytest.raises(FfxError, match="export it with `ffx export --opset 19`"):
+        to_fp8_opset(rewritten, "extra.onnx")
+    # A model exported at opset 19 is used as it is.
+    at19 = _export(workdir / "small.pth", workdir / "small19.onnx", "--opset", "19")
+    report = _fp8(at19, photos, workdir / "from19.onnx", cache_dir=workdir / "cache")
+    assert json.loads(Path(report.manifest).read_text())["params"]["opset"] == {"source": 19, "output": 19}
+
+
+def test_cli_fp8_and_its_mistakes(small_model, photos, workdir, cli_runner):
+    out = workdir / "cli.fp8.onnx"
+    result = cli_runner.invoke(cli, ["calibrate", str(small_model), "--fp8", "--data", str(photos), "-o", str(out),
+                                     "--num-images", "12", "--workers", "0", "--no-tensorrt-check"])
+    assert result.exit_code == 0, result.output
+    assert "FP8 (E4M3) Q/DQ, max ranges from 12 images" in result.stdout
+    never = workdir / "never.onnx"
+    for args, message in [
+        (["--fp8", "--fp16", "--data", str(photos)], "one of --fp16 and --fp8"),
+        (["--fp8"], "FP8 calibration needs --data"),
+        (["--fp8", "--data", str(photos), "--method", "entropy"], "--method: FP8 calibration takes"),
+        (["--fp8", "--data", str(photos), "--gelu-range", "output"], "--gelu-range: applies to INT8"),
+    ]:
+        result = cli_runner.invoke(cli, ["calibrate", str(small_model), *args, "-o", str(never)])
+        assert result.exit_code == 2 and message in result.stderr, (args, result.output)
+        assert "Traceback" not in result.output and result.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert not never.exists()
+
+
+@needs_rtx
+def test_tensorrt_rtx_builds_the_fp8_graph_and_fp8_engines_target_only_fp8_gpus(small_model, photos, workdir,
+                                                                                 cli_runner):
+    report = _fp8(small_model, photos, workdir / "rtx.fp8.onnx", tensorrt_check=True, cache_dir=workdir / "cache")
+    assert report.tensorrt["status"] == "built" and "TensorRT-RTX" in report.tensorrt["backend"]
+
+    engine = workdir / "rtx.fp8.engine"
+    built = cli_runner.invoke(cli, ["build-engine", report.output, "--fp8", "-o", str(engine), "--backend",
+                                    "tensorrt-rtx", "--max-batch", "4", "--json"])
+    assert built.exit_code == 0, built.output
+    sidecar = json.loads(Path(f"{engine}.json").read_text())
+    assert sidecar["precision"] == "fp8" and sidecar["target_compute_capabilities"] == ["8.9", "12.0", "12.1"]
+    assert all(supports_fp8(target) for target in sidecar["target_compute_capabilities"])
+
+    for target in ("8.6", "7.5"):  # Ampere RTX, Turing: no FP8 tensor cores
+        refused = cli_runner.invoke(cli, ["build-engine", report.output, "--fp8", "--compute-capability", target,
+                                          "-o", str(workdir / "no.engine"), "--backend", "tensorrt-rtx"])
+        assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.output
+        assert f"compute capability {target}" in refused.stderr and "no FP8 tensor cores" in refused.stderr
+        assert "--int8" in refused.stderr and not (workdir / "no.engine").exists()
+    # An FP8 graph is refused for an old target even without --fp8: the graph decides.
+    refused = cli_runner.invoke(cli, ["build-engine", report.output, "--compute-capability", "8.6",
+                                      "-o", str(workdir / "no.engine"), "--backend", "tensorrt-rtx"])
+    assert refused.exit_code == 2 and "no FP8 tensor cores" in refused.stderr
+
+    # An FP32 model with --fp8 is calibrated first, as --int8 does.
+    from_fp32 = workdir / "from32.engine"
+    built = cli_runner.invoke(cli, ["build-engine", str(small_model), "--fp8", "--calib-data", str(photos),
+                                    "--calib-images", "12", "-o", str(from_fp32), "--backend", "tensorrt-rtx",
+                                    "--max-batch", "4", "--json"])
+    assert built.exit_code == 0, built.output
+    result = json.loads(built.stdout)
+    assert result["precision"] == "fp8" and result["calibrated_onnx"].endswith("from32.fp8.onnx")
+    assert graph_precision(onnx.load(result["calibrated_onnx"])) == "fp8"
+    assert result["targets"] == ["8.9", "12.0", "12.1"] and len(result["precision_guide"]) == 3
+
+
+def test_the_precision_guide_table(small_model, photos, workdir, cli_runner):
+    assert {row.capability for row in GPU_PRECISIONS.values() if row.fp8} >= {"8.9", "9.0", "10.0", "11.0", "12.0"}
+    assert not any(GPU_PRECISIONS[cc].fp8 for cc in ("7.5", "8.0", "8.6", "8.7"))
+    assert gpu_precisions("SM87").recommended == "int8" and gpu_precisions("9.0").recommended == "fp8"
+    assert "NVFP4" in gpu_precisions("10.0").blackwell_formats
+    assert all(row.fp8 == supports_fp8(cc) for cc, row in GPU_PRECISIONS.items())
+    model = _fp8(small_model, photos, workdir / "guide.fp8.onnx", cache_dir=workdir / "cache").output
+    result = cli_runner.invoke(cli, ["inspect", model, "--gpu", "8.7", "--gpu", "SM90"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("precisions on")]
+    assert "8.7" in lines[0] and "Jetson AGX Orin" in lines[0] and "recommends INT8" in lines[0]
+    assert "does NOT run there" in lines[0] and "recommends FP8" in lines[1] and "runs there" in lines[1]
+    as_json = json.loads(cli_runner.invoke(cli, ["inspect", model, "--gpu", "8.9", "--json"]).stdout)
+    assert as_json["precision"] == "fp8" and as_json["precision_guide"][0]["model_precision_runs_here"] is True
+    bad = cli_runner.invoke(cli, ["inspect", model, "--gpu", "fast"])
+    assert bad.exit_code == 2 and "not a compute capability" in bad.stderr
+
+
+def test_full_tensorrt_builds_fp8_only_on_a_gpu_with_fp8():
+    """The decision write_engine takes before calibrating, for the GPU full TensorRT would build on
+    (none here: the GpuInfo values are what cuda-python reports on those GPUs)."""
+    from ffx.runtime.cuda import GpuInfo
+    from ffx.runtime.engine_file import _fp8_targets
+    from ffx.tensorrt import Backend, BuildOptions
+
+    full = Backend("tensorrt", module=None, version="10.3.0")
+    orin = GpuInfo("Orin", "8.7", 64 << 30, "cuda-python")
+    with pytest.raises(FfxError, match=r"Orin \(compute capability 8.7\) has no FP8 tensor cores.*--int8"):
+        _fp8_targets(full, BuildOptions(), orin, [])
+    h200 = GpuInfo("NVIDIA H200", "9.0", 141 << 30, "cuda-python")
+    assert _fp8_targets(full, BuildOptions(), h200, []) == BuildOptions()
+    notes = []
+    rtx = Backend("tensorrt-rtx", module=None, version="1.7.1")
+    assert _fp8_targets(rtx, BuildOptions(), None, notes).compute_capabilities == ("8.9", "12.0", "12.1") and notes
+    with pytest.raises(InvalidOption, match="compute capability 7.5 .*no FP8"):
+        _fp8_targets(rtx, BuildOptions(compute_capabilities=("8.9", "7.5")), None, [])

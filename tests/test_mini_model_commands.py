@@ -1,0 +1,55 @@
+"""ffx compare, ffx sensitivity (with the outlier options and its plot) and calibrate's
+--target-agreement search on the session's random-weight mini model: a few seconds each, so that
+`make test-fast` runs them. Their thorough tests, on the trained fixture, are slow
+(tests/test_calib_sensitivity.py)."""
+
+import json
+
+import pytest
+
+from ffx.cli import cli
+
+# The mini model's quantizable layers as --keep-fp names them (tests/helpers.py: two blocks).
+MINI_LAYERS = ["patch_embed", "head",
+               *(f"blocks.{block}.{mlp}.{fc}" for block in (0, 1) for mlp in ("mlp1", "mlp2") for fc in ("fc1", "fc2"))]
+# The 30 labelled images: 12 calibrate, the other 18 are held out.
+CALIBRATION = ["--workers", "0", "--no-cache"]
+
+
+def _ffx(cli_runner, *args):
+    result = cli_runner.invoke(cli, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_compare_follows_the_error_block_by_block(cli_runner, mini, qdq, images):
+    report = json.loads(_ffx(cli_runner, "compare", mini.onnx, qdq, "--data", images, "--num-images", "10",
+                             "--json").stdout)
+    assert [row["point"] for row in report["points"]] == [
+        "embedding", "blocks.0.mlp1", "blocks.0.mlp2", "blocks.1.mlp1", "blocks.1.mlp2", "logits"]
+    assert report["images"] == 10
+    assert all(0 < row["relative_error"] < 0.5 for row in report["points"])
+
+
+def test_sensitivity_with_the_outlier_options_ranks_every_layer_and_plots(cli_runner, mini, images, tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (pip install -e '.[bench]')")
+    plot = tmp_path / "ranking.png"
+    report = json.loads(_ffx(cli_runner, "sensitivity", mini.onnx, "--data", images, "--num-images", "10",
+                             "--calib-images", "12", *CALIBRATION, "--smooth-gelu", "--bias-correction", "channel",
+                             "--gelu-range", "output", "--plot", plot, "--json").stdout)
+    assert sorted(layer["name"] for layer in report["layers"]) == sorted(MINI_LAYERS)
+    snr = [layer["quantized_alone"]["snr_db"] for layer in report["layers"]]
+    assert snr == sorted(snr)  # most harmful first
+    assert (report["calibration_images"], report["held_out_images"]) == (12, 10)
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_target_agreement_keeps_layers_in_float_until_the_target_holds(cli_runner, mini, images, tmp_path):
+    output = tmp_path / "mini.int8.onnx"
+    report = json.loads(_ffx(cli_runner, "calibrate", mini.onnx, "--data", images, "--num-images", "12", *CALIBRATION,
+                             "--no-tensorrt-check", "--target-agreement", "99", "-o", output, "--json").stdout)
+    search = json.loads(output.with_suffix(".json").read_text())["keep_fp_search"]
+    assert search["steps"][0]["keep_fp"] == [] and search["steps"][0]["agreement"] < 99  # all INT8 misses it
+    assert search["measured"]["agreement"] >= 99
+    assert sorted(search["keep_fp"]) == sorted(report["kept_fp_layers"]) != []
+    assert sorted(report["kept_fp_layers"] + report["quantized_layers"]) == sorted(MINI_LAYERS)
