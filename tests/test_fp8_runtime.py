@@ -166,10 +166,11 @@ def test_sensitivity_and_the_target_search_measure_fp8(cli_runner, fp32, tmp_pat
 
     out = tmp_path / "auto.fp8.onnx"
     result = _run(cli_runner, "calibrate", fp32, "--fp8", "--data", FASHION / "train", "--num-images", "128",
-                  "--target-agreement", "99.5", "--held-out-images", "300", "-o", out, "--no-tensorrt-check", *common)
+                  "--target-agreement", "99.5", "--held-out-images", "300", "--point-estimate", "-o", out,
+                  "--no-tensorrt-check", *common)  # 300 images cannot show 99.5% on the 95% bound: the point estimate
     manifest = json.loads(out.with_suffix(".json").read_text())
     search = manifest["keep_fp_search"]
     assert manifest["precision"] == "fp8" and search["measured"]["agreement"] >= 99.5
     assert [layer["name"] for layer in manifest["layers"] if layer["precision"] == "fp32"] == search["keep_fp"]
     assert all(layer["precision"] == "fp8" for layer in manifest["layers"] if layer["name"] not in search["keep_fp"])
-    assert "target met on 300 held-out images" in result.stdout
+    assert "target met at the point estimate on 300 held-out images" in result.stdout
