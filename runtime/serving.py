@@ -36,6 +36,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +262,7 @@ class ModelServer:
             self._runner_thread = None
         if self._folder is not None:
             folder, self._folder = self._folder, None
+            end_processes_started_from(folder)
             for entry in folder.iterdir():
                 if not (keep_log and entry.name == "tritonserver.log"):
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
@@ -317,6 +319,43 @@ def _server_folder(name):
                        f"{folder.parent}, more than the {MAX_SOCKET_PATH} Unix sockets allow; set TMPDIR to a "
                        "shorter folder or give a shorter --name")
     return folder
+
+
+def processes_started_from(folder):
+    """PIDs of the processes (other than this one) whose program lies in `folder`: Triton and its
+    Python backend stubs run from the copy of tritonserver in the server's folder. Empty where
+    there is no /proc."""
+    prefix = os.fsencode(Path(folder)) + b"/"
+    pids = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                    program = cmdline.read(4096).split(b"\0", 1)[0]
+            except OSError:  # it ended meanwhile, or is not ours to read
+                continue
+            if program.startswith(prefix):
+                pids.append(int(entry.name))
+    return pids
+
+
+def end_processes_started_from(folder, grace=2.0):
+    """End what still runs from the server's folder after Triton stopped (a Python backend stub
+    outlived its server once in the suite, orphaned, for 20 minutes): SIGTERM, then SIGKILL after
+    `grace` seconds. Only programs in our own folder (mkdtemp, 0700) are touched."""
+    pids = processes_started_from(folder)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pids = [pid for pid in pids if pid in processes_started_from(folder)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _attach_labels(model_folder, labels):

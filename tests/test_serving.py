@@ -8,6 +8,7 @@ whole module, plus one short-lived server for --log-file and SIGHUP."""
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 
 from ffx.images import find_images, load_image
 from ffx.metadata import Preprocess, read_onnx_metadata
-from ffx.runtime.serving import free_loopback_ports
+from ffx.runtime.serving import free_loopback_ports, processes_started_from
 import hostile_corpus
 from helpers import FASHION, FASHION_CLASSES, fashion_onnx
 
@@ -84,6 +85,7 @@ def server(model_path, tmp_path_factory):
             stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     server = Server(process, ports, stderr_path)
     server.ran = ran
+    server.folder = None  # set by the test that plants a program there
     poller = _ReadinessPoller(ports[0])
     try:
         ready_line = _read_ready_json(process)
@@ -107,6 +109,8 @@ def server(model_path, tmp_path_factory):
     log = Path(server.info["log_file"])
     assert not log.exists() and not log.parent.exists(), log
     assert not list(ran.iterdir()), [p.name for p in ran.iterdir()]
+    if server.folder is not None:  # nothing runs from the server's folder any more, the planted program included
+        assert not processes_started_from(server.folder)
 
 
 class _ReadinessPoller:
@@ -337,6 +341,21 @@ def test_health_and_metrics(server):
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
         metrics = response.read().decode()
     assert f'nv_inference_request_success{{model="{MODEL}"' in metrics
+
+
+def test_a_program_left_running_in_the_servers_folder_is_ended_at_shutdown(server):
+    """Triton and its Python backend stubs run from the server's folder; a stub once outlived its
+    server (orphaned, 20 minutes). Here an orphaned program is planted there: the shutdown the
+    fixture's teardown checks must end it too."""
+    folder = Path(server.info["log_file"]).parent
+    assert sorted(processes_started_from(folder))  # tritonserver and the stubs, seen where they run from
+    sleeper = folder / "workspace" / "leftover-sleep"
+    shutil.copy2(shutil.which("sleep"), sleeper)
+    # Started by a shell that exits at once, so it is orphaned like a stub whose server died.
+    pid = int(subprocess.run(["sh", "-c", '"$0" 600 <&- >&- 2>&- & echo $!', str(sleeper)],
+                             capture_output=True, text=True, check=True, timeout=30).stdout)
+    assert pid in processes_started_from(folder)
+    server.folder = folder
 
 
 def test_port_in_use_is_one_line(model_path):
