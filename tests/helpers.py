@@ -11,6 +11,8 @@ import functools
 import io
 import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -195,6 +197,31 @@ def fashion_fp8_onnx(tmp_path_factory):
                                                                           use_cache=False),
                       tensorrt_check=False, warn=None)
     return path
+
+
+def tritonserver_runs():
+    """Whether the tritonserver binary PyTriton ships is installed and executes on this machine."""
+    try:
+        from pytriton.utils.distribution import get_root_module_path
+    except ImportError:
+        return False
+    binary = get_root_module_path() / "tritonserver" / "bin" / "tritonserver"
+    try:
+        return subprocess.run([str(binary), "--help"], capture_output=True, timeout=60).returncode in (0, 1)
+    except OSError:
+        return False
+
+
+def stop_with_sigterm(process, timeout=60):
+    """SIGTERM a server process still running and wait for it (killed after `timeout` seconds):
+    the shutdown every serve test ends with, and then checks."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def sidecar_dict(**changes):

@@ -5,7 +5,6 @@ real images; nothing stands in for the FP8 graph."""
 
 import configparser
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ import pytest
 from ffx.cli import cli
 from ffx.images import find_images, load_image
 from ffx.metadata import Preprocess, read_onnx_metadata
-from helpers import FASHION, fashion_fp8_onnx, fashion_onnx, needs_fashion_model
+from helpers import (FASHION, fashion_fp8_onnx, fashion_onnx, needs_fashion_model, stop_with_sigterm,
+                     tritonserver_runs)
 
 pytestmark = needs_fashion_model
 
@@ -101,23 +101,11 @@ def test_deploy_deepstream_says_nvinfer_has_no_fp8_network_mode(cli_runner, fp8,
     assert "# Note: nvinfer's network-mode has no FP8 value (0 FP32, 1 INT8, 2 FP16)" in text
 
 
-def _tritonserver_runs():
-    try:
-        from pytriton.utils.distribution import get_root_module_path
-    except ImportError:
-        return False
-    binary = get_root_module_path() / "tritonserver" / "bin" / "tritonserver"
-    try:
-        return subprocess.run([str(binary), "--help"], capture_output=True, timeout=60).returncode in (0, 1)
-    except OSError:
-        return False
-
-
 def test_serve_answers_with_the_fp8_graphs_logits(fp8, tmp_path):
     httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install 'ffx[serve]')")
-    if not _tritonserver_runs():
+    if not tritonserver_runs():
         pytest.skip("PyTriton's tritonserver binary cannot run on this machine")
-    from ffx.runtime.serving import free_loopback_ports
+    from ffx.runtime.serving import free_loopback_ports, processes_started_from
 
     ports = free_loopback_ports(3)
     stderr_path = tmp_path / "stderr.txt"
@@ -145,14 +133,9 @@ def test_serve_answers_with_the_fp8_graphs_logits(fp8, tmp_path):
             None, {"images": images})[0]
         np.testing.assert_allclose(served, direct, rtol=1e-5, atol=1e-5)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_with_sigterm(process)
     assert process.returncode == 0, stderr_path.read_text()[-2000:]
+    assert not processes_started_from(Path(ready["log_file"]).parent)  # Triton and its stubs ended with it
 
 
 def test_sensitivity_and_the_target_search_measure_fp8(cli_runner, fp32, tmp_path):

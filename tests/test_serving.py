@@ -26,7 +26,7 @@ from ffx.images import find_images, load_image
 from ffx.metadata import Preprocess, read_onnx_metadata
 from ffx.runtime.serving import free_loopback_ports, processes_started_from
 import hostile_corpus
-from helpers import FASHION, FASHION_CLASSES, fashion_onnx
+from helpers import FASHION, FASHION_CLASSES, fashion_onnx, stop_with_sigterm, tritonserver_runs
 
 pytest.importorskip("pytriton.triton", reason="needs NVIDIA PyTriton (pip install '.[serve]' in ffx's folder)")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install '.[serve]' in ffx's folder)")
@@ -37,17 +37,6 @@ FFX = [str(Path(sys.executable).with_name("ffx"))]  # the installed console scri
 MODEL = "fashion"
 STARTUP_SECONDS = 120
 QUEUE_DELAY_US = 5000  # long enough that concurrent requests visibly share batches on a busy machine
-
-
-def _tritonserver_runs():
-    """Whether the tritonserver binary PyTriton ships executes on this machine at all."""
-    from pytriton.utils.distribution import get_root_module_path
-
-    binary = get_root_module_path() / "tritonserver" / "bin" / "tritonserver"
-    try:
-        return subprocess.run([str(binary), "--help"], capture_output=True, timeout=60).returncode in (0, 1)
-    except OSError:
-        return False
 
 
 class Server:
@@ -71,7 +60,7 @@ def model_path(tmp_path_factory):
 def server(model_path, tmp_path_factory):
     """The module's server, started with fake Ghostscript and image tools first on its PATH (none
     may run), its readiness polled while it starts."""
-    if not _tritonserver_runs():
+    if not tritonserver_runs():
         pytest.skip("PyTriton's tritonserver binary cannot run on this machine")
     ports = free_loopback_ports(3)
     folder = tmp_path_factory.mktemp("serve")
@@ -95,13 +84,7 @@ def server(model_path, tmp_path_factory):
         yield server
     finally:
         poller.finish()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_with_sigterm(process)
     # Teardown checks the shutdown itself: SIGTERM -> exit 0, "stopped", and the temporary log (with
     # the folder holding it) removed; and that no helper program ran all along.
     assert process.returncode == 0, stderr_path.read_text()[-2000:]
@@ -397,7 +380,7 @@ def test_log_file_is_kept_a_long_home_works_and_sighup_stops_cleanly(model_path,
     """--log-file keeps Triton's log where asked (appended to, never replaced); a HOME whose socket
     paths would be too long (PyTriton's default workspace is under it) does not matter, since the
     server's folder is under TMPDIR; SIGHUP (a closed terminal) stops like SIGTERM: exit 0."""
-    if not _tritonserver_runs():
+    if not tritonserver_runs():
         pytest.skip("PyTriton's tritonserver binary cannot run on this machine")
     log = tmp_path / "triton.log"
     log.write_text("kept line\n")
