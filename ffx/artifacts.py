@@ -310,6 +310,17 @@ def written_together(folder):
         os.close(fd)  # releases the lock
 
 
+def _refuse_existing_folder(target):
+    """FfxError when something is at `target`, or when `target` cannot be a name there (too long)."""
+    try:
+        os.lstat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # free (a missing parent is made, a file as parent refused, by what follows)
+    except OSError as e:
+        raise FfxError(f"{target}: cannot write there ({_reason(e)})") from None
+    raise FfxError(f"{target}: already exists; choose another name or remove it")
+
+
 @contextlib.contextmanager
 def partial_folder(target):
     """Yield a new, locked temporary folder `.NAME.XXXXXXXX.partial` beside folder `target`
@@ -318,8 +329,7 @@ def partial_folder(target):
     import fcntl
 
     target = Path(target)
-    if target.exists() or target.is_symlink():
-        raise FfxError(f"{target}: already exists; choose another name or remove it")
+    _refuse_existing_folder(target)
     created = _make_folders(target, target.parent)
     remove_stale_partials(target.parent, target.name)
     try:
@@ -333,8 +343,7 @@ def partial_folder(target):
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield staging
         os.chmod(staging, 0o777 & ~current_umask())
-        if target.exists() or target.is_symlink():  # made by someone else meanwhile
-            raise FfxError(f"{target}: already exists; choose another name or remove it")
+        _refuse_existing_folder(target)  # made by someone else meanwhile
         os.rename(staging, target)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)

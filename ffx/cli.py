@@ -6,6 +6,7 @@ library function; errors the user can fix arrive as FfxError and leave as one li
 with exit code 2 (1 for a failed accuracy gate), never as a traceback.
 """
 
+import errno
 import importlib
 import importlib.util
 import json
@@ -58,6 +59,12 @@ class LazyGroup(click.Group):
         except FfxError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except OSError as e:
+            if e.errno != errno.ENAMETOOLONG:
+                raise
+            # Only a path given on the command line gets this long (ffx's own names are short).
+            click.echo(f"Error: {e.filename}: {e.strerror}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt as e:
             click.echo("Interrupted; no partial output was written.", err=True)
             ctx.exit(128 + (e.signum if isinstance(e, Terminated) else signal.SIGINT))

@@ -55,10 +55,17 @@ def default_model_name(path):
     return name or "model"
 
 
+MAX_MODEL_NAME_BYTES = 200  # + "_preprocess" and a ".NAME.XXXXXXXX.partial" staging name stay within 255 bytes
+
+
 def check_model_name(name):
-    """`name` when Triton takes it as a model name (and it is safe as a folder or file name)."""
+    """`name` when Triton takes it as a model name (and it is safe as a folder or file name, also
+    with the suffixes ffx adds to it)."""
     if not name or any(not (c.isalnum() or c in "_-.") for c in name) or name.startswith("."):
         raise FfxError(f"model name {name!r}: use letters, digits, '_', '-' and '.'")
+    if len(name.encode()) > MAX_MODEL_NAME_BYTES:
+        raise FfxError(f"model name {name[:20]}... is {len(name.encode())} bytes long; at most {MAX_MODEL_NAME_BYTES} "
+                       "(it names folders, with suffixes added)")
     return name
 
 

@@ -729,12 +729,16 @@ def build_corpus(root, mini, labelled):
         ("serve/port_65535", ["serve", model, "--port", "65535"]),
         ("serve/queue_delay_1e20", ["serve", model, "--max-queue-delay-us", str(10 ** 20)]),
         ("serve/name_300", ["serve", model, "--name", "n" * 300]),
+        # Names past what a file system takes (255 bytes): a traceback (ENAMETOOLONG) before.
+        ("deploy-triton/name_300", ["deploy", "triton", model, "--name", "n" * 300, "-o", str(out / "repository-name")]),
+        ("deploy-triton/output_300", ["deploy", "triton", model, "-o", str(out / ("r" * 300))]),
+        ("deploy-deepstream/output_300", ["deploy", "deepstream", model, "-o", str(out / ("d" * 300))]),
         ("serve/log_file_no_folder", ["serve", model, "--log-file", str(out / "no-such-folder" / "triton.log")]),
         ("serve/log_file_fifo", ["serve", model, "--log-file", str(_fifo(out / "triton.fifo"))]),
     ):
         cases.append(Case("options", name, args, inputs=(mini.onnx,),
                           outputs=(out / "workers.int8.onnx", out / "w.engine", out / "repository-delay",
-                                   out / "repository-instances")))
+                                   out / "repository-instances", out / "repository-name")))
 
     # Usage errors and refusals come alone: no warning about what would have happened first.
     for name, args, word in (
