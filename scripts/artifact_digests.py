@@ -14,6 +14,7 @@ fields that differ between identical builds: `build_seconds` and `built_at`.
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -56,9 +57,7 @@ def main():
     ffx("calibrate", out / "model.onnx", "--data", inputs / "train", "--no-cache", "-o", out / "model.int8.onnx")
     ffx("calibrate", out / "model.onnx", "--fp8", "--data", inputs / "train", "--no-cache", "-o", out / "model.fp8.onnx")
     ffx("calibrate", out / "model.onnx", "--fp16", "--data", inputs / "train", "-o", out / "model.fp16.onnx")
-    try:
-        import tensorrt_rtx_bindings  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("tensorrt_rtx_bindings") is None:
         print("TensorRT-RTX is not installed: no engine", file=sys.stderr)
     else:
         ffx("build-engine", out / "model.int8.onnx", "--backend", "tensorrt-rtx", "-o", out / "model.engine")
