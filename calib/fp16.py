@@ -85,6 +85,37 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
     elif warn is not None:
         warn("no calibration images: the float16 overflow preflight was skipped (every tensor is float16)")
 
+    large = _near_fp16_limit(model, absmax)
+    fp32_nodes = {
+        i for i, node in enumerate(model.graph.node) if large & (set(node.input) | set(node.output))
+    }
+    fp32_tensors = _describe_kept(model, large, absmax, source.info)
+    if fp32_tensors and warn is not None:
+        _warn_kept(fp32_tensors, warn)
+
+    fp16_model = convert_graph_to_fp16(model, float_tensors, fp32_nodes)
+    manifest, calibration = _fp16_manifest(output, source, options, data, images, stats, fp32_tensors,
+                                           [model.graph.node[i].name for i in sorted(fp32_nodes)])
+    checks = Checks("FP16", FP16_AGREEMENT_WARNING, "", tensorrt_check, tensorrt_backend)
+    try:
+        model_data, ort_check, trt_check = check_and_write(
+            fp16_model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn)
+    except FfxError as e:
+        if data is None and "inf/NaN" in str(e):
+            raise FfxError(f"{e}: float16 overflows; pass --data so the preflight keeps the tensors near "
+                           f"the limit in float32 ({output} was not written)") from None
+        raise
+    return Fp16Report(
+        **report_fields(output, manifest_path, model_data, source, images, stats, ort_check, trt_check, started),
+        precision="fp16",
+        method="fp16",
+        fp32_tensors=fp32_tensors,
+    )
+
+
+def _near_fp16_limit(model, absmax):
+    """Tensors to keep in float32: activations whose observed |x| max is above the headroom limit,
+    and weights above the float16 limit itself (their |x| max joins `absmax`)."""
     limit = FP16_MAX / OVERFLOW_HEADROOM
     large = {name for name, value in absmax.items() if value > limit}
     for init in model.graph.initializer:
@@ -93,17 +124,17 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
             if values.size and float(np.max(np.abs(values))) > FP16_MAX:
                 large.add(init.name)
                 absmax[init.name] = float(np.max(np.abs(values)))
-    fp32_nodes = {
-        i for i, node in enumerate(model.graph.node) if large & (set(node.input) | set(node.output))
-    }
-    fp32_tensors = _describe_kept(model, large, absmax, source.info)
-    if fp32_tensors and warn is not None:
-        shown = ", ".join(f"{t['tensor']} (|x| {t['absmax']:.0f}, after {t['after_layer']})" for t in fp32_tensors[:4])
-        more = f" and {len(fp32_tensors) - 4} more" if len(fp32_tensors) > 4 else ""
-        warn(f"kept in float32, near the float16 limit {FP16_MAX:.0f}: {shown}{more}")
+    return large
 
-    fp16_model = convert_graph_to_fp16(model, float_tensors, fp32_nodes)
 
+def _warn_kept(fp32_tensors, warn):
+    shown = ", ".join(f"{t['tensor']} (|x| {t['absmax']:.0f}, after {t['after_layer']})" for t in fp32_tensors[:4])
+    more = f" and {len(fp32_tensors) - 4} more" if len(fp32_tensors) > 4 else ""
+    warn(f"kept in float32, near the float16 limit {FP16_MAX:.0f}: {shown}{more}")
+
+
+def _fp16_manifest(output, source, options, data, images, stats, fp32_tensors, fp32_nodes):
+    """The manifest written beside the FP16 model, and the `calibration` entry of its metadata."""
     manifest = {
         "ffx_version": __version__,
         "precision": "fp16",
@@ -120,7 +151,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
         "images_used": stats.images_used if stats else 0,
         "skipped": stats.skipped if stats else [],
         "fp32_tensors": fp32_tensors,
-        "fp32_nodes": [model.graph.node[i].name for i in sorted(fp32_nodes)],
+        "fp32_nodes": fp32_nodes,
     }
     calibration = {
         "method": "fp16",
@@ -129,21 +160,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
         "images_used": manifest["images_used"],
         "fp32_tensors": [t["tensor"] for t in fp32_tensors],
     }
-    checks = Checks("FP16", FP16_AGREEMENT_WARNING, "", tensorrt_check, tensorrt_backend)
-    try:
-        model_data, ort_check, trt_check = check_and_write(
-            fp16_model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn)
-    except FfxError as e:
-        if data is None and "inf/NaN" in str(e):
-            raise FfxError(f"{e}: float16 overflows; pass --data so the preflight keeps the tensors near "
-                           f"the limit in float32 ({output} was not written)") from None
-        raise
-    return Fp16Report(
-        **report_fields(output, manifest_path, model_data, source, images, stats, ort_check, trt_check, started),
-        precision="fp16",
-        method="fp16",
-        fp32_tensors=fp32_tensors,
-    )
+    return manifest, calibration
 
 
 def _float_tensors(model):
@@ -180,10 +197,24 @@ def convert_graph_to_fp16(model, float_tensors, fp32_nodes=frozenset()):
     converted.CopyFrom(model)
     graph = converted.graph
     initializers = {init.name: init for init in graph.initializer}
-    graph_outputs = {value.name for value in graph.output}
     nodes = list(graph.node)
+    fp16_initializer = _half_initializers(graph, nodes, initializers, float_tensors, fp32_nodes)
+    new_nodes = _typed_nodes(graph, nodes, initializers, fp16_initializer, float_tensors, fp32_nodes)
 
-    # Which precision reads each float initializer: an initializer read by both gets an fp16 copy.
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {name for node in graph.node for name in node.input}
+    remaining = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(remaining)
+    del graph.value_info[:]
+    onnx.checker.check_model(converted)
+    return converted
+
+
+def _half_initializers(graph, nodes, initializers, float_tensors, fp32_nodes):
+    """{float initializer: its float16 name}. One read only by float16 nodes becomes float16 in
+    place; one read by both precisions gets a float16 copy beside it."""
     readers = {}
     for index, node in enumerate(nodes):
         for name in node.input:
@@ -200,7 +231,13 @@ def convert_graph_to_fp16(model, float_tensors, fp32_nodes=frozenset()):
         else:
             graph.initializer.append(half)
         fp16_initializer[name] = half.name
+    return fp16_initializer
 
+
+def _typed_nodes(graph, nodes, initializers, fp16_initializer, float_tensors, fp32_nodes):
+    """The graph's nodes in their precisions, with a Cast wherever an activation crosses from
+    one precision to the other and before each graph output made in float16."""
+    graph_outputs = {value.name for value in graph.output}
     dtype = {value.name: "fp32" for value in graph.input}  # precision each activation is produced in
     casts = {}
     new_nodes = []
@@ -246,16 +283,7 @@ def convert_graph_to_fp16(model, float_tensors, fp32_nodes=frozenset()):
         new_nodes.append(node)
     for name, half_name in renamed_outputs.items():
         new_nodes.append(helper.make_node("Cast", [half_name], [name], name=f"{name}.cast_to_fp32", to=TensorProto.FLOAT))
-
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    used = {name for node in graph.node for name in node.input}
-    remaining = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(remaining)
-    del graph.value_info[:]
-    onnx.checker.check_model(converted)
-    return converted
+    return new_nodes
 
 
 def _float_attributes_to_fp16(node):

@@ -2,7 +2,7 @@
 
 The command builds one `CalibrationOptions` from its flags and passes it down; the library
 never re-reads keyword arguments. A wrong value raises InvalidOption naming the field, not a
-CLI flag: the command that set the field maps it to its flag (calibration_option_error).
+CLI flag: the command that set the field maps it to its flag (ffx/commands/calibration_options.py).
 """
 
 import dataclasses
@@ -12,7 +12,7 @@ from ffx.calib.outliers import BIAS_CORRECTIONS, GELU_RANGES
 from ffx.calib.precisions import PRECISIONS
 from ffx.calib.ranges import METHODS
 from ffx.calib.statistics import default_cache_dir
-from ffx.errors import FfxError, InvalidOption
+from ffx.errors import InvalidOption
 
 DEFAULT_METHOD = "entropy"
 DEFAULT_PERCENTILE = 99.99
@@ -104,15 +104,3 @@ class CalibrationOptions:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
-
-# CalibrationOptions field -> the flag of `ffx calibrate` / `ffx sensitivity` that sets it.
-OPTION_FLAGS = {"method": "--method", "percentile": "--percentile", "num_images": "--num-images", "seed": "--seed",
-                "keep_fp": "--keep-fp", "workers": "--workers", "cache_dir": "--cache-dir",
-                "gelu_range": "--gelu-range", "bias_correction": "--bias-correction",
-                "smooth_gelu": "--smooth-gelu", "precision": "--fp8/--fp16",
-                "scale_search": "--scale-search"}
-
-
-def calibration_option_error(error, flags=OPTION_FLAGS):
-    """An FfxError naming the command's flag for an InvalidOption about a CalibrationOptions field."""
-    return FfxError(f"{flags.get(error.option, error.option)}: {error}")

@@ -82,10 +82,7 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         FfxError: bad arguments or an unwritable output (exit 2 in the CLI).
         GateFailed: ONNX Runtime does not reproduce PyTorch within tolerance (exit 1).
     """
-    if opset < MIN_OPSET:
-        raise FfxError(f"--opset {opset}: ffx needs opset >= {MIN_OPSET} for the fused LayerNormalization op")
-    if opset > MAX_OPSET:
-        raise FfxError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
+    _check_opset(opset)
     check_output_path(output, [source_path, check_images_dir])
     started = time.perf_counter()
     model, config = resolved.model, resolved.config
@@ -95,7 +92,40 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         from ffx.export.normalization import fold_normalization_into_graph
 
         preprocess = fold_normalization_into_graph(graph, preprocess, input_scale)
-    info = {
+    set_onnx_metadata(graph, _onnx_metadata(resolved, preprocess, source_path))
+    _check_graph(graph)
+    data = graph.SerializeToString()
+
+    inputs = _parity_inputs(config, preprocess, check_images_dir)
+    max_abs, max_rel = _parity(model, data, inputs, preprocess)
+    _judge_parity(max_abs, max_rel, output)
+    write_bytes_atomic(output, data)
+    return ExportReport(
+        output=str(output),
+        arch=resolved.arch,
+        parameters=sum(p.numel() for p in model.parameters()),
+        opset=opset,
+        input_shape=["batch", config.in_chans, config.img_size, config.img_size],
+        max_abs_diff=max_abs,
+        max_rel_diff=max_rel[0],
+        check_images=len(inputs[-1]) if check_images_dir else 0,
+        sha256=sha256_bytes(data),
+        seconds=time.perf_counter() - started,
+        weights=resolved.weights,
+    )
+
+
+def _check_opset(opset):
+    if opset < MIN_OPSET:
+        raise FfxError(f"--opset {opset}: ffx needs opset >= {MIN_OPSET} for the fused LayerNormalization op")
+    if opset > MAX_OPSET:
+        raise FfxError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
+
+
+def _onnx_metadata(resolved, preprocess, source_path):
+    """The metadata the graph carries: what the next stages read instead of asking for flags."""
+    config = resolved.config
+    return {
         "arch": resolved.arch,
         "config": config.to_dict(),
         "num_classes": config.num_classes,
@@ -113,12 +143,10 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
         # The graph's exact nodes depend on these (onnxscript 0.7.0 and 0.7.2 write different graphs).
         "exporter": {"torch": torch.__version__, "onnxscript": _version_of("onnxscript"), "onnx": onnx.__version__},
     }
-    set_onnx_metadata(graph, info)
-    _check_graph(graph)
-    data = graph.SerializeToString()
 
-    inputs = _parity_inputs(config, preprocess, check_images_dir)
-    max_abs, max_rel = _parity(model, data, inputs, preprocess)
+
+def _judge_parity(max_abs, max_rel, output):
+    """Raise GateFailed unless ONNX Runtime reproduced PyTorch within tolerance."""
     if not (np.isfinite(max_abs) and np.isfinite(max_rel[1])):
         raise GateFailed(f"parity check failed: PyTorch or ONNX Runtime produced NaN or Inf logits; {output} was not written")
     if not max_abs <= PARITY_ATOL + PARITY_RTOL * max_rel[1]:
@@ -126,20 +154,6 @@ def export_onnx(resolved: ResolvedModel, output: str | Path, opset: int = MIN_OP
             f"parity check failed: ONNX Runtime differs from PyTorch by up to {max_abs:.3g} "
             f"(tolerance {PARITY_ATOL + PARITY_RTOL * max_rel[1]:.3g}); {output} was not written"
         )
-    write_bytes_atomic(output, data)
-    return ExportReport(
-        output=str(output),
-        arch=resolved.arch,
-        parameters=sum(p.numel() for p in model.parameters()),
-        opset=opset,
-        input_shape=["batch", config.in_chans, config.img_size, config.img_size],
-        max_abs_diff=max_abs,
-        max_rel_diff=max_rel[0],
-        check_images=len(inputs[-1]) if check_images_dir else 0,
-        sha256=sha256_bytes(data),
-        seconds=time.perf_counter() - started,
-        weights=resolved.weights,
-    )
 
 
 def _version_of(package):

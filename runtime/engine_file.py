@@ -73,14 +73,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
 
     onnx_path, output = Path(onnx_path), Path(output)
     options = options or BuildOptions()
-    if output.suffix.lower() not in ENGINE_SUFFIXES:
-        raise FfxError(f"{output}: an engine file should end in {', '.join(ENGINE_SUFFIXES)}")
-    if precision not in (None, "fp16", "int8", "fp8"):
-        raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16, int8 or fp8 (or the graph's own)")
-    for path in (output, sidecar_path(output)):
-        check_output_path(path, [onnx_path, calib_data])
-    if options.timing_cache is not None:  # full TensorRT reads it and writes it back after the build
-        _check_timing_cache(Path(options.timing_cache), onnx_path, calib_data, output)
+    _check_build_request(onnx_path, output, options, precision, calib_data)
     model = load_onnx(onnx_path)
     metadata = validate_metadata(onnx_metadata(model, onnx_path) or {}, onnx_path)
     check_input_size(model, metadata, onnx_path)  # else the sidecar would carry preprocessing the engine cannot take
@@ -96,20 +89,8 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     calibrated = None
     calibration_reused = False
     if precision is not None and graph != precision:
-        if graph != "fp32":
-            raise FfxError(f"{onnx_path} is a {graph} graph; {precision.upper()} engines are made from FP32 models")
-        quantized = precision in ("int8", "fp8")
-        if quantized and calib_data is None:
-            raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an {precision.upper()} engine needs "
-                                "calibration images to calibrate it first (or give a model made by `ffx calibrate`)")
-        conversion_options = _calibration_options(calib_options if quantized else {}, precision if quantized else None)
-        derived, calibration_reused = _conversion_path(output, precision, onnx_path, calib_data, conversion_options, notes)
-        if calibration_reused:
-            calibrated = derived
-        elif quantized:
-            calibrated = _calibrate(onnx_path, calib_data, derived, conversion_options, progress)
-        else:
-            calibrated = _convert_fp16(onnx_path, derived, calib_data, progress)
+        calibrated, calibration_reused = _convert_first(onnx_path, output, graph, precision, calib_data, calib_options,
+                                                        notes, progress)
     elif calib_data is not None:
         notes.append(f"calibration images ignored: {onnx_path.name} is already {graph}")
 
@@ -125,6 +106,41 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
         notes.append(f"this machine's GPU, {gpu.name} ({gpu.compute_capability}), is not among the engine's targets")
     sidecar = _sidecar(output, engine_bytes, build, source, metadata, graph, gpu, notes)
     _write_engine_and_sidecar(output, engine_bytes, sidecar)
+    return _build_report(output, source, calibrated, calibration_reused, graph, engine_bytes, build, sidecar, gpu, notes)
+
+
+def _check_build_request(onnx_path, output, options, precision, calib_data):
+    """FfxError/InvalidOption for an engine name, precision or output path the build cannot take,
+    before anything is read."""
+    if output.suffix.lower() not in ENGINE_SUFFIXES:
+        raise FfxError(f"{output}: an engine file should end in {', '.join(ENGINE_SUFFIXES)}")
+    if precision not in (None, "fp16", "int8", "fp8"):
+        raise InvalidOption("precision", f"unknown engine precision {precision!r}; choose fp16, int8 or fp8 (or the graph's own)")
+    for path in (output, sidecar_path(output)):
+        check_output_path(path, [onnx_path, calib_data])
+    if options.timing_cache is not None:  # full TensorRT reads it and writes it back after the build
+        _check_timing_cache(Path(options.timing_cache), onnx_path, calib_data, output)
+
+
+def _convert_first(onnx_path, output, graph, precision, calib_data, calib_options, notes, progress):
+    """(calibrated graph, reused): the FP32 graph converted (FP16) or calibrated (INT8, FP8) to
+    `precision` beside the engine, or the identical one already there."""
+    if graph != "fp32":
+        raise FfxError(f"{onnx_path} is a {graph} graph; {precision.upper()} engines are made from FP32 models")
+    quantized = precision in ("int8", "fp8")
+    if quantized and calib_data is None:
+        raise InvalidOption("calib_data", f"{onnx_path} has no Q/DQ nodes: an {precision.upper()} engine needs "
+                            "calibration images to calibrate it first (or give a model made by `ffx calibrate`)")
+    conversion_options = _calibration_options(calib_options if quantized else {}, precision if quantized else None)
+    derived, reused = _conversion_path(output, precision, onnx_path, calib_data, conversion_options, notes)
+    if reused:
+        return derived, True
+    if quantized:
+        return _calibrate(onnx_path, calib_data, derived, conversion_options, progress), False
+    return _convert_fp16(onnx_path, derived, calib_data, progress), False
+
+
+def _build_report(output, source, calibrated, calibration_reused, graph, engine_bytes, build, sidecar, gpu, notes):
     return BuildReport(
         engine=str(output),
         sidecar=str(sidecar_path(output)),

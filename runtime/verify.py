@@ -175,13 +175,36 @@ def verify(
     Raises:
         FfxError: missing files, unreadable data, models that disagree on preprocessing (exit 2).
     """
-    from ffx.datasets import load_batches, open_dataset, select_images
-    from ffx.images import normalize_pixels
-
     if not math.isfinite(max_top1_drop):  # nan would make every comparison, and so the gate, fail
         raise InvalidOption("max_top1_drop", f"the largest top-1 drop must be a finite number, got {max_top1_drop}")
     started = time.perf_counter()
     warnings = []
+    run = _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_graph, progress, workers, seed,
+                    threads, preprocess, warnings)
+    return _judge(run, max_top1_drop, strict, started, warnings)
+
+
+@dataclasses.dataclass
+class _PairedRun:
+    """What verify's "run" half hands its "judge" half: both models' logits on the same images."""
+
+    candidate: object  # the runners (ffx.runtime.runner), closed by now
+    reference: object
+    reference_logits: list  # one array per batch
+    candidate_logits: list
+    labels: list
+    class_names: list | None
+    skipped: int  # unreadable images
+    calibration_overlap: int | None  # None: the candidate has no calibration manifest
+
+
+def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_graph, progress, workers, seed, threads,
+              preprocess, warnings):
+    """Open both models, check that they can run here and agree on their input, and run them on
+    the same preprocessed batches of labelled images."""
+    from ffx.datasets import load_batches
+    from ffx.images import normalize_pixels
+
     found = None
     if reference is None:
         reference, found = find_reference(candidate)
@@ -190,23 +213,8 @@ def verify(
         existing_model_kind(path)
     if data is not None and not Path(data).exists():
         raise FfxError(f"{data}: no such directory")
-    candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
-    # A checkpoint reference is hashed once: for the lineage check, and to run the EMA weights
-    # when the candidate was exported from this checkpoint's model_ema (as `ffx export --ema` does).
-    reference_sha256 = (sha256_file(reference) if runner_kind(reference) == "checkpoint"
-                        and candidate_runner.metadata.get("source_sha256") else None)
-    ema = (reference_sha256 is not None and candidate_runner.metadata.get("weights") == "model_ema"
-           and candidate_runner.metadata["source_sha256"] == reference_sha256)
-    reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads, ema=ema)
-    if ema:
-        warnings.append(f"{Path(reference).name}: running its model_ema weights, which {candidate_runner.name} was "
-                        "exported from")
-    for runner, role in ((candidate_runner, "candidate"), (reference_runner, "reference")):
-        try:  # before any image is read: an engine on a machine without a GPU is one line
-            runner.check_available()
-        except BackendUnavailable as e:
-            chain = f" (reference {reference}: {found})" if found else ""
-            raise BackendUnavailable(f"{runner.path} cannot run here{chain}: {e}") from None
+    candidate_runner, reference_runner, reference_sha256 = _open_runners(
+        candidate, reference, found, provider, cuda_graph, threads, warnings)
     if data is None:
         raise FfxError(f"--data is needed: labelled images to compare {Path(candidate).name} and {Path(reference).name} on")
     preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings, preprocess)
@@ -215,18 +223,7 @@ def verify(
     if lineage:
         warnings.append(f"{candidate_runner.name} was {lineage}: this compares two networks, not a conversion and "
                         "its source")
-
-    dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
-    if not dataset.labelled:
-        if dataset.layout == "list-file":
-            raise FfxError(f"{data}: verify needs labelled images; no line ends in a label (a class index, or a class "
-                           "name of the model): `path label` per line")
-        raise FfxError(f"{data}: verify needs labelled images, one folder per class (e.g. {data}/<class name>/*.png)")
-    items = list(dataset.items)
-    if limit is not None and limit < len(items):
-        # Stratified and seeded: the first N files would cover only the first classes.
-        items = select_images(items, limit, seed=seed)
-    names = dataset.class_names or class_names
+    items, names = _labelled_items(data, class_names, limit, seed, warnings)
     calibration = calibration_images_of(candidate)
 
     reference_logits, candidate_logits, labels, overlap = [], [], [], 0
@@ -241,7 +238,6 @@ def verify(
             labels.append(np.asarray(batch.labels))
             if calibration:
                 overlap += _count_overlap(calibration, batch)
-    skipped = loaded.num_skipped
     for runner in (candidate_runner, reference_runner):
         warnings.extend(runner.notes)
     if not labels:
@@ -251,16 +247,63 @@ def verify(
             f"{overlap} of {comparison_size(labels)} verification images were also calibration images of "
             f"{Path(candidate).name}; its accuracy on them is optimistic: verify on a held-out split"
         )
-    comparison = compare_predictions(np.concatenate(reference_logits), np.concatenate(candidate_logits),
-                                     np.concatenate(labels), names)
+    return _PairedRun(candidate_runner, reference_runner, reference_logits, candidate_logits, labels, names,
+                      loaded.num_skipped, overlap if calibration else None)
+
+
+def _open_runners(candidate, reference, found, provider, cuda_graph, threads, warnings):
+    """(candidate runner, reference runner, the checkpoint reference's sha256 or None), both
+    checked to run here before any image is read: an engine on a machine without a GPU is one line."""
+    candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
+    # A checkpoint reference is hashed once: for the lineage check, and to run the EMA weights
+    # when the candidate was exported from this checkpoint's model_ema (as `ffx export --ema` does).
+    reference_sha256 = (sha256_file(reference) if runner_kind(reference) == "checkpoint"
+                        and candidate_runner.metadata.get("source_sha256") else None)
+    ema = (reference_sha256 is not None and candidate_runner.metadata.get("weights") == "model_ema"
+           and candidate_runner.metadata["source_sha256"] == reference_sha256)
+    reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads, ema=ema)
+    if ema:
+        warnings.append(f"{Path(reference).name}: running its model_ema weights, which {candidate_runner.name} was "
+                        "exported from")
+    for runner in (candidate_runner, reference_runner):
+        try:
+            runner.check_available()
+        except BackendUnavailable as e:
+            chain = f" (reference {reference}: {found})" if found else ""
+            raise BackendUnavailable(f"{runner.path} cannot run here{chain}: {e}") from None
+    return candidate_runner, reference_runner, reference_sha256
+
+
+def _labelled_items(data, class_names, limit, seed, warnings):
+    """(the images to verify on, at most `limit` of them, stratified and seeded; the class names)."""
+    from ffx.datasets import open_dataset, select_images
+
+    dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
+    if not dataset.labelled:
+        if dataset.layout == "list-file":
+            raise FfxError(f"{data}: verify needs labelled images; no line ends in a label (a class index, or a class "
+                           "name of the model): `path label` per line")
+        raise FfxError(f"{data}: verify needs labelled images, one folder per class (e.g. {data}/<class name>/*.png)")
+    items = list(dataset.items)
+    if limit is not None and limit < len(items):
+        # Stratified and seeded: the first N files would cover only the first classes.
+        items = select_images(items, limit, seed=seed)
+    return items, dataset.class_names or class_names
+
+
+def _judge(run, max_top1_drop, strict, started, warnings):
+    """The gate on a paired run: the comparison, and whether the top-1 drop (its estimate, or the
+    upper end of its 95% interval when `strict`) is within `max_top1_drop`."""
+    comparison = compare_predictions(np.concatenate(run.reference_logits), np.concatenate(run.candidate_logits),
+                                     np.concatenate(run.labels), run.class_names)
     if comparison.images < 1000:
         warnings.append(
             f"only {comparison.images} images: the top-1 drop's 95% interval runs from "
             f"{comparison.top1_drop_ci95[0]:+.2f} to {comparison.top1_drop_ci95[1]:+.2f} points; more images narrow it"
         )
     return VerifyReport(
-        reference=_model_summary(reference_runner, comparison.reference_top1, comparison.reference_top5),
-        candidate=_model_summary(candidate_runner, comparison.candidate_top1, comparison.candidate_top5),
+        reference=_model_summary(run.reference, comparison.reference_top1, comparison.reference_top5),
+        candidate=_model_summary(run.candidate, comparison.candidate_top1, comparison.candidate_top5),
         top1_drop=comparison.top1_drop,
         top1_drop_ci95=comparison.top1_drop_ci95,
         agreement=comparison.agreement,
@@ -270,8 +313,8 @@ def verify(
         classes_lost=comparison.classes_lost,
         discordant=comparison.discordant,
         images=comparison.images,
-        skipped_images=skipped,
-        calibration_overlap=overlap if calibration else None,
+        skipped_images=run.skipped,
+        calibration_overlap=run.calibration_overlap,
         max_top1_drop=max_top1_drop,
         passed=bool((comparison.top1_drop_ci95[1] if strict else comparison.top1_drop) <= max_top1_drop),
         gate="95% upper bound" if strict else "estimate",

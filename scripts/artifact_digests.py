@@ -5,7 +5,7 @@ no byte: run it before and after, on the same machine, and diff the two outputs.
     ... change the code ...
     python scripts/artifact_digests.py out/digests > after.json && diff before.json after.json
 
-It runs the CLI as a user does (export, calibrate INT8 and FP16, build-engine with TensorRT-RTX
+It runs the CLI as a user does (export, calibrate INT8, FP8 and FP16, build-engine with TensorRT-RTX
 when it is installed) into OUT_DIR, which it empties first, on a copy of the fixture in
 OUT_DIR/inputs, so that every output and input has the same path in both runs, whichever checkout
 runs it (manifests record the output's name and the data folder's path). An engine sidecar is hashed without the two
@@ -14,6 +14,7 @@ fields that differ between identical builds: `build_seconds` and `built_at`.
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -54,10 +55,9 @@ def main():
     shutil.copy(FIXTURE / "model.pth", inputs / "model.pth")
     ffx("export", "--checkpoint", inputs / "model.pth", "-o", out / "model.onnx")
     ffx("calibrate", out / "model.onnx", "--data", inputs / "train", "--no-cache", "-o", out / "model.int8.onnx")
+    ffx("calibrate", out / "model.onnx", "--fp8", "--data", inputs / "train", "--no-cache", "-o", out / "model.fp8.onnx")
     ffx("calibrate", out / "model.onnx", "--fp16", "--data", inputs / "train", "-o", out / "model.fp16.onnx")
-    try:
-        import tensorrt_rtx_bindings  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("tensorrt_rtx_bindings") is None:
         print("TensorRT-RTX is not installed: no engine", file=sys.stderr)
     else:
         ffx("build-engine", out / "model.int8.onnx", "--backend", "tensorrt-rtx", "-o", out / "model.engine")

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import click
 
-from ffx.cli import FiniteFloat, InputPath, print_json, warn
+from ffx.cli import InputPath, print_json, warn
+from ffx.commands.calibration_options import CalibrationOptionGroup
 from ffx.compute_capability import RTX_DEFAULT_TARGETS, RTX_SUPPORTED
 from ffx.errors import FfxError, InvalidOption
 from ffx.runtime.runner import CHECKPOINT_SUFFIXES
@@ -32,7 +33,7 @@ def parse_size(text):
 
 
 # BuildOptions field -> the flag that sets it, for messages about a wrong value.
-OPTION_FLAGS = {
+BUILD_FLAGS = {
     "min_batch": "--min-batch",
     "opt_batch": "--opt-batch",
     "max_batch": "--max-batch",
@@ -45,12 +46,9 @@ OPTION_FLAGS = {
     "tf32": "--no-tf32",
     "calib_data": "--calib-data",  # write_engine's own options
     "precision": "--fp16/--int8/--fp8",
-    "method": "--calib-method",  # the calibration's, when an FP32 model is calibrated first
-    "percentile": "--calib-percentile",
-    "num_images": "--calib-images",
-    "keep_fp": "--calib-keep-fp",
-    "seed": "--calib-seed",
 }
+# The calibration's, when an FP32 model is calibrated first: --calib-images, --calib-method, ...
+CALIBRATION = CalibrationOptionGroup(prefix="calib-", images="images", flags=BUILD_FLAGS)
 
 
 @click.command("build-engine")
@@ -60,11 +58,7 @@ OPTION_FLAGS = {
 @click.option("--int8", is_flag=True, help="INT8 engine: a Q/DQ model builds as is, an FP32 model is calibrated first (needs --calib-data).")
 @click.option("--fp8", is_flag=True, help="FP8 (E4M3) engine for GPUs with FP8 tensor cores (compute capability 8.9+): an FP8 Q/DQ model builds as is, an FP32 model is calibrated first (needs --calib-data).")
 @click.option("--calib-data", type=InputPath(file_okay=False), help="Calibration images for --int8/--fp8 on an FP32 model (a folder, searched recursively).")
-@click.option("--calib-images", "num_images", type=click.IntRange(min=1), help="How many calibration images to use (default: calibrate's).")
-@click.option("--calib-method", "method", help="Calibration method, as `ffx calibrate --method`: entropy (INT8 default), max (FP8 default), percentile, mse.")
-@click.option("--calib-percentile", "percentile", type=FiniteFloat(0, 100, min_open=True), help="Percentile for --calib-method percentile.")
-@click.option("--calib-keep-fp", "keep_fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as `ffx calibrate --keep-fp` (e.g. head,patch_embed).")
-@click.option("--calib-seed", "seed", type=click.IntRange(min=0), help="Seed of the calibration image selection.")
+@CALIBRATION
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="Full TensorRT (GPU machines, Jetson) or TensorRT-RTX (RTX GPUs; builds ahead of time, even without a GPU).")
 @click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch the engine accepts; shorter batches are zero-padded when run.")
 @click.option("--opt-batch", type=int, help="Batch the kernels are tuned for [default: min(8, max)].")
@@ -111,24 +105,14 @@ def command(model, output, fp16, int8, fp8, calib_data, num_images, method, perc
       ffx build-engine model.onnx --backend tensorrt-rtx --compute-capability 7.5 -o model.turing.engine
       ffx build-engine model.onnx -o model.engine --max-batch 8 --workspace 1G --timing-cache trt.cache
     """
-    from ffx.runtime.engine_file import write_engine
-    from ffx.tensorrt import BuildOptions
-
-    if (num_images or method or percentile is not None or keep_fp or seed is not None) and not ((int8 or fp8) and calib_data):
+    if CALIBRATION.given(click.get_current_context()) and not ((int8 or fp8) and calib_data):
         raise click.UsageError("the --calib-* options apply to --int8 or --fp8 with --calib-data")
-    if percentile is not None and method not in (None, "percentile"):
-        raise click.UsageError(f"--calib-percentile applies to --calib-method percentile, not {method}")
+    method = CALIBRATION.range_method(method, percentile)
     if fp16 + int8 + fp8 > 1:
         raise FfxError("choose one of --fp16, --int8 and --fp8 (a Q/DQ graph keeps its unquantized layers in float)")
-    if percentile is not None:
-        method = "percentile"
     try:
-        options = BuildOptions(
-            min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-            workspace_bytes=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
-            optimization_level=optimization_level, hardware_compatibility=hardware_compatibility,
-            version_compatible=version_compatible, compute_capabilities=tuple(compute_capabilities), tf32=not no_tf32,
-        )
+        options = _build_options(min_batch, opt_batch, max_batch, workspace, timing_cache, optimization_level,
+                                 hardware_compatibility, version_compatible, compute_capabilities, no_tf32)
         arguments = dict(
             options=options, precision="fp16" if fp16 else "int8" if int8 else "fp8" if fp8 else None,
             calib_data=calib_data,
@@ -136,22 +120,45 @@ def command(model, output, fp16, int8, fp8, calib_data, num_images, method, perc
                            "keep_fp": tuple(keep_fp) or None, "seed": seed},
             backend=backend, progress=None if not as_json else False, verbose=verbose,
         )
-        if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
-            from ffx.runtime.checkpoint_engine import build_engine_from_checkpoint
-
-            pipeline = build_engine_from_checkpoint(model, output, announce=None if as_json else _announce, **arguments)
-            report, notes = pipeline.engine, pipeline.notes
-        else:
-            pipeline, report = None, write_engine(model, output, **arguments)
-            notes = report.notes
+        pipeline, report, notes = _build(model, output, arguments, as_json)
     except InvalidOption as e:
-        raise FfxError(f"{OPTION_FLAGS.get(e.option, e.option)}: {e}") from None
+        raise CALIBRATION.error(e) from None
     if as_json:
         print_json({**dataclasses.asdict(report), "export": dataclasses.asdict(pipeline.export), "notes": notes}
                    if pipeline else dataclasses.asdict(report))
         return
     for note in notes:
         warn(note)
+    _print_summary(model, pipeline, report)
+
+
+def _build_options(min_batch, opt_batch, max_batch, workspace, timing_cache, optimization_level, hardware_compatibility,
+                   version_compatible, compute_capabilities, no_tf32):
+    from ffx.tensorrt import BuildOptions
+
+    return BuildOptions(
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        workspace_bytes=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
+        optimization_level=optimization_level, hardware_compatibility=hardware_compatibility,
+        version_compatible=version_compatible, compute_capabilities=tuple(compute_capabilities), tf32=not no_tf32,
+    )
+
+
+def _build(model, output, arguments, as_json):
+    """(the checkpoint pipeline or None, the engine's BuildReport, its notes): a checkpoint is
+    exported (and calibrated) on the way, an ONNX model built as it is (or calibrated first)."""
+    if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
+        from ffx.runtime.checkpoint_engine import build_engine_from_checkpoint
+
+        pipeline = build_engine_from_checkpoint(model, output, announce=None if as_json else _announce, **arguments)
+        return pipeline, pipeline.engine, pipeline.notes
+    from ffx.runtime.engine_file import write_engine
+
+    report = write_engine(model, output, **arguments)
+    return None, report, report.notes
+
+
+def _print_summary(model, pipeline, report):
     if pipeline:
         step = pipeline.export
         how = (f"reused, exported from {model} earlier" if step.reused

@@ -4,26 +4,20 @@ from pathlib import Path
 
 import click
 
-from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, OPTION_FLAGS,
-                                CalibrationOptions, calibration_option_error)
 from ffx.calib.precisions import PRECISIONS
-from ffx.calib.ranges import METHODS
-from ffx.commands.outlier_options import outlier_options
 from ffx.calib.mixed_precision import DEFAULT_HELD_OUT_IMAGES
 from ffx.calib.sensitivity import UNUSED_CALIBRATION_IMAGES
-from ffx.cli import WORKERS, FiniteFloat, InputPath, print_json, warn
+from ffx.cli import FiniteFloat, InputPath, print_json, warn
+from ffx.commands.calibration_options import CalibrationOptionGroup
 from ffx.errors import InvalidOption
 
+CALIBRATION = CalibrationOptionGroup(statistics=True, flags={"precision": "--fp8/--fp16", "scale_search": "--scale-search"})
 
 
 @click.command("calibrate")
 @click.argument("model", type=InputPath(dir_okay=False))
 @click.option("--data", type=InputPath(), help="Calibration images: class folders (ImageNet train/ or val/, or <class>/*), a flat folder, a LOC_val_solution.csv folder, or a list file (`path label` per line).")
-@click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Images to calibrate on: stratified across classes, seeded.")
-@click.option("--method", type=click.Choice(METHODS), help=f"Range method. INT8: default {DEFAULT_METHOD} (TensorRT's KL-divergence calibration). FP8: {', '.join(PRECISIONS['fp8'].methods)}, default {PRECISIONS['fp8'].default_method}.")
-@click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), help=f"Percentile of |x| for --method percentile (default {DEFAULT_PERCENTILE}).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image selection.")
-@click.option("--keep-fp", multiple=True, metavar="LAYERS", help="Layers to leave unquantized, as named in the model: patch_embed, head, blocks.N, blocks.N.mlp1, blocks.N.mlp2.fc1 (comma-separated or repeated); `none` for none. Default: none for INT8, patch_embed,head for FP8.")
+@CALIBRATION
 @click.option("--target-agreement", type=FiniteFloat(min=0, max=100), metavar="PCT", help="Keep in float the layers that buy the most accuracy per FLOP, as few FLOPs as it takes for the quantized graph to agree with FP32's top-1 on at least PCT % of held-out images, judged on the 95% lower bound (Wilson); exit 1 if it cannot, exit 2 if the held-out images are too few to tell.")
 @click.option("--max-top1-drop", type=FiniteFloat(min=0, max=100), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points, judged on the upper end of its paired 95% interval (needs labelled images); both may be given.")
 @click.option("--held-out", "held_out", type=InputPath(), help="Images the target is measured on (default: the images of --data not used for calibration).")
@@ -33,10 +27,7 @@ from ffx.errors import InvalidOption
 @click.option("--fp8", is_flag=True, help="Write FP8 (E4M3) Q/DQ instead of INT8, for GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell, Thor); opset 19.")
 @click.option("--scale-search", is_flag=True, help="FP8: search each activation scale over one octave above its range by the layer's output error (helps when patch_embed is FP8 too: --keep-fp none).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx, MODEL.fp8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
-@outlier_options
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (default ~/.cache/ffx/calib, or $FFX_CACHE_DIR/calib).")
-@click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
-@click.option("--workers", type=WORKERS, default=2, show_default=True, help="Image decoding processes (0: decode in this process).")
+@CALIBRATION.statistics_options
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
@@ -85,18 +76,11 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
                 raise click.UsageError(f"{name} applies to INT8 calibration, not --fp16")
     elif data is None:
         raise click.UsageError(f"{PRECISIONS[precision].label} calibration needs --data DIR (images like the ones the model will see)")
-    if percentile is not None and method not in (None, "percentile"):
-        raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
-    try:
-        options = CalibrationOptions(
-            precision=precision, method=method or ("percentile" if percentile is not None else None),
-            percentile=DEFAULT_PERCENTILE if percentile is None else percentile,
-            num_images=num_images, seed=seed, keep_fp=keep_fp or None, workers=workers, cache_dir=cache_dir,
-            use_cache=not no_cache, gelu_range=gelu_range, bias_correction=bias_correction, smooth_gelu=smooth_gelu,
-            scale_search=scale_search,
-        )
-    except InvalidOption as e:
-        raise calibration_option_error(e) from None
+    options = CALIBRATION.options(
+        precision, method=CALIBRATION.range_method(method, percentile), percentile=percentile, num_images=num_images,
+        seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir, no_cache=no_cache, gelu_range=gelu_range,
+        bias_correction=bias_correction, smooth_gelu=smooth_gelu, scale_search=scale_search,
+    )
     from ffx.calib.model_io import output_paths
 
     output_paths(model, output, precision)  # checked before the search and any image is read
@@ -139,7 +123,7 @@ def _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point
     try:
         return search_keep_fp(model, data, options, target, held_out_images, held_out, warn=warn, log=log)
     except InvalidOption as e:
-        raise calibration_option_error(e, dict(OPTION_FLAGS, held_out_images="--held-out-images")) from None
+        raise CALIBRATION.error(e, held_out_images="--held-out-images") from None
 
 
 def _search_summary(search):

@@ -1,11 +1,7 @@
 import click
 
-from ffx.calib.options import (DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, OPTION_FLAGS,
-                                CalibrationOptions, calibration_option_error)
-from ffx.calib.ranges import METHODS
-from ffx.commands.outlier_options import outlier_options
-from ffx.cli import WORKERS, FiniteFloat, InputPath, print_json, warn
-from ffx.errors import InvalidOption
+from ffx.cli import InputPath, print_json, warn
+from ffx.commands.calibration_options import CalibrationOptionGroup
 from ffx.fidelity import error_power, snr_of
 
 # Suggest --smooth-gelu when one post-GELU layer carries at least this share of the INT8 error.
@@ -13,24 +9,21 @@ SMOOTHING_HINT_SHARE = 0.3
 
 DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a minute on a small model
 
+# --num-images counts the held-out images here; the calibration images are --calib-images.
+CALIBRATION = CalibrationOptionGroup(images="calib-images", keep_fp=False, statistics=True, flags={"precision": "--fp8"})
+
 
 @click.command("sensitivity")
 @click.argument("model", type=InputPath(dir_okay=False))
 @click.option("--data", required=True, type=InputPath(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
-@click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT, show_default=True, help="Held-out images every variant is measured on.")
+@click.option("--num-images", "held_out_images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT, show_default=True, help="Held-out images every variant is measured on.")
 @click.option("--held-out", type=InputPath(), help="Measure on these images instead of the rest of --data.")
-@click.option("--calib-images", type=click.IntRange(min=1), default=DEFAULT_NUM_IMAGES, show_default=True, help="Calibration images (as `ffx calibrate --num-images`: the same value reuses its cached statistics).")
-@click.option("--method", type=click.Choice(METHODS), help=f"Range method [default: {DEFAULT_METHOD} for INT8, max for --fp8].")
+@CALIBRATION
 @click.option("--fp8", is_flag=True, help="Rank the layers by what FP8 (E4M3) costs instead of INT8, as `ffx calibrate --fp8` writes them.")
-@click.option("--percentile", type=FiniteFloat(min=0, max=100, min_open=True), default=DEFAULT_PERCENTILE, show_default=True, help="Percentile of |x| for --method percentile.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image selection.")
-@outlier_options
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activation statistics are cached (as for `ffx calibrate`).")
-@click.option("--no-cache", is_flag=True, help="Neither read nor write cached activation statistics.")
-@click.option("--workers", type=WORKERS, default=2, show_default=True, help="Image decoding processes.")
+@CALIBRATION.statistics_options
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the ranking into this image file (.png, .svg, .pdf; needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
-def command(model, data, num_images, held_out, calib_images, method, fp8, percentile, seed, gelu_range, bias_correction,
+def command(model, data, held_out_images, held_out, num_images, method, fp8, percentile, seed, gelu_range, bias_correction,
             smooth_gelu, cache_dir, no_cache, workers, plot, as_json):
     """Which layers cost INT8 accuracy: every quantizable layer quantized alone and kept in
     float alone, against FP32 on held-out images.
@@ -50,21 +43,17 @@ def command(model, data, num_images, held_out, calib_images, method, fp8, percen
     """
     from ffx.calib.sensitivity import layer_sensitivity
 
-    try:
-        options = CalibrationOptions(precision="fp8" if fp8 else "int8", method=method, percentile=percentile,
-                                     num_images=calib_images, seed=seed,
-                                     workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
-                                     gelu_range=gelu_range, bias_correction=bias_correction,
-                                     smooth_gelu=smooth_gelu)
-    except InvalidOption as e:
-        raise calibration_option_error(e, dict(OPTION_FLAGS, num_images="--calib-images")) from None
+    # Unlike calibrate, a --percentile without --method percentile is not refused: the method's own range stands.
+    options = CALIBRATION.options("fp8" if fp8 else "int8", method=method, percentile=percentile, num_images=num_images,
+                                  seed=seed, workers=workers, cache_dir=cache_dir, no_cache=no_cache,
+                                  gelu_range=gelu_range, bias_correction=bias_correction, smooth_gelu=smooth_gelu)
 
     if plot:
         from ffx.calib.sensitivity_plot import check_plot_path
 
         check_plot_path(plot)
 
-    report = layer_sensitivity(model, data, options, num_images, held_out, warn=warn)
+    report = layer_sensitivity(model, data, options, held_out_images, held_out, warn=warn)
     if plot:
         from ffx.calib.sensitivity_plot import draw_sensitivity
 
