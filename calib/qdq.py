@@ -78,9 +78,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
     recipe.check()
     original = source = load_source_model(onnx_path)
     output, manifest_path = output_paths(source.path, output, recipe.precision, [data])
-    keep_fp = options.keep_fp
-    if keep_fp is None:
-        keep_fp = tuple(recipe.default_keep_fp(network_layers(source.model, source.info)))
+    keep_fp = keep_fp_selection(recipe, source, options)
     quantization_plan(source, keep_fp)  # a bad --keep-fp fails before any image is read
     source, images, stats, smoothed = calibration_statistics(source, data, options, progress, warn)
     layers, kept = quantization_plan(source, keep_fp)
@@ -136,6 +134,14 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
         kept_fp_layers=[layer.name for layer in kept],
         keep_fp_search=keep_fp_search,
     )
+
+
+def keep_fp_selection(recipe, source, options):
+    """The --keep-fp selection a `recipe` calibration of `source` with `options` uses: the options'
+    own, or the recipe's default when they name none."""
+    if options.keep_fp is not None:
+        return options.keep_fp
+    return tuple(recipe.default_keep_fp(network_layers(source.model, source.info)))
 
 
 def qdq_params(recipe, source, options, kept_names, smoothed=(), default_keep_fp=False):

@@ -66,15 +66,11 @@ def _expected_params(source, precision, data, options):
         from ffx.calib.fp16 import fp16_params
 
         return fp16_params(options, data is not None)
-    from ffx.calib.layers import network_layers
     from ffx.calib.precisions import qdq_recipe
-    from ffx.calib.qdq import qdq_params, quantization_plan
+    from ffx.calib.qdq import keep_fp_selection, qdq_params, quantization_plan
 
     if options.smooth_gelu:  # the smoothed tensors are only known after collecting statistics
         return None
     recipe = qdq_recipe(precision)
-    keep_fp = options.keep_fp
-    if keep_fp is None:
-        keep_fp = tuple(recipe.default_keep_fp(network_layers(source.model, source.info)))
-    _, kept = quantization_plan(source, keep_fp)
+    _, kept = quantization_plan(source, keep_fp_selection(recipe, source, options))
     return qdq_params(recipe, source, options, [layer.name for layer in kept], default_keep_fp=options.keep_fp is None)
