@@ -36,11 +36,11 @@ import math
 import numpy as np
 
 from ffx.calib.conversion import choose_images
-from ffx.calib.int8 import calibration_statistics, quantization_plan
+from ffx.calib.int8 import calibration_statistics
 from ffx.calib.precisions import qdq_recipe
 from ffx.calib.model_io import cpu_session, load_source_model
-from ffx.calib.sensitivity import (EVAL_BATCH, QuantizedVariants, choose_held_out, decode_held_out, fidelity_of,
-                                   held_out_candidates, matmul_flops, run_model)
+from ffx.calib.sensitivity import (EVAL_BATCH, choose_held_out, decode_held_out, fidelity_of,
+                                   held_out_candidates, matmul_flops, quantized_variants, run_model)
 from ffx.errors import FfxError, GateFailed, InvalidOption
 from ffx.fidelity import (disagreements_allowed, images_to_resolve_agreement, images_to_resolve_drop,
                           paired_difference_ci, wilson_interval)
@@ -190,9 +190,7 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_
     count = held_out_count(target, held_out_images, len(candidates), where, log)
     chosen = choose_held_out(candidates, count, options.seed)
     source, images, stats, _ = calibration_statistics(source, data, options, progress, warn, images=images)
-    layers, _ = quantization_plan(source, ())
-    variants = QuantizedVariants(source, layers, *recipe.ranges(source, layers, stats, images.items, options),
-                                 insert=recipe.insert)
+    variants = quantized_variants(recipe, source, stats, images, options)
     held_out = decode_held_out(source, chosen, where, options.workers, progress, warn, options.statistics_cache)
     check_resolution(target, len(held_out), where, f"only {len(held_out):,} of the {count:,} chosen could be read; ")
     return search(variants, held_out, target, matmul_flops(source.model, variants.layers), progress, log)

@@ -249,14 +249,20 @@ def decode_held_out(source, chosen, where, workers=0, progress=None, warn=None, 
     return HeldOutSet(images, np.asarray(labels, np.int64) if labelled else None, reference, where, cache)
 
 
+def quantized_variants(recipe, source, stats, images, options):
+    """QuantizedVariants of every quantizable layer of `source` in `recipe`'s precision, with the
+    ranges its calibration on `images` (their statistics `stats`) would choose."""
+    layers, _ = quantization_plan(source, ())
+    return QuantizedVariants(source, layers, *recipe.ranges(source, layers, stats, images.items, options),
+                             insert=recipe.insert)
+
+
 def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progress=None, warn=None):
     """(source, QuantizedVariants, HeldOutSet, statistics) for a sensitivity analysis or search."""
     recipe = qdq_recipe(options.precision)  # INT8 or FP8, as `ffx calibrate` writes it
     recipe.check()  # before any image is read
     source, images, stats, _ = calibration_statistics(load_source_model(onnx_path), data, options, progress, warn)
-    layers, _ = quantization_plan(source, ())
-    variants = QuantizedVariants(source, layers, *recipe.ranges(source, layers, stats, images.items, options),
-                                 insert=recipe.insert)
+    variants = quantized_variants(recipe, source, stats, images, options)
     held_out = held_out_set(source, images, held_out_images, options.seed, held_out_data, progress, warn,
                             options.statistics_cache, options.workers)
     return source, variants, held_out, stats
