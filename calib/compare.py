@@ -16,7 +16,7 @@ from ffx.calib.model_io import cpu_session, load_source_model, with_outputs
 from ffx.datasets import load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db
-from ffx.metadata import lineage_mismatch, onnx_metadata, validate_metadata
+from ffx.metadata import ModelMetadata, lineage_mismatch, onnx_metadata
 from ffx.onnx_file import check_input_size, check_logits_output, load_external_weights, load_onnx
 
 DEFAULT_IMAGES = 200
@@ -74,7 +74,7 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
         LayerwiseComparison, input to output.
     """
     source = load_source_model(reference_path)
-    candidate, candidate_info = _load_candidate(candidate_path)
+    candidate, candidate_metadata = _load_candidate(candidate_path)
     points = residual_points(source.model, source.info)
     candidate_tensors = {out for node in candidate.graph.node for out in node.output}
     candidate_tensors.update(value.name for value in candidate.graph.output)
@@ -82,10 +82,10 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
     if missing:
         raise FfxError(f"{candidate_path}: has no tensor {missing[0]!r} of {reference_path}; "
                        "compare a graph converted from this FP32 model")
-    lineage = lineage_mismatch(candidate_info, source.info)
+    lineage = lineage_mismatch(candidate_metadata, source.metadata)
     if lineage and warn:
         warn(f"{candidate_path} was {lineage}: the comparison is between two networks, not a conversion and its source")
-    dataset = open_dataset(data, class_names=source.info.get("class_names"), warn=None)
+    dataset = open_dataset(data, class_names=source.metadata.class_names, warn=None)
     items = select_images(dataset.items, num_images, seed)
     tensors = [tensor for _, tensor in points]
     reference_session = cpu_session(with_outputs(source.model, tensors), reference_path)
@@ -126,14 +126,14 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
 
 
 def _load_candidate(path):
-    """(the converted model with its weights, its ffx metadata or {}), external data and metadata
+    """(the converted model with its weights, its ModelMetadata (empty without)), external data and metadata
     checked as every model ffx reads."""
     model = load_onnx(path)
     load_external_weights(model, path)
-    info = validate_metadata(onnx_metadata(model, path) or {}, path)
-    check_input_size(model, info, path)
+    metadata = ModelMetadata.from_dict(onnx_metadata(model, path) or {}, path)
+    check_input_size(model, metadata, path)
     check_logits_output(model, path)
-    return model, info
+    return model, metadata
 
 
 def _run(session, tensors, images):

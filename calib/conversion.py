@@ -5,7 +5,7 @@ import dataclasses
 import time
 
 from ffx.artifacts import sha256_bytes
-from ffx.calib.model_io import finish_model, manifest_bytes, write_outputs
+from ffx.calib.model_io import finish_model, write_outputs
 from ffx.calib.selection import choose_calibration_images, decode_reference_images
 from ffx.calib.statistics import collect_statistics, statistics_key
 from ffx.calib.validate import check_onnxruntime, tensorrt_gate
@@ -51,7 +51,7 @@ def gather_statistics(kind, source, data, tensors, options, progress, warn):
 
 def choose_images(source, data, options, warn):
     """The calibration images `options` choose from `data` (a path or an ImageDataset)."""
-    return choose_calibration_images(data, options.num_images, options.seed, source.info.get("class_names"), warn)
+    return choose_calibration_images(data, options.num_images, options.seed, source.metadata.class_names, warn)
 
 
 def image_statistics(kind, source, images, tensors, options, progress, warn):
@@ -71,10 +71,10 @@ def check_and_write(model, source, output, manifest_path, manifest, calibration,
     name and hash), check it in onnxruntime against the FP32 reference logits and with TensorRT,
     then write the model and its manifest together. Returns (model bytes, onnxruntime check dict,
     TensorRT check dict). Raises FfxError/GateFailed before anything is written."""
-    manifest_data = manifest_bytes(manifest)
+    manifest_data = manifest.to_bytes()
     calibration = dict(calibration, manifest=manifest_path.name, manifest_sha256=sha256_bytes(manifest_data),
                        input_sha256=source.sha256)
-    model_data = finish_model(model, source, manifest["precision"], calibration)
+    model_data = finish_model(model, source, manifest.precision, calibration)
     reference = decode_reference_images(images, stats.reference_indices, source.preprocess) if stats else None
     ort_check = check_onnxruntime(
         model_data, source.input_name, reference, stats.reference_logits if reference is not None else None,

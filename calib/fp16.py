@@ -25,6 +25,7 @@ from ffx.calib.conversion import Checks, ConversionReport, check_and_write, gath
 from ffx.calib.layers import network_layers
 from ffx.calib.model_io import load_source_model, output_paths
 from ffx.calib.options import CalibrationOptions
+from ffx.calibration_manifest import CalibrationManifest, ManifestInput
 from ffx.errors import FfxError
 
 FP16_MAX = 65504.0
@@ -135,29 +136,29 @@ def _warn_kept(fp32_tensors, warn):
 
 def _fp16_manifest(output, source, options, data, images, stats, fp32_tensors, fp32_nodes):
     """The manifest written beside the FP16 model, and the `calibration` entry of its metadata."""
-    manifest = {
-        "ffx_version": __version__,
-        "precision": "fp16",
-        "output": output.name,
-        "input": {"file": source.path.name, "sha256": source.sha256},
-        "params": fp16_params(options, data is not None),
-        "preprocess": source.preprocess.to_dict(),
-        "data": (
+    manifest = CalibrationManifest(
+        ffx_version=__version__,
+        precision="fp16",
+        output=output.name,
+        input=ManifestInput(source.path.name, source.sha256),
+        params=fp16_params(options, data is not None),
+        preprocess=source.preprocess.to_dict(),
+        data=(
             {"path": images.data_path, "layout": images.dataset.layout, "available_images": len(images.dataset.items)}
             if images else None
         ),
-        "image_list_sha256": images.list_sha256 if images else None,
-        "images": images.manifest_entries() if images else [],
-        "images_used": stats.images_used if stats else 0,
-        "skipped": stats.skipped if stats else [],
-        "fp32_tensors": fp32_tensors,
-        "fp32_nodes": fp32_nodes,
-    }
+        image_list_sha256=images.list_sha256 if images else None,
+        images=images.manifest_entries() if images else [],
+        images_used=stats.images_used if stats else 0,
+        skipped=stats.skipped if stats else [],
+        fp32_tensors=fp32_tensors,
+        fp32_nodes=fp32_nodes,
+    )
     calibration = {
         "method": "fp16",
-        "params": manifest["params"],
-        "image_list_sha256": manifest["image_list_sha256"],
-        "images_used": manifest["images_used"],
+        "params": manifest.params,
+        "image_list_sha256": manifest.image_list_sha256,
+        "images_used": manifest.images_used,
         "fp32_tensors": [t["tensor"] for t in fp32_tensors],
     }
     return manifest, calibration

@@ -1,14 +1,13 @@
 """Reading the FP32 model to convert and writing the converted model with its manifest."""
 
 import dataclasses
-import json
 from pathlib import Path
 
 import onnx
 
 from ffx.artifacts import atomic_outputs, check_output_path, sha256_bytes, sha256_file, written_together
 from ffx.errors import FfxError, reraise_onnxruntime
-from ffx.metadata import Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
+from ffx.metadata import ModelMetadata, Preprocess, onnx_metadata, set_onnx_metadata
 from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized_arithmetic, load_external_weights, load_onnx
 
 
@@ -16,10 +15,15 @@ from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized
 class SourceModel:
     path: Path
     model: onnx.ModelProto
-    info: dict  # its ffx metadata
+    info: dict  # its ffx metadata as read: what the converted model's metadata starts from
     sha256: str  # of the file: what manifests record as the input
     preprocess: Preprocess
     derived_sha256: str | None = None  # of `model` when calibration rewrote it in memory (--smooth-gelu)
+
+    @property
+    def metadata(self):
+        """Its ffx metadata (validated when the model was loaded) as a ModelMetadata."""
+        return ModelMetadata.unchecked(self.info)
 
     @property
     def model_sha256(self):
@@ -28,7 +32,7 @@ class SourceModel:
 
     @property
     def input_name(self):
-        return self.info.get("input_name") or self.model.graph.input[0].name
+        return self.metadata.input_name or self.model.graph.input[0].name
 
     @property
     def input_shape(self):
@@ -94,22 +98,21 @@ def load_source_model(path):
     info = onnx_metadata(model, path)
     if info is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
-    validate_metadata(info, path)
-    precision = info.get("precision", "fp32")
-    if precision != "fp32":
-        raise FfxError(f"{path}: is already {precision}; calibrate the FP32 model that `ffx export` wrote")
+    metadata = ModelMetadata.from_dict(info, path)
+    if metadata.precision not in (None, "fp32"):
+        raise FfxError(f"{path}: is already {metadata.precision}; calibrate the FP32 model that `ffx export` wrote")
     op_types = {node.op_type for node in model.graph.node}
     if op_types & {"QuantizeLinear", "DequantizeLinear"}:
         raise FfxError(f"{path}: already has Q/DQ nodes; calibrate the FP32 model that `ffx export` wrote")
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
         raise FfxError(f"{path}: already has float16 weights; convert the FP32 model that `ffx export` wrote")
-    if "preprocess" not in info:
+    if not metadata.has_preprocess:
         raise FfxError(f"{path}: its ffx metadata has no preprocessing; re-export it with `ffx export`")
     if len(model.graph.input) != 1:
         raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
-    check_input_size(model, info, path)
+    check_input_size(model, metadata, path)
     check_logits_output(model, path)
-    return SourceModel(path, model, info, digest, Preprocess.from_dict(info["preprocess"], path))
+    return SourceModel(path, model, info, digest, metadata.checked_preprocess(path))
 
 
 def output_paths(model_path, output, suffix, inputs=()):
@@ -130,10 +133,6 @@ def output_paths(model_path, output, suffix, inputs=()):
 def data_path(data):
     """The file or folder behind a data argument (a path, or an ImageDataset: its list file or folder)."""
     return getattr(data, "root", data)
-
-
-def manifest_bytes(manifest):
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
 def finish_model(model, source, precision, calibration):

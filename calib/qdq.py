@@ -23,6 +23,7 @@ from ffx.calib.outliers import correct_biases
 from ffx.calib.ranges import activation_threshold
 from ffx.calib.smoothing import SMOOTHING_ALPHA, SMOOTHING_SPREAD, smooth_post_gelu, unsmooth
 from ffx.calib.statistics import HISTOGRAM_BINS
+from ffx.calibration_manifest import CalibrationManifest, ManifestInput
 from ffx.datasets import print_warning
 from ffx.errors import FfxError, InvalidOption
 
@@ -95,27 +96,26 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
     method = options.method
     params = qdq_params(recipe, source, options, [layer.name for layer in kept], smoothed,
                         default_keep_fp=options.keep_fp is None)
-    manifest = {
-        "ffx_version": __version__,
-        "precision": recipe.precision,
-        "output": output.name,
-        "input": {"file": source.path.name, "sha256": source.sha256},
-        "params": params,
-        "preprocess": source.preprocess.to_dict(),
-        "data": {
+    manifest = CalibrationManifest(
+        ffx_version=__version__,
+        precision=recipe.precision,
+        output=output.name,
+        input=ManifestInput(source.path.name, source.sha256),
+        params=params,
+        preprocess=source.preprocess.to_dict(),
+        data={
             "path": images.data_path,
             "layout": images.dataset.layout,
             "labels": images.dataset.label_source,
             "available_images": len(images.dataset.items),
         },
-        "image_list_sha256": images.list_sha256,
-        "images": images.manifest_entries(),
-        "images_used": stats.images_used,
-        "skipped": stats.skipped,
-        "layers": [_layer_entry(layer, stats, thresholds, scales, recipe.precision) for layer in layers],
-    }
-    if keep_fp_search is not None:
-        manifest["keep_fp_search"] = keep_fp_search
+        image_list_sha256=images.list_sha256,
+        images=images.manifest_entries(),
+        images_used=stats.images_used,
+        skipped=stats.skipped,
+        layers=[_layer_entry(layer, stats, thresholds, scales, recipe.precision) for layer in layers],
+        keep_fp_search=keep_fp_search,
+    )
     calibration = {
         "method": method,
         "params": params,

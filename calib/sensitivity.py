@@ -197,7 +197,7 @@ def held_out_candidates(source, calibration, held_out_data=None):
     otherwise the rest of the calibration data set; never a calibration image."""
     if held_out_data is not None:
         dataset = held_out_data if isinstance(held_out_data, ImageDataset) else open_dataset(
-            held_out_data, class_names=source.info.get("class_names"), warn=None)
+            held_out_data, class_names=source.metadata.class_names, warn=None)
         where = str(held_out_data.root if isinstance(held_out_data, ImageDataset) else held_out_data)
     else:
         dataset, where = calibration.dataset, f"{calibration.data_path} {UNUSED_CALIBRATION_IMAGES}"

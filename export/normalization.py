@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from ffx.artifacts import check_output_path, sha256_bytes, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.limits import PARITY_ATOL, PARITY_RTOL
-from ffx.metadata import INPUT_SCALES, Preprocess, onnx_metadata, set_onnx_metadata, validate_metadata
+from ffx.metadata import INPUT_SCALES, ModelMetadata, onnx_metadata, set_onnx_metadata
 from ffx.onnx_file import load_external_weights, load_onnx
 
 
@@ -118,16 +118,14 @@ def fold_onnx_file(source, output, input_scale=1.0):
     model = load_onnx(source)  # refuses non-models and external data outside the model's folder
     load_external_weights(model, source)
     info = onnx_metadata(model, source)
-    if info is not None:
-        validate_metadata(info, source)
-    if info is None or "preprocess" not in info:
+    metadata = ModelMetadata.from_dict(info, source) if info is not None else None
+    if metadata is None or not metadata.has_preprocess:
         raise FfxError(f"{source}: has no ffx preprocessing metadata; export it with `ffx export` first")
-    if info.get("precision", "fp32") != "fp32":
-        raise FfxError(f"{source}: is {info['precision']}; fold the FP32 model, then calibrate the folded one")
+    if metadata.precision not in (None, "fp32"):
+        raise FfxError(f"{source}: is {metadata.precision}; fold the FP32 model, then calibrate the folded one")
     original = model.SerializeToString()
-    folded_preprocess = fold_normalization_into_graph(model, Preprocess.from_dict(info["preprocess"]), input_scale)
-    info = dict(info, preprocess=folded_preprocess.to_dict())
-    set_onnx_metadata(model, info)
+    folded_preprocess = fold_normalization_into_graph(model, metadata.checked_preprocess(), input_scale)
+    set_onnx_metadata(model, dict(metadata.to_dict(), preprocess=folded_preprocess.to_dict()))
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
 

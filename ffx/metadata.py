@@ -6,6 +6,7 @@ known), ``source_sha256``, ``ffx_version`` and, after calibration, ``precision``
 ``calibration``. Engines carry the same object inside their JSON sidecar.
 """
 
+import copy
 import dataclasses
 import functools
 import json
@@ -171,6 +172,98 @@ def validate_metadata(info, source="model"):
     return info
 
 
+@dataclasses.dataclass(frozen=True)
+class CalibrationEntry:
+    """The ``calibration`` object of a calibrated model's metadata, as `ffx calibrate` recorded it:
+    the manifest written beside the model (a bare file name), its sha256 and the input ONNX's.
+    Values are as recorded (None when absent): readers compare them with what they expect."""
+
+    method: object = None
+    manifest: object = None
+    manifest_sha256: object = None
+    input_sha256: object = None
+    image_list_sha256: object = None
+    images_used: object = None
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{field.name: d.get(field.name) for field in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata:
+    """The ``ffx`` metadata of a model (see the module's docstring), as typed fields.
+
+    `from_dict` validates (`validate_metadata`); `unchecked` takes the object as it is, for the
+    readers that never required valid metadata (finding a manifest, a source, a reusable graph):
+    its fields then hold what the file says, whatever its type, and `preprocess` only a valid one.
+    Absent optional fields are None. `to_dict` gives back the JSON object exactly as read, so a
+    file written from it is byte for byte the one it came from."""
+
+    format_version: object = METADATA_FORMAT_VERSION
+    arch: str | None = None
+    config: dict | None = None
+    num_classes: int | None = None
+    class_names: list | None = None
+    preprocess: Preprocess | None = None
+    preprocess_recorded: bool | None = None  # False: the ImageNet default was assumed at export
+    input_name: str | None = None
+    output_name: str | None = None
+    precision: str | None = None  # None: as exported (fp32)
+    source_sha256: str | None = None
+    weights: str | None = None  # which weights of the checkpoint ("model", "model_ema", ...)
+    source_file: str | None = None
+    ffx_version: str | None = None
+    calibration: CalibrationEntry | None = None
+    exporter: dict | None = None
+    data: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # the JSON object
+
+    @classmethod
+    def from_dict(cls, info, source="model"):
+        """The validated metadata of `info` (a parsed JSON object); FfxError naming `source` and the field."""
+        validate_metadata(info, source)
+        return cls.unchecked(info)
+
+    @classmethod
+    def unchecked(cls, info):
+        """The metadata `info` holds, not validated (None or {}: no metadata)."""
+        info = info or {}
+        try:
+            preprocess = Preprocess.from_dict(info["preprocess"]) if info.get("preprocess") is not None else None
+        except FfxError:
+            preprocess = None
+        calibration = info.get("calibration")
+        simple = ("arch", "config", "num_classes", "class_names", "preprocess_recorded", "input_name",
+                  "output_name", "precision", "source_sha256", "weights", "source_file", "ffx_version", "exporter")
+        return cls(**{name: info.get(name) for name in simple}, preprocess=preprocess,
+                   format_version=info.get("format_version", METADATA_FORMAT_VERSION),
+                   calibration=CalibrationEntry.from_dict(calibration) if isinstance(calibration, dict) else None,
+                   data=dict(info))
+
+    def to_dict(self):
+        """The JSON object, key for key as read (a copy)."""
+        return copy.deepcopy(self.data)
+
+    @property
+    def has_preprocess(self):
+        """Whether the metadata has a ``preprocess`` entry at all (`checked_preprocess` reads it)."""
+        return "preprocess" in self.data
+
+    def checked_preprocess(self, source="model"):
+        """The ``preprocess`` entry as a Preprocess; FfxError naming `source` when it is not one."""
+        return Preprocess.from_dict(self.data.get("preprocess"), source)
+
+    @property
+    def recorded_preprocess(self):
+        """The ``preprocess`` entry as recorded (a JSON object or None), for files that copy it."""
+        return copy.deepcopy(self.data.get("preprocess"))
+
+    @property
+    def depth(self):
+        """The transformer blocks its config records, or None."""
+        return (self.config or {}).get("depth")
+
+
 def metadata_problem(info, source="model"):
     """The one-line reason `info` is invalid, or None (for `ffx inspect`, which shows it anyway)."""
     try:
@@ -178,6 +271,48 @@ def metadata_problem(info, source="model"):
     except FfxError as e:
         return str(e)
     return None
+
+
+def describe_metadata(metadata, source, error=None):
+    """Readable lines for `ffx inspect` on the ffx metadata dict `metadata` as read (valid or not):
+    what is invalid is flagged, never a reason to stop; `error`: why it could not be read at all."""
+    if error:
+        return [f"ffx metadata: INVALID: {escape_text(error)}"]
+    if not metadata:
+        return ["ffx metadata: none (not exported by ffx)"]
+    shown = {k: v for k, v in metadata.items() if k not in ("class_names", "config", "preprocess", "calibration")}
+    lines = ["ffx metadata: " + ", ".join(f"{k} {_text(v)}" for k, v in sorted(shown.items()) if v is not None)]
+    problem = metadata_problem(metadata, source)
+    if problem:
+        lines.append(f"INVALID: {escape_text(problem)}")
+    p = metadata.get("preprocess")
+    if isinstance(p, dict):
+        lines.append(f"preprocess: resize {_text(p.get('resize'))} {_text(p.get('interpolation'))}, "
+                     f"crop {_text(p.get('input_size'))}, mean {_text(p.get('mean'))}, std {_text(p.get('std'))}"
+                     + (f" (folded into the model: it takes RGB in [0, {_text(p.get('input_scale', 1.0))}])"
+                        if p.get("normalization_folded") else ""))
+    names = metadata.get("class_names")
+    if isinstance(names, list) and names:
+        shown_names = ", ".join(_text(n) for n in names[:5])
+        lines.append(f"classes: {len(names)} ({shown_names}{', ...' if len(names) > 5 else ''})")
+    calibration = metadata.get("calibration")
+    if isinstance(calibration, dict):
+        lines.append("calibration: " + ", ".join(f"{k} {_text(v)}" for k, v in sorted(calibration.items())
+                                                 if not isinstance(v, (dict, list))))
+    return lines
+
+
+def _text(value, limit=80):
+    """A metadata value as plain text: lists and objects joined, control characters escaped, long ones cut."""
+    if isinstance(value, dict):
+        text = "(" + ", ".join(f"{k} {v}" for k, v in sorted(value.items())) + ")"
+    elif isinstance(value, (list, tuple)):
+        text = " x ".join(map(str, value)) if all(isinstance(v, int) for v in value) else ", ".join(
+            f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    else:
+        text = str(value)
+    text = escape_text(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def escape_text(text):
@@ -241,15 +376,15 @@ def read_onnx_metadata(path):
 
 
 def lineage_mismatch(candidate, reference):
-    """Why the model with ffx metadata `candidate` was not made from the weights behind `reference`
-    (the checkpoint's sha256 and the weights entry every ffx artefact carries on), or None when they
-    match or either does not say."""
-    made_from, source = candidate.get("source_sha256"), reference.get("source_sha256")
+    """Why the model with ffx metadata `candidate` (a ModelMetadata) was not made from the weights
+    behind `reference` (the checkpoint's sha256 and the weights entry every ffx artefact carries
+    on), or None when they match or either does not say."""
+    made_from, source = candidate.source_sha256, reference.source_sha256
     if not made_from or not source:
         return None
     if made_from != source:
         return f"made from a different checkpoint (sha256 {made_from[:12]}…, the reference's {source[:12]}…)"
-    weights, reference_weights = candidate.get("weights"), reference.get("weights")
+    weights, reference_weights = candidate.weights, reference.weights
     if weights and reference_weights and weights != reference_weights:
         return f"made from the checkpoint's {weights!r} weights, the reference from its {reference_weights!r}"
     return None

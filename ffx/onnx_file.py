@@ -78,10 +78,10 @@ def input_size_mismatch(model, input_size):
 
 
 def check_input_size(model, metadata, path):
-    """FfxError when the graph's input disagrees with the size its (validated) ffx `metadata`
-    preprocesses images to; nothing to check when the metadata has no preprocessing."""
-    preprocess = metadata.get("preprocess")
-    mismatch = preprocess and input_size_mismatch(model, preprocess["input_size"])
+    """FfxError when the graph's input disagrees with the size its ffx `metadata` (a validated
+    ModelMetadata) preprocesses images to; nothing to check when the metadata has no preprocessing."""
+    preprocess = metadata.preprocess
+    mismatch = preprocess and input_size_mismatch(model, preprocess.input_size)
     if mismatch:
         raise FfxError(f"{path}: {mismatch}")
 

@@ -59,9 +59,9 @@ def _random_input(runner, batch, seed):
     model with its normalization folded in takes RGB in [0, input_scale]."""
     rng = np.random.default_rng(seed)
     shape = (batch, *runner.input_shape)
-    preprocess = runner.metadata.get("preprocess") or {}
-    if preprocess.get("normalization_folded"):
-        return rng.uniform(0.0, float(preprocess.get("input_scale", 1.0)), shape).astype(np.float32)
+    preprocess = runner.metadata.preprocess
+    if preprocess is not None and preprocess.normalization_folded:
+        return rng.uniform(0.0, preprocess.input_scale, shape).astype(np.float32)
     return rng.standard_normal(shape, dtype=np.float32)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ffx import __version__
 from ffx.artifacts import sha256_bytes, sha256_file
+from ffx.calibration_manifest import CalibrationManifest
 from ffx.errors import FfxError
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists at most a few thousand images
@@ -24,41 +25,48 @@ def conversion_mismatch(path, source_path, precision, data, options):
     write now; else why not, in a few words ("it was made from another ONNX")."""
     from ffx.calib.model_io import load_source_model
     from ffx.calib.selection import choose_calibration_images
-    from ffx.metadata import onnx_metadata
+    from ffx.metadata import ModelMetadata, onnx_metadata
     from ffx.runtime.onnx_model import calibration_manifest_path, load_onnx
 
     path = Path(path)
     try:
-        metadata = onnx_metadata(load_onnx(path), path) or {}
+        metadata = ModelMetadata.unchecked(onnx_metadata(load_onnx(path), path))
     except FfxError:
         return "it is not a readable ONNX model"
-    calibration = metadata.get("calibration")
-    if metadata.get("precision") != precision or not isinstance(calibration, dict):
+    calibration = metadata.calibration
+    if metadata.precision != precision or calibration is None:
         return f"it is not an ffx {precision} conversion"
     manifest_path = calibration_manifest_path(path, metadata)
     if manifest_path is None or manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
         return "its manifest is missing"
     manifest_data = manifest_path.read_bytes()
-    if sha256_bytes(manifest_data) != calibration.get("manifest_sha256"):
+    if sha256_bytes(manifest_data) != calibration.manifest_sha256:
         return f"{manifest_path.name} is not the manifest it was written with"
-    try:
-        manifest = json.loads(manifest_data)
-        recorded_input = manifest["input"]["sha256"]
-    except (ValueError, TypeError, KeyError):
+    manifest = _parse_manifest(manifest_data)
+    if manifest is None or manifest.input is None or manifest.input.sha256 is None:
         return f"{manifest_path.name} is not a calibration manifest"
     source_sha256 = sha256_file(source_path)
-    if recorded_input != source_sha256 or calibration.get("input_sha256") != source_sha256:
+    if manifest.input.sha256 != source_sha256 or calibration.input_sha256 != source_sha256:
         return f"it was made from another ONNX than {Path(source_path).name}"
-    if manifest.get("ffx_version") != __version__:
-        return f"it was made by ffx {manifest.get('ffx_version')}, this is {__version__}"
+    if manifest.ffx_version != __version__:
+        return f"it was made by ffx {manifest.ffx_version}, this is {__version__}"
     source = load_source_model(source_path)
-    if manifest.get("params") != _expected_params(source, precision, data, options):
+    if manifest.params != _expected_params(source, precision, data, options):
         return "it was made with other calibration settings"
-    images = (choose_calibration_images(data, options.num_images, options.seed, source.info.get("class_names"), None)
+    images = (choose_calibration_images(data, options.num_images, options.seed, source.metadata.class_names, None)
               if data is not None else None)
-    if manifest.get("image_list_sha256") != (images.list_sha256 if images else None):
+    if manifest.image_list_sha256 != (images.list_sha256 if images else None):
         return "it was calibrated on other images"
     return None
+
+
+def _parse_manifest(data):
+    """The CalibrationManifest in `data` (the file's bytes), or None when they are no JSON object."""
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return None
+    return CalibrationManifest.from_dict(parsed) if isinstance(parsed, dict) else None
 
 
 def _expected_params(source, precision, data, options):

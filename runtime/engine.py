@@ -37,7 +37,7 @@ class EngineRunner(Runner):
             self.backend = "tensorrt"
         else:
             self.backend = self.sidecar.backend
-            self.metadata = dict(self.sidecar.metadata)
+            self.metadata = self.sidecar.model_metadata
             self.precision = self.sidecar.precision
             shapes = self.sidecar.profile
             self.input_shape = tuple(shapes.max[1:])

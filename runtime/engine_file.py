@@ -31,7 +31,7 @@ from ffx.runtime.sidecar import (
     ProfileRecord,
     sidecar_path,
 )
-from ffx.metadata import onnx_metadata, validate_metadata
+from ffx.metadata import ModelMetadata, onnx_metadata
 from ffx.onnx_file import check_input_size, check_logits_output
 
 
@@ -75,7 +75,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     options = options or BuildOptions()
     _check_build_request(onnx_path, output, options, precision, calib_data)
     model = load_onnx(onnx_path)
-    metadata = validate_metadata(onnx_metadata(model, onnx_path) or {}, onnx_path)
+    metadata = ModelMetadata.from_dict(onnx_metadata(model, onnx_path) or {}, onnx_path)
     check_input_size(model, metadata, onnx_path)  # else the sidecar would carry preprocessing the engine cannot take
     check_logits_output(model, onnx_path)
     graph = graph_precision(model)
@@ -97,7 +97,8 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     source = Path(calibrated) if calibrated else onnx_path
     if calibrated:
         model = load_onnx(source)
-        metadata = onnx_metadata(model) or metadata
+        recorded = onnx_metadata(model)  # written by the calibration above
+        metadata = ModelMetadata.unchecked(recorded) if recorded else metadata
         graph = graph_precision(model)
 
     engine_bytes, build = build_serialized_engine(source, options, backend=backend, progress=progress, verbose=verbose)
@@ -210,7 +211,7 @@ def _sidecar(output, engine_bytes, build, source, metadata, precision, gpu, note
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         built_on={"machine": platform.machine(), "system": platform.system()},
         ffx_version=__version__,
-        metadata=dict(metadata, precision=precision),
+        metadata=dict(metadata.to_dict(), precision=precision),
         notes=notes,
     )
 

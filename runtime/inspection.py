@@ -7,7 +7,7 @@ import onnx
 
 from ffx.artifacts import sha256_file
 from ffx.errors import BackendUnavailable, FfxError
-from ffx.metadata import metadata_problem, onnx_metadata
+from ffx.metadata import ModelMetadata, metadata_problem, onnx_metadata
 from ffx.onnx_file import input_size_mismatch
 from ffx.runtime.onnx_model import QDQ_OPS, calibration_manifest_path, graph_precision, load_onnx, op_histogram
 from ffx.runtime.runner import existing_model_kind
@@ -43,12 +43,13 @@ def inspect_onnx(path):
         parameters += count
     ops = op_histogram(model)
     try:
-        metadata, metadata_error = onnx_metadata(model, path), None
+        recorded, metadata_error = onnx_metadata(model, path), None
     except FfxError as e:  # inspect shows the graph anyway and flags the metadata
-        metadata, metadata_error = None, str(e)
+        recorded, metadata_error = None, str(e)
+    metadata = ModelMetadata.unchecked(recorded)
     input_mismatch = None
-    if metadata and not metadata_problem(metadata, path) and metadata.get("preprocess") and model.graph.input:
-        input_mismatch = input_size_mismatch(model, metadata["preprocess"]["input_size"])
+    if recorded and not metadata_problem(recorded, path) and metadata.preprocess and model.graph.input:
+        input_mismatch = input_size_mismatch(model, metadata.preprocess.input_size)
     manifest = calibration_manifest_path(path, metadata)
     return {
         "kind": "onnx",
@@ -68,7 +69,7 @@ def inspect_onnx(path):
         "initializer_dtypes": dict(dtypes),
         "parameters": parameters,
         "calibration_manifest": str(manifest) if manifest else None,
-        "metadata": metadata,
+        "metadata": recorded,
         "metadata_error": metadata_error,
         "input_mismatch": input_mismatch,
     }
@@ -156,7 +157,7 @@ def inspect_checkpoint(path):
         "config": runner.resolved.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights": runner.resolved.weights,
-        "metadata": runner.metadata,
+        "metadata": runner.metadata.to_dict(),
     }
 
 

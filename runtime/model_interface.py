@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from ffx.errors import FfxError
-from ffx.metadata import Preprocess, onnx_metadata, validate_metadata
+from ffx.metadata import ModelMetadata, onnx_metadata
 from ffx.onnx_file import check_input_size, check_logits_output
 from ffx.runtime.runner import existing_model_kind
 from ffx.runtime.sidecar import EngineSidecar, read_sidecar
@@ -37,14 +37,14 @@ class ModelInterface:
     max_batch: int | None  # the engine profile's largest batch; None for ONNX (no limit)
     precision: str
     class_names: list | None
-    metadata: dict
+    metadata: ModelMetadata
     sidecar: EngineSidecar | None = None  # engines only (validated)
 
     @property
     def preprocess(self):
-        if "preprocess" not in self.metadata:
+        if not self.metadata.has_preprocess:
             raise FfxError(f"{self.path}: carries no preprocessing metadata; export it with `ffx export`")
-        return Preprocess.from_dict(self.metadata["preprocess"])
+        return self.metadata.checked_preprocess()
 
 
 def read_model_interface(path):
@@ -65,11 +65,11 @@ def _onnx_interface(path):
     info = onnx_metadata(model, path)
     if info is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
-    validate_metadata(info, path)  # as every runner does: serve and deploy see only well-formed metadata
+    metadata = ModelMetadata.from_dict(info, path)  # as every runner does: serve and deploy see only well-formed metadata
     graph = model.graph
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise FfxError(f"{path}: expected one input and one output, found {len(graph.input)} and {len(graph.output)}")
-    check_input_size(model, info, path)
+    check_input_size(model, metadata, path)
     check_logits_output(model, path)
     input_dtype, input_dims = _tensor_type(path, graph.input[0])
     output_dtype, output_dims = _tensor_type(path, graph.output[0])
@@ -78,8 +78,8 @@ def _onnx_interface(path):
         input_name=graph.input[0].name, input_dtype=input_dtype, input_dims=input_dims,
         output_name=graph.output[0].name, output_dtype=output_dtype, output_dims=output_dims,
         min_batch=1, opt_batch=None, max_batch=None,
-        precision=info.get("precision") or graph_precision(model),
-        class_names=info.get("class_names"), metadata=info,
+        precision=metadata.precision or graph_precision(model),
+        class_names=metadata.class_names, metadata=metadata,
     )
 
 
@@ -96,15 +96,15 @@ def _tensor_type(path, value_info):
 
 def _engine_interface(path):
     sidecar = read_sidecar(path, required=True)  # every field checked by the reader
-    info, profile = sidecar.metadata, sidecar.profile
-    if not info.get("num_classes") or "preprocess" not in info:
+    metadata, profile = sidecar.model_metadata, sidecar.profile
+    if not metadata.num_classes or not metadata.has_preprocess:
         raise FfxError(f"{path}: its sidecar lacks the model's metadata; rebuild it with `ffx build-engine`")
-    outputs = sidecar.outputs or [info.get("output_name", "logits")]
+    outputs = sidecar.outputs or ["logits" if metadata.output_name is None else metadata.output_name]
     return ModelInterface(
         path=path, kind="engine",
-        input_name=profile.input or info.get("input_name", "images"),
+        input_name=profile.input or ("images" if metadata.input_name is None else metadata.input_name),
         input_dtype=sidecar.input_dtype, input_dims=tuple(profile.max[1:]),
-        output_name=outputs[0], output_dtype="float32", output_dims=(int(info["num_classes"]),),
+        output_name=outputs[0], output_dtype="float32", output_dims=(int(metadata.num_classes),),
         min_batch=int(profile.min[0]), opt_batch=int(profile.opt[0]), max_batch=int(profile.max[0]),
-        precision=sidecar.precision, class_names=info.get("class_names"), metadata=info, sidecar=sidecar,
+        precision=sidecar.precision, class_names=metadata.class_names, metadata=metadata, sidecar=sidecar,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from ffx.json_input import InvalidJson, read_json_file
+from ffx.calibration_manifest import CalibrationManifest
 from ffx.onnx_file import load_onnx  # noqa: F401  (runtime modules import it from here)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -45,11 +45,11 @@ def _has_float8_qdq(model):
 
 
 def calibration_manifest_path(onnx_path, metadata=None):
-    """The calibration manifest of a calibrated ONNX: the file its metadata names (`ffx calibrate`
-    writes `calibration.manifest`), else `model.int8.onnx` -> `model.int8.json`; None if neither exists."""
+    """The calibration manifest of a calibrated ONNX: the file its ModelMetadata `metadata` names
+    (`ffx calibrate` writes `calibration.manifest`), else `model.int8.onnx` -> `model.int8.json`;
+    None if neither exists."""
     onnx_path = Path(onnx_path)
-    calibration = (metadata or {}).get("calibration")
-    named = calibration.get("manifest") if isinstance(calibration, dict) else None
+    named = metadata.calibration.manifest if metadata is not None and metadata.calibration else None
     # A bare file name beside the model: metadata must not point ffx at other folders.
     beside = isinstance(named, str) and named != "" and Path(named).name == named
     candidates = ([onnx_path.parent / named] if beside else []) + [onnx_path.with_suffix(".json")]
@@ -59,31 +59,5 @@ def calibration_manifest_path(onnx_path, metadata=None):
 def read_calibration_images(manifest_path):
     """[(absolute path, sha256 or None)] of the images an `ffx calibrate` manifest lists (its
     `images` entries, with paths relative to `data.path`); [] when the file is not such a manifest."""
-    try:
-        manifest = read_json_file(manifest_path)
-    except (OSError, InvalidJson):
-        return []
-    if not isinstance(manifest, dict):
-        return []
-    base = Path(manifest_path).parent
-    data = manifest.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str):
-        base = base / data["path"]
-    entries = manifest.get("images")
-    images = []
-    for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-            resolved = _resolve(base, entry["path"])
-            if resolved is not None:
-                images.append((resolved, entry.get("sha256") if isinstance(entry.get("sha256"), str) else None))
-    return images
-
-
-def _resolve(base, path):
-    """`path` (relative to `base`) made absolute, or None for a path no file can have (a NUL
-    byte) or that loops through symlinks: a manifest is someone else's text."""
-    try:
-        path = Path(path)
-        return str((path if path.is_absolute() else base / path).resolve())
-    except (OSError, RuntimeError, ValueError):
-        return None
+    manifest = CalibrationManifest.read(manifest_path)
+    return manifest.image_files(manifest_path) if manifest is not None else []

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 
 from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime, reraise_onnxruntime
-from ffx.metadata import onnx_metadata, validate_metadata
+from ffx.metadata import ModelMetadata, onnx_metadata
 from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized_arithmetic
 from ffx.runtime.onnx_model import graph_precision, load_onnx
 from ffx.runtime.runner import ONNX_PROVIDERS, Runner
@@ -52,7 +52,7 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         self.int8_kernels = int8_kernels
         model = load_onnx(self.path)
-        self.metadata = validate_metadata(onnx_metadata(model, self.path) or {}, self.path)
+        self.metadata = ModelMetadata.from_dict(onnx_metadata(model, self.path) or {}, self.path)
         self.precision = graph_precision(model)
         graph_inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
         if len(graph_inputs) != 1:

@@ -5,6 +5,7 @@ export stage's `resolve_model`, exactly as `ffx export` builds it.
 """
 
 from ffx.errors import TORCH_CPU_INSTALL, BackendUnavailable, install_hint
+from ffx.metadata import ModelMetadata
 from ffx.runtime.runner import Runner
 
 
@@ -37,7 +38,7 @@ class CheckpointRunner(Runner):
         self._saved_threads = None
         self.resolved = resolve_model(arch, str(self.path), use_ema=ema)
         config = self.resolved.config
-        self.metadata = {
+        self.metadata = ModelMetadata.from_dict({
             "arch": self.resolved.arch,
             "config": config.to_dict(),
             "num_classes": config.num_classes,
@@ -46,7 +47,7 @@ class CheckpointRunner(Runner):
             "precision": "fp32",
             "weights": self.resolved.weights,
             "preprocess_recorded": self.resolved.preprocess_recorded,
-        }
+        }, self.path)
         self.input_shape = (config.in_chans, config.img_size, config.img_size)
         self.model = None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.errors import FfxError, MissingPreprocess
-from ffx.metadata import Preprocess, validate_metadata
+from ffx.metadata import ModelMetadata
 from ffx.runtime.sidecar import ENGINE_SUFFIXES
 
 ONNX_SUFFIXES = (".onnx",)
@@ -43,7 +43,7 @@ class Runner:
     def __init__(self, path):
         self.path = Path(path)
         self.precision = "fp32"
-        self.metadata = {}
+        self.metadata = ModelMetadata()  # what the model records about itself (empty: nothing)
         self.input_shape = None  # (C, H, W)
         self.min_batch = 1  # smallest batch one call can take; shorter batches are zero-padded
         self.max_batch = None  # largest batch one call can take; None = unlimited
@@ -63,21 +63,21 @@ class Runner:
 
     @property
     def preprocess(self):
-        if "preprocess" not in self.metadata:
+        if not self.metadata.has_preprocess:
             raise MissingPreprocess(
                 f"{self.path}: carries no preprocessing metadata; export it with `ffx export` or give its "
                 "preprocessing (input size, resize, interpolation, mean, std) as JSON"
             )
-        return Preprocess.from_dict(self.metadata["preprocess"], self.path)
+        return self.metadata.checked_preprocess(self.path)
 
     @property
     def class_names(self):
-        names = validate_metadata(self.metadata, self.path).get("class_names")
+        names = self.metadata.class_names
         return list(names) if names else None
 
     @property
     def num_classes(self):
-        return self.metadata.get("num_classes")
+        return self.metadata.num_classes
 
     # -- lifecycle -----------------------------------------------------------------------------
     def check_available(self):

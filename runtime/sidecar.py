@@ -24,7 +24,7 @@ from ffx.compute_capability import (
 )
 from ffx.errors import FfxError
 from ffx.json_input import InvalidJson, read_json_file
-from ffx.metadata import validate_metadata
+from ffx.metadata import ModelMetadata, validate_metadata
 
 SIDECAR_FORMAT = "ffx-engine-sidecar"
 # 2: builder.tf32 added; RTX sidecars list their targets explicitly. Version 1 is still read.
@@ -122,6 +122,11 @@ class EngineSidecar:
     def from_dict(cls, data, source="sidecar"):
         """Validate `data` (parsed JSON) and build the record; FfxError naming `source` and the field."""
         return _SidecarReader(source).read(data)
+
+    @property
+    def model_metadata(self):
+        """`metadata` (validated when the sidecar was read) as a ModelMetadata."""
+        return ModelMetadata.unchecked(self.metadata)
 
     @property
     def targets(self):

@@ -124,7 +124,7 @@ def write_preprocess_model(folder, interface, name, max_batch_size, queue_delay_
         path.write_bytes(data)
     (version / "model.py").write_text(MODEL_PY.format(version=__version__, output=interface.input_name,
                                                       image_input=IMAGE_INPUT))
-    settings = {"preprocess": interface.metadata["preprocess"], "output_name": interface.input_name,
+    settings = {"preprocess": interface.metadata.recorded_preprocess, "output_name": interface.input_name,
                 "dtype": interface.input_dtype, "ffx_version": __version__}
     (version / "preprocess.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     c, h, w = interface.input_dims

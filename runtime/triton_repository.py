@@ -161,7 +161,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
     for taken in names:
         if (repository / taken).exists():
             raise FfxError(f"{repository / taken}: already exists; choose another model name or remove it")
-    if image_input and "preprocess" not in interface.metadata:
+    if image_input and not interface.metadata.has_preprocess:
         raise FfxError(f"{interface.path.name} carries no preprocessing (not exported by ffx): --image-input "
                        "cannot know how to turn images into its input")
     max_batch_size, preferred = batch_settings(interface, max_batch)
@@ -186,7 +186,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
             triton_config_text(interface, name, max_batch_size, preferred, queue_delay_us, instances, labels))
         if labels:
             (staging / "labels.txt").write_text(labels_text(interface))
-        provenance = {"source": interface.path.name, "metadata": interface.metadata, "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
+        provenance = {"source": interface.path.name, "metadata": interface.metadata.to_dict(), "sidecar": interface.sidecar.to_dict() if interface.sidecar else None}
         (staging / "ffx.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
         (staging / "README.txt").write_text(readme_text(interface, name, repository, max_batch_size))
         if image_input:
@@ -223,7 +223,7 @@ def _deployment_warnings(interface):
 
 def readme_text(interface, name, repository, max_batch_size):
     c, h, w = (list(interface.input_dims) + [None, None, None])[:3]
-    preprocess = interface.metadata.get("preprocess", {})
+    preprocess = interface.metadata.recorded_preprocess or {}
     folded = preprocess.get("normalization_folded")
     scale = preprocess.get("input_scale", 1.0)
     if folded:

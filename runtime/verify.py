@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.artifacts import sha256_file
+from ffx.calibration_manifest import CalibrationManifest
 from ffx.errors import BackendUnavailable, FfxError, InvalidOption, MissingPreprocess
 from ffx.fidelity import paired_difference_ci, row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
@@ -258,9 +259,9 @@ def _open_runners(candidate, reference, found, provider, cuda_graph, threads, wa
     # A checkpoint reference is hashed once: for the lineage check, and to run the EMA weights
     # when the candidate was exported from this checkpoint's model_ema (as `ffx export --ema` does).
     reference_sha256 = (sha256_file(reference) if runner_kind(reference) == "checkpoint"
-                        and candidate_runner.metadata.get("source_sha256") else None)
-    ema = (reference_sha256 is not None and candidate_runner.metadata.get("weights") == "model_ema"
-           and candidate_runner.metadata["source_sha256"] == reference_sha256)
+                        and candidate_runner.metadata.source_sha256 else None)
+    ema = (reference_sha256 is not None and candidate_runner.metadata.weights == "model_ema"
+           and candidate_runner.metadata.source_sha256 == reference_sha256)
     reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads, ema=ema)
     if ema:
         warnings.append(f"{Path(reference).name}: running its model_ema weights, which {candidate_runner.name} was "
@@ -339,14 +340,14 @@ def _shared_preprocess(candidate, reference, warnings, given=None):
             raise FfxError(f"the given preprocessing makes {size} inputs but {runner.name} takes {tuple(runner.input_shape)}")
     if given is not None:
         return given, None
-    candidate_has = "preprocess" in candidate.metadata
-    reference_has = "preprocess" in reference.metadata
+    candidate_has = candidate.metadata.has_preprocess
+    reference_has = reference.metadata.has_preprocess
     if not candidate_has and not reference_has:
         raise MissingPreprocess("neither model carries preprocessing metadata; export them with `ffx export` or give the "
                                 "preprocessing (input size, resize, interpolation, mean, std) as JSON")
     chosen = candidate if candidate_has else reference
-    if all(runner.metadata.get("preprocess_recorded") is False for runner in (candidate, reference)
-           if "preprocess" in runner.metadata):
+    if all(runner.metadata.preprocess_recorded is False for runner in (candidate, reference)
+           if runner.metadata.has_preprocess):
         warnings.append("the preprocessing both models carry was assumed at export (the ImageNet default), "
                         "not recorded with the trained weights: a mismatch with training would go unnoticed")
     if (candidate_has and reference_has and candidate.preprocess != reference.preprocess
@@ -367,10 +368,10 @@ def _shared_preprocess(candidate, reference, warnings, given=None):
 def _lineage(candidate, reference, reference_sha256=None):
     """Why the candidate was not made from the reference's weights, or None (see lineage_mismatch);
     `reference_sha256`: the hash of a checkpoint reference (its metadata has none)."""
-    reference_info = reference.metadata
-    if reference_sha256 and "source_sha256" not in reference_info:
-        reference_info = dict(reference_info, source_sha256=reference_sha256)
-    return lineage_mismatch(candidate.metadata, reference_info)
+    reference_metadata = reference.metadata
+    if reference_sha256 and reference_metadata.source_sha256 is None:
+        reference_metadata = dataclasses.replace(reference_metadata, source_sha256=reference_sha256)
+    return lineage_mismatch(candidate.metadata, reference_metadata)
 
 
 def _network_input_range(preprocess):
@@ -383,7 +384,7 @@ def find_reference(candidate):
     calibrated (INT8/FP16) ONNX's manifest names the FP32 ONNX it was made from. Each step's sha256
     is checked, so a file replaced since is not taken for the source. FfxError (one line) when
     the chain breaks."""
-    from ffx.metadata import onnx_metadata
+    from ffx.metadata import ModelMetadata, onnx_metadata
     from ffx.runtime.onnx_model import load_onnx
 
     candidate = Path(candidate)
@@ -399,12 +400,12 @@ def find_reference(candidate):
         steps.append(f"{candidate.name} was built from {path.name}")
     elif runner_kind(candidate) != "onnx":
         raise FfxError(f"{candidate}: a checkpoint is a reference itself; give --reference")
-    metadata = onnx_metadata(load_onnx(path), path) or {}
-    if metadata.get("precision", "fp32") != "fp32":
+    metadata = ModelMetadata.unchecked(onnx_metadata(load_onnx(path), path))
+    if metadata.precision not in (None, "fp32"):
         manifest_path = calibration_manifest_path(path, metadata)
         manifest = _read_manifest(manifest_path, path)
-        source = path.parent / Path(str(manifest.get("input", {}).get("file", ""))).name
-        _check_recorded(source, manifest["input"].get("sha256"), manifest_path.name)
+        source = path.parent / Path(str(manifest.input.file)).name
+        _check_recorded(source, manifest.input.sha256, manifest_path.name)
         steps.append(f"{path.name} was calibrated from {source.name} ({manifest_path.name})")
         path = source
     elif path == candidate:
@@ -426,10 +427,12 @@ def _read_manifest(manifest_path, model_path):
     if manifest_path is None:
         raise FfxError(f"{model_path}: no calibration manifest beside it to find its FP32 source in; give --reference")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        manifest["input"]["file"], manifest["input"]["sha256"]
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-        raise FfxError(f"{manifest_path}: not a calibration manifest (no input file and sha256); give --reference") from None
+        data = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    manifest = CalibrationManifest.from_dict(data) if isinstance(data, dict) else None
+    if manifest is None or manifest.input is None or manifest.input.file is None or manifest.input.sha256 is None:
+        raise FfxError(f"{manifest_path}: not a calibration manifest (no input file and sha256); give --reference")
     return manifest
 
 
@@ -440,9 +443,9 @@ def calibration_images_of(model_path):
     manifest = None
     if kind == "onnx":
         from ffx.runtime.onnx_model import load_onnx
-        from ffx.metadata import onnx_metadata
+        from ffx.metadata import ModelMetadata, onnx_metadata
 
-        manifest = calibration_manifest_path(model_path, onnx_metadata(load_onnx(model_path)))
+        manifest = calibration_manifest_path(model_path, ModelMetadata.unchecked(onnx_metadata(load_onnx(model_path))))
     elif kind == "engine":
         sidecar = read_sidecar(model_path)
         if sidecar is not None:

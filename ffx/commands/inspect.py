@@ -3,7 +3,7 @@ from pathlib import Path
 import click
 
 from ffx.cli import InputPath, print_json
-from ffx.metadata import escape_text, metadata_problem
+from ffx.metadata import describe_metadata, escape_text
 
 
 @click.command("inspect")
@@ -53,47 +53,6 @@ def command(path, no_load, layers, gpus, as_json):
                    "`--gpu CC` says what a GPU runs")
 
 
-def _metadata_lines(metadata, source, error=None):
-    """Readable lines for the ffx metadata; what is invalid is flagged, never a reason to stop."""
-    if error:
-        return [f"ffx metadata: INVALID: {escape_text(error)}"]
-    if not metadata:
-        return ["ffx metadata: none (not exported by ffx)"]
-    shown = {k: v for k, v in metadata.items() if k not in ("class_names", "config", "preprocess", "calibration")}
-    lines = ["ffx metadata: " + ", ".join(f"{k} {_text(v)}" for k, v in sorted(shown.items()) if v is not None)]
-    problem = metadata_problem(metadata, source)
-    if problem:
-        lines.append(f"INVALID: {escape_text(problem)}")
-    p = metadata.get("preprocess")
-    if isinstance(p, dict):
-        lines.append(f"preprocess: resize {_text(p.get('resize'))} {_text(p.get('interpolation'))}, "
-                     f"crop {_text(p.get('input_size'))}, mean {_text(p.get('mean'))}, std {_text(p.get('std'))}"
-                     + (f" (folded into the model: it takes RGB in [0, {_text(p.get('input_scale', 1.0))}])"
-                        if p.get("normalization_folded") else ""))
-    names = metadata.get("class_names")
-    if isinstance(names, list) and names:
-        shown_names = ", ".join(_text(n) for n in names[:5])
-        lines.append(f"classes: {len(names)} ({shown_names}{', ...' if len(names) > 5 else ''})")
-    calibration = metadata.get("calibration")
-    if isinstance(calibration, dict):
-        lines.append("calibration: " + ", ".join(f"{k} {_text(v)}" for k, v in sorted(calibration.items())
-                                                 if not isinstance(v, (dict, list))))
-    return lines
-
-
-def _text(value, limit=80):
-    """A metadata value as plain text: lists and objects joined, control characters escaped, long ones cut."""
-    if isinstance(value, dict):
-        text = "(" + ", ".join(f"{k} {v}" for k, v in sorted(value.items())) + ")"
-    elif isinstance(value, (list, tuple)):
-        text = " x ".join(map(str, value)) if all(isinstance(v, int) for v in value) else ", ".join(
-            f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    else:
-        text = str(value)
-    text = escape_text(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _print_onnx(info, _layers):
     opsets = ", ".join(f"{domain} {version}" for domain, version in info["opset"].items())
     click.echo(f"{info['path']}: ONNX, {info['bytes'] / (1 << 20):.1f} MiB, {info['precision']}, "
@@ -108,7 +67,7 @@ def _print_onnx(info, _layers):
     click.echo("initializers: " + ", ".join(f"{dtype} {n}" for dtype, n in info["initializer_dtypes"].items()))
     if info["calibration_manifest"]:
         click.echo(f"calibration manifest: {info['calibration_manifest']}")
-    for line in _metadata_lines(info["metadata"], info["path"], info.get("metadata_error")):
+    for line in describe_metadata(info["metadata"], info["path"], info.get("metadata_error")):
         click.echo(line)
     if info["input_mismatch"]:
         click.echo(f"INVALID: {info['input_mismatch']}")
@@ -141,7 +100,7 @@ def _print_engine(info, layers):
             click.echo(f"WARNING: the engine itself lists compute capability {', '.join(info['engine_targets'])}, "
                        f"the sidecar {', '.join(sidecar.targets)}")
         click.echo(f"on this machine: {info['compatibility']}")
-        for line in _metadata_lines(sidecar.metadata, info["sidecar_file"]):
+        for line in describe_metadata(sidecar.metadata, info["sidecar_file"]):
             click.echo(line)
     if info["layers"] is not None:
         entries = info["layers"].get("Layers", [])
@@ -161,5 +120,5 @@ def _print_checkpoint(info, _layers):
                f"weights from {info['weights']}")
     config = info["config"]
     click.echo("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
-    for line in _metadata_lines(info["metadata"], info["path"]):
+    for line in describe_metadata(info["metadata"], info["path"]):
         click.echo(line)
