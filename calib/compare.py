@@ -16,8 +16,8 @@ from ffx.calib.model_io import cpu_session, load_source_model, with_outputs
 from ffx.datasets import load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db
-from ffx.metadata import ModelMetadata, lineage_mismatch, onnx_metadata
-from ffx.onnx_file import check_input_size, check_logits_output, load_external_weights, load_onnx
+from ffx.metadata import lineage_mismatch
+from ffx.model_file import open_onnx
 
 DEFAULT_IMAGES = 200
 BATCH = 50
@@ -74,7 +74,9 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
         LayerwiseComparison, input to output.
     """
     source = load_source_model(reference_path)
-    candidate, candidate_metadata = _load_candidate(candidate_path)
+    candidate_file = open_onnx(candidate_path, weights=True)
+    candidate, candidate_metadata = candidate_file.graph, candidate_file.metadata  # empty without
+    candidate_file.check_graph()  # as every model ffx reads
     points = residual_points(source.model, source.info)
     candidate_tensors = {out for node in candidate.graph.node for out in node.output}
     candidate_tensors.update(value.name for value in candidate.graph.output)
@@ -123,17 +125,6 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
         ))
         previous = relative
     return LayerwiseComparison(str(reference_path), str(candidate_path), count, round(100 * agreeing / count, 4), rows)
-
-
-def _load_candidate(path):
-    """(the converted model with its weights, its ModelMetadata (empty without)), external data and metadata
-    checked as every model ffx reads."""
-    model = load_onnx(path)
-    load_external_weights(model, path)
-    metadata = ModelMetadata.from_dict(onnx_metadata(model, path) or {}, path)
-    check_input_size(model, metadata, path)
-    check_logits_output(model, path)
-    return model, metadata
 
 
 def _run(session, tensors, images):

@@ -7,8 +7,9 @@ import onnx
 
 from ffx.artifacts import atomic_outputs, check_output_path, sha256_bytes, sha256_file, written_together
 from ffx.errors import FfxError, reraise_onnxruntime
-from ffx.metadata import ModelMetadata, Preprocess, onnx_metadata, set_onnx_metadata
-from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized_arithmetic, load_external_weights, load_onnx
+from ffx.metadata import ModelMetadata, Preprocess, set_onnx_metadata
+from ffx.model_file import open_onnx
+from ffx.onnx_file import exact_quantized_arithmetic
 
 
 @dataclasses.dataclass
@@ -89,16 +90,13 @@ def load_source_model(path):
     path = Path(path)
     if not path.is_file():
         raise FfxError(f"{path}: no such file")
-    model = load_onnx(path)  # checks that external data stays inside the model's folder
     # Calibration runs sessions from the model in memory: bring the weights in with it.
-    if load_external_weights(model, path):
-        digest = sha256_bytes(model.SerializeToString())
-    else:
-        digest = sha256_file(path)
-    info = onnx_metadata(model, path)
+    model_file = open_onnx(path, weights=True)
+    model, info = model_file.graph, model_file.recorded
+    digest = sha256_bytes(model.SerializeToString()) if model_file.external_weights else sha256_file(path)
     if info is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
-    metadata = ModelMetadata.from_dict(info, path)
+    metadata = model_file.metadata
     if metadata.precision not in (None, "fp32"):
         raise FfxError(f"{path}: is already {metadata.precision}; calibrate the FP32 model that `ffx export` wrote")
     op_types = {node.op_type for node in model.graph.node}
@@ -110,8 +108,7 @@ def load_source_model(path):
         raise FfxError(f"{path}: its ffx metadata has no preprocessing; re-export it with `ffx export`")
     if len(model.graph.input) != 1:
         raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
-    check_input_size(model, metadata, path)
-    check_logits_output(model, path)
+    model_file.check_graph()
     return SourceModel(path, model, info, digest, metadata.checked_preprocess(path))
 
 

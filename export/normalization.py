@@ -22,8 +22,8 @@ from onnx import numpy_helper
 from ffx.artifacts import check_output_path, sha256_bytes, write_bytes_atomic
 from ffx.errors import FfxError, GateFailed
 from ffx.export.limits import PARITY_ATOL, PARITY_RTOL
-from ffx.metadata import INPUT_SCALES, ModelMetadata, onnx_metadata, set_onnx_metadata
-from ffx.onnx_file import load_external_weights, load_onnx
+from ffx.metadata import INPUT_SCALES, set_onnx_metadata
+from ffx.model_file import open_onnx
 
 
 def fold_normalization_into_graph(model, preprocess, input_scale=1.0):
@@ -115,10 +115,9 @@ def fold_onnx_file(source, output, input_scale=1.0):
     started = time.perf_counter()
     source = Path(source)
     check_output_path(output, [source])
-    model = load_onnx(source)  # refuses non-models and external data outside the model's folder
-    load_external_weights(model, source)
-    info = onnx_metadata(model, source)
-    metadata = ModelMetadata.from_dict(info, source) if info is not None else None
+    model_file = open_onnx(source, weights=True)  # refuses non-models and external data outside the model's folder
+    model = model_file.graph
+    metadata = model_file.metadata if model_file.recorded is not None else None
     if metadata is None or not metadata.has_preprocess:
         raise FfxError(f"{source}: has no ffx preprocessing metadata; export it with `ffx export` first")
     if metadata.precision not in (None, "fp32"):

@@ -106,3 +106,15 @@ def _resolve(base, path):
         return str((path if path.is_absolute() else base / path).resolve())
     except (OSError, RuntimeError, ValueError):
         return None
+
+
+def calibration_manifest_path(onnx_path, metadata=None):
+    """The calibration manifest of a calibrated ONNX: the file its ModelMetadata `metadata` names
+    (`ffx calibrate` writes `calibration.manifest`), else `model.int8.onnx` -> `model.int8.json`;
+    None if neither exists."""
+    onnx_path = Path(onnx_path)
+    named = metadata.calibration.manifest if metadata is not None and metadata.calibration else None
+    # A bare file name beside the model: metadata must not point ffx at other folders.
+    beside = isinstance(named, str) and named != "" and Path(named).name == named
+    candidates = ([onnx_path.parent / named] if beside else []) + [onnx_path.with_suffix(".json")]
+    return next((candidate for candidate in candidates if candidate.is_file()), None)

@@ -26,7 +26,8 @@ def conversion_mismatch(path, source_path, precision, data, options):
     from ffx.calib.model_io import load_source_model
     from ffx.calib.selection import choose_calibration_images
     from ffx.metadata import ModelMetadata, onnx_metadata
-    from ffx.runtime.onnx_model import calibration_manifest_path, load_onnx
+    from ffx.calibration_manifest import calibration_manifest_path
+    from ffx.runtime.onnx_model import load_onnx
 
     path = Path(path)
     try:

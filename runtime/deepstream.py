@@ -23,9 +23,9 @@ import numpy as np
 from ffx.artifacts import atomic_outputs, check_output_path, output_target
 from ffx.errors import FfxError
 from ffx.metadata import escape_text
+from ffx.model_file import recorded_file
 from ffx.onnx_file import external_data_files
 from ffx.runtime.model_interface import read_model_interface
-from ffx.runtime.sidecar import recorded_file
 
 # nvinfer's network-mode values. It has none for FP8 (its config parser takes 0 FP32, 1 INT8, 2 FP16):
 # an FP8 graph or engine gets 2, which matters only when nvinfer builds an engine itself (see _warnings).

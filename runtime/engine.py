@@ -9,6 +9,7 @@ engine is deserialized, so a wrong-machine engine fails with one sentence, not a
 
 from ffx.errors import FfxError
 from ffx.runtime.cuda import GRAPHS_NEED_CUDA_PYTHON
+from ffx.model_file import ModelFile
 from ffx.runtime.runner import Runner
 from ffx.runtime.sidecar import compatibility_problem, read_sidecar
 
@@ -17,7 +18,8 @@ class EngineRunner(Runner):
     """A TensorRT or TensorRT-RTX engine on a CUDA GPU.
 
     Args:
-        path: the plan file; its sidecar (PATH.json) is checked against this machine first.
+        path: the plan file (or its ModelFile, its sidecar read); its sidecar (PATH.json) is checked
+            against this machine first.
         cuda_graph: replay each input shape's calls as a CUDA graph (full TensorRT: through
             cuda-python; TensorRT-RTX: its own capture).
         cuda_library: host-device buffers through pycuda, cuda-python or auto.
@@ -28,7 +30,9 @@ class EngineRunner(Runner):
 
     def __init__(self, path, cuda_graph=False, cuda_library="auto", check_compatibility=True):
         super().__init__(path)
-        self.sidecar = read_sidecar(self.path)
+        if not isinstance(path, ModelFile):
+            self.model_file = ModelFile(self.path, "engine", sidecar=read_sidecar(self.path))
+        self.sidecar = self.model_file.sidecar
         self.cuda_graph = cuda_graph
         self.cuda_library = cuda_library
         self.check_compatibility = check_compatibility

@@ -20,7 +20,8 @@ from ffx.artifacts import atomic_outputs, check_output_path, sha256_bytes, sha25
 from ffx.compute_capability import RTX_DEFAULT_TARGETS
 from ffx.errors import FfxError, InvalidOption
 from ffx.gpu_precisions import fp8_refusal, gpu_precisions, supports_fp8
-from ffx.runtime.onnx_model import calibration_manifest_path, graph_precision, load_onnx
+from ffx.calibration_manifest import calibration_manifest_path
+from ffx.runtime.onnx_model import graph_precision
 from ffx.runtime.sidecar import (
     ENGINE_SUFFIXES,
     BuilderRecord,
@@ -31,8 +32,7 @@ from ffx.runtime.sidecar import (
     ProfileRecord,
     sidecar_path,
 )
-from ffx.metadata import ModelMetadata, onnx_metadata
-from ffx.onnx_file import check_input_size, check_logits_output
+from ffx.model_file import open_onnx
 
 
 @dataclasses.dataclass
@@ -74,11 +74,10 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     onnx_path, output = Path(onnx_path), Path(output)
     options = options or BuildOptions()
     _check_build_request(onnx_path, output, options, precision, calib_data)
-    model = load_onnx(onnx_path)
-    metadata = ModelMetadata.from_dict(onnx_metadata(model, onnx_path) or {}, onnx_path)
-    check_input_size(model, metadata, onnx_path)  # else the sidecar would carry preprocessing the engine cannot take
-    check_logits_output(model, onnx_path)
-    graph = graph_precision(model)
+    model_file = open_onnx(onnx_path)
+    metadata = model_file.metadata
+    model_file.check_graph()  # else the sidecar would carry preprocessing the engine cannot take
+    graph = graph_precision(model_file.graph)
     backend = available_backend(backend)  # fail before a long calibration if TensorRT is missing
     gpu = current_gpu()
     options = options.with_current_gpu(gpu.compute_capability if gpu else None)
@@ -96,10 +95,9 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
 
     source = Path(calibrated) if calibrated else onnx_path
     if calibrated:
-        model = load_onnx(source)
-        recorded = onnx_metadata(model)  # written by the calibration above
-        metadata = ModelMetadata.unchecked(recorded) if recorded else metadata
-        graph = graph_precision(model)
+        calibrated_file = open_onnx(source)  # written (or reused) by the calibration above
+        metadata = calibrated_file.unchecked_metadata if calibrated_file.recorded else metadata
+        graph = graph_precision(calibrated_file.graph)
 
     engine_bytes, build = build_serialized_engine(source, options, backend=backend, progress=progress, verbose=verbose)
     notes.extend(build.notes)

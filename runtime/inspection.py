@@ -9,7 +9,8 @@ from ffx.artifacts import sha256_file
 from ffx.errors import BackendUnavailable, FfxError
 from ffx.metadata import ModelMetadata, metadata_problem, onnx_metadata
 from ffx.onnx_file import input_size_mismatch
-from ffx.runtime.onnx_model import QDQ_OPS, calibration_manifest_path, graph_precision, load_onnx, op_histogram
+from ffx.calibration_manifest import calibration_manifest_path
+from ffx.runtime.onnx_model import QDQ_OPS, graph_precision, load_onnx, op_histogram
 from ffx.runtime.runner import existing_model_kind
 from ffx.runtime.sidecar import compatibility_problem, read_sidecar, sidecar_path
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import onnx
 
 from ffx.errors import FfxError
-from ffx.metadata import ModelMetadata, onnx_metadata
-from ffx.onnx_file import check_input_size, check_logits_output
-from ffx.runtime.runner import existing_model_kind
-from ffx.runtime.sidecar import EngineSidecar, read_sidecar
+from ffx.metadata import ModelMetadata
+from ffx.runtime.runner import open_model
+from ffx.runtime.sidecar import EngineSidecar, missing_sidecar
 
 # ONNX element types ffx graphs use at their inputs and outputs -> numpy dtype names.
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
@@ -48,29 +47,27 @@ class ModelInterface:
 
 
 def read_model_interface(path):
-    """The ModelInterface of an ffx ONNX or an engine with its sidecar; FfxError otherwise."""
-    path = Path(path)
-    kind = existing_model_kind(path)
-    if kind == "onnx":
-        return _onnx_interface(path)
-    if kind == "engine":
-        return _engine_interface(path)
-    raise FfxError(f"{path}: is a checkpoint; export it with `ffx export` (and build an engine) first")
+    """The ModelInterface of an ffx ONNX or an engine with its sidecar (a path, or its ModelFile
+    from `open_model`); FfxError otherwise."""
+    model_file = open_model(path)
+    if model_file.kind == "onnx":
+        return _onnx_interface(model_file)
+    if model_file.kind == "engine":
+        return _engine_interface(model_file)
+    raise FfxError(f"{model_file.path}: is a checkpoint; export it with `ffx export` (and build an engine) first")
 
 
-def _onnx_interface(path):
-    from ffx.runtime.onnx_model import graph_precision, load_onnx
+def _onnx_interface(model_file):
+    from ffx.runtime.onnx_model import graph_precision
 
-    model = load_onnx(path)
-    info = onnx_metadata(model, path)
-    if info is None:
+    path, model = model_file.path, model_file.graph
+    if model_file.recorded is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
-    metadata = ModelMetadata.from_dict(info, path)  # as every runner does: serve and deploy see only well-formed metadata
+    metadata = model_file.metadata  # as every runner does: serve and deploy see only well-formed metadata
     graph = model.graph
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise FfxError(f"{path}: expected one input and one output, found {len(graph.input)} and {len(graph.output)}")
-    check_input_size(model, metadata, path)
-    check_logits_output(model, path)
+    model_file.check_graph()
     input_dtype, input_dims = _tensor_type(path, graph.input[0])
     output_dtype, output_dims = _tensor_type(path, graph.output[0])
     return ModelInterface(
@@ -94,8 +91,10 @@ def _tensor_type(path, value_info):
     return dtype, tuple(d.dim_value for d in dims[1:])
 
 
-def _engine_interface(path):
-    sidecar = read_sidecar(path, required=True)  # every field checked by the reader
+def _engine_interface(model_file):
+    path, sidecar = model_file.path, model_file.sidecar  # every field checked by the reader
+    if sidecar is None:
+        raise missing_sidecar(path)
     metadata, profile = sidecar.model_metadata, sidecar.profile
     if not metadata.num_classes or not metadata.has_preprocess:
         raise FfxError(f"{path}: its sidecar lacks the model's metadata; rebuild it with `ffx build-engine`")

@@ -1,12 +1,10 @@
-"""What an ONNX file is, read from the graph itself: precision, Q/DQ count, op histogram, and
-the calibration manifest that came with a Q/DQ model."""
+"""What an ONNX file is, read from the graph itself: precision, Q/DQ count, op histogram. (The
+calibration manifest that came with a Q/DQ model: ffx.calibration_manifest, ffx.model_file.)"""
 
 import collections
-from pathlib import Path
 
 import onnx
 
-from ffx.calibration_manifest import CalibrationManifest
 from ffx.onnx_file import load_onnx  # noqa: F401  (runtime modules import it from here)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -43,21 +41,3 @@ def _has_float8_qdq(model):
             float8.update(node.output)
     return any(node.op_type in QDQ_OPS and len(node.input) > 2 and node.input[2] in float8 for node in model.graph.node)
 
-
-def calibration_manifest_path(onnx_path, metadata=None):
-    """The calibration manifest of a calibrated ONNX: the file its ModelMetadata `metadata` names
-    (`ffx calibrate` writes `calibration.manifest`), else `model.int8.onnx` -> `model.int8.json`;
-    None if neither exists."""
-    onnx_path = Path(onnx_path)
-    named = metadata.calibration.manifest if metadata is not None and metadata.calibration else None
-    # A bare file name beside the model: metadata must not point ffx at other folders.
-    beside = isinstance(named, str) and named != "" and Path(named).name == named
-    candidates = ([onnx_path.parent / named] if beside else []) + [onnx_path.with_suffix(".json")]
-    return next((candidate for candidate in candidates if candidate.is_file()), None)
-
-
-def read_calibration_images(manifest_path):
-    """[(absolute path, sha256 or None)] of the images an `ffx calibrate` manifest lists (its
-    `images` entries, with paths relative to `data.path`); [] when the file is not such a manifest."""
-    manifest = CalibrationManifest.read(manifest_path)
-    return manifest.image_files(manifest_path) if manifest is not None else []

@@ -5,9 +5,9 @@ import numpy as np
 import onnx
 
 from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime, reraise_onnxruntime
-from ffx.metadata import ModelMetadata, onnx_metadata
-from ffx.onnx_file import check_input_size, check_logits_output, exact_quantized_arithmetic
-from ffx.runtime.onnx_model import graph_precision, load_onnx
+from ffx.model_file import ModelFile, open_onnx
+from ffx.onnx_file import exact_quantized_arithmetic
+from ffx.runtime.onnx_model import graph_precision
 from ffx.runtime.runner import ONNX_PROVIDERS, Runner
 
 _PROVIDER_NAMES = {
@@ -34,7 +34,7 @@ class OnnxRuntimeRunner(Runner):
     """An ONNX model in ONNX Runtime.
 
     Args:
-        path: the .onnx file.
+        path: the .onnx file, or its ModelFile when already opened.
         provider: execution provider: cpu, cuda or tensorrt (ONNX_PROVIDERS).
         threads: intra-op threads (None: onnxruntime's default).
         int8_kernels: on the CPU, run Q/DQ through onnxruntime's fused int8 kernels (what an
@@ -51,8 +51,9 @@ class OnnxRuntimeRunner(Runner):
         self.provider = provider
         self.threads = threads
         self.int8_kernels = int8_kernels
-        model = load_onnx(self.path)
-        self.metadata = ModelMetadata.from_dict(onnx_metadata(model, self.path) or {}, self.path)
+        model_file = path if isinstance(path, ModelFile) else open_onnx(self.path)
+        model = model_file.graph
+        self.metadata = model_file.metadata
         self.precision = graph_precision(model)
         graph_inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
         if len(graph_inputs) != 1:
@@ -64,11 +65,12 @@ class OnnxRuntimeRunner(Runner):
         if any(v is None for v in shape[1:]):
             raise FfxError(f"{self.path}: only the batch dimension may be dynamic")
         self.input_shape = tuple(shape[1:])
-        check_input_size(model, self.metadata, self.path)
+        model_file.check_input_size()
         self.fixed_batch = shape[0]
         self.input_name = graph_inputs[0].name
         self.input_dtype = _input_dtype(graph_inputs[0], self.path)
-        check_logits_output(model, self.path)
+        model_file.check_logits_output()
+        self.model_file = model_file.without_graph()  # the session reads the file itself
         self.session = None
         if self.provider != "cpu":
             self.backend = f"onnxruntime-{self.provider}"

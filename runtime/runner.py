@@ -17,7 +17,8 @@ import numpy as np
 
 from ffx.errors import FfxError, MissingPreprocess
 from ffx.metadata import ModelMetadata
-from ffx.runtime.sidecar import ENGINE_SUFFIXES
+from ffx.model_file import ModelFile, open_onnx
+from ffx.runtime.sidecar import ENGINE_SUFFIXES, read_sidecar
 
 ONNX_SUFFIXES = (".onnx",)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
@@ -41,7 +42,10 @@ class Runner:
     supports_phase_timing = False  # True: setting `phase_timing` fills `last_phases_ms` per call
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = path.path if isinstance(path, ModelFile) else Path(path)
+        # The file as opened (graph, metadata, sidecar, manifest: ONNX and engine runners), for
+        # callers that read more of it; None when the runner did not open it as a ModelFile.
+        self.model_file = path if isinstance(path, ModelFile) else None
         self.precision = "fp32"
         self.metadata = ModelMetadata()  # what the model records about itself (empty: nothing)
         self.input_shape = None  # (C, H, W)
@@ -179,14 +183,30 @@ def existing_model_kind(path):
     return kind
 
 
-def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = False, cuda_library: str = "auto",
+def open_model(path):
+    """The ModelFile of a model file ffx reads, opened once (a ModelFile given is returned as it
+    is): an ONNX's graph and ffx metadata (ffx.model_file.open_onnx), an engine's sidecar (None when
+    it has none), a checkpoint's path (its runner loads it, with torch). FfxError for a missing
+    file or an unknown type; what the file holds is checked as each reader always has."""
+    if isinstance(path, ModelFile):
+        return path
+    path = Path(path)
+    kind = existing_model_kind(path)
+    if kind == "onnx":
+        return open_onnx(path)
+    if kind == "engine":
+        return ModelFile(path, "engine", sidecar=read_sidecar(path))
+    return ModelFile(path, "checkpoint")
+
+
+def open_runner(path: str | Path | ModelFile, provider: str = "cpu", cuda_graph: bool = False, cuda_library: str = "auto",
                 arch: str | None = None, ema: bool = False, device: str = "cpu", threads: int | None = None,
                 int8_kernels: bool = False) -> Runner:
     """The runner for a model file, picked by its type (not yet activated).
 
     Args:
         path: a TensorRT engine (ENGINE_SUFFIXES), an ONNX model (.onnx) or a PyTorch checkpoint
-            (CHECKPOINT_SUFFIXES; needs torch).
+            (CHECKPOINT_SUFFIXES; needs torch), or its ModelFile when already opened (open_model).
         provider: ONNX Runtime execution provider for .onnx files: cpu, cuda or tensorrt.
         cuda_graph, cuda_library: for engines: CUDA graph capture; pycuda, cuda-python or auto.
         arch, ema, device: for checkpoints: the architecture when it cannot be inferred, the EMA
@@ -201,8 +221,11 @@ def open_runner(path: str | Path, provider: str = "cpu", cuda_graph: bool = Fals
     Raises:
         FfxError: a missing file or an unknown type; BackendUnavailable when its backend is absent.
     """
-    path = Path(path)
-    kind = existing_model_kind(path)
+    if isinstance(path, ModelFile):
+        kind = path.kind
+    else:
+        path = Path(path)
+        kind = existing_model_kind(path)
     if kind == "engine":
         from ffx.runtime.engine import EngineRunner
 

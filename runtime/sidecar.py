@@ -41,15 +41,6 @@ def sidecar_path(engine_path):
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def recorded_file(engine_path, record):
-    """The file a sidecar record names (written relative to the engine's folder when it lies
-    below it), or None without a record or when the file is gone."""
-    if record is None:
-        return None
-    path = Path(engine_path).parent / record.file  # an absolute record stays absolute
-    return path if path.is_file() else None
-
-
 # -- the record -------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +130,7 @@ def read_sidecar(engine_path, required=False):
     path = sidecar_path(engine_path)
     if not path.is_file():
         if required:
-            raise FfxError(f"{engine_path}: no sidecar {path.name}; rebuild the engine with `ffx build-engine`")
+            raise missing_sidecar(engine_path)
         return None
     try:
         data = read_json_file(path)
@@ -148,6 +139,12 @@ def read_sidecar(engine_path, required=False):
     except InvalidJson as e:
         raise FfxError(f"{path}: {e}") from None
     return EngineSidecar.from_dict(data, source=str(path))
+
+
+def missing_sidecar(engine_path):
+    """The error for an engine whose reader needs its sidecar and finds none."""
+    return FfxError(f"{engine_path}: no sidecar {sidecar_path(engine_path).name}; rebuild the engine with "
+                    "`ffx build-engine`")
 
 
 class _SidecarReader:

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ffx.artifacts import sha256_file
-from ffx.calibration_manifest import CalibrationManifest
+from ffx.calibration_manifest import CalibrationManifest, calibration_manifest_path
 from ffx.errors import BackendUnavailable, FfxError, InvalidOption, MissingPreprocess
 from ffx.fidelity import paired_difference_ci, row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
-from ffx.runtime.onnx_model import calibration_manifest_path, read_calibration_images
-from ffx.runtime.runner import existing_model_kind, open_runner, runner_kind
-from ffx.runtime.sidecar import read_sidecar, recorded_file
+from ffx.model_file import ModelFile, open_onnx
+from ffx.runtime.runner import existing_model_kind, open_model, open_runner, runner_kind
 
 DEFAULT_MAX_TOP1_DROP = 0.5  # percentage points
 
@@ -207,15 +206,17 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
     from ffx.images import normalize_pixels
 
     found = None
-    if reference is None:
+    if reference is None:  # the candidate is opened once, for its records and then its runner
+        candidate = open_model(candidate)
         reference, found = find_reference(candidate)
         warnings.append(f"reference: {reference} ({found})")
     for path in (candidate, reference):
-        existing_model_kind(path)
+        existing_model_kind(_path_of(path))
     if data is not None and not Path(data).exists():
         raise FfxError(f"{data}: no such directory")
     candidate_runner, reference_runner, reference_sha256 = _open_runners(
         candidate, reference, found, provider, cuda_graph, threads, warnings)
+    candidate = candidate_runner.path
     if data is None:
         raise FfxError(f"--data is needed: labelled images to compare {Path(candidate).name} and {Path(reference).name} on")
     preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings, preprocess)
@@ -225,7 +226,7 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
         warnings.append(f"{candidate_runner.name} was {lineage}: this compares two networks, not a conversion and "
                         "its source")
     items, names = _labelled_items(data, class_names, limit, seed, warnings)
-    calibration = calibration_images_of(candidate)
+    calibration = calibration_images_of(candidate_runner.model_file or candidate)
 
     reference_logits, candidate_logits, labels, overlap = [], [], [], 0
     with candidate_runner, reference_runner:
@@ -383,24 +384,22 @@ def find_reference(candidate):
     --reference. The records lead there: an engine's sidecar names the ONNX it was built from; a
     calibrated (INT8/FP16) ONNX's manifest names the FP32 ONNX it was made from. Each step's sha256
     is checked, so a file replaced since is not taken for the source. FfxError (one line) when
-    the chain breaks."""
-    from ffx.metadata import ModelMetadata, onnx_metadata
-    from ffx.runtime.onnx_model import load_onnx
-
-    candidate = Path(candidate)
-    existing_model_kind(candidate)
+    the chain breaks. `candidate`: a path, or its ModelFile (open_model)."""
+    candidate_file = open_model(candidate)
+    candidate = candidate_file.path
     steps = []
-    path = candidate
-    if runner_kind(candidate) == "engine":
-        sidecar = read_sidecar(candidate)
+    path, model_file = candidate, candidate_file
+    if candidate_file.kind == "engine":
+        sidecar = candidate_file.sidecar
         if sidecar is None:
             raise FfxError(f"{candidate}: no sidecar to find its source ONNX in; give --reference")
         path = Path(candidate).parent / sidecar.onnx.file
         _check_recorded(path, sidecar.onnx.sha256, f"{candidate.name}'s sidecar")
         steps.append(f"{candidate.name} was built from {path.name}")
-    elif runner_kind(candidate) != "onnx":
+        model_file = open_onnx(path)
+    elif candidate_file.kind != "onnx":
         raise FfxError(f"{candidate}: a checkpoint is a reference itself; give --reference")
-    metadata = ModelMetadata.unchecked(onnx_metadata(load_onnx(path), path))
+    metadata = model_file.unchecked_metadata
     if metadata.precision not in (None, "fp32"):
         manifest_path = calibration_manifest_path(path, metadata)
         manifest = _read_manifest(manifest_path, path)
@@ -436,23 +435,19 @@ def _read_manifest(manifest_path, model_path):
     return manifest
 
 
-def calibration_images_of(model_path):
-    """[(path, sha256)] the calibration manifest behind `model_path` lists, or None when there is none."""
-    model_path = Path(model_path)
-    kind = runner_kind(model_path)
-    manifest = None
-    if kind == "onnx":
-        from ffx.runtime.onnx_model import load_onnx
-        from ffx.metadata import ModelMetadata, onnx_metadata
-
-        manifest = calibration_manifest_path(model_path, ModelMetadata.unchecked(onnx_metadata(load_onnx(model_path))))
-    elif kind == "engine":
-        sidecar = read_sidecar(model_path)
-        if sidecar is not None:
-            manifest = recorded_file(model_path, sidecar.calibration_manifest)
-    if manifest is None:
+def calibration_images_of(model):
+    """[(path, sha256)] the calibration manifest behind `model` (a path, or its ModelFile) lists, or
+    None when there is none."""
+    model_file = open_model(model)
+    if model_file.manifest_path is None:
         return None
-    return read_calibration_images(manifest)
+    manifest = model_file.manifest
+    return manifest.image_files(model_file.manifest_path) if manifest is not None else []
+
+
+def _path_of(model):
+    """The file of `model`: a path, or a ModelFile."""
+    return model.path if isinstance(model, ModelFile) else model
 
 
 def _count_overlap(calibration, batch):

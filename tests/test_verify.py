@@ -262,3 +262,33 @@ def test_fixture_with_a_scrambled_head_fails(cli_runner, scrambled_checkpoint):
     report = json.loads(result.stdout)
     assert report["passed"] is False and report["top1_drop"] > 50
     assert report["agreement"] < 20
+
+
+@pytest.mark.slow
+def test_verify_without_reference_reads_the_candidate_once(mini, images, tmp_path, monkeypatch):
+    """The candidate ONNX is opened once (ffx.runtime.runner.open_model) for following its records
+    to the FP32 source, its runner and its calibration manifest; each was a parse of its own."""
+    import shutil
+
+    import onnx
+
+    from ffx.calib import CalibrationOptions, calibrate_int8
+    from ffx.runtime.verify import verify
+
+    source = tmp_path / "mini.onnx"  # the manifest names its source beside the graph
+    shutil.copyfile(mini.onnx, source)
+    quantized = tmp_path / "mini.int8.onnx"
+    calibrate_int8(str(source), str(images), str(quantized), CalibrationOptions(num_images=10),
+                   tensorrt_check=False, warn=None)
+    loaded = []
+    real_load = onnx.load
+
+    def counting_load(f, *args, **kwargs):
+        loaded.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", counting_load)
+    report = verify(quantized, None, images, max_top1_drop=100, progress=False)
+    assert loaded.count(str(quantized)) == 1, loaded
+    assert report.calibration_overlap == 10  # the manifest, found through the opened file
+    assert report.warnings[0].startswith(f"reference: {source}")
