@@ -42,7 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ffx.calib.layers import network_layers
 from ffx.calib.options import CalibrationOptions
-from ffx.calib.outliers import sampled_activations
+from ffx.calib.outliers import bias_corrections, bias_of, dequantized_weight, sampled_activations
 from ffx.calib.qdq import CalibrationReport, QdqRecipe, activation_thresholds, calibrate_qdq
 from ffx.calib.ranges import E4M3_MAX
 from ffx.datasets import print_warning
@@ -52,6 +52,7 @@ FP8_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take flo
 FLOAT8_IR_VERSION = 9  # the first IR version with float8 types
 SCALE_SEARCH_STEPS = 16  # scale factors tried per tensor: 2^(k/16), k = 0..15 (one octave, no clipping)
 SCALE_SEARCH_IMAGES = 32  # calibration images the output error is measured on
+PLATEAU_SHARE = 0.05  # a value making this share of a tensor's sampled values is put exactly on the E4M3 grid
 
 
 class Fp8Recipe(QdqRecipe):
@@ -66,7 +67,11 @@ class Fp8Recipe(QdqRecipe):
         thresholds = activation_thresholds(stats, layers, options)
         if options.scale_search:
             thresholds = search_scales(source, layers, thresholds, items, options.workers)
-        return thresholds, {}
+        thresholds = exact_plateaus(source, layers, thresholds, items, options.workers)
+        corrections = {}
+        if options.bias_correction:
+            corrections = fp8_bias_corrections(source, layers, thresholds, items, options)
+        return thresholds, corrections
 
     def insert(self, source, thresholds, excluded_nodes):
         return insert_fp8_qdq(source, thresholds, excluded_nodes)
@@ -82,6 +87,8 @@ class Fp8Recipe(QdqRecipe):
             "weights": "per-channel float8 e4m3fn (scale = |w| max / 448)",
             "opset": {"source": model_opset(source.model), "output": max(model_opset(source.model), FP8_OPSET)},
         }
+        params["plateaus"] = (f"a value making >= {PLATEAU_SHARE:.0%} of a tensor's values on {SCALE_SEARCH_IMAGES} "
+                              "calibration images is exactly on the E4M3 grid (its threshold raised by < 1/8)")
         if options.scale_search:
             params["scale_search"] = {"factors": f"2^(k/{SCALE_SEARCH_STEPS}), k = 0..{SCALE_SEARCH_STEPS - 1}",
                                       "criterion": "squared error of the layer's output", "images": SCALE_SEARCH_IMAGES}
@@ -342,3 +349,57 @@ def _layer_matrix(model, layer):
         return _LayerMatrix(patches, weight.reshape(weight.shape[0], -1).T)
     return None
 
+
+
+# -- plateaus and bias correction -------------------------------------------------------------
+
+def exact_plateaus(source, layers, thresholds, items, workers=0):
+    """{activation: threshold}, each raised by less than 1/8 where the tensor has a plateau: one
+    value that makes at least PLATEAU_SHARE of its values on the first SCALE_SEARCH_IMAGES
+    calibration images (the normalized blank background of an image, read by patch_embed). The
+    raised scale puts that value exactly on the E4M3 grid, so its rounding error, the same in every
+    image and so adding up instead of averaging out, is zero; nothing more is clipped."""
+    tensors = list(dict.fromkeys(layer.activation for layer in layers if thresholds.get(layer.activation, 0) > 0))
+    counts = {tensor: {} for tensor in tensors}
+    total = dict.fromkeys(tensors, 0)
+    for values in sampled_activations(source, items[:SCALE_SEARCH_IMAGES], tensors, workers):
+        for tensor in tensors:
+            found, found_counts = np.unique(values[tensor], return_counts=True)
+            common = found_counts >= PLATEAU_SHARE * values[tensor].size
+            for value, count in zip(found[common].tolist(), found_counts[common].tolist()):
+                counts[tensor][value] = counts[tensor].get(value, 0) + count
+            total[tensor] += values[tensor].size
+    chosen = dict(thresholds)
+    for tensor in tensors:
+        plateau = max(counts[tensor].items(), key=lambda entry: entry[1], default=None)
+        if plateau and plateau[0] != 0 and plateau[1] >= PLATEAU_SHARE * total[tensor]:
+            chosen[tensor] = exact_threshold(thresholds[tensor], plateau[0])
+    return chosen
+
+
+def exact_threshold(threshold, value):
+    """The smallest threshold >= `threshold` whose E4M3 scale (threshold / 448) puts `value` exactly
+    on the grid: |value| / scale is then the largest E4M3 number not above what it was. `threshold`
+    itself when `value` is clipped by it or falls among the subnormals."""
+    position = abs(value) * E4M3_MAX / threshold  # where the value falls on the grid, in units of the scale
+    if not 2.0 ** -6 <= position <= E4M3_MAX:
+        return threshold
+    step = 2.0 ** (np.floor(np.log2(position)) - 3)  # three mantissa bits: 8 values per octave
+    return float(threshold * position / (np.floor(position / step) * step))
+
+
+def fake_quantize_e4m3(x, threshold):
+    """QuantizeLinear -> DequantizeLinear in E4M3 with the scale threshold / 448."""
+    scale = np.float32(threshold / E4M3_MAX)
+    return to_e4m3(x / scale) * scale
+
+
+def fp8_bias_corrections(source, layers, thresholds, items, options):
+    """{layer: mean FP8 output error} of the MatMul `layers` with a float bias, as calib/outliers.py
+    computes INT8's, with the weights as this FP8 graph rounds them."""
+    others = [layer.node for layer in network_layers(source.model, source.info) if layer not in layers]
+    quantized = insert_fp8_qdq(source, thresholds, others)
+    weights = {layer.name: dequantized_weight(quantized, layer) for layer in layers if layer.op_type == "MatMul"}
+    biased = [layer for layer in layers if layer.name in weights and bias_of(source.model, layer)]
+    return bias_corrections(source, weights, biased, thresholds, items, options.bias_correction, options.workers,
+                            quantize=fake_quantize_e4m3)

@@ -37,8 +37,8 @@ class CalibrationOptions:
         use_cache: read and write cached statistics at all.
         gelu_range: "histogram" (the method's threshold) or "output" (post-GELU tensors: the
             threshold with the least error in the layer's output; see calib/outliers.py).
-        bias_correction: None, "channel" or "position": subtract the mean INT8 output error
-            from each quantized MatMul's bias.
+        bias_correction: None, "channel" or "position": subtract the mean INT8 or FP8 output
+            error from each quantized MatMul's bias.
         smooth_gelu: centre and even out the channels of post-GELU tensors with outlier channels
             before quantizing them, exactly compensated in fc2 (see calib/smoothing.py).
         scale_search: FP8 only: search each activation scale over one octave above its threshold by
@@ -82,10 +82,10 @@ class CalibrationOptions:
             raise InvalidOption("gelu_range", f"unknown post-GELU range {self.gelu_range!r}; choose one of {', '.join(GELU_RANGES)}")
         if self.bias_correction not in (None, *BIAS_CORRECTIONS):
             raise InvalidOption("bias_correction", f"unknown bias correction {self.bias_correction!r}; choose one of {', '.join(BIAS_CORRECTIONS)}")
-        if self.precision != "int8":  # both model int8 rounding (calib/outliers.py)
-            for field, value in (("gelu_range", self.gelu_range != "histogram"), ("bias_correction", self.bias_correction)):
-                if value:
-                    raise InvalidOption(field, f"applies to INT8 calibration, not {row.label}")
+        if self.precision != "int8" and self.gelu_range != "histogram":  # models int8 rounding (calib/outliers.py)
+            raise InvalidOption("gelu_range", f"applies to INT8 calibration, not {row.label}")
+        if self.precision not in ("int8", "fp8") and self.bias_correction:
+            raise InvalidOption("bias_correction", f"applies to INT8 and FP8 calibration, not {row.label}")
         if self.scale_search and self.precision != "fp8":
             raise InvalidOption("scale_search", f"applies to FP8 calibration, not {row.label}")
         if self.keep_fp is None and self.precision != "fp8":  # FP8's default depends on the graph (calib/fp8.py)

@@ -10,13 +10,15 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from PIL import Image
 
 from ffx.calib import CalibrationOptions, calibrate, calibrate_fp8
-from ffx.calib.fp8 import E4M3_MAX, FP8_OPSET, to_e4m3, to_fp8_opset
+from ffx.calib.fp8 import E4M3_MAX, FP8_OPSET, exact_threshold, to_e4m3, to_fp8_opset
+from ffx.datasets import load_batches, open_dataset
 from ffx.cli import cli
 from ffx.errors import FfxError, InvalidOption
 from ffx.gpu_precisions import GPU_PRECISIONS, gpu_precisions, supports_fp8
-from ffx.metadata import onnx_metadata
+from ffx.metadata import Preprocess, onnx_metadata
 from ffx.runtime.onnx_model import graph_precision
 from helpers import needs_rtx
 from test_calib import SMALL_CONFIG, _export, _photos, _small_checkpoint
@@ -164,7 +166,9 @@ def test_range_methods_and_keep_fp(small_model, photos, workdir):
     with pytest.raises(InvalidOption, match="max, percentile, mse, not entropy"):
         CalibrationOptions(precision="fp8", method="entropy")
     with pytest.raises(InvalidOption, match="applies to INT8"):
-        CalibrationOptions(precision="fp8", bias_correction="channel")
+        CalibrationOptions(precision="fp8", gelu_range="output")
+    with pytest.raises(InvalidOption, match="applies to INT8 and FP8"):
+        CalibrationOptions(precision="fp16", bias_correction="channel")
     with pytest.raises(InvalidOption, match="options for int8"):
         calibrate_fp8(small_model, photos, workdir / "wrong.onnx", CalibrationOptions())
 
@@ -294,3 +298,68 @@ def test_full_tensorrt_builds_fp8_only_on_a_gpu_with_fp8():
     assert _fp8_targets(rtx, BuildOptions(), None, notes).compute_capabilities == ("8.9", "12.0", "12.1") and notes
     with pytest.raises(InvalidOption, match="compute capability 7.5 .*no FP8"):
         _fp8_targets(rtx, BuildOptions(compute_capabilities=("8.9", "7.5")), None, [])
+
+
+def _dark_photos(folder, per_class=4, seed=1):
+    """Photos on a black background (most pixels exactly 0), as Fashion-MNIST's are."""
+    rng = np.random.default_rng(seed)
+    for index in range(10):
+        for i in range(per_class):
+            image = np.zeros((30, 40, 3), np.uint8)
+            image[8:22, 10:30] = rng.integers(20, 256, (14, 20, 3))
+            (folder / f"class{index}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"class{index}" / f"dark{i}.png")
+    return folder
+
+
+def test_a_plateau_value_is_exactly_on_the_e4m3_grid(small_model, workdir):
+    dark = _dark_photos(workdir / "dark")
+    report = _fp8(small_model, dark, workdir / "plateau.onnx", keep_fp=["none"], cache_dir=workdir / "cache")
+    manifest = json.loads(Path(report.manifest).read_text())
+    assert "plateaus" in manifest["params"]
+    first = manifest["layers"][0]  # patch_embed, which reads the image
+    assert first["absmax"] <= first["threshold"] < first["absmax"] * 1.125  # raised by < 1/8: clips nothing
+    preprocess = Preprocess.from_dict(manifest["preprocess"])
+    blacks = (0 - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)  # per channel
+    scale = np.float32(first["threshold"] / E4M3_MAX)
+    exact = [value for value in blacks if to_e4m3(value / scale) * scale == pytest.approx(value, rel=1e-6)]
+    assert exact, (blacks, first)  # the commonest value, the black of one channel, goes through Q/DQ unchanged
+    # photos without a plateau (noise everywhere) keep max's threshold
+    plain = _fp8(small_model, _photos(workdir / "noisy"), workdir / "noisy.onnx", keep_fp=["none"],
+                 cache_dir=workdir / "cache")
+    layers = json.loads(Path(plain.manifest).read_text())["layers"]
+    assert all(layer["threshold"] == layer["absmax"] for layer in layers)
+
+
+def test_exact_threshold_raises_by_less_than_an_eighth_and_never_clips():
+    for threshold, value in ((2.0227, -0.8102), (1.0, 0.3), (5.0, 4.99), (448.0, 1.0)):
+        raised = exact_threshold(threshold, value)
+        scale = np.float32(raised / E4M3_MAX)
+        assert threshold <= raised < threshold * 1.125
+        assert to_e4m3(np.float32(value) / scale) * scale == pytest.approx(value, rel=1e-6)
+    assert exact_threshold(1.0, 2.0) == 1.0  # clipped anyway: left alone
+    assert exact_threshold(1.0, 1e-6) == 1.0  # among the subnormals: left alone
+
+
+def test_fp8_bias_correction_moves_the_biases_and_cuts_the_mean_logit_error(small_model, workdir):
+    dark = _dark_photos(workdir / "dark-bc")
+    plain = _fp8(small_model, dark, workdir / "bc-off.onnx", keep_fp=["none"], cache_dir=workdir / "cache")
+    corrected = _fp8(small_model, dark, workdir / "bc-channel.onnx", keep_fp=["none"], bias_correction="channel",
+                     cache_dir=workdir / "cache")
+    assert json.loads(Path(corrected.manifest).read_text())["params"]["bias_correction"] == "channel"
+    off, on = _initializers(onnx.load(plain.output)), _initializers(onnx.load(corrected.output))
+    moved = [name for name in off if off[name].data_type == onnx.TensorProto.FLOAT and name.endswith("bias")
+             and not np.array_equal(onnx.numpy_helper.to_array(off[name]), onnx.numpy_helper.to_array(on[name]))]
+    assert moved
+    items = open_dataset(dark, warn=None).items
+    images = np.concatenate([batch.images for batch in load_batches(
+        items, json.loads(Path(plain.manifest).read_text())["preprocess"], 16, workers=0, progress=False, warn=None)])
+
+    def logits(path):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+    reference = logits(small_model)
+    mean_error = {name: np.abs((logits(path) - reference).mean(axis=0)).mean()
+                  for name, path in (("off", plain.output), ("on", corrected.output))}
+    assert mean_error["on"] < mean_error["off"], mean_error

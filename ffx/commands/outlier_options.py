@@ -13,7 +13,7 @@ def outlier_options(command):
                      help="Ranges of the post-GELU tensors (each fc2's input): the --method's, or 'output': the one "
                           "with the least error in the layer's output."),
         click.option("--bias-correction", type=click.Choice(BIAS_CORRECTIONS),
-                     help="Subtract each quantized MatMul's mean INT8 output error from its bias, per output channel "
+                     help="Subtract each quantized MatMul's mean INT8 or FP8 output error from its bias, per output channel "
                           "or per output position (token and channel)."),
         click.option("--smooth-gelu", is_flag=True,
                      help="Centre and even out the channels of post-GELU tensors that have outlier channels before "
