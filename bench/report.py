@@ -1,7 +1,7 @@
 """BENCHMARKS.md from one run's results (bench/results.json): every number comes from there (section 6
 from bench/int8_accuracy.json and bench/int8_noise.json, which `python -m bench.int8_accuracy` and
 `python -m bench.int8_noise` write, 6d/6e from bench/fp8_accuracy.json and bench/fp8_accuracy_deep.json,
-which `python -m bench.int8_accuracy --precisions` writes, 6f from bench/autopilot.json (`python -m bench.autopilot`),
+which `python -m bench.int8_accuracy --precisions` writes, and bench/fp8_every_layer.json (`python -m bench.fp8_every_layer`), 6f from bench/autopilot.json (`python -m bench.autopilot`),
 section 7 from
 bench/serving_results.json, which `python -m bench.serving` writes)."""
 
@@ -14,6 +14,7 @@ INT8_NOISE = Path(__file__).resolve().parent / "int8_noise.json"
 INT8_ACCURACY_DEEP = Path(__file__).resolve().parent / "int8_accuracy_deep.json"
 FP8_ACCURACY = Path(__file__).resolve().parent / "fp8_accuracy.json"
 FP8_ACCURACY_DEEP = Path(__file__).resolve().parent / "fp8_accuracy_deep.json"
+FP8_EVERY_LAYER = Path(__file__).resolve().parent / "fp8_every_layer.json"
 AUTOPILOT = Path(__file__).resolve().parent / "autopilot.json"
 
 
@@ -68,6 +69,10 @@ def render(results, plot_path=None, json_path="bench/results.json", serving=None
         add(precision_section(fp8))
         if FP8_ACCURACY_DEEP.is_file():  # ... --checkpoint <deep> --out <this file>
             add(precision_section(json.loads(FP8_ACCURACY_DEEP.read_text()), "### 6e. FP8 on the deep fixture"))
+        if FP8_EVERY_LAYER.is_file():  # python -m bench.fp8_every_layer --fashion DIR
+            from bench.fp8_every_layer import section as every_layer_section
+
+            add(every_layer_section(json.loads(FP8_EVERY_LAYER.read_text())))
         add(paper_section(fp8["paper"]))
     if AUTOPILOT.is_file():  # python -m bench.autopilot --fashion DIR
         from bench.autopilot import section as autopilot_section

@@ -45,3 +45,18 @@ def test_the_paper_part_is_computed_and_quotes_the_issue():
     rates = paper["gemms_at_measured_rates"]
     assert rates["fp8_vs_fp16"] > 1 > rates["int8_vs_fp16"]
     assert f"FP8 {rates['fp8_vs_fp16']:.2f}x FP16's speed" in text
+
+
+def test_the_every_layer_verdict_follows_ffx_verify():
+    from bench.fp8_every_layer import section
+
+    def result(verified):
+        rows = [_row("ffx FP8, every layer (--keep-fp none)", 99.71, 34.0),
+                _row("ffx FP8, every layer + --bias-correction position", 99.75, 34.2,
+                     verify={"exit_code": 0, "agreement": verified, "images": 10000, "top1": 88.3, "reference_top1": 88.41})]
+        return {"command": "python -m bench.fp8_every_layer --fashion DIR", "test_images": 10000, "rows": rows}
+
+    good = section(result(99.75))
+    assert "| ffx FP8, every layer (--keep-fp none) | 99.71% | 88.40% | 34.0 dB | built |" in good
+    assert "agreement 99.75% (meets issue 19's 99.7% with every layer in FP8)" in good
+    assert "agreement 99.65% (does NOT meet" in section(result(99.65))
