@@ -7,7 +7,8 @@ The TensorRT names are committed lists (tests/tensorrt_api/*.txt, each citing th
 branch, commit and files it was taken from; regenerate with scripts/tensorrt_api_names.py). The
 TensorRT-RTX names are read from the installed module.
 
-The convention this checks (stated in ffx/tensorrt.py's docstring):
+The convention this checks (stated in ffx/tensorrt/__init__.py's docstring), in every file of the
+ffx/tensorrt/ package and every other source file that binds the name `trt`:
 - the TensorRT module is always called `trt`, and TensorRT objects live in variables or attributes
   named after their class (TYPED_NAMES below): `config.set_flag` is IBuilderConfig.set_flag;
 - a name must exist in every flavour, unless it is used inside a function whose name ends in
@@ -27,6 +28,7 @@ from helpers import TENSORRT_RTX_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("ffx", "export", "calib", "runtime")
+TENSORRT_PACKAGE = ROOT / "ffx" / "tensorrt"
 # 10.3: JetPack 6. 10.16: the last 10.x. 11.1 and 11.4 (the first 11.x for Jetson: JetPack 7.2.2+).
 NAME_LISTS = {"TensorRT 10.3": "tensorrt-10.3.txt", "TensorRT 10.16": "tensorrt-10.16.txt",
               "TensorRT 11.1": "tensorrt-11.1.txt", "TensorRT 11.4": "tensorrt-11.4.txt"}
@@ -112,10 +114,13 @@ def tensorrt_uses(path, label=None):
 
 
 def tensorrt_files():
-    """The source files that touch TensorRT: those that bind the name `trt`."""
-    files = []
+    """The source files that touch TensorRT: every file of the ffx/tensorrt/ package (TensorRT's own
+    room, whether or not a file binds `trt` today), and every other file that binds the name `trt`."""
+    files = sorted(TENSORRT_PACKAGE.rglob("*.py"))
     for folder in SOURCE_DIRS:
         for path in sorted((ROOT / folder).rglob("*.py")):
+            if path in files:
+                continue
             tree = ast.parse(path.read_text())
             if any(isinstance(n, (ast.Name, ast.arg)) and getattr(n, "id", getattr(n, "arg", None)) == "trt"
                    for n in ast.walk(tree)):
@@ -187,7 +192,10 @@ def test_the_lists_differ_where_the_releases_do():
 
 def test_the_tensorrt_files_are_found():
     names = {path.relative_to(ROOT).as_posix() for path in tensorrt_files()}
-    assert {"ffx/tensorrt.py", "runtime/engine.py"} <= names
+    package = {path.relative_to(ROOT).as_posix() for path in TENSORRT_PACKAGE.glob("*.py")}
+    assert {"ffx/tensorrt/__init__.py", "ffx/tensorrt/backend.py", "ffx/tensorrt/build.py",
+            "ffx/tensorrt/options.py"} <= package
+    assert package | {"runtime/engine.py"} <= names
 
 
 def test_every_tensorrt_name_ffx_uses_exists(flavours):
@@ -201,7 +209,8 @@ def test_every_tensorrt_name_ffx_uses_exists(flavours):
 
 def test_enum_members_looked_up_by_value_exist(flavours):
     from ffx.compute_capability import RTX_SUPPORTED
-    from ffx.tensorrt import _DTYPE_NAMES, HARDWARE_COMPATIBILITY
+    from ffx.tensorrt import HARDWARE_COMPATIBILITY
+    from ffx.tensorrt.backend import _DTYPE_NAMES
 
     for member in HARDWARE_COMPATIBILITY.values():  # full TensorRT only, looked up with getattr
         assert any(f"HardwareCompatibilityLevel.{member}" in flavours[label] for label in NAME_LISTS), member
@@ -223,18 +232,23 @@ def _copy_with(tmp_path, relative, old, new):
 
 
 def test_a_misspelled_attribute_in_a_copy_fails(flavours, tmp_path):
-    uses = _copy_with(tmp_path, "ffx/tensorrt.py", "config.set_memory_pool_limit(", "config.set_memory_pool_limt(")
+    uses = _copy_with(tmp_path, "ffx/tensorrt/build.py", "config.set_memory_pool_limit(", "config.set_memory_pool_limt(")
     found = problems(uses, flavours)
     assert len(found) == 1 and ("IBuilderConfig.set_memory_pool_limt is missing from "
                                 "TensorRT 10.16, TensorRT 10.3, TensorRT 11.1, TensorRT 11.4, TensorRT-RTX") in found[0]
 
 
 def test_a_misspelled_enum_member_and_optional_name_fail(flavours, tmp_path):
-    uses = _copy_with(tmp_path, "ffx/tensorrt.py", "trt.BuilderFlag.TF32", "trt.BuilderFlag.TF23")
+    uses = _copy_with(tmp_path, "ffx/tensorrt/build.py", "trt.BuilderFlag.TF32", "trt.BuilderFlag.TF23")
     assert any("BuilderFlag.TF23 is missing" in problem for problem in problems(uses, flavours))
-    uses = _copy_with(tmp_path, "ffx/tensorrt.py", '"IProgressMonitor"', '"IProgresMonitor"')
+    uses = _copy_with(tmp_path, "ffx/tensorrt/build.py", '"IProgressMonitor"', '"IProgresMonitor"')
     assert any("IProgresMonitor exists in none" in problem for problem in problems(uses, flavours))
 
+
+def test_a_misspelling_in_the_backend_module_fails(flavours, tmp_path):
+    # The package's other room: finding and importing TensorRT (the logger both building and running use).
+    uses = _copy_with(tmp_path, "ffx/tensorrt/backend.py", "trt.ILogger.__init__(self)", "trt.ILoger.__init__(self)")
+    assert any("ILoger is missing" in problem for problem in problems(uses, flavours))
 
 def test_a_one_flavour_name_outside_its_guard_fails(flavours, tmp_path):
     # The runtime config's CUDA-graph strategy is TensorRT-RTX's: allowed in _create_context_rtx, not in a plain

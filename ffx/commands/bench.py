@@ -4,36 +4,24 @@ from pathlib import Path
 
 import click
 
-from ffx.cli import THREADS, Count, FiniteFloat, InputPath, print_json, warn
-from ffx.errors import FfxError
+from ffx.cli import Count, FiniteFloat, InputPath, print_json, warn
+from ffx.commands.output_options import json_option
+from ffx.commands.runner_options import RunnerOptionGroup, parse_batches
 from ffx.progress import Progress, stderr_is_terminal
 from ffx.runtime.bench import UNSTABLE_CV
 
-
-# Larger batches only measure the machine's memory; 4096 ViT inputs at 224x224 are 2.3 GiB.
-MAX_BATCH = 4096
-
-
-def parse_batches(text):
-    try:
-        batches = [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise FfxError(f"--batch {text!r}: give comma-separated sizes such as 1,8,32") from None
-    if not batches or min(batches) < 1 or max(batches) > MAX_BATCH:
-        raise FfxError(f"--batch {text!r}: sizes must be from 1 to {MAX_BATCH}")
-    return list(dict.fromkeys(batches))  # each size measured once, in the order given
+RUNNER = RunnerOptionGroup(models=".onnx targets", threads=True)
 
 
 @click.command("bench")
 @click.argument("targets", nargs=-1, required=True, type=InputPath(dir_okay=False))
-@click.option("--batch", "batch_text", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8,32.")
+@RUNNER.batch_sizes
 @click.option("--iterations", type=Count(5, 1_000_000), default=50, show_default=True, help="Timed calls per measurement.")
 @click.option("--warmup", type=Count(0, 10_000), default=5, show_default=True, help="Untimed calls first.")
 @click.option("--max-seconds", type=FiniteFloat(min=0.1, max=3600), default=10.0, show_default=True, help="Stop a measurement early after this long (at least 5 calls).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx targets.")
-@click.option("--threads", type=THREADS, help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
+@RUNNER
 @click.option("--cuda-graph", is_flag=True, help="Engines: replay captured CUDA graphs (one per batch size) instead of enqueuing each call; full TensorRT captures through cuda-python (pycuda has no graph capture).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
+@json_option("a JSON list")
 def command(targets, batch_text, iterations, warmup, max_seconds, provider, threads, cuda_graph, as_json):
     """Latency and throughput of engines, ONNX models and checkpoints, side by side.
 

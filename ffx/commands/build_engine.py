@@ -5,6 +5,7 @@ import click
 
 from ffx.cli import InputPath, print_json, warn
 from ffx.commands.calibration_options import CalibrationOptionGroup
+from ffx.commands.output_options import json_option, output_file_option
 from ffx.compute_capability import RTX_DEFAULT_TARGETS, RTX_SUPPORTED
 from ffx.errors import FfxError, InvalidOption
 from ffx.runtime.runner import CHECKPOINT_SUFFIXES
@@ -53,7 +54,7 @@ CALIBRATION = CalibrationOptionGroup(prefix="calib-", images="images", flags=BUI
 
 @click.command("build-engine")
 @click.argument("model", type=InputPath(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Engine file to write (.engine or .plan); OUTPUT.json is written beside it.")
+@output_file_option("Engine file to write (.engine or .plan); OUTPUT.json is written beside it.")
 @click.option("--fp16", is_flag=True, help="FP16 engine: an FP32 model is converted to typed FP16 first.")
 @click.option("--int8", is_flag=True, help="INT8 engine: a Q/DQ model builds as is, an FP32 model is calibrated first (needs --calib-data).")
 @click.option("--fp8", is_flag=True, help="FP8 (E4M3) engine for GPUs with FP8 tensor cores (compute capability 8.9+): an FP8 Q/DQ model builds as is, an FP32 model is calibrated first (needs --calib-data).")
@@ -73,7 +74,7 @@ CALIBRATION = CalibrationOptionGroup(prefix="calib-", images="images", flags=BUI
                    f"({', '.join(RTX_DEFAULT_TARGETS)}); `current` means this machine's GPU. Supported: {', '.join(RTX_SUPPORTED)}.")
 @click.option("--no-tf32", "no_tf32", is_flag=True, help="Keep FP32 layers in full FP32 (TensorRT allows TF32 on Ampere and newer by default); for exact FP32 comparisons.")
 @click.option("--verbose", is_flag=True, help="Print TensorRT's log.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@json_option()
 def command(model, output, fp16, int8, fp8, calib_data, num_images, method, percentile, keep_fp, seed, backend, min_batch, opt_batch, max_batch,
             workspace, timing_cache, optimization_level, hardware_compatibility, version_compatible,
             compute_capabilities, no_tf32, verbose, as_json):

@@ -9,6 +9,7 @@ from ffx.calib.mixed_precision import DEFAULT_HELD_OUT_IMAGES
 from ffx.calib.sensitivity import UNUSED_CALIBRATION_IMAGES
 from ffx.cli import FiniteFloat, InputPath, print_json, warn
 from ffx.commands.calibration_options import CalibrationOptionGroup
+from ffx.commands.output_options import json_option, output_file_option
 from ffx.errors import InvalidOption
 
 CALIBRATION = CalibrationOptionGroup(statistics=True, flags={"precision": "--fp8/--fp16", "scale_search": "--scale-search"})
@@ -26,11 +27,11 @@ CALIBRATION = CalibrationOptionGroup(statistics=True, flags={"precision": "--fp8
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("--fp8", is_flag=True, help="Write FP8 (E4M3) Q/DQ instead of INT8, for GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell, Thor); opset 19.")
 @click.option("--scale-search", is_flag=True, help="FP8: search each activation scale over one octave above its range by the layer's output error (helps when patch_embed is FP8 too: --keep-fp none).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output ONNX (default MODEL.int8.onnx, MODEL.fp8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.")
+@output_file_option("Output ONNX (default MODEL.int8.onnx, MODEL.fp8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.", required=False)
 @CALIBRATION.statistics_options
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@json_option()
 def command(model, data, num_images, method, percentile, seed, keep_fp, target_agreement, max_top1_drop, held_out,
             held_out_images, point_estimate, fp16, fp8, scale_search, output, gelu_range, bias_correction, smooth_gelu, cache_dir, no_cache, workers,
             backend, no_tensorrt_check, as_json):

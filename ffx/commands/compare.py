@@ -2,6 +2,7 @@ import click
 
 from ffx.calib.compare import DEFAULT_IMAGES
 from ffx.cli import InputPath, print_json, warn
+from ffx.commands.output_options import json_option
 
 
 @click.command("compare")
@@ -10,7 +11,7 @@ from ffx.cli import InputPath, print_json, warn
 @click.option("--data", required=True, type=InputPath(), help="Images to run both graphs on (a folder or list file, as for `ffx verify`).")
 @click.option("--num-images", type=click.IntRange(min=1), default=DEFAULT_IMAGES, show_default=True, help="Images to compare on (a seeded, class-stratified sample).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the image sample.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@json_option()
 def command(reference, candidate, data, num_images, seed, as_json):
     """Where a converted graph's error enters: REFERENCE (the FP32 ONNX) and CANDIDATE (its INT8
     or FP8 Q/DQ, or FP16 conversion) block by block on the same images.

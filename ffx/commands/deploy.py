@@ -3,6 +3,7 @@ import dataclasses
 import click
 
 from ffx.cli import QUEUE_DELAY_US, Count, InputPath, print_json, warn
+from ffx.commands.output_options import json_option, output_folder_option
 from ffx.metadata import MAX_BATCH
 from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 
@@ -21,13 +22,13 @@ def command():
 
 @command.command("triton")
 @click.argument("model", type=InputPath(dir_okay=False))
-@click.option("-o", "--output", "repository", required=True, type=click.Path(file_okay=False), help="Model repository folder (created if needed; REPO/NAME must not exist).")
+@output_folder_option("repository", "Model repository folder (created if needed; REPO/NAME must not exist).")
 @click.option("--name", help="Triton model name [default: from the file name].")
 @click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), help="max_batch_size [default: the engine profile's max batch; 32 for ONNX].")
 @click.option("--instances", type=Count(1, 1024), default=1, show_default=True, help="Model instances (instance_group count).")
 @click.option("--max-queue-delay-us", type=QUEUE_DELAY_US, default=DEFAULT_QUEUE_DELAY_US, show_default=True, help="Dynamic batching: longest wait for more requests.")
 @click.option("--image-input", is_flag=True, help="Also write NAME_preprocess (Python backend: ffx's own decoder and preprocessing, numpy and Pillow only) and the ensemble NAME_image, which takes image files.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@json_option()
 def triton(model, repository, name, max_batch, instances, max_queue_delay_us, image_input, as_json):
     """Triton Inference Server model repository for MODEL (engine + sidecar, or ffx ONNX).
 
@@ -67,11 +68,11 @@ def triton(model, repository, name, max_batch, instances, max_queue_delay_us, im
 
 @command.command("deepstream")
 @click.argument("model", type=InputPath(dir_okay=False))
-@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for the config, labels and model files.")
+@output_folder_option("output_dir", "Folder for the config, labels and model files.")
 @click.option("--approximate-normalization", is_flag=True, help="Write a config for a model with per-channel std anyway (mean std as the one scale); needs --data to measure the accuracy this costs.")
 @click.option("--data", type=InputPath(exists=True), help="Labelled images (one folder per class) for --approximate-normalization.")
 @click.option("--num-images", type=click.IntRange(min=1), default=500, show_default=True, help="Images measured with --approximate-normalization.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@json_option()
 def deepstream(model, output_dir, approximate_normalization, data, num_images, as_json):
     """DeepStream nvinfer classifier config for MODEL (engine + sidecar, or ffx ONNX).
 

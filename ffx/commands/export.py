@@ -3,6 +3,7 @@ import dataclasses
 import click
 
 from ffx.cli import InputPath, print_json, warn
+from ffx.commands.output_options import json_option, output_file_option
 from ffx.errors import FfxError
 from ffx.export.limits import MAX_OPSET, MIN_OPSET
 from ffx.metadata import MAX_CLASSES
@@ -27,8 +28,8 @@ def require_export_packages():
 @click.option("--fold-normalization", is_flag=True, help="Fold mean/std into the first layer: the model takes RGB in [0, 1] (see --input-scale). Needed by DeepStream.")
 @click.option("--input-scale", type=click.Choice(["1", "255"]), default="1", show_default=True, help="With --fold-normalization: the folded model takes RGB in [0, 1] or [0, 255].")
 @click.option("--from-onnx", type=InputPath(dir_okay=False), help="With --fold-normalization: fold an existing FP32 ffx ONNX instead of exporting a checkpoint.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX model.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@output_file_option("Where to write the ONNX model.")
+@json_option()
 def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normalization, input_scale, from_onnx,
             output, as_json):
     """Export a feed-forward-only ViT to ONNX, with metadata and a parity check.

@@ -3,6 +3,7 @@ from pathlib import Path
 import click
 
 from ffx.cli import InputPath, print_json
+from ffx.commands.output_options import json_option
 from ffx.metadata import describe_metadata, escape_text
 
 
@@ -11,7 +12,7 @@ from ffx.metadata import describe_metadata, escape_text
 @click.option("--no-load", is_flag=True, help="Engines: only read the sidecar, never load the engine on a GPU.")
 @click.option("--layers", is_flag=True, help="Engines: print TensorRT's per-layer information (needs a GPU).")
 @click.option("--gpu", "gpus", multiple=True, metavar="CC", help="A GPU's compute capability (8.7, SM90, ...; repeat for several): which precisions it runs, which ffx recommends, and whether this model's runs there. Engines default to their targets.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@json_option()
 def command(path, no_load, layers, gpus, as_json):
     """Show what an ONNX model, an engine or a checkpoint contains.
 

@@ -3,17 +3,21 @@ import dataclasses
 import click
 
 from ffx.cli import InputPath, print_json, warn
+from ffx.commands.output_options import json_option
 from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
+from ffx.commands.runner_options import RunnerOptionGroup
 from ffx.metadata import escape_text
+
+RUNNER = RunnerOptionGroup()
 
 
 @click.command("predict")
 @click.argument("model", type=InputPath(dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=InputPath())
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
+@RUNNER
 @preprocess_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
+@json_option("a JSON list")
 def command(model, images, topk, provider, preprocess_text, as_json):
     """Top-k classes for IMAGES (files or folders) with MODEL (engine, ONNX or checkpoint).
 

@@ -2,6 +2,7 @@ import click
 
 from ffx.cli import InputPath, print_json, warn
 from ffx.commands.calibration_options import CalibrationOptionGroup
+from ffx.commands.output_options import json_option
 from ffx.fidelity import error_power, snr_of
 
 # Suggest --smooth-gelu when one post-GELU layer carries at least this share of the INT8 error.
@@ -22,7 +23,7 @@ CALIBRATION = CalibrationOptionGroup(images="calib-images", keep_fp=False, stati
 @click.option("--fp8", is_flag=True, help="Rank the layers by what FP8 (E4M3) costs instead of INT8, as `ffx calibrate --fp8` writes them.")
 @CALIBRATION.statistics_options
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the ranking into this image file (.png, .svg, .pdf; needs matplotlib).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@json_option()
 def command(model, data, held_out_images, held_out, num_images, method, fp8, percentile, seed, gelu_range, bias_correction,
             smooth_gelu, cache_dir, no_cache, workers, plot, as_json):
     """Which layers cost INT8 accuracy: every quantizable layer quantized alone and kept in

@@ -3,10 +3,14 @@ import dataclasses
 import click
 
 from ffx.cli import QUEUE_DELAY_US, InputPath, print_json
+from ffx.commands.output_options import json_option
+from ffx.commands.runner_options import RunnerOptionGroup
 from ffx.errors import FfxError
 from ffx.metadata import MAX_BATCH
 from ffx.runtime.serving import DEFAULT_PORT
 from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
+
+RUNNER = RunnerOptionGroup()
 
 
 @click.command("serve")
@@ -18,9 +22,9 @@ from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
 @click.option("--name", help="Model name clients use [default: from the file name].")
 @click.option("--max-batch", type=click.IntRange(min=1, max=MAX_BATCH), help="Largest batch Triton forms [default: the engine profile's max batch; 32 for ONNX].")
 @click.option("--max-queue-delay-us", type=QUEUE_DELAY_US, default=DEFAULT_QUEUE_DELAY_US, show_default=True, help="Dynamic batching: longest wait for more requests.")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
+@RUNNER
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Keep Triton's log in this file [default: a temporary log, removed when the server stops cleanly].")
-@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object once ready.")
+@json_option(help="Print the endpoints as one JSON object once ready.")
 def command(model, host, port, grpc_port, metrics_port, name, max_batch, max_queue_delay_us, provider, log_file, as_json):
     """Serve MODEL (ffx ONNX, or engine on a GPU machine) with Triton Inference Server.
 

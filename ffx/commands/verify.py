@@ -1,9 +1,13 @@
 import click
 
-from ffx.cli import THREADS, Count, FiniteFloat, InputPath, print_json, warn
+from ffx.cli import FiniteFloat, InputPath, print_json, warn
+from ffx.commands.output_options import json_option
 from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
+from ffx.commands.runner_options import RunnerOptionGroup
 from ffx.errors import GateFailed
 from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
+
+RUNNER = RunnerOptionGroup(threads=True, batch_size=32)
 
 
 @click.command("verify")
@@ -13,11 +17,9 @@ from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
 @click.option("--limit", type=click.IntRange(min=1), help="Use a seeded random sample of N images (all classes).")
 @click.option("--max-top1-drop", type=FiniteFloat(min=0, max=100), default=DEFAULT_MAX_TOP1_DROP, show_default=True, help="Fail (exit 1) when the candidate's top-1 is lower by more than this many points.")
 @click.option("--strict", is_flag=True, help="Gate on the upper end of the drop's 95% interval instead of the estimate (needs enough images to pass).")
-@click.option("--batch-size", type=Count(1, 4096), default=32, show_default=True)
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider for .onnx models.")
-@click.option("--threads", type=THREADS, help="CPU threads for ONNX Runtime and PyTorch [default: each library's own].")
+@RUNNER
 @preprocess_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@json_option()
 def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size, provider, threads, preprocess_text, as_json):
     """Accuracy gate: CANDIDATE vs --reference on the same labelled, preprocessed images.
 

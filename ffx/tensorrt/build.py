@@ -1,155 +1,21 @@
-"""The one place ffx imports TensorRT: picking a backend and building a serialized engine.
-
-Two backends share one code path: full TensorRT 10.x / 11.x (`tensorrt`, GPU machines and Jetson)
-and TensorRT-RTX (`tensorrt_rtx_bindings`), whose builder compiles ahead of time on a CPU-only
-machine. Precision lives in the ONNX graph (float16 tensors, Q/DQ pairs), so the network is
-always strongly typed and no weak-typing API removed in TensorRT 11 (BuilderFlag.FP16/INT8,
-calibrators, dynamic ranges) is ever touched.
-
-A build is three steps: `parse_onnx` (network from the ONNX file), `configure_builder` (a
+"""Building a serialized engine: `parse_onnx` (network from the ONNX file), `configure_builder` (a
 builder config from a validated `BuildOptions`), `build_plan` (the serialized engine);
 `build_serialized_engine` runs them in order.
 
-TensorRT API conventions, checked by tests/test_tensorrt_conformance.py against the installed
-TensorRT-RTX and NVIDIA's TensorRT 10.3, 10.16, 11.1 and 11.4 bindings: TensorRT objects live in variables
-named after their class (`trt`, `builder`, `network`, `parser`, `config`, `engine`, `context`,
-...); a name only one flavour has is used inside a function whose name ends in `_rtx` or
-`_full_tensorrt`; a name only some versions have is looked up with `getattr(obj, "name", None)`.
+Precision lives in the ONNX graph (float16 tensors, Q/DQ pairs), so the network is always strongly
+typed and no weak-typing API removed in TensorRT 11 (BuilderFlag.FP16/INT8, calibrators, dynamic
+ranges) is ever touched.
 """
 
 import dataclasses
-import importlib
 import re
-import sys
 import time
-import warnings
 from pathlib import Path
 
-from ffx.compute_capability import (
-    RTX_DEFAULT_TARGETS,
-    TURING,
-    capability_label,
-    rtx_plan_targets,
-    rtx_supports,
-    rtx_unsupported_reason,
-)
-from ffx.errors import BackendUnavailable, FfxError, InvalidOption, install_hint
-from ffx.metadata import MAX_BATCH
-
-BACKENDS = ("tensorrt", "tensorrt-rtx")
-MIN_TENSORRT_MAJOR = 10
-
-# CLI spelling -> HardwareCompatibilityLevel member (full TensorRT only).
-HARDWARE_COMPATIBILITY = {
-    "none": "NONE",
-    "ampere-plus": "AMPERE_PLUS",
-    "same-compute-capability": "SAME_COMPUTE_CAPABILITY",
-}
-
-_INSTALL_HINT = {
-    "tensorrt": (
-        "install TensorRT 10 or newer (`pip install tensorrt` on a CUDA machine; JetPack ships it on "
-        "Jetson)"
-    ),
-    "tensorrt-rtx": (
-        "install TensorRT-RTX (`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`, or "
-        f"{install_hint('tensorrt-rtx')}); it builds engines for RTX GPUs ahead of time, even without a GPU"
-    ),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    """An importable TensorRT flavour: its name in ffx, the Python module and its version."""
-
-    name: str  # "tensorrt" or "tensorrt-rtx"
-    module: object
-    version: str
-
-    @property
-    def major(self):
-        return int(self.version.split(".")[0])
-
-    @property
-    def is_rtx(self):
-        return self.name == "tensorrt-rtx"
-
-    @property
-    def label(self):
-        return backend_label(self.name)
-
-    def __str__(self):
-        return f"{self.label} {self.version}"
-
-
-def backend_label(name):
-    """How people write a backend: "tensorrt-rtx" -> "TensorRT-RTX", "tensorrt" -> "TensorRT"."""
-    return "TensorRT-RTX" if name == "tensorrt-rtx" else "TensorRT"
-
-
-def _import_backend(name):
-    """The Backend for `name`, or a string saying why it cannot be used."""
-    module_name = "tensorrt" if name == "tensorrt" else "tensorrt_rtx_bindings"
-    if module_name in sys.modules and sys.modules[module_name] is None:
-        return f"{module_name} is blocked in this interpreter"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = importlib.import_module(module_name)
-    except ImportError as e:
-        if getattr(e, "name", None) == module_name:
-            return f"Python module `{module_name}` is not installed"
-        return f"`import {module_name}` failed ({e})"
-    except Exception as e:  # broken installs raise OSError (missing .so) and friends
-        return f"`import {module_name}` failed ({type(e).__name__}: {e})"
-    version = str(getattr(module, "__version__", "0"))
-    backend = Backend(name, module, version)
-    if name == "tensorrt" and backend.major < MIN_TENSORRT_MAJOR:
-        return f"TensorRT {version} is installed but ffx needs {MIN_TENSORRT_MAJOR}.x or newer (strongly typed networks)"
-    return backend
-
-
-def available_backend(preferred="auto"):
-    """The TensorRT flavour to use: `tensorrt`, `tensorrt-rtx`, or `auto` (full TensorRT first,
-    then TensorRT-RTX). Raises BackendUnavailable with what to install."""
-    if preferred not in ("auto", *BACKENDS):
-        raise FfxError(f"unknown backend {preferred!r}; choose auto, tensorrt or tensorrt-rtx")
-    names = BACKENDS if preferred == "auto" else (preferred,)
-    reasons = []
-    for name in names:
-        found = _import_backend(name)
-        if isinstance(found, Backend):
-            return found
-        reasons.append(found)
-    if preferred == "auto":
-        raise BackendUnavailable(
-            "no TensorRT backend found (" + "; ".join(reasons) + "): "
-            + _INSTALL_HINT["tensorrt"] + ", or " + _INSTALL_HINT["tensorrt-rtx"]
-        )
-    raise BackendUnavailable(f"backend {preferred} is unavailable ({reasons[0]}): {_INSTALL_HINT[preferred]}")
-
-
-def make_logger(backend, verbose=False):
-    """A TensorRT ILogger that keeps every message, so a failed build can say why in one line;
-    it prints them too when `verbose`."""
-    trt = backend.module
-    label = backend.label
-
-    class RecordingLogger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.messages = []  # (severity name, text)
-
-        def log(self, severity, msg):
-            name = str(severity).rsplit(".", 1)[-1]
-            self.messages.append((name, msg))
-            if verbose:
-                print(f"[{label}] [{name}] {msg}", file=sys.stderr)
-
-        def errors(self):
-            return [msg for name, msg in self.messages if name in ("ERROR", "INTERNAL_ERROR")]
-
-    return RecordingLogger()
+from ffx.compute_capability import RTX_DEFAULT_TARGETS, TURING, rtx_plan_targets
+from ffx.errors import BackendUnavailable, FfxError, InvalidOption
+from ffx.tensorrt.backend import Backend, _enum_name, available_backend, dtype_name, make_logger, numpy_dtype
+from ffx.tensorrt.options import HARDWARE_COMPATIBILITY, BuildOptions
 
 
 def _progress_monitor(trt, enabled):
@@ -191,124 +57,6 @@ def _progress_monitor(trt, enabled):
                 self.bar = None
 
     return BuildProgressMonitor()
-
-
-# -- options ----------------------------------------------------------------------------------
-
-DEFAULT_MAX_BATCH = 32
-DEFAULT_OPT_BATCH = 8  # capped by the max batch
-CURRENT_GPU = "current"  # as a target: the GPU of the building machine
-
-
-# The largest builder workspace BuildOptions accepts: 1 TiB, beyond the memory of any GPU (TensorRT
-# takes the limit as a 64-bit size; 10^35 bytes was a TypeError from its bindings).
-MAX_WORKSPACE_BYTES = 1 << 40
-
-
-@dataclasses.dataclass(frozen=True)
-class BuildOptions:
-    """How to build an engine, validated on construction (InvalidOption names the field).
-
-    min/opt/max_batch: the batch profile; None takes the default (opt = min(8, max), max = 32).
-    workspace_bytes: builder workspace limit. timing_cache: file read before and merged back
-    after the build (full TensorRT). optimization_level: 0..5. hardware_compatibility: a key of
-    HARDWARE_COMPATIBILITY (full TensorRT). version_compatible: loadable by newer TensorRT of the
-    same major (full TensorRT). compute_capabilities: TensorRT-RTX targets, replacing its default
-    (8.0, 8.6, 8.9, 12.0, 12.1); "current" alone means this machine's GPU and must be resolved with
-    `with_current_gpu` before building. tf32: allow TF32 for FP32 layers (TensorRT's default).
-    """
-
-    min_batch: int = 1
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    workspace_bytes: int | None = None
-    timing_cache: str | None = None
-    optimization_level: int | None = None
-    hardware_compatibility: str | None = None
-    version_compatible: bool = False
-    compute_capabilities: tuple = ()
-    tf32: bool = True
-
-    def __post_init__(self):
-        for field in ("min_batch", "opt_batch", "max_batch", "workspace_bytes"):
-            value = getattr(self, field)
-            if (value is not None or field == "min_batch") and not _positive_int(value):
-                raise InvalidOption(field, f"must be a positive whole number, got {value!r}")
-        if self.workspace_bytes is not None and self.workspace_bytes > MAX_WORKSPACE_BYTES:
-            raise InvalidOption("workspace_bytes", f"at most {MAX_WORKSPACE_BYTES >> 30:,} GiB (more than any GPU "
-                                f"holds), got {self.workspace_bytes:,} bytes")
-        given = [b for b in (self.min_batch, self.opt_batch, self.max_batch) if b is not None]
-        if max(given) > MAX_BATCH:
-            raise InvalidOption("max_batch", f"batches go up to {MAX_BATCH:,} (what an exported graph declares), "
-                                f"got {max(given):,}")
-        if given != sorted(given):
-            raise InvalidOption("min_batch", "batch profile must satisfy 1 <= min <= opt <= max, got "
-                                f"{self.min_batch}, {self.opt_batch or 'default'}, {self.max_batch or 'default'}")
-        if self.optimization_level is not None and (not _whole(self.optimization_level) or not 0 <= self.optimization_level <= 5):
-            raise InvalidOption("optimization_level", f"builder optimization level must be 0..5, got {self.optimization_level!r}")
-        if self.hardware_compatibility is not None and self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
-            raise InvalidOption("hardware_compatibility", f"unknown hardware compatibility {self.hardware_compatibility!r}; "
-                                f"choose {', '.join(HARDWARE_COMPATIBILITY)}")
-        for field in ("version_compatible", "tf32"):
-            if not isinstance(getattr(self, field), bool):
-                raise InvalidOption(field, f"must be true or false, got {getattr(self, field)!r}")
-        object.__setattr__(self, "compute_capabilities", _rtx_targets(self.compute_capabilities))
-        if self.timing_cache is not None:
-            object.__setattr__(self, "timing_cache", str(self.timing_cache))
-
-    @property
-    def wants_current_gpu(self):
-        return self.compute_capabilities == (CURRENT_GPU,)
-
-    def with_current_gpu(self, capability):
-        """These options with the target "current" replaced by `capability` (the building GPU's,
-        so the sidecar records the real one); `capability` None: no GPU visible, InvalidOption."""
-        if not self.wants_current_gpu:
-            return self
-        if capability is None:
-            raise InvalidOption("compute_capabilities", "target 'current' means this machine's GPU and none is visible; "
-                                f"name the targets instead (e.g. {RTX_DEFAULT_TARGETS[0]})")
-        return dataclasses.replace(self, compute_capabilities=(capability_label(capability),))
-
-    def profile_batches(self):
-        """(min, opt, max) with the defaults filled in."""
-        maximum = self.max_batch or max(DEFAULT_MAX_BATCH, self.min_batch, self.opt_batch or 0)
-        optimum = self.opt_batch or min(maximum, max(self.min_batch, DEFAULT_OPT_BATCH))
-        return self.min_batch, optimum, maximum
-
-
-def _whole(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive_int(value):
-    return _whole(value) and value > 0
-
-
-def _rtx_targets(values):
-    """Validated, normalized TensorRT-RTX targets: a tuple of "8.6"-style labels, or ("current",)."""
-    if isinstance(values, str):
-        values = (values,)
-    labels = []
-    for value in values:
-        text = str(value).strip().lower()
-        if text == CURRENT_GPU:
-            labels.append(CURRENT_GPU)
-            continue
-        if text in ("none", ""):
-            raise InvalidOption("compute_capabilities", f"{value!r} is not a target; leave the targets out for "
-                                f"TensorRT-RTX's default ({', '.join(RTX_DEFAULT_TARGETS)})")
-        try:
-            label = capability_label(value)
-        except FfxError as e:
-            raise InvalidOption("compute_capabilities", str(e)) from None
-        if not rtx_supports(label):
-            raise InvalidOption("compute_capabilities", rtx_unsupported_reason(label))
-        if label not in labels:
-            labels.append(label)
-    if CURRENT_GPU in labels and len(labels) > 1:
-        raise InvalidOption("compute_capabilities", "target 'current' cannot be combined with other targets")
-    return tuple(labels)
 
 
 # -- step 1: parse ----------------------------------------------------------------------------
@@ -637,29 +385,3 @@ def _plan_targets_rtx(engine_bytes, setup):
         setup.notes.append(f"the engine records compute capability {', '.join(recorded)} "
                            f"(asked for {', '.join(setup.targets)})")
     return list(recorded)
-
-
-# -- data types -------------------------------------------------------------------------------
-
-_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
-                "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8", "INT4": "int4", "FP4": "float4"}
-
-
-def _enum_name(member):
-    return str(member).rsplit(".", 1)[-1]
-
-
-def dtype_name(dtype):
-    """A TensorRT DataType as ffx writes it: DataType.HALF -> "float16"."""
-    name = _enum_name(dtype)
-    return _DTYPE_NAMES.get(name, name.lower())
-
-
-def numpy_dtype(trt, dtype, tensor_name, where):
-    """The numpy type of a TensorRT IO tensor; FfxError for types numpy has none for (BF16, FP8,
-    INT4, FP4), which an engine's inputs and outputs must not use here."""
-    try:
-        return trt.nptype(dtype)
-    except TypeError:
-        raise FfxError(f"{where}: tensor {tensor_name!r} is {dtype_name(dtype)}, which numpy has no type for; "
-                       "keep the model's inputs and outputs float32 (or float16)") from None
