@@ -7,7 +7,9 @@ typed and no weak-typing API removed in TensorRT 11 (BuilderFlag.FP16/INT8, cali
 ranges) is ever touched.
 """
 
+import contextlib
 import dataclasses
+import gc
 import re
 import time
 from pathlib import Path
@@ -59,6 +61,23 @@ def _progress_monitor(trt, enabled):
     return BuildProgressMonitor()
 
 
+@contextlib.contextmanager
+def _no_collection_inside_tensorrt():
+    """TensorRT calls ffx's Python logger while it holds a lock of its own. A garbage collection
+    run there can free an earlier Builder (one kept in a cycle, e.g. by a failed build's
+    traceback), whose destructor waits for that same lock: the process hangs (seen with
+    TensorRT-RTX 1.7, gdb on a second build in one process). So collect first, outside TensorRT,
+    and not during the call."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 # -- step 1: parse ----------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -86,7 +105,8 @@ def parse_onnx(backend, onnx_path, verbose=False):
         raise FfxError(f"{onnx_path}: no such file")
     logger = make_logger(backend, verbose)
     try:
-        builder = trt.Builder(logger)
+        with _no_collection_inside_tensorrt():
+            builder = trt.Builder(logger)
     except (TypeError, RuntimeError) as e:  # pybind11 factory returned nullptr: no CUDA device/driver
         raise BackendUnavailable(
             f"{backend} could not create a builder ({e}); full TensorRT needs a CUDA GPU and driver to build; "
@@ -305,7 +325,8 @@ def build_plan(parsed, setup, progress=None):
     if monitor is not None:
         setup.config.progress_monitor = monitor
     try:
-        serialized = parsed.builder.build_serialized_network(parsed.network, setup.config)
+        with _no_collection_inside_tensorrt():
+            serialized = parsed.builder.build_serialized_network(parsed.network, setup.config)
     finally:
         if monitor is not None:
             monitor.close()
