@@ -142,11 +142,13 @@ def bench_accuracy(workdir, checkpoint, calib, val, num_images):
     from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
     from ffx.datasets import open_dataset
     from ffx.metadata import Preprocess, read_onnx_metadata
+    from ffx.reporting import silenced
 
     fp32 = export(checkpoint, workdir / "fashion.onnx")
     info = read_onnx_metadata(fp32)
     preprocess = Preprocess.from_dict(info["preprocess"])
-    items = open_dataset(val, class_names=info.get("class_names"), warn=None).items
+    with silenced():
+        items = open_dataset(val, class_names=info.get("class_names")).items
     reference = _torch_logits(checkpoint, items, preprocess)
     onnx_fp32, labels = _evaluate(fp32, items, preprocess)
     top1 = lambda logits: float(np.mean(logits.argmax(1) == labels))  # noqa: E731

@@ -36,8 +36,10 @@ def decode_images(folder, preprocess, class_names, per_class=None):
     """(images [N, C, H, W] float32, labels [N], paths) of every image in `folder`, in path order;
     with `per_class`, only the first that many images of each class (a fixed, stratified subset)."""
     from ffx.datasets import load_batches, open_dataset
+    from ffx.reporting import silenced
 
-    dataset = open_dataset(folder, class_names=class_names, warn=None)
+    with silenced():
+        dataset = open_dataset(folder, class_names=class_names)
     items = dataset.items
     if per_class is not None:
         seen = collections.Counter()
@@ -48,11 +50,12 @@ def decode_images(folder, preprocess, class_names, per_class=None):
                 kept.append(item)
         items = kept
     images, labels, paths = [], [], []
-    loader = load_batches(items, preprocess, 1000, workers=2, progress=False, warn=None)
-    for batch in loader:
-        images.append(batch.images)
-        labels.extend(batch.labels)
-        paths.extend(str(Path(item.path).resolve()) for item in batch.items)
+    loader = load_batches(items, preprocess, 1000, workers=2, progress=False)
+    with silenced():
+        for batch in loader:
+            images.append(batch.images)
+            labels.extend(batch.labels)
+            paths.extend(str(Path(item.path).resolve()) for item in batch.items)
     if loader.num_skipped:
         raise RuntimeError(f"{loader.num_skipped} images of {folder} could not be read")
     return np.concatenate(images), np.asarray(labels, np.int64), paths

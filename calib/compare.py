@@ -18,6 +18,7 @@ from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db
 from ffx.metadata import lineage_mismatch
 from ffx.model_file import open_onnx
+from ffx.reporting import iterate_with_warnings_to, silenced
 
 DEFAULT_IMAGES = 200
 BATCH = 50
@@ -87,7 +88,8 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
     lineage = lineage_mismatch(candidate_metadata, source.metadata)
     if lineage and warn:
         warn(f"{candidate_path} was {lineage}: the comparison is between two networks, not a conversion and its source")
-    dataset = open_dataset(data, class_names=source.metadata.class_names, warn=None)
+    with silenced():
+        dataset = open_dataset(data, class_names=source.metadata.class_names)
     items = select_images(dataset.items, num_images, seed)
     tensors = [tensor for _, tensor in points]
     reference_session = cpu_session(with_outputs(source.model, tensors), reference_path)
@@ -95,8 +97,8 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
     sums = {tensor: [0.0, 0.0] for tensor in tensors}  # [sum fp32^2, sum error^2]
     cosine_min = dict.fromkeys(tensors, 1.0)
     agreeing = count = 0
-    for batch in load_batches(items, source.preprocess, BATCH, workers=0, progress=progress, warn=warn,
-                              description="images"):
+    loader = load_batches(items, source.preprocess, BATCH, workers=0, progress=progress, description="images")
+    for batch in iterate_with_warnings_to(warn, loader):
         expected = _run(reference_session, tensors, batch.images)
         produced = _run(candidate_session, tensors, batch.images)
         for tensor in tensors:

@@ -22,6 +22,7 @@ from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db, summed_errors
 from ffx.progress import Progress
+from ffx.reporting import iterate_with_warnings_to, silenced
 
 DEFAULT_HELD_OUT_IMAGES = 1000
 EVAL_BATCH = 8  # images per onnxruntime call: deep fixture on 2 cores, FP32 48.6 img/s at 8, 42.6 at 32, 38.1 at 128
@@ -196,8 +197,9 @@ def held_out_candidates(source, calibration, held_out_data=None):
     """(the images that may be held out, where they come from): `held_out_data` when given,
     otherwise the rest of the calibration data set; never a calibration image."""
     if held_out_data is not None:
-        dataset = held_out_data if isinstance(held_out_data, ImageDataset) else open_dataset(
-            held_out_data, class_names=source.metadata.class_names, warn=None)
+        with silenced():
+            dataset = held_out_data if isinstance(held_out_data, ImageDataset) else open_dataset(
+                held_out_data, class_names=source.metadata.class_names)
         where = str(held_out_data.root if isinstance(held_out_data, ImageDataset) else held_out_data)
     else:
         dataset, where = calibration.dataset, f"{calibration.data_path} {UNUSED_CALIBRATION_IMAGES}"
@@ -229,9 +231,9 @@ def decode_held_out(source, chosen, where, workers=0, progress=None, warn=None, 
     model's logits, read from `cache_dir` when an earlier run computed them for the same model,
     preprocessing and image bytes."""
     images, labels, hashes = [], [], []
-    loader = load_batches(chosen, source.preprocess, EVAL_BATCH, workers=workers, progress=progress, warn=warn,
+    loader = load_batches(chosen, source.preprocess, EVAL_BATCH, workers=workers, progress=progress,
                           description="held-out images")
-    for batch in loader:
+    for batch in iterate_with_warnings_to(warn, loader):
         images.append(batch.images)
         labels.extend(batch.labels)
         hashes.extend(batch.sha256)

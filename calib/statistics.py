@@ -27,6 +27,7 @@ from ffx.calib.model_io import cpu_session
 from ffx.datasets import load_batches
 from ffx.errors import FfxError
 from ffx.json_input import parse_json
+from ffx.reporting import iterate_with_warnings_to
 
 STATISTICS_VERSION = 1  # bump whenever what is collected changes: old cache entries then miss
 HISTOGRAM_BINS = 4096  # power-of-two ranges leave at least half of them in use: >= 2048 bins
@@ -159,9 +160,9 @@ def _run_collection(kind, model, tensors, items, preprocess, workers, progress, 
     position = {id(item): i for i, item in enumerate(items)}
     reference_indices, reference_logits = [], []
     used = 0
-    loader = load_batches(items, preprocess, batch_size, workers=workers, progress=progress, warn=warn,
+    loader = load_batches(items, preprocess, batch_size, workers=workers, progress=progress,
                           description="calibration images")
-    for batch in loader:
+    for batch in iterate_with_warnings_to(warn, loader):
         outputs = session.run([output_name, *fetched], {input_name: batch.images})
         if not np.isfinite(outputs[0]).all():
             raise FfxError(

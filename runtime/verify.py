@@ -19,6 +19,7 @@ from ffx.errors import BackendUnavailable, FfxError, InvalidOption, MissingPrepr
 from ffx.fidelity import paired_difference_ci, row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.model_file import ModelFile, open_onnx
+from ffx.reporting import iterate_with_warnings_to, warnings_to
 from ffx.runtime.runner import existing_model_kind, open_model, open_runner, runner_kind
 
 DEFAULT_MAX_TOP1_DROP = 0.5  # percentage points
@@ -230,9 +231,8 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
 
     reference_logits, candidate_logits, labels, overlap = [], [], [], 0
     with candidate_runner, reference_runner:
-        loaded = load_batches(items, preprocess, batch_size, workers=workers, progress=progress,
-                              warn=warnings.append, description="verify")
-        for batch in loaded:
+        loaded = load_batches(items, preprocess, batch_size, workers=workers, progress=progress, description="verify")
+        for batch in iterate_with_warnings_to(warnings.append, loaded):
             reference_images = (batch.images if reference_preprocess is None
                                 else normalize_pixels(batch.pixels, reference_preprocess))
             reference_logits.append(reference_runner.infer(reference_images))
@@ -280,7 +280,8 @@ def _labelled_items(data, class_names, limit, seed, warnings):
     """(the images to verify on, at most `limit` of them, stratified and seeded; the class names)."""
     from ffx.datasets import open_dataset, select_images
 
-    dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
+    with warnings_to(warnings.append):
+        dataset = open_dataset(data, class_names=class_names)
     if not dataset.labelled:
         if dataset.layout == "list-file":
             raise FfxError(f"{data}: verify needs labelled images; no line ends in a label (a class index, or a class "

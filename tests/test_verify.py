@@ -167,6 +167,19 @@ def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tm
     assert "were also calibration images" in result.stderr
 
 
+def test_an_unreadable_image_is_one_warning_in_the_report_and_on_stderr(cli_runner, mini, images, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    broken = next(data.iterdir()) / "broken.png"
+    broken.write_bytes(b"not a png")
+    result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", data, "--json")
+    assert result.exit_code == 0, result.output
+    skipped = [w for w in json.loads(result.stdout)["warnings"] if w.startswith("skipped 1 unreadable image: broken.png")]
+    assert len(skipped) == 1 and result.stderr.count("Warning: skipped 1 unreadable image: broken.png") == 1
+
+
 @pytest.mark.slow
 def test_warns_when_the_candidate_was_made_from_other_weights(cli_runner, mini, images, tmp_path):
     """A candidate converted from another checkpoint than the reference is two networks compared,
