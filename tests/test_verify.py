@@ -158,7 +158,7 @@ def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tm
 
     quantized = tmp_path / "mini.int8.onnx"
     calibrate_int8(str(mini.onnx), str(images), str(quantized), CalibrationOptions(num_images=10),
-                   tensorrt_check=False, warn=None)
+                   tensorrt_check=False)
     result = _verify(cli_runner, quantized, "--reference", mini.onnx, "--data", images, "--max-top1-drop", "100", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -256,7 +256,7 @@ def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_pa
     onnx_path = fashion_onnx(tmp_path_factory)
     quantized = tmp_path / "fashion.int8.onnx"
     calibrate_int8(str(onnx_path), str(FASHION / "train"), str(quantized), CalibrationOptions(num_images=300),
-                   tensorrt_check=False, warn=None)
+                   tensorrt_check=False)
     result = _verify(cli_runner, quantized, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val", "--threads", "1",
                      "--json")
     assert result.exit_code == 0, result.output
@@ -292,7 +292,7 @@ def test_verify_without_reference_reads_the_candidate_once(mini, images, tmp_pat
     shutil.copyfile(mini.onnx, source)
     quantized = tmp_path / "mini.int8.onnx"
     calibrate_int8(str(source), str(images), str(quantized), CalibrationOptions(num_images=10),
-                   tensorrt_check=False, warn=None)
+                   tensorrt_check=False)
     loaded = []
     real_load = onnx.load
 
