@@ -96,16 +96,18 @@ def export(arch_or_checkpoint, output):
 
 def bench_end_to_end(workdir, photos):
     from ffx.calib import CalibrationOptions, calibrate_int8
+    from ffx.reporting import silenced
 
     tiny = export("ff_tiny", workdir / "tiny.onnx")
     results = {}
     started = time.perf_counter()
-    report = calibrate_int8(tiny, photos, workdir / "tiny.int8.onnx", CalibrationOptions(cache_dir=workdir / "cache"), warn=None)
+    with silenced():
+        report = calibrate_int8(tiny, photos, workdir / "tiny.int8.onnx", CalibrationOptions(cache_dir=workdir / "cache"))
     results["entropy_cold"] = {"seconds": round(time.perf_counter() - started, 2), "cache": report.cache,
                                "tensorrt": report.tensorrt, "num_images": report.num_images}
     started = time.perf_counter()
-    report = calibrate_int8(tiny, photos, workdir / "tiny.mse.onnx", CalibrationOptions(method="mse", cache_dir=workdir / "cache"),
-                            warn=None)
+    with silenced():
+        report = calibrate_int8(tiny, photos, workdir / "tiny.mse.onnx", CalibrationOptions(method="mse", cache_dir=workdir / "cache"))
     results["mse_cached"] = {"seconds": round(time.perf_counter() - started, 2), "cache": report.cache}
     print(f"ff_tiny, 512 photos, end to end (statistics + Q/DQ + onnxruntime + {results['entropy_cold']['tensorrt'].get('backend')} checks): "
           f"{results['entropy_cold']['seconds']:.1f} s; switching to mse with cached statistics: {results['mse_cached']['seconds']:.1f} s")
@@ -142,11 +144,13 @@ def bench_accuracy(workdir, checkpoint, calib, val, num_images):
     from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
     from ffx.datasets import open_dataset
     from ffx.metadata import Preprocess, read_onnx_metadata
+    from ffx.reporting import silenced
 
     fp32 = export(checkpoint, workdir / "fashion.onnx")
     info = read_onnx_metadata(fp32)
     preprocess = Preprocess.from_dict(info["preprocess"])
-    items = open_dataset(val, class_names=info.get("class_names"), warn=None).items
+    with silenced():
+        items = open_dataset(val, class_names=info.get("class_names")).items
     reference = _torch_logits(checkpoint, items, preprocess)
     onnx_fp32, labels = _evaluate(fp32, items, preprocess)
     top1 = lambda logits: float(np.mean(logits.argmax(1) == labels))  # noqa: E731
@@ -156,8 +160,9 @@ def bench_accuracy(workdir, checkpoint, calib, val, num_images):
     print(f"Fashion-MNIST fixture model, {len(items)} images of {val}: FP32 PyTorch top-1 {top1(reference):.2%}")
     for method in METHODS:
         started = time.perf_counter()
-        report = calibrate_int8(fp32, calib, workdir / f"fashion.{method}.onnx",
-                                CalibrationOptions(method=method, num_images=num_images, cache_dir=workdir / "cache"), warn=None)
+        with silenced():
+            report = calibrate_int8(fp32, calib, workdir / f"fashion.{method}.onnx",
+                                    CalibrationOptions(method=method, num_images=num_images, cache_dir=workdir / "cache"))
         seconds = time.perf_counter() - started
         logits, _ = _evaluate(report.output, items, preprocess)
         results[f"int8_{method}"] = {"top1": top1(logits), "delta_pt": 100 * (top1(logits) - top1(reference)),
@@ -165,8 +170,9 @@ def bench_accuracy(workdir, checkpoint, calib, val, num_images):
                                      "cache": report.cache, "tensorrt": report.tensorrt.get("status")}
         print(f"  INT8 {method:10s} top-1 {top1(logits):.2%} ({100 * (top1(logits) - top1(reference)):+.2f} pt), "
               f"agreement {agreement(logits):.2%}  [{seconds:.1f} s, cache {report.cache}, TensorRT {report.tensorrt.get('status')}]")
-    report = convert_fp16(fp32, workdir / "fashion.fp16.onnx", data=calib,
-                          options=CalibrationOptions(num_images=num_images, cache_dir=workdir / "cache"), warn=None)
+    with silenced():
+        report = convert_fp16(fp32, workdir / "fashion.fp16.onnx", data=calib,
+                              options=CalibrationOptions(num_images=num_images, cache_dir=workdir / "cache"))
     logits, _ = _evaluate(report.output, items, preprocess)
     results["fp16"] = {"top1": top1(logits), "agreement": agreement(logits), "fp32_tensors": len(report.fp32_tensors),
                        "tensorrt": report.tensorrt.get("status")}
@@ -178,15 +184,18 @@ def bench_accuracy(workdir, checkpoint, calib, val, num_images):
 def bench_builds(workdir, photos, archs):
     from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
     from ffx.calib.validate import check_tensorrt
+    from ffx.reporting import silenced
 
     results = {}
     for arch in archs:
         model = export(arch, workdir / f"{arch}.onnx")
         fp32 = check_tensorrt(Path(model).read_bytes())
-        int8 = calibrate_int8(model, photos, workdir / f"{arch}.int8.onnx", CalibrationOptions(num_images=16, cache_dir=workdir / "cache"),
-                              warn=None, tensorrt_check=False)
+        with silenced():
+            int8 = calibrate_int8(model, photos, workdir / f"{arch}.int8.onnx", CalibrationOptions(num_images=16, cache_dir=workdir / "cache"),
+                                  tensorrt_check=False)
         int8_check = check_tensorrt(Path(int8.output).read_bytes())
-        fp16 = convert_fp16(model, workdir / f"{arch}.fp16.onnx", warn=None, tensorrt_check=False)
+        with silenced():
+            fp16 = convert_fp16(model, workdir / f"{arch}.fp16.onnx", tensorrt_check=False)
         fp16_check = check_tensorrt(Path(fp16.output).read_bytes())
         results[arch] = {name: dataclasses.asdict(check) for name, check in (("fp32", fp32), ("int8", int8_check), ("fp16", fp16_check))}
         for name, check in (("FP32", fp32), ("INT8 Q/DQ", int8_check), ("FP16", fp16_check)):

@@ -36,8 +36,10 @@ def decode_images(folder, preprocess, class_names, per_class=None):
     """(images [N, C, H, W] float32, labels [N], paths) of every image in `folder`, in path order;
     with `per_class`, only the first that many images of each class (a fixed, stratified subset)."""
     from ffx.datasets import load_batches, open_dataset
+    from ffx.reporting import silenced
 
-    dataset = open_dataset(folder, class_names=class_names, warn=None)
+    with silenced():
+        dataset = open_dataset(folder, class_names=class_names)
     items = dataset.items
     if per_class is not None:
         seen = collections.Counter()
@@ -48,11 +50,12 @@ def decode_images(folder, preprocess, class_names, per_class=None):
                 kept.append(item)
         items = kept
     images, labels, paths = [], [], []
-    loader = load_batches(items, preprocess, 1000, workers=2, progress=False, warn=None)
-    for batch in loader:
-        images.append(batch.images)
-        labels.extend(batch.labels)
-        paths.extend(str(Path(item.path).resolve()) for item in batch.items)
+    loader = load_batches(items, preprocess, 1000, workers=2, progress=False)
+    with silenced():
+        for batch in loader:
+            images.append(batch.images)
+            labels.extend(batch.labels)
+            paths.extend(str(Path(item.path).resolve()) for item in batch.items)
     if loader.num_skipped:
         raise RuntimeError(f"{loader.num_skipped} images of {folder} could not be read")
     return np.concatenate(images), np.asarray(labels, np.int64), paths
@@ -88,6 +91,7 @@ def run(workdir, fashion_dir=None, counts=CALIBRATION_COUNTS, methods=None, chec
     """Every precision and method of `checkpoint` scored on the test split (all of it, or the first
     `test_per_class` images of each class, for models too slow to score 10,000 times per graph here)."""
     from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
+    from ffx.reporting import silenced
     from ffx.calib.ranges import METHODS
     from ffx.export.checkpoint import resolve_model
     from ffx.export.onnx_export import export_onnx
@@ -133,8 +137,8 @@ def run(workdir, fashion_dir=None, counts=CALIBRATION_COUNTS, methods=None, chec
         for method in methods:
             out = workdir / f"fashion.int8.{method}.{count}.onnx"
             started = time.perf_counter()
-            report = calibrate_int8(fp32, train, out, CalibrationOptions(method=method, num_images=count, cache_dir=cache),
-                                    warn=None)
+            with silenced():
+                report = calibrate_int8(fp32, train, out, CalibrationOptions(method=method, num_images=count, cache_dir=cache))
             seconds = time.perf_counter() - started
             overlap = _calibration_overlap(report.manifest, train, test_set)
             row = score(f"INT8 {method}, {count} images", logits_of(out, images), reference, labels, names, {
@@ -148,8 +152,8 @@ def run(workdir, fashion_dir=None, counts=CALIBRATION_COUNTS, methods=None, chec
 
     fp16_out = workdir / "fashion.fp16.onnx"
     fp16_images = max(counts)
-    report = convert_fp16(fp32, fp16_out, data=train, options=CalibrationOptions(num_images=fp16_images, cache_dir=cache),
-                          warn=None)
+    with silenced():
+        report = convert_fp16(fp32, fp16_out, data=train, options=CalibrationOptions(num_images=fp16_images, cache_dir=cache))
     rows.append(score("FP16", logits_of(fp16_out, images), reference, labels, names, {
         "precision": "fp16", "backend": "onnxruntime", "calibration_images": report.num_images,
         "fp32_tensors": len(report.fp32_tensors), "tensorrt": _tensorrt_status(report.tensorrt),

@@ -160,6 +160,7 @@ def run(args, log=print):
     from ffx.calib.sensitivity import matmul_flops, run_model
     from ffx.calib.smoothing import channel_ranges, channel_spread
     from ffx.metadata import Preprocess
+    from ffx.reporting import silenced
 
     workdir, fashion, fp32, info = exported_fixture(args)
     images, labels, _ = decode_images(fashion / "val", Preprocess.from_dict(info["preprocess"]), info.get("class_names"))
@@ -172,7 +173,8 @@ def run(args, log=print):
         # The float weights of the graph that was quantized (smoothing rescales fc2's weights).
         options = CalibrationOptions(num_images=CALIBRATION_IMAGES, smooth_gelu="--smooth-gelu" in flags,
                                      cache_dir=str(workdir / "calib-cache"))
-        source, calibration, _, _ = calibration_statistics(load_source_model(fp32), fashion / "train", options)
+        with silenced():
+            source, calibration, _, _ = calibration_statistics(load_source_model(fp32), fashion / "train", options)
         float_weights = {init.name: numpy_helper.to_array(init) for init in source.model.graph.initializer}
         layers = network_layers(source.model, source.info)
         tensor_names = {layer.activation: f"{layer.name} input" for layer in layers}

@@ -18,7 +18,7 @@ from ffx.calib.precisions import PRECISIONS
 
 def calibrate(onnx_path, data=None, output=None, options=CalibrationOptions(), **checks):
     """Convert an FP32 ffx model to `options.precision` ("int8", "fp8", "fp16"); returns that
-    precision's report. `checks`: progress, tensorrt_check, tensorrt_backend, warn, and for the Q/DQ
+    precision's report. `checks`: progress, tensorrt_check, tensorrt_backend, and for the Q/DQ
     precisions keep_fp_search (see `calibrate_int8`). FfxError for bad input, GateFailed (exit 1)
     when TensorRT rejects the result; nothing is written then."""
     row = PRECISIONS[options.precision]

@@ -18,6 +18,7 @@ from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db
 from ffx.metadata import lineage_mismatch
 from ffx.model_file import open_onnx
+from ffx.reporting import silenced, warn
 
 DEFAULT_IMAGES = 200
 BATCH = 50
@@ -65,8 +66,7 @@ def residual_points(model, info):
     return points
 
 
-def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_IMAGES, seed=0, progress=None,
-                      warn=None):
+def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_IMAGES, seed=0, progress=None):
     """Compare the residual stream of `candidate_path` with its FP32 source `reference_path` on
     `num_images` images of `data`.
 
@@ -85,9 +85,10 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
         raise FfxError(f"{candidate_path}: has no tensor {missing[0]!r} of {reference_path}; "
                        "compare a graph converted from this FP32 model")
     lineage = lineage_mismatch(candidate_metadata, source.metadata)
-    if lineage and warn:
+    if lineage:
         warn(f"{candidate_path} was {lineage}: the comparison is between two networks, not a conversion and its source")
-    dataset = open_dataset(data, class_names=source.metadata.class_names, warn=None)
+    with silenced():
+        dataset = open_dataset(data, class_names=source.metadata.class_names)
     items = select_images(dataset.items, num_images, seed)
     tensors = [tensor for _, tensor in points]
     reference_session = cpu_session(with_outputs(source.model, tensors), reference_path)
@@ -95,8 +96,8 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
     sums = {tensor: [0.0, 0.0] for tensor in tensors}  # [sum fp32^2, sum error^2]
     cosine_min = dict.fromkeys(tensors, 1.0)
     agreeing = count = 0
-    for batch in load_batches(items, source.preprocess, BATCH, workers=0, progress=progress, warn=warn,
-                              description="images"):
+    loader = load_batches(items, source.preprocess, BATCH, workers=0, progress=progress, description="images")
+    for batch in loader:
         expected = _run(reference_session, tensors, batch.images)
         produced = _run(candidate_session, tensors, batch.images)
         for tensor in tensors:

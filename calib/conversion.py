@@ -10,6 +10,7 @@ from ffx.calib.selection import choose_calibration_images, decode_reference_imag
 from ffx.calib.statistics import collect_statistics, statistics_key
 from ffx.calib.validate import check_onnxruntime, tensorrt_gate
 from ffx.errors import FfxError
+from ffx.reporting import warn
 
 
 @dataclasses.dataclass
@@ -42,31 +43,31 @@ class Checks:
     tensorrt_backend: str = "auto"
 
 
-def gather_statistics(kind, source, data, tensors, options, progress, warn):
+def gather_statistics(kind, source, data, tensors, options, progress):
     """(CalibrationImages, ActivationStatistics) of `tensors` over the images chosen from `data`,
     read from or written to the statistics cache as `options` say."""
-    images = choose_images(source, data, options, warn)
-    return images, image_statistics(kind, source, images, tensors, options, progress, warn)
+    images = choose_images(source, data, options)
+    return images, image_statistics(kind, source, images, tensors, options, progress)
 
 
-def choose_images(source, data, options, warn):
+def choose_images(source, data, options):
     """The calibration images `options` choose from `data` (a path or an ImageDataset)."""
-    return choose_calibration_images(data, options.num_images, options.seed, source.metadata.class_names, warn)
+    return choose_calibration_images(data, options.num_images, options.seed, source.metadata.class_names)
 
 
-def image_statistics(kind, source, images, tensors, options, progress, warn):
+def image_statistics(kind, source, images, tensors, options, progress):
     """ActivationStatistics of `tensors` in `source.model` over the chosen `images`."""
     key = statistics_key(kind, source.model_sha256, source.preprocess, images.sha256, tensors)
     stats = collect_statistics(
         kind, source.model, tensors, images.items, source.preprocess, key, cache_dir=options.statistics_cache,
-        workers=options.workers, progress=progress, warn=warn, relative_path=images.dataset.relative_path,
+        workers=options.workers, progress=progress, relative_path=images.dataset.relative_path,
     )
     if stats.images_used == 0:
         raise FfxError(f"none of the {len(images.items)} chosen images in {images.data_path} could be read")
     return stats
 
 
-def check_and_write(model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn):
+def check_and_write(model, source, output, manifest_path, manifest, calibration, images, stats, checks):
     """Stamp `model` with the source's metadata and `calibration` (which gains the manifest's
     name and hash), check it in onnxruntime against the FP32 reference logits and with TensorRT,
     then write the model and its manifest together. Returns (model bytes, onnxruntime check dict,
@@ -81,7 +82,7 @@ def check_and_write(model, source, output, manifest_path, manifest, calibration,
         input_shape=source.input_shape,
     )
     agreement = ort_check.top1_agreement
-    if agreement is not None and agreement < checks.agreement_warning and warn is not None:
+    if agreement is not None and agreement < checks.agreement_warning:
         warn(f"{checks.label} agrees with FP32 on only {agreement:.1%} of {ort_check.images} calibration images{checks.advice}")
     trt_check = tensorrt_gate(model_data, checks.tensorrt_backend, checks.tensorrt, checks.label, output)
     write_outputs(output, model_data, manifest_path, manifest_data)

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ffx import __version__
-from ffx.datasets import print_warning
+from ffx.reporting import warn
 from ffx.calib.conversion import Checks, ConversionReport, check_and_write, gather_statistics, report_fields
 from ffx.calib.layers import network_layers
 from ffx.calib.model_io import load_source_model, output_paths
@@ -53,7 +53,7 @@ def fp16_params(options, with_images):
 
 def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=None,
                  options: CalibrationOptions = CalibrationOptions(), *, progress=None, tensorrt_check: bool = True,
-                 tensorrt_backend: str = "auto", warn=print_warning) -> Fp16Report:
+                 tensorrt_backend: str = "auto") -> Fp16Report:
     """Convert an FP32 ffx model to a float16-typed ONNX with float32 inputs and outputs.
 
     Args:
@@ -62,7 +62,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
         data: images for the overflow preflight (folder, list file or ImageDataset); None skips it.
         options: image count, seed, workers and cache of the preflight (the range method and
             keep_fp apply to INT8 only).
-        progress, tensorrt_check, tensorrt_backend, warn: as for `calibrate_int8`.
+        progress, tensorrt_check, tensorrt_backend: as for `calibrate_int8`.
 
     Returns:
         Fp16Report: output and manifest paths, the tensors kept in float32 and the checks.
@@ -81,9 +81,9 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
     images = stats = None
     absmax = {}
     if data is not None:
-        images, stats = gather_statistics("absmax", source, data, produced, options, progress, warn)
+        images, stats = gather_statistics("absmax", source, data, produced, options, progress)
         absmax = dict(zip(stats.tensors, (float(v) for v in stats.absmax)))
-    elif warn is not None:
+    else:
         warn("no calibration images: the float16 overflow preflight was skipped (every tensor is float16)")
 
     large = _near_fp16_limit(model, absmax)
@@ -91,8 +91,8 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
         i for i, node in enumerate(model.graph.node) if large & (set(node.input) | set(node.output))
     }
     fp32_tensors = _describe_kept(model, large, absmax, source.info)
-    if fp32_tensors and warn is not None:
-        _warn_kept(fp32_tensors, warn)
+    if fp32_tensors:
+        _warn_kept(fp32_tensors)
 
     fp16_model = convert_graph_to_fp16(model, float_tensors, fp32_nodes)
     manifest, calibration = _fp16_manifest(output, source, options, data, images, stats, fp32_tensors,
@@ -100,7 +100,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
     checks = Checks("FP16", FP16_AGREEMENT_WARNING, "", tensorrt_check, tensorrt_backend)
     try:
         model_data, ort_check, trt_check = check_and_write(
-            fp16_model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn)
+            fp16_model, source, output, manifest_path, manifest, calibration, images, stats, checks)
     except FfxError as e:
         if data is None and "inf/NaN" in str(e):
             raise FfxError(f"{e}: float16 overflows; pass --data so the preflight keeps the tensors near "
@@ -128,7 +128,7 @@ def _near_fp16_limit(model, absmax):
     return large
 
 
-def _warn_kept(fp32_tensors, warn):
+def _warn_kept(fp32_tensors):
     shown = ", ".join(f"{t['tensor']} (|x| {t['absmax']:.0f}, after {t['after_layer']})" for t in fp32_tensors[:4])
     more = f" and {len(fp32_tensors) - 4} more" if len(fp32_tensors) > 4 else ""
     warn(f"kept in float32, near the float16 limit {FP16_MAX:.0f}: {shown}{more}")

@@ -45,7 +45,6 @@ from ffx.calib.options import CalibrationOptions
 from ffx.calib.outliers import bias_corrections, bias_of, dequantized_weight, sampled_activations
 from ffx.calib.qdq import CalibrationReport, QdqRecipe, activation_thresholds, calibrate_qdq
 from ffx.calib.ranges import E4M3_MAX
-from ffx.datasets import print_warning
 from ffx.errors import FfxError
 
 FP8_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float8
@@ -100,7 +99,7 @@ FP8 = Fp8Recipe()
 
 def calibrate_fp8(onnx_path: str | Path, data, output: str | Path | None = None,
                   options: CalibrationOptions | None = None, *, progress=None, tensorrt_check: bool = True,
-                  tensorrt_backend: str = "auto", warn=print_warning,
+                  tensorrt_backend: str = "auto",
                   keep_fp_search: dict | None = None) -> CalibrationReport:
     """Calibrate an FP32 ffx model to an FP8 E4M3 Q/DQ ONNX (opset 19 or the model's, if newer).
 
@@ -109,7 +108,7 @@ def calibrate_fp8(onnx_path: str | Path, data, output: str | Path | None = None,
     The output defaults to MODEL.fp8.onnx.
     """
     return calibrate_qdq(FP8, onnx_path, data, output, options, progress=progress, tensorrt_check=tensorrt_check,
-                         tensorrt_backend=tensorrt_backend, warn=warn, keep_fp_search=keep_fp_search)
+                         tensorrt_backend=tensorrt_backend, keep_fp_search=keep_fp_search)
 
 
 def check_fp8_support():

@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 
 from ffx.artifacts import scratch_folder
-from ffx.datasets import print_warning
 from ffx.calib.layers import network_layers
 from ffx.calib.options import CalibrationOptions
 from ffx.calib.outliers import (bias_corrections, bias_of, dequantized_weight, output_aware_thresholds,
@@ -61,7 +60,7 @@ INT8 = Int8Recipe()
 
 def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None,
                    options: CalibrationOptions = CalibrationOptions(), *, progress=None, tensorrt_check: bool = True,
-                   tensorrt_backend: str = "auto", warn=print_warning,
+                   tensorrt_backend: str = "auto",
                    keep_fp_search: dict | None = None) -> CalibrationReport:
     """Calibrate an FP32 ffx model to a TensorRT-ready INT8 (Q/DQ) ONNX.
 
@@ -73,7 +72,6 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         progress: False for none; otherwise a bar on a terminal, lines in a log (ffx.progress).
         tensorrt_check: build the result with TensorRT/TensorRT-RTX before writing it.
         tensorrt_backend: "auto", "tensorrt" or "tensorrt-rtx".
-        warn: called with each warning message (None: silent).
         keep_fp_search: the record of a search that chose `options.keep_fp`, kept in the manifest.
 
     Returns:
@@ -85,7 +83,7 @@ def calibrate_int8(onnx_path: str | Path, data, output: str | Path | None = None
         GateFailed: TensorRT rejects the result (exit 1); nothing is written.
     """
     return calibrate_qdq(INT8, onnx_path, data, output, options, progress=progress, tensorrt_check=tensorrt_check,
-                         tensorrt_backend=tensorrt_backend, warn=warn, keep_fp_search=keep_fp_search)
+                         tensorrt_backend=tensorrt_backend, keep_fp_search=keep_fp_search)
 
 
 def int8_params(options, kept_names, smoothed=()):

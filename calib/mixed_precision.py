@@ -171,7 +171,7 @@ class Counts:
 
 
 def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_out_data=None,
-                   progress=None, warn=None, log=None):
+                   progress=None, log=None):
     """The cheapest float set (by FLOPs) for the quantized graph (INT8 or FP8) to meet `target`, as a dict for the manifest:
     keep_fp, its FLOPs share, the fidelity measured on every held-out image with its intervals,
     the held-out images, the layers' error shares and each graph measured.
@@ -183,15 +183,15 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_
     recipe = qdq_recipe(options.precision)  # INT8 or FP8, as `ffx calibrate` writes it
     recipe.check()  # before any image is read
     source = load_source_model(onnx_path)
-    images = choose_images(source, data, options, warn)
+    images = choose_images(source, data, options)
     candidates, where = held_out_candidates(source, images, held_out_data)
     if target.max_top1_drop is not None and any(item.label is None for item in candidates):
         raise FfxError(f"{where}: the held-out images have no labels, so a top-1 drop cannot be measured")
     count = held_out_count(target, held_out_images, len(candidates), where, log)
     chosen = choose_held_out(candidates, count, options.seed)
-    source, images, stats, _ = calibration_statistics(source, data, options, progress, warn, images=images)
+    source, images, stats, _ = calibration_statistics(source, data, options, progress, images=images)
     variants = quantized_variants(recipe, source, stats, images, options)
-    held_out = decode_held_out(source, chosen, where, options.workers, progress, warn, options.statistics_cache)
+    held_out = decode_held_out(source, chosen, where, options.workers, progress, options.statistics_cache)
     check_resolution(target, len(held_out), where, f"only {len(held_out):,} of the {count:,} chosen could be read; ")
     return search(variants, held_out, target, matmul_flops(source.model, variants.layers), progress, log)
 

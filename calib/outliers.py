@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from ffx.calib.model_io import cpu_session, with_outputs
 from ffx.datasets import load_batches
+from ffx.reporting import iterate_with_warnings_to
 
 SAMPLE_IMAGES = 128  # calibration images the extra pass runs on
 GELU_RANGE_STEPS = 25  # thresholds tried: |x|max * 2^(-k/8), k = 0 .. 24 (down to 1/8 of the max)
@@ -70,8 +71,9 @@ def sampled_activations(source, items, tensors, workers=0, warn=None):
     graph_inputs = {value.name for value in source.model.graph.input}
     fetched = [tensor for tensor in tensors if tensor not in graph_inputs]
     session = cpu_session(with_outputs(source.model, fetched), source.path)
-    for batch in load_batches(items[:SAMPLE_IMAGES], source.preprocess, BATCH, workers=workers, progress=False,
-                              warn=None, description="outlier statistics"):
+    loader = load_batches(items[:SAMPLE_IMAGES], source.preprocess, BATCH, workers=workers, progress=False,
+                          description="outlier statistics")
+    for batch in iterate_with_warnings_to(None, loader):
         values = dict(zip(fetched, session.run(fetched, {source.input_name: batch.images})))
         values.update({name: batch.images for name in tensors if name in graph_inputs})
         yield values

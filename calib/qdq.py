@@ -24,7 +24,6 @@ from ffx.calib.ranges import activation_threshold
 from ffx.calib.smoothing import SMOOTHING_ALPHA, SMOOTHING_SPREAD, smooth_post_gelu, unsmooth
 from ffx.calib.statistics import HISTOGRAM_BINS
 from ffx.calibration_manifest import CalibrationManifest, ManifestInput
-from ffx.datasets import print_warning
 from ffx.errors import FfxError, InvalidOption
 
 QUANTIZED_OP_TYPES = ["Conv", "MatMul", "Gemm"]
@@ -69,7 +68,7 @@ class QdqRecipe:
 
 
 def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progress=None, tensorrt_check=True,
-                  tensorrt_backend="auto", warn=print_warning, keep_fp_search=None):
+                  tensorrt_backend="auto", keep_fp_search=None):
     """Calibrate an FP32 ffx model to a Q/DQ ONNX of `recipe`'s precision (see `calibrate_int8`)."""
     started = time.perf_counter()
     options = options if options is not None else CalibrationOptions(precision=recipe.precision)
@@ -81,7 +80,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
     output, manifest_path = output_paths(source.path, output, recipe.precision, [data])
     keep_fp = keep_fp_selection(recipe, source, options)
     quantization_plan(source, keep_fp)  # a bad --keep-fp fails before any image is read
-    source, images, stats, smoothed = calibration_statistics(source, data, options, progress, warn)
+    source, images, stats, smoothed = calibration_statistics(source, data, options, progress)
     layers, kept = quantization_plan(source, keep_fp)
     quantized = [layer for layer in layers if layer not in kept]
     thresholds, corrections = recipe.ranges(source, quantized, stats, images.items, options)
@@ -124,7 +123,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
     }
     checks = Checks(recipe.label, AGREEMENT_WARNING, recipe.advice, tensorrt_check, tensorrt_backend)
     model_data, ort_check, trt_check = check_and_write(
-        qdq_model, source, output, manifest_path, manifest, calibration, images, stats, checks, warn)
+        qdq_model, source, output, manifest_path, manifest, calibration, images, stats, checks)
     return CalibrationReport(
         **report_fields(output, manifest_path, model_data, source, images, stats, ort_check, trt_check, started),
         precision=recipe.precision,
@@ -172,18 +171,18 @@ def qdq_params(recipe, source, options, kept_names, smoothed=(), default_keep_fp
     return params
 
 
-def calibration_statistics(source, data, options, progress=None, warn=None, images=None):
+def calibration_statistics(source, data, options, progress=None, images=None):
     """(source, CalibrationImages, ActivationStatistics, [SmoothedTensor]): the images chosen from
     `data` (or `images`, chosen already), the source with its outlier post-GELU tensors smoothed
     when `options.smooth_gelu`, and the histograms of every layer's input in that graph (all
     layers: --keep-fp reuses the cache)."""
-    images = images or choose_images(source, data, options, warn)
+    images = images or choose_images(source, data, options)
     smoothed = []
     if options.smooth_gelu:  # every layer, kept in float or not: one cache entry serves every --keep-fp
         source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), images.items,
                                             options.workers)
     tensors = list(dict.fromkeys(layer.activation for layer in network_layers(source.model, source.info)))
-    return source, images, image_statistics("histogram", source, images, tensors, options, progress, warn), smoothed
+    return source, images, image_statistics("histogram", source, images, tensors, options, progress), smoothed
 
 
 def quantization_plan(source, keep_fp):

@@ -7,6 +7,7 @@ import numpy as np
 from ffx.artifacts import sha256_bytes
 from ffx.datasets import ImageDataset, file_sha256, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
+from ffx.reporting import silenced, warn
 
 # Fewer calibration images than this gives noisy ranges (Ultralytics warns below about 300,
 # NVIDIA ModelOpt recommends 500+ for CNNs and ViTs).
@@ -28,16 +29,17 @@ class CalibrationImages:
         ]
 
 
-def choose_calibration_images(data, num_images, seed, class_names, warn):
+def choose_calibration_images(data, num_images, seed, class_names):
     """Open `data` (a path or an ImageDataset) and choose `num_images` of its images."""
     if num_images < 1:
         raise FfxError(f"--num-images must be at least 1, got {num_images}")
     # Labels only stratify the choice here, so how folders map to classes needs no warning.
-    dataset = data if isinstance(data, ImageDataset) else open_dataset(data, class_names=class_names, warn=None)
+    with silenced():
+        dataset = data if isinstance(data, ImageDataset) else open_dataset(data, class_names=class_names)
     items = select_images(dataset.items, num_images, seed)
-    if len(items) < num_images and warn is not None:
+    if len(items) < num_images:
         warn(f"{dataset.root} has only {len(items)} images; calibrating on all of them instead of {num_images}")
-    if len(items) < RECOMMENDED_MIN_IMAGES and warn is not None:
+    if len(items) < RECOMMENDED_MIN_IMAGES:
         warn(f"calibrating on {len(items)} images; {RECOMMENDED_MIN_IMAGES} or more give steadier ranges")
     hashes = [file_sha256(item.path) or "unreadable" for item in items]
     return CalibrationImages(
@@ -55,8 +57,9 @@ def decode_reference_images(images, indices, preprocess):
     if not indices:
         return None
     loader = load_batches([images.items[i] for i in indices], preprocess, batch_size=len(indices), workers=0,
-                          progress=False, warn=None)
-    batches = list(loader)
+                          progress=False)
+    with silenced():
+        batches = list(loader)
     if loader.num_skipped or not batches:
         return None
     return np.concatenate([batch.images for batch in batches])

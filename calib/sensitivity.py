@@ -22,6 +22,7 @@ from ffx.datasets import ImageDataset, load_batches, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.fidelity import row_cosines, snr_db, summed_errors
 from ffx.progress import Progress
+from ffx.reporting import silenced, warn
 
 DEFAULT_HELD_OUT_IMAGES = 1000
 EVAL_BATCH = 8  # images per onnxruntime call: deep fixture on 2 cores, FP32 48.6 img/s at 8, 42.6 at 32, 38.1 at 128
@@ -196,8 +197,9 @@ def held_out_candidates(source, calibration, held_out_data=None):
     """(the images that may be held out, where they come from): `held_out_data` when given,
     otherwise the rest of the calibration data set; never a calibration image."""
     if held_out_data is not None:
-        dataset = held_out_data if isinstance(held_out_data, ImageDataset) else open_dataset(
-            held_out_data, class_names=source.metadata.class_names, warn=None)
+        with silenced():
+            dataset = held_out_data if isinstance(held_out_data, ImageDataset) else open_dataset(
+                held_out_data, class_names=source.metadata.class_names)
         where = str(held_out_data.root if isinstance(held_out_data, ImageDataset) else held_out_data)
     else:
         dataset, where = calibration.dataset, f"{calibration.data_path} {UNUSED_CALIBRATION_IMAGES}"
@@ -213,23 +215,23 @@ def choose_held_out(candidates, count, seed):
     return select_images(candidates, count, seed + 1)
 
 
-def held_out_set(source, calibration, count, seed, held_out_data=None, progress=None, warn=None, cache_dir=None,
+def held_out_set(source, calibration, count, seed, held_out_data=None, progress=None, cache_dir=None,
                  workers=0):
     """`count` images (stratified, seeded) not among the calibration images: from `held_out_data`
     when given, otherwise from the rest of the calibration data set; decoded, with FP32 logits."""
     candidates, where = held_out_candidates(source, calibration, held_out_data)
     chosen = choose_held_out(candidates, count, seed)
-    if len(chosen) < count and warn is not None:
+    if len(chosen) < count:
         warn(f"{where} has only {len(chosen)} held-out images; measuring on those instead of {count}")
-    return decode_held_out(source, chosen, where, workers, progress, warn, cache_dir)
+    return decode_held_out(source, chosen, where, workers, progress, cache_dir)
 
 
-def decode_held_out(source, chosen, where, workers=0, progress=None, warn=None, cache_dir=None):
+def decode_held_out(source, chosen, where, workers=0, progress=None, cache_dir=None):
     """The HeldOutSet of the images `chosen`: decoded once (in `workers` processes), with the FP32
     model's logits, read from `cache_dir` when an earlier run computed them for the same model,
     preprocessing and image bytes."""
     images, labels, hashes = [], [], []
-    loader = load_batches(chosen, source.preprocess, EVAL_BATCH, workers=workers, progress=progress, warn=warn,
+    loader = load_batches(chosen, source.preprocess, EVAL_BATCH, workers=workers, progress=progress,
                           description="held-out images")
     for batch in loader:
         images.append(batch.images)
@@ -257,19 +259,19 @@ def quantized_variants(recipe, source, stats, images, options):
                              insert=recipe.insert)
 
 
-def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progress=None, warn=None):
+def prepare(onnx_path, data, options, held_out_images, held_out_data=None, progress=None):
     """(source, QuantizedVariants, HeldOutSet, statistics) for a sensitivity analysis or search."""
     recipe = qdq_recipe(options.precision)  # INT8 or FP8, as `ffx calibrate` writes it
     recipe.check()  # before any image is read
-    source, images, stats, _ = calibration_statistics(load_source_model(onnx_path), data, options, progress, warn)
+    source, images, stats, _ = calibration_statistics(load_source_model(onnx_path), data, options, progress)
     variants = quantized_variants(recipe, source, stats, images, options)
-    held_out = held_out_set(source, images, held_out_images, options.seed, held_out_data, progress, warn,
+    held_out = held_out_set(source, images, held_out_images, options.seed, held_out_data, progress,
                             options.statistics_cache, options.workers)
     return source, variants, held_out, stats
 
 
 def layer_sensitivity(onnx_path, data, options, held_out_images=DEFAULT_HELD_OUT_IMAGES, held_out_data=None,
-                      progress=None, warn=None, on_layer=None):
+                      progress=None, on_layer=None):
     """Per quantizable layer: fidelity with it alone in INT8 and with it alone in float, and its
     share of the matrix-product FLOPs. Layers come most harmful first (lowest SNR quantized alone).
 
@@ -284,8 +286,7 @@ def layer_sensitivity(onnx_path, data, options, held_out_images=DEFAULT_HELD_OUT
     import time
 
     started = time.perf_counter()
-    source, variants, held_out, stats = prepare(onnx_path, data, options, held_out_images, held_out_data, progress,
-                                                warn)
+    source, variants, held_out, stats = prepare(onnx_path, data, options, held_out_images, held_out_data, progress)
     flops = matmul_flops(source.model, variants.layers)
     total = sum(flops.values())
     rows = []

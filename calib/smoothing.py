@@ -34,6 +34,7 @@ from onnx import helper, numpy_helper
 from ffx.artifacts import sha256_bytes
 from ffx.calib.outliers import BATCH, bias_of, post_gelu_layers, sampled_activations
 from ffx.datasets import load_batches
+from ffx.reporting import silenced
 
 SMOOTHING_ALPHA = 0.5
 SMOOTHING_SPREAD = 5.0
@@ -159,7 +160,8 @@ def unsmooth(model, original, tensors):
 def _check_exact(source, smoothed, items):
     from ffx.calib.sensitivity import run_model
 
-    batch = next(iter(load_batches(items[:BATCH], source.preprocess, BATCH, workers=0, progress=False, warn=None)), None)
+    with silenced():
+        batch = next(iter(load_batches(items[:BATCH], source.preprocess, BATCH, workers=0, progress=False)), None)
     if batch is None:
         return
     before, after = run_model(source.model, batch.images), run_model(smoothed.model, batch.images)

@@ -27,6 +27,7 @@ from ffx.calib.model_io import cpu_session
 from ffx.datasets import load_batches
 from ffx.errors import FfxError
 from ffx.json_input import parse_json
+from ffx.reporting import warn
 
 STATISTICS_VERSION = 1  # bump whenever what is collected changes: old cache entries then miss
 HISTOGRAM_BINS = 4096  # power-of-two ranges leave at least half of them in use: >= 2048 bins
@@ -110,7 +111,7 @@ class _AbsHistogram:
 
 
 def collect_statistics(kind, model, tensors, items, preprocess, key, cache_dir=None, workers=2, progress=None,
-                       warn=None, relative_path=str):
+                       relative_path=str):
     """Statistics of `tensors` over the images `items` (ImageItem list), from the cache when
     `cache_dir` holds the entry for `key`. kind "histogram": |x| max and histogram of each tensor;
     kind "absmax": |x| max only (computed inside the graph, cheap for every tensor)."""
@@ -118,23 +119,22 @@ def collect_statistics(kind, model, tensors, items, preprocess, key, cache_dir=N
         cached = _load_cache(Path(cache_dir), key, tensors, len(items))
         if cached is not None:
             cached.cache = "hit"
-            if cached.skipped and warn is not None:
+            if cached.skipped:
                 warn(f"{len(cached.skipped)} unreadable calibration image(s) were skipped (cached result): "
                      + ", ".join(s["path"] for s in cached.skipped[:5]))
             return cached
-    stats = _run_collection(kind, model, tensors, items, preprocess, workers, progress, warn, relative_path)
+    stats = _run_collection(kind, model, tensors, items, preprocess, workers, progress, relative_path)
     if cache_dir is not None:
         try:
             _save_cache(Path(cache_dir), key, stats)
             stats.cache = "miss"
         except (OSError, FfxError) as e:  # atomic_output reports an unwritable folder as FfxError
-            if warn is not None:
-                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                warn(f"could not write the calibration cache in {cache_dir} ({reason}); continuing without it")
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            warn(f"could not write the calibration cache in {cache_dir} ({reason}); continuing without it")
     return stats
 
 
-def _run_collection(kind, model, tensors, items, preprocess, workers, progress, warn, relative_path):
+def _run_collection(kind, model, tensors, items, preprocess, workers, progress, relative_path):
     graph_inputs = {value.name for value in model.graph.input}
     output_name = model.graph.output[0].name
     augmented = onnx.ModelProto()
@@ -159,7 +159,7 @@ def _run_collection(kind, model, tensors, items, preprocess, workers, progress, 
     position = {id(item): i for i, item in enumerate(items)}
     reference_indices, reference_logits = [], []
     used = 0
-    loader = load_batches(items, preprocess, batch_size, workers=workers, progress=progress, warn=warn,
+    loader = load_batches(items, preprocess, batch_size, workers=workers, progress=progress,
                           description="calibration images")
     for batch in loader:
         outputs = session.run([output_name, *fetched], {input_name: batch.images})

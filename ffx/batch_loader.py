@@ -2,7 +2,7 @@
 
 `load_batches` takes the items `ffx.datasets.open_dataset` found (or any objects with a `path`
 and a `label`) and yields preprocessed batches; unreadable files are skipped, counted and listed
-(the first few) in one warning, never raised. Used by calibration and by verify / bench /
+(the first few) in one warning (`ffx.reporting`), never raised. Used by calibration and by verify / bench /
 predict, so it imports neither torch nor onnxruntime.
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 from ffx.errors import TERMINATING_SIGNALS
 from ffx.images import decode_files, normalize_pixels
 from ffx.metadata import Preprocess
+from ffx.reporting import warn
 
 # How many unreadable files a warning names before "and N more".
 SKIPPED_NAMED_IN_WARNING = 5
@@ -54,7 +55,7 @@ class BatchLoader:
     of the consumer, and keeps the order of `items`.
     """
 
-    def __init__(self, items, preprocess, batch_size, workers=2, progress=None, warn=print_warning, description="images"):
+    def __init__(self, items, preprocess, batch_size, workers=2, progress=None, description="images"):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.items = list(items)
@@ -62,7 +63,6 @@ class BatchLoader:
         self.batch_size = int(batch_size)
         self.workers = int(workers) if len(self.items) >= MIN_IMAGES_FOR_WORKERS else 0
         self.progress = progress
-        self.warn = warn
         self.description = description
         self.skipped = []
 
@@ -96,8 +96,8 @@ class BatchLoader:
             bar.close(finished=False)
             raise
         bar.close()
-        if self.skipped and self.warn is not None:
-            self.warn(describe_skipped(self.skipped))
+        if self.skipped:
+            warn(describe_skipped(self.skipped))
 
     def _decoded(self):
         """(item, (pixels, sha256)) or (item, reason) for every item, in order."""
@@ -109,8 +109,7 @@ class BatchLoader:
                     yield pair
                     done += 1
             except concurrent.futures.process.BrokenProcessPool:
-                if self.warn is not None:
-                    self.warn("image decoding processes failed to start or died; decoding in this process instead")
+                warn("image decoding processes failed to start or died; decoding in this process instead")
             else:
                 return
         for item in self.items[done:]:
@@ -208,10 +207,10 @@ def _make_batch(pending, preprocess):
                  pixels=pixels)
 
 
-def load_batches(items, preprocess, batch_size, workers=2, progress=None, warn=print_warning, description="images"):
+def load_batches(items, preprocess, batch_size, workers=2, progress=None, description="images"):
     """Batches of decoded, preprocessed images (see BatchLoader); `preprocess` is a Preprocess or
     its dict. Read `.skipped` / `.num_skipped` on the returned loader after iterating."""
-    return BatchLoader(items, preprocess, batch_size, workers=workers, progress=progress, warn=warn, description=description)
+    return BatchLoader(items, preprocess, batch_size, workers=workers, progress=progress, description=description)
 
 
 def describe_skipped(skipped):

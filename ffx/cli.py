@@ -52,9 +52,11 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         from ffx.artifacts import command_inputs
+        from ffx.reporting import warnings_printed_by
 
         try:
-            with command_inputs():  # filled by the InputPath arguments as they are parsed
+            # command_inputs: filled by the InputPath arguments as they are parsed.
+            with command_inputs(), warnings_printed_by(warn):
                 return super().invoke(ctx)
         except FfxError as e:
             click.echo(f"Error: {e}", err=True)

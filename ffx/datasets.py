@@ -34,6 +34,7 @@ from ffx.batch_loader import Batch, BatchLoader, SkippedImage, describe_skipped,
 from ffx.errors import FfxError
 from ffx.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, is_image_file, open_regular_file
 from ffx.metadata import MAX_CLASSES, imagenet_class_names, imagenet_wnids
+from ffx.reporting import warn
 
 LOC_SOLUTION_FILE = "LOC_val_solution.csv"
 # Kaggle's ImageNet download: LOC_val_solution.csv at the top, the images in this folder under it.
@@ -96,16 +97,16 @@ def check_data_path(path):
         raise FfxError(f"{path}: is a {file_kind(mode)}; give a folder of images or a list file")
 
 
-def open_dataset(path, class_names=None, warn=print_warning):
+def open_dataset(path, class_names=None):
     """Open a folder or list file of images; `class_names` (from the model's metadata) name the
-    label indices. Raises FfxError when nothing usable is there."""
+    label indices. Raises FfxError when nothing usable is there. What it warns about (labels
+    guessed or missing) is logged (`ffx.reporting`) and kept in the dataset's `warnings`."""
     root = Path(path)
     warnings = []
 
     def note(message):
         warnings.append(message)
-        if warn is not None:
-            warn(message)
+        warn(message)
 
     check_data_path(root)
     if root.is_file():

@@ -15,6 +15,7 @@ from ffx import __version__
 from ffx.artifacts import sha256_bytes, sha256_file
 from ffx.calibration_manifest import CalibrationManifest
 from ffx.errors import FfxError
+from ffx.reporting import silenced
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists at most a few thousand images
 
@@ -54,8 +55,9 @@ def conversion_mismatch(path, source_path, precision, data, options):
     source = load_source_model(source_path)
     if manifest.params != _expected_params(source, precision, data, options):
         return "it was made with other calibration settings"
-    images = (choose_calibration_images(data, options.num_images, options.seed, source.metadata.class_names, None)
-              if data is not None else None)
+    with silenced():  # a check whether to reuse a file: it says nothing about the images
+        images = (choose_calibration_images(data, options.num_images, options.seed, source.metadata.class_names)
+                  if data is not None else None)
     if manifest.image_list_sha256 != (images.list_sha256 if images else None):
         return "it was calibrated on other images"
     return None

@@ -25,6 +25,7 @@ from ffx.errors import FfxError
 from ffx.metadata import escape_text
 from ffx.model_file import recorded_file
 from ffx.onnx_file import external_data_files
+from ffx.reporting import iterate_with_warnings_to, silenced
 from ffx.runtime.model_interface import read_model_interface
 
 # nvinfer's network-mode values. It has none for FP8 (its config parser takes 0 FP32, 1 INT8, 2 FP16):
@@ -225,14 +226,15 @@ def measure_approximation(interface, scaling, data, num_images=500, progress=Non
     measured = interface.path
     if interface.kind == "engine":
         measured = recorded_file(interface.path, interface.sidecar.onnx) or measured  # runs anywhere; the engine needs a GPU
-    dataset = open_dataset(data, class_names=interface.class_names, warn=lambda message: None)
+    with silenced():
+        dataset = open_dataset(data, class_names=interface.class_names)
     if not dataset.labelled:
         raise FfxError(f"{data}: measuring the approximation needs labelled images, one folder per class")
     items = select_images(list(dataset.items), num_images)
     exact, approximate, labels = [], [], []
     with open_runner(measured) as runner:
-        for batch in load_batches(items, interface.preprocess, 64, progress=progress, warn=None,
-                                  description="measuring"):
+        loader = load_batches(items, interface.preprocess, 64, progress=progress, description="measuring")
+        for batch in iterate_with_warnings_to(None, loader):
             exact.append(runner.infer(batch.images).argmax(1))
             approximate.append(runner.infer(apply_nvinfer_scaling(batch.pixels, scaling)).argmax(1))
             labels.append(np.asarray(batch.labels))

@@ -19,6 +19,7 @@ from ffx.errors import BackendUnavailable, FfxError, InvalidOption, MissingPrepr
 from ffx.fidelity import paired_difference_ci, row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.model_file import ModelFile, open_onnx
+from ffx.reporting import collect_warnings, warn
 from ffx.runtime.runner import existing_model_kind, open_model, open_runner, runner_kind
 
 DEFAULT_MAX_TOP1_DROP = 0.5  # percentage points
@@ -178,10 +179,12 @@ def verify(
     if not math.isfinite(max_top1_drop):  # nan would make every comparison, and so the gate, fail
         raise InvalidOption("max_top1_drop", f"the largest top-1 drop must be a finite number, got {max_top1_drop}")
     started = time.perf_counter()
-    warnings = []
-    run = _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_graph, progress, workers, seed,
-                    threads, preprocess, warnings)
-    return _judge(run, max_top1_drop, strict, started, warnings)
+    # Everything the run and the judge warn about (ffx.reporting) goes into the report, in order.
+    with collect_warnings() as warnings:
+        run = _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_graph, progress, workers, seed,
+                        threads, preprocess)
+        report = _judge(run, max_top1_drop, strict, started)
+    return dataclasses.replace(report, warnings=warnings)
 
 
 @dataclasses.dataclass
@@ -199,7 +202,7 @@ class _PairedRun:
 
 
 def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_graph, progress, workers, seed, threads,
-              preprocess, warnings):
+              preprocess):
     """Open both models, check that they can run here and agree on their input, and run them on
     the same preprocessed batches of labelled images."""
     from ffx.datasets import load_batches
@@ -209,29 +212,28 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
     if reference is None:  # the candidate is opened once, for its records and then its runner
         candidate = open_model(candidate)
         reference, found = find_reference(candidate)
-        warnings.append(f"reference: {reference} ({found})")
+        warn(f"reference: {reference} ({found})")
     for path in (candidate, reference):
         existing_model_kind(_path_of(path))
     if data is not None and not Path(data).exists():
         raise FfxError(f"{data}: no such directory")
     candidate_runner, reference_runner, reference_sha256 = _open_runners(
-        candidate, reference, found, provider, cuda_graph, threads, warnings)
+        candidate, reference, found, provider, cuda_graph, threads)
     candidate = candidate_runner.path
     if data is None:
         raise FfxError(f"--data is needed: labelled images to compare {Path(candidate).name} and {Path(reference).name} on")
-    preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, warnings, preprocess)
+    preprocess, reference_preprocess = _shared_preprocess(candidate_runner, reference_runner, preprocess)
     class_names = candidate_runner.class_names or reference_runner.class_names
     lineage = _lineage(candidate_runner, reference_runner, reference_sha256)
     if lineage:
-        warnings.append(f"{candidate_runner.name} was {lineage}: this compares two networks, not a conversion and "
-                        "its source")
-    items, names = _labelled_items(data, class_names, limit, seed, warnings)
+        warn(f"{candidate_runner.name} was {lineage}: this compares two networks, not a conversion and "
+             "its source")
+    items, names = _labelled_items(data, class_names, limit, seed)
     calibration = calibration_images_of(candidate_runner.model_file or candidate)
 
     reference_logits, candidate_logits, labels, overlap = [], [], [], 0
     with candidate_runner, reference_runner:
-        loaded = load_batches(items, preprocess, batch_size, workers=workers, progress=progress,
-                              warn=warnings.append, description="verify")
+        loaded = load_batches(items, preprocess, batch_size, workers=workers, progress=progress, description="verify")
         for batch in loaded:
             reference_images = (batch.images if reference_preprocess is None
                                 else normalize_pixels(batch.pixels, reference_preprocess))
@@ -240,12 +242,12 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
             labels.append(np.asarray(batch.labels))
             if calibration:
                 overlap += _count_overlap(calibration, batch)
-    for runner in (candidate_runner, reference_runner):
-        warnings.extend(runner.notes)
+    for note in candidate_runner.notes + reference_runner.notes:
+        warn(note)
     if not labels:
         raise FfxError(f"{data}: no readable images")
     if overlap:
-        warnings.append(
+        warn(
             f"{overlap} of {comparison_size(labels)} verification images were also calibration images of "
             f"{Path(candidate).name}; its accuracy on them is optimistic: verify on a held-out split"
         )
@@ -253,7 +255,7 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
                       loaded.num_skipped, overlap if calibration else None)
 
 
-def _open_runners(candidate, reference, found, provider, cuda_graph, threads, warnings):
+def _open_runners(candidate, reference, found, provider, cuda_graph, threads):
     """(candidate runner, reference runner, the checkpoint reference's sha256 or None), both
     checked to run here before any image is read: an engine on a machine without a GPU is one line."""
     candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
@@ -265,8 +267,8 @@ def _open_runners(candidate, reference, found, provider, cuda_graph, threads, wa
            and candidate_runner.metadata.source_sha256 == reference_sha256)
     reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads, ema=ema)
     if ema:
-        warnings.append(f"{Path(reference).name}: running its model_ema weights, which {candidate_runner.name} was "
-                        "exported from")
+        warn(f"{Path(reference).name}: running its model_ema weights, which {candidate_runner.name} was "
+             "exported from")
     for runner in (candidate_runner, reference_runner):
         try:
             runner.check_available()
@@ -276,11 +278,11 @@ def _open_runners(candidate, reference, found, provider, cuda_graph, threads, wa
     return candidate_runner, reference_runner, reference_sha256
 
 
-def _labelled_items(data, class_names, limit, seed, warnings):
+def _labelled_items(data, class_names, limit, seed):
     """(the images to verify on, at most `limit` of them, stratified and seeded; the class names)."""
     from ffx.datasets import open_dataset, select_images
 
-    dataset = open_dataset(data, class_names=class_names, warn=warnings.append)
+    dataset = open_dataset(data, class_names=class_names)
     if not dataset.labelled:
         if dataset.layout == "list-file":
             raise FfxError(f"{data}: verify needs labelled images; no line ends in a label (a class index, or a class "
@@ -293,13 +295,13 @@ def _labelled_items(data, class_names, limit, seed, warnings):
     return items, dataset.class_names or class_names
 
 
-def _judge(run, max_top1_drop, strict, started, warnings):
+def _judge(run, max_top1_drop, strict, started):
     """The gate on a paired run: the comparison, and whether the top-1 drop (its estimate, or the
     upper end of its 95% interval when `strict`) is within `max_top1_drop`."""
     comparison = compare_predictions(np.concatenate(run.reference_logits), np.concatenate(run.candidate_logits),
                                      np.concatenate(run.labels), run.class_names)
     if comparison.images < 1000:
-        warnings.append(
+        warn(
             f"only {comparison.images} images: the top-1 drop's 95% interval runs from "
             f"{comparison.top1_drop_ci95[0]:+.2f} to {comparison.top1_drop_ci95[1]:+.2f} points; more images narrow it"
         )
@@ -321,7 +323,7 @@ def _judge(run, max_top1_drop, strict, started, warnings):
         passed=bool((comparison.top1_drop_ci95[1] if strict else comparison.top1_drop) <= max_top1_drop),
         gate="95% upper bound" if strict else "estimate",
         seconds=round(time.perf_counter() - started, 2),
-        warnings=warnings,
+        warnings=[],  # verify fills them in
     )
 
 
@@ -330,7 +332,7 @@ def _model_summary(runner, top1, top5):
             "top1": top1, "top5": top5}
 
 
-def _shared_preprocess(candidate, reference, warnings, given=None):
+def _shared_preprocess(candidate, reference, given=None):
     """(the candidate's preprocessing, what deployment will use; the reference's own when the
     two differ only in where the normalization happens, else None: the reference gets the
     candidate's input too). A model with its normalization folded in takes scaled RGB, the
@@ -349,14 +351,14 @@ def _shared_preprocess(candidate, reference, warnings, given=None):
     chosen = candidate if candidate_has else reference
     if all(runner.metadata.preprocess_recorded is False for runner in (candidate, reference)
            if runner.metadata.has_preprocess):
-        warnings.append("the preprocessing both models carry was assumed at export (the ImageNet default), "
-                        "not recorded with the trained weights: a mismatch with training would go unnoticed")
+        warn("the preprocessing both models carry was assumed at export (the ImageNet default), "
+             "not recorded with the trained weights: a mismatch with training would go unnoticed")
     if (candidate_has and reference_has and candidate.preprocess != reference.preprocess
             and candidate.preprocess.same_pixels(reference.preprocess)
             and _network_input_range(candidate.preprocess) != _network_input_range(reference.preprocess)):
         return candidate.preprocess, reference.preprocess
     if candidate_has and reference_has and candidate.preprocess != reference.preprocess:
-        warnings.append(
+        warn(
             f"the models were exported with different preprocessing ({candidate.preprocess} vs "
             f"{reference.preprocess}); both are fed {candidate.name}'s, which deployment uses"
         )

@@ -195,7 +195,7 @@ def fashion_fp8_onnx(tmp_path_factory):
 
         calibrate_fp8(source, FASHION / "train", path, CalibrationOptions(precision="fp8", num_images=128, workers=0,
                                                                           use_cache=False),
-                      tensorrt_check=False, warn=None)
+                      tensorrt_check=False)
     return path
 
 

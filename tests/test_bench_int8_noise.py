@@ -19,7 +19,7 @@ def calibrated(tmp_path_factory):
     fp32 = fashion_onnx(tmp_path_factory)
     out = tmp_path_factory.mktemp("noise") / "m.int8.onnx"
     calibrate_int8(fp32, FASHION / "train", out, CalibrationOptions(num_images=100, workers=0, use_cache=False),
-                   tensorrt_check=False, warn=None)
+                   tensorrt_check=False)
     info = read_onnx_metadata(fp32)
     images, _, _ = decode_images(FASHION / "val", Preprocess.from_dict(info["preprocess"]), info["class_names"],
                                  per_class=30)

@@ -16,6 +16,7 @@ from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
 from ffx.cli import cli
 from ffx.errors import FfxError
 from ffx.metadata import onnx_metadata
+from ffx.reporting import collect_warnings
 from helpers import FASHION, TENSORRT_RTX_MISSING, needs_fashion_model, needs_rtx, write_awkward_images, write_broken_images
 
 CLASS_NAMES = ["cat", "dog", "fox"]
@@ -85,7 +86,6 @@ def _split(settings):
 
 def _calibrate(model, data, output, **settings):
     settings.setdefault("tensorrt_check", False)
-    settings.setdefault("warn", None)
     settings.setdefault("workers", 0)
     options, arguments = _split(settings)
     return calibrate_int8(model, data, output, options, **arguments)
@@ -290,7 +290,6 @@ def test_ctrl_c_leaves_no_partial_output(small_model, photos, workdir, cli_runne
 
 def _fp16(model, output, **settings):
     settings.setdefault("tensorrt_check", False)
-    settings.setdefault("warn", None)
     settings.setdefault("workers", 0)
     settings.setdefault("use_cache", False)
     options, arguments = _split(settings)
@@ -334,8 +333,8 @@ def test_fp16_overflow_preflight_keeps_large_tensors_in_float32(workdir, photos)
         _fp16(model, workdir / "huge.unchecked.onnx")
     assert not (workdir / "huge.unchecked.onnx").exists()
 
-    seen = []
-    checked = _fp16(model, workdir / "huge.fp16.onnx", data=photos, num_images=12, warn=seen.append)
+    with collect_warnings() as seen:
+        checked = _fp16(model, workdir / "huge.fp16.onnx", data=photos, num_images=12)
     kept = {entry["tensor"] for entry in checked.fp32_tensors}
     assert kept and all(entry["absmax"] > 65504 / 4 for entry in checked.fp32_tensors)
     assert any("kept in float32" in message and "after" in message for message in seen)
@@ -358,7 +357,7 @@ def test_tensorrt_rtx_builds_the_int8_and_fp16_graphs_of_ff_tiny(workdir, photos
     int8 = _calibrate(tiny, photos, workdir / "tiny.int8.onnx", num_images=6, use_cache=False, tensorrt_check=True)
     assert int8.tensorrt["status"] == "built" and "TensorRT" in int8.tensorrt["backend"], int8.tensorrt
     assert len(int8.quantized_layers) == 50
-    fp16 = convert_fp16(tiny, workdir / "tiny.fp16.onnx", warn=None)
+    fp16 = convert_fp16(tiny, workdir / "tiny.fp16.onnx")
     assert fp16.tensorrt["status"] == "built", fp16.tensorrt
 
 
@@ -411,10 +410,9 @@ def test_int8_and_fp16_keep_the_fashion_models_accuracy(workdir):
     from ffx.metadata import Preprocess
 
     fp32 = _export(FASHION / "model.pth", workdir / "fashion.onnx")
-    int8 = calibrate_int8(fp32, FASHION / "train", workdir / "fashion.int8.onnx", CalibrationOptions(use_cache=False),
-                          warn=None)
+    int8 = calibrate_int8(fp32, FASHION / "train", workdir / "fashion.int8.onnx", CalibrationOptions(use_cache=False))
     fp16 = convert_fp16(fp32, workdir / "fashion.fp16.onnx", data=FASHION / "train",
-                        options=CalibrationOptions(num_images=128, use_cache=False), warn=None)
+                        options=CalibrationOptions(num_images=128, use_cache=False))
     assert int8.num_images == 512 and int8.skipped_images == 0
     if TENSORRT_RTX_MISSING is None:
         assert int8.tensorrt["status"] == fp16.tensorrt["status"] == "built"

@@ -45,7 +45,7 @@ def _fp8(model, data, output, tensorrt_check=False, **options):
     options.setdefault("workers", 0)
     options.setdefault("num_images", 12)
     return calibrate_fp8(model, data, output, CalibrationOptions(precision="fp8", **options),
-                         tensorrt_check=tensorrt_check, warn=None)
+                         tensorrt_check=tensorrt_check)
 
 
 def _initializers(model):
@@ -140,7 +140,7 @@ def test_weights_are_e4m3_with_a_per_channel_amax_scale(small_model, photos, wor
 def test_reruns_are_byte_identical_and_share_the_int8_statistics(small_model, photos, workdir):
     cache = workdir / "shared-cache"
     int8 = calibrate(small_model, photos, workdir / "s.int8.onnx",
-                     CalibrationOptions(num_images=12, workers=0, cache_dir=cache), tensorrt_check=False, warn=None)
+                     CalibrationOptions(num_images=12, workers=0, cache_dir=cache), tensorrt_check=False)
     first = _fp8(small_model, photos, workdir / "r1" / "m.onnx", cache_dir=cache)
     second = _fp8(small_model, photos, workdir / "r2" / "m.onnx", cache_dir=cache)
     uncached = _fp8(small_model, photos, workdir / "r3" / "m.onnx", use_cache=False)
@@ -176,7 +176,7 @@ def test_range_methods_and_keep_fp(small_model, photos, workdir):
 def test_one_entry_dispatches_on_the_precision(small_model, photos, workdir):
     settings = dict(num_images=12, workers=0, cache_dir=workdir / "cache")
     reports = {precision: calibrate(small_model, photos, workdir / f"entry.{precision}.onnx",
-                                    CalibrationOptions(precision=precision, **settings), tensorrt_check=False, warn=None)
+                                    CalibrationOptions(precision=precision, **settings), tensorrt_check=False)
                for precision in ("int8", "fp8", "fp16")}
     for precision, report in reports.items():
         assert report.precision == precision == graph_precision(onnx.load(report.output))

@@ -41,7 +41,7 @@ def test_a_float_variant_is_the_graph_calibrate_writes(fashion, folder):
     options = _options(folder)
     _, variants, held_out, _ = prepare(fashion, FASHION / "train", options, 64, FASHION / "val")
     written = calibrate_int8(fashion, FASHION / "train", folder / "kept.onnx",
-                             options.replace(keep_fp=("blocks.0.mlp1.fc2", "head")), tensorrt_check=False, warn=None)
+                             options.replace(keep_fp=("blocks.0.mlp1.fc2", "head")), tensorrt_check=False)
     kept = [layer for layer in variants.layers if layer.name in ("blocks.0.mlp1.fc2", "head")]
     expected = run_model(Path(written.output).read_bytes(), held_out.images)
     np.testing.assert_allclose(run_model(variants.with_float(kept), held_out.images), expected, rtol=0, atol=1e-5)
@@ -54,11 +54,11 @@ def test_held_out_images_are_never_calibration_images(fashion, folder):
     from ffx.calib.selection import choose_calibration_images
 
     source = load_source_model(fashion)
-    calibration = choose_calibration_images(FASHION / "train", 300, 0, source.info["class_names"], None)
-    held_out = held_out_set(source, calibration, 5000, 0, warn=None)
+    calibration = choose_calibration_images(FASHION / "train", 300, 0, source.info["class_names"])
+    held_out = held_out_set(source, calibration, 5000, 0)
     assert len(held_out) == 700  # the 1000 train images minus the 300 calibration images
     assert held_out.labels is not None and held_out.reference_logits.shape == (700, 10)
-    source_set = held_out_set(source, calibration, 50, 0, held_out_data=FASHION / "val", warn=None)
+    source_set = held_out_set(source, calibration, 50, 0, held_out_data=FASHION / "val")
     assert len(source_set) == 50 and "val" in source_set.source
 
 
@@ -132,8 +132,8 @@ def test_target_agreement_writes_the_search_into_the_manifest(fashion, folder, c
     from ffx.calib.selection import choose_calibration_images
 
     source = load_source_model(fashion)
-    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"], None)
-    held_out = held_out_set(source, calibration, 200, 0, held_out_data=FASHION / "val", warn=None)
+    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"])
+    held_out = held_out_set(source, calibration, 200, 0, held_out_data=FASHION / "val")
     assert held_out.fidelity(out.read_bytes()).agreement == search["measured"]["agreement"]
 
 
@@ -267,9 +267,8 @@ def test_target_flags_are_checked(folder, cli_runner):
 def test_compare_shows_the_error_block_by_block(fashion, folder, cli_runner):
     from ffx.calib import convert_fp16
 
-    int8 = calibrate_int8(fashion, FASHION / "train", folder / "plain.onnx", _options(folder), tensorrt_check=False,
-                          warn=None)
-    fp16 = convert_fp16(fashion, folder / "plain.fp16.onnx", options=_options(folder), tensorrt_check=False, warn=None)
+    int8 = calibrate_int8(fashion, FASHION / "train", folder / "plain.onnx", _options(folder), tensorrt_check=False)
+    fp16 = convert_fp16(fashion, folder / "plain.fp16.onnx", options=_options(folder), tensorrt_check=False)
     reports = {}
     for name, candidate in (("int8", int8.output), ("fp16", fp16.output)):
         result = cli_runner.invoke(cli, ["compare", str(fashion), candidate, "--data", str(FASHION / "val"),
@@ -311,9 +310,8 @@ def test_outlier_options_raise_the_logit_snr_and_keep_the_placement(fashion, fol
 
     plain_options = _options(folder)
     both = plain_options.replace(gelu_range="output", bias_correction="position")
-    plain = calibrate_int8(fashion, FASHION / "train", folder / "o.plain.onnx", plain_options, tensorrt_check=False,
-                           warn=None)
-    treated = calibrate_int8(fashion, FASHION / "train", folder / "o.both.onnx", both, warn=None,
+    plain = calibrate_int8(fashion, FASHION / "train", folder / "o.plain.onnx", plain_options, tensorrt_check=False)
+    treated = calibrate_int8(fashion, FASHION / "train", folder / "o.both.onnx", both,
                              tensorrt_check=TENSORRT_RTX_MISSING is None, tensorrt_backend="tensorrt-rtx")
     if TENSORRT_RTX_MISSING is None:
         assert treated.tensorrt["status"] == "built", treated.tensorrt
@@ -333,7 +331,7 @@ def test_outlier_options_raise_the_logit_snr_and_keep_the_placement(fashion, fol
     assert scored["both"].snr_db > scored["plain"].snr_db + 1.0, scored
     kept = [layer for layer in variants.layers if layer.name == "blocks.0.mlp1.fc1"]
     written = calibrate_int8(fashion, FASHION / "train", folder / "o.kept.onnx", both.replace(keep_fp=("blocks.0.mlp1.fc1",)),
-                             tensorrt_check=False, warn=None)
+                             tensorrt_check=False)
     np.testing.assert_allclose(run_model(variants.with_float(kept), held_out.images),
                                run_model(Path(written.output).read_bytes(), held_out.images), rtol=0, atol=1e-5)
 
@@ -347,13 +345,13 @@ def test_smooth_gelu_evens_out_the_outlier_channels_exactly(fashion, folder, cli
     from ffx.calib.smoothing import SMOOTHING_SPREAD, smooth_post_gelu
 
     source = load_source_model(fashion)
-    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"], None)
+    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"])
     smoothed_source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), calibration.items)
     # Block 0's feature-MLP GELU has the outlier channels; the token MLPs' GELUs do not.
     assert "blocks.0.mlp1.fc2" in [tensor.layer for tensor in smoothed]
     assert all(tensor.spread >= SMOOTHING_SPREAD and tensor.layer.endswith("mlp1.fc2") for tensor in smoothed)
     assert smoothed_source.sha256 == source.sha256 and smoothed_source.model_sha256 != source.sha256
-    held_out = held_out_set(source, calibration, 200, 0, held_out_data=FASHION / "val", warn=None)
+    held_out = held_out_set(source, calibration, 200, 0, held_out_data=FASHION / "val")
     np.testing.assert_allclose(run_model(smoothed_source.model, held_out.images), held_out.reference_logits,
                                rtol=0, atol=1e-4)  # the same function in FP32
 

@@ -12,6 +12,7 @@ from PIL import Image
 from ffx.datasets import load_batches, normalise_class_name, open_dataset, select_images
 from ffx.errors import FfxError
 from ffx.metadata import Preprocess, imagenet_wnids
+from ffx.reporting import collect_warnings
 from helpers import write_awkward_images, write_broken_images
 
 SMALL = Preprocess(input_size=(3, 32, 32), resize=36)
@@ -29,11 +30,6 @@ def _class_folders(root, names, per_class=3):
         for i in range(per_class):
             _image(root / name / f"img{i}.png", value=index * 20 + i)
     return root
-
-
-def _warnings():
-    seen = []
-    return seen, seen.append
 
 
 def test_the_module_imports_without_torch_or_onnxruntime():
@@ -69,12 +65,12 @@ def test_index_prefixed_and_numeric_folders(tmp_path):
 
 
 def test_unmatched_folders_fall_back_to_sorted_order_with_a_warning(tmp_path):
-    seen, warn = _warnings()
-    dataset = open_dataset(_class_folders(tmp_path, ["zebra", "apple"]), class_names=FASHION_NAMES, warn=warn)
+    with collect_warnings() as seen:
+        dataset = open_dataset(_class_folders(tmp_path, ["zebra", "apple"]), class_names=FASHION_NAMES)
     assert {item.path.parent.name: item.label for item in dataset.items} == {"apple": 0, "zebra": 1}
     assert len(seen) == 1 and "sorted folder order" in seen[0] and "zebra" in seen[0]
-    seen, warn = _warnings()
-    open_dataset(_class_folders(tmp_path / "b", ["x", "y"]), warn=warn)
+    with collect_warnings() as seen:
+        open_dataset(_class_folders(tmp_path / "b", ["x", "y"]))
     assert "sorted folder order" in seen[0]
 
 
@@ -88,8 +84,8 @@ def test_loc_val_solution_csv(tmp_path):
         f"ILSVRC2012_val_00000001,{wnids[65]} 1 2 3 4 {wnids[65]} 5 6 7 8\n"
         f"ILSVRC2012_val_00000002,{wnids[970]} 1 2 3 4\n"
     )
-    seen, warn = _warnings()
-    dataset = open_dataset(val, warn=warn)
+    with collect_warnings() as seen:
+        dataset = open_dataset(val)
     assert dataset.layout == "loc-csv"
     assert [item.label for item in dataset.items] == [65, 970, None]
     assert not dataset.labelled and "not listed" in seen[0]
@@ -105,8 +101,10 @@ def test_list_file_paths_are_relative_to_the_file(tmp_path):
     dataset = open_dataset(tmp_path / "lists" / "val.txt", class_names=FASHION_NAMES)
     assert dataset.layout == "list-file" and dataset.labelled
     assert [(item.path.name, item.label) for item in dataset.items] == [("a.png", 3), ("b c.png", 9), ("missing.png", 1)]
-    loader = load_batches(dataset.items, SMALL, batch_size=4, workers=0, warn=None)
-    assert sum(len(batch.items) for batch in loader) == 2 and loader.num_skipped == 1
+    loader = load_batches(dataset.items, SMALL, batch_size=4, workers=0)
+    with collect_warnings() as seen:
+        assert sum(len(batch.items) for batch in loader) == 2 and loader.num_skipped == 1
+    assert seen == ["skipped 1 unreadable image: missing.png (No such file or directory)"]
 
 
 def test_unlabelled_folder_and_stray_files(tmp_path):
@@ -152,9 +150,9 @@ def test_load_batches_keeps_order_and_skips_broken_files_with_one_warning(tmp_pa
     dataset = open_dataset(tmp_path / "mixed")
     results = {}
     for workers in (0, 2):
-        seen, warn = _warnings()
-        loader = load_batches(dataset.items, SMALL, batch_size=4, workers=workers, progress=False, warn=warn)
-        batches = list(loader)
+        loader = load_batches(dataset.items, SMALL, batch_size=4, workers=workers, progress=False)
+        with collect_warnings() as seen:
+            batches = list(loader)
         assert all(batch.images.dtype == np.float32 and batch.images.shape[1:] == (3, 32, 32) for batch in batches)
         assert all(len(batch.items) == 4 for batch in batches[:-1])
         assert loader.num_skipped == 5

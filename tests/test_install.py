@@ -213,7 +213,7 @@ def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py
     model = fashion_onnx(tmp_path_factory)
     int8 = tmp_path / "fashion.int8.onnx"  # calibrated here, on this Python
     calibrate_int8(model, FASHION / "train", int8, CalibrationOptions(num_images=50, workers=0, use_cache=False),
-                   tensorrt_check=False, warn=None)
+                   tensorrt_check=False)
     version = _run([python, "-c", "import sys, onnxruntime; print(sys.version_info[:2], "
                     "onnxruntime.__version__)"]).stdout
     assert version.startswith("(3, 10)"), version

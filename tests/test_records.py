@@ -92,8 +92,8 @@ def test_the_manifests_ffx_writes_read_back_byte_for_byte(mini, images, tmp_path
     from ffx.calib import CalibrationOptions, calibrate_int8, convert_fp16
 
     int8 = calibrate_int8(mini.onnx, images, tmp_path / "m.int8.onnx", CalibrationOptions(num_images=10, use_cache=False),
-                          tensorrt_check=False, warn=None)
-    fp16 = convert_fp16(mini.onnx, tmp_path / "m.fp16.onnx", tensorrt_check=False, warn=None)
+                          tensorrt_check=False)
+    fp16 = convert_fp16(mini.onnx, tmp_path / "m.fp16.onnx", tensorrt_check=False)
     for path in (int8.manifest, fp16.manifest):
         manifest = CalibrationManifest.read(path)
         assert manifest.to_bytes() == open(path, "rb").read()

@@ -158,13 +158,26 @@ def test_warns_when_verifying_on_calibration_images(cli_runner, mini, images, tm
 
     quantized = tmp_path / "mini.int8.onnx"
     calibrate_int8(str(mini.onnx), str(images), str(quantized), CalibrationOptions(num_images=10),
-                   tensorrt_check=False, warn=None)
+                   tensorrt_check=False)
     result = _verify(cli_runner, quantized, "--reference", mini.onnx, "--data", images, "--max-top1-drop", "100", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["calibration_overlap"] == 10
     assert report["candidate"]["precision"] == "int8"
     assert "were also calibration images" in result.stderr
+
+
+def test_an_unreadable_image_is_one_warning_in_the_report_and_on_stderr(cli_runner, mini, images, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    broken = next(data.iterdir()) / "broken.png"
+    broken.write_bytes(b"not a png")
+    result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", data, "--json")
+    assert result.exit_code == 0, result.output
+    skipped = [w for w in json.loads(result.stdout)["warnings"] if w.startswith("skipped 1 unreadable image: broken.png")]
+    assert len(skipped) == 1 and result.stderr.count("Warning: skipped 1 unreadable image: broken.png") == 1
 
 
 @pytest.mark.slow
@@ -243,7 +256,7 @@ def test_fixture_int8_passes_against_its_checkpoint(cli_runner, tmp_path, tmp_pa
     onnx_path = fashion_onnx(tmp_path_factory)
     quantized = tmp_path / "fashion.int8.onnx"
     calibrate_int8(str(onnx_path), str(FASHION / "train"), str(quantized), CalibrationOptions(num_images=300),
-                   tensorrt_check=False, warn=None)
+                   tensorrt_check=False)
     result = _verify(cli_runner, quantized, "--reference", FASHION_CHECKPOINT, "--data", FASHION / "val", "--threads", "1",
                      "--json")
     assert result.exit_code == 0, result.output
@@ -279,7 +292,7 @@ def test_verify_without_reference_reads_the_candidate_once(mini, images, tmp_pat
     shutil.copyfile(mini.onnx, source)
     quantized = tmp_path / "mini.int8.onnx"
     calibrate_int8(str(source), str(images), str(quantized), CalibrationOptions(num_images=10),
-                   tensorrt_check=False, warn=None)
+                   tensorrt_check=False)
     loaded = []
     real_load = onnx.load
 

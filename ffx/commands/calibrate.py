@@ -85,17 +85,18 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
     from ffx.calib.model_io import output_paths
 
     output_paths(model, output, precision)  # checked before the search and any image is read
-    # The search and the calibration after it read the same images: say each warning once.
-    checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend,
-              "warn": _once(warn) if searching else warn}
+    checks = {"tensorrt_check": not no_tensorrt_check, "tensorrt_backend": backend}
     from ffx.calib import calibrate
+    from ffx.reporting import warnings_to
 
     search = None
-    if searching:
-        search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point_estimate, held_out,
-                                 held_out_images, quiet=as_json, warn=checks["warn"])
-        options = options.replace(keep_fp=tuple(search["keep_fp"]))
-    report = calibrate(model, data, output, options, keep_fp_search=search, **checks)
+    # The search and the calibration after it read the same images: say each warning once.
+    with warnings_to(_once(warn) if searching else warn):
+        if searching:
+            search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point_estimate, held_out,
+                                     held_out_images, quiet=as_json)
+            options = options.replace(keep_fp=tuple(search["keep_fp"]))
+        report = calibrate(model, data, output, options, keep_fp_search=search, **checks)
     # The whole command's time (the search's too), not only the final calibration's.
     report = dataclasses.replace(report, seconds=round(time.perf_counter() - started, 2))
     if as_json:
@@ -116,13 +117,13 @@ def _once(warn):
 
 
 def _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point_estimate, held_out, held_out_images,
-                    quiet, warn):
+                    quiet):
     from ffx.calib.mixed_precision import Target, search_keep_fp
 
     target = Target(agreement=target_agreement, max_top1_drop=max_top1_drop, point_estimate=point_estimate)
     log = None if quiet else (lambda message: click.echo(f"search: {message}", err=True))
     try:
-        return search_keep_fp(model, data, options, target, held_out_images, held_out, warn=warn, log=log)
+        return search_keep_fp(model, data, options, target, held_out_images, held_out, log=log)
     except InvalidOption as e:
         raise CALIBRATION.error(e, held_out_images="--held-out-images") from None
 

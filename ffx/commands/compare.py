@@ -1,7 +1,7 @@
 import click
 
 from ffx.calib.compare import DEFAULT_IMAGES
-from ffx.cli import InputPath, print_json, warn
+from ffx.cli import InputPath, print_json
 from ffx.commands.output_options import json_option
 
 
@@ -28,7 +28,7 @@ def command(reference, candidate, data, num_images, seed, as_json):
     """
     from ffx.calib.compare import compare_layerwise
 
-    report = compare_layerwise(reference, candidate, data, num_images, seed, warn=warn)
+    report = compare_layerwise(reference, candidate, data, num_images, seed)
     if as_json:
         print_json(report.to_dict())
         return

@@ -1,6 +1,6 @@
 import click
 
-from ffx.cli import InputPath, print_json, warn
+from ffx.cli import InputPath, print_json
 from ffx.commands.calibration_options import CalibrationOptionGroup
 from ffx.commands.output_options import json_option
 from ffx.fidelity import error_power, snr_of
@@ -54,7 +54,7 @@ def command(model, data, held_out_images, held_out, num_images, method, fp8, per
 
         check_plot_path(plot)
 
-    report = layer_sensitivity(model, data, options, held_out_images, held_out, warn=warn)
+    report = layer_sensitivity(model, data, options, held_out_images, held_out)
     if plot:
         from ffx.calib.sensitivity_plot import draw_sensitivity
 
