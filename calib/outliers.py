@@ -66,7 +66,7 @@ def fake_quantize(x, threshold):
     return np.clip(np.rint(x / scale), -128, 127) * scale
 
 
-def sampled_activations(source, items, tensors, workers=0, warn=None):
+def sampled_activations(source, items, tensors, workers=0):
     """Yield {tensor: FP32 activations} per batch of the first SAMPLE_IMAGES calibration images."""
     graph_inputs = {value.name for value in source.model.graph.input}
     fetched = [tensor for tensor in tensors if tensor not in graph_inputs]

@@ -29,10 +29,6 @@ SKIPPED_NAMED_IN_WARNING = 5
 MIN_IMAGES_FOR_WORKERS = 16
 
 
-def print_warning(message):
-    print(f"Warning: {message}", file=sys.stderr)
-
-
 @dataclasses.dataclass
 class Batch:
     images: np.ndarray  # float32 (N, C, H, W)

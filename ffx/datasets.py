@@ -30,7 +30,7 @@ import numpy as np
 
 from ffx.artifacts import file_kind
 # The batch loader was in this module: its names stay importable from here.
-from ffx.batch_loader import Batch, BatchLoader, SkippedImage, describe_skipped, load_batches, print_warning
+from ffx.batch_loader import Batch, BatchLoader, SkippedImage, describe_skipped, load_batches
 from ffx.errors import FfxError
 from ffx.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, is_image_file, open_regular_file
 from ffx.metadata import MAX_CLASSES, imagenet_class_names, imagenet_wnids
@@ -44,7 +44,7 @@ WNID_PATTERN = re.compile(r"^n\d{8}$")
 
 __all__ = ["ImageItem", "ImageDataset", "open_dataset", "check_data_path", "select_images", "class_index",
            "normalise_class_name", "file_sha256", "LOC_SOLUTION_FILE", "KAGGLE_VAL_FOLDER", "SPLIT_FOLDER_NAMES",
-           "WNID_PATTERN", "Batch", "BatchLoader", "SkippedImage", "load_batches", "describe_skipped", "print_warning"]
+           "WNID_PATTERN", "Batch", "BatchLoader", "SkippedImage", "load_batches", "describe_skipped"]
 
 
 @dataclasses.dataclass(frozen=True)

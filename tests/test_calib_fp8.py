@@ -15,6 +15,7 @@ from PIL import Image
 from ffx.calib import CalibrationOptions, calibrate, calibrate_fp8
 from ffx.calib.fp8 import E4M3_MAX, FP8_OPSET, exact_threshold, to_e4m3, to_fp8_opset
 from ffx.datasets import load_batches, open_dataset
+from ffx.reporting import silenced
 from ffx.cli import cli
 from ffx.errors import FfxError, InvalidOption
 from ffx.gpu_precisions import GPU_PRECISIONS, gpu_precisions, supports_fp8
@@ -351,9 +352,10 @@ def test_fp8_bias_correction_moves_the_biases_and_cuts_the_mean_logit_error(smal
     moved = [name for name in off if off[name].data_type == onnx.TensorProto.FLOAT and name.endswith("bias")
              and not np.array_equal(onnx.numpy_helper.to_array(off[name]), onnx.numpy_helper.to_array(on[name]))]
     assert moved
-    items = open_dataset(dark, warn=None).items
-    images = np.concatenate([batch.images for batch in load_batches(
-        items, json.loads(Path(plain.manifest).read_text())["preprocess"], 16, workers=0, progress=False, warn=None)])
+    with silenced():
+        items = open_dataset(dark).items
+        images = np.concatenate([batch.images for batch in load_batches(
+            items, json.loads(Path(plain.manifest).read_text())["preprocess"], 16, workers=0, progress=False)])
 
     def logits(path):
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
