@@ -7,7 +7,7 @@ import click
 from ffx.cli import THREADS, Count, FiniteFloat, InputPath, print_json, warn
 from ffx.errors import FfxError
 from ffx.progress import Progress, stderr_is_terminal
-from ffx.runtime.bench import UNSTABLE_CV
+from ffx.runtime.tasks.bench import UNSTABLE_CV
 
 
 # Larger batches only measure the machine's memory; 4096 ViT inputs at 224x224 are 2.3 GiB.
@@ -46,7 +46,7 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, thre
       ffx bench model.pth model.onnx model.int8.onnx --batch 1,8
       ffx bench model.engine --batch 1,8,32 --cuda-graph --json
     """
-    from ffx.runtime.bench import bench
+    from ffx.runtime.tasks.bench import bench
 
     batches = parse_batches(batch_text)
     started = time.perf_counter()

@@ -6,7 +6,7 @@ from ffx.cli import InputPath, print_json, warn
 from ffx.errors import FfxError
 from ffx.export.limits import MAX_OPSET, MIN_OPSET
 from ffx.metadata import MAX_CLASSES
-from ffx.runtime.checkpoint_engine import missing_export_packages_message
+from ffx.runtime.engines.checkpoint_engine import missing_export_packages_message
 
 
 def require_export_packages():

@@ -3,7 +3,7 @@ import click
 from ffx.cli import THREADS, Count, FiniteFloat, InputPath, print_json, warn
 from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
 from ffx.errors import GateFailed
-from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
+from ffx.runtime.tasks.verify import DEFAULT_MAX_TOP1_DROP
 
 
 @click.command("verify")
@@ -36,7 +36,7 @@ def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size
       ffx verify model.engine --reference model.pth --data val/
       ffx verify model.int8.onnx --reference model.onnx --data val/ --limit 500 --json
     """
-    from ffx.runtime.verify import verify
+    from ffx.runtime.tasks.verify import verify
 
     with naming_the_flag():
         report = verify(candidate, reference, data, limit=limit, max_top1_drop=max_top1_drop,
