@@ -63,14 +63,14 @@ def decode_images(folder, preprocess, class_names, per_class=None):
 
 def logits_of(model_path, images, batch=EVAL_BATCH):
     """Logits of `model_path` (checkpoint or ONNX, through ffx's runners) on `images`."""
-    from ffx.runtime.runner import open_runner
+    from ffx.runtime.backends.runner import open_runner
 
     with open_runner(model_path) as runner:
         return np.concatenate([runner.infer(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
 def score(name, logits, reference, labels, class_names, extra=None):
-    from ffx.runtime.verify import compare_predictions
+    from ffx.runtime.tasks.verify import compare_predictions
 
     comparison = compare_predictions(reference, logits, labels, class_names)
     row = {

@@ -59,7 +59,7 @@ def latency_summary(seconds, batch, wall=None):
 
 
 def time_direct(model, images, batch, requests, warmup=10):
-    from ffx.runtime.runner import open_runner
+    from ffx.runtime.backends.runner import open_runner
 
     seconds = []
     with open_runner(model) as runner:
@@ -126,7 +126,7 @@ class ServedModel:
     """`ffx serve MODEL` on free loopback ports, stopped with SIGTERM."""
 
     def __init__(self, model, max_batch, queue_delay_us):
-        from ffx.runtime.serving import free_loopback_ports
+        from ffx.runtime.deploy.serving import free_loopback_ports
 
         ports = free_loopback_ports(3)
         self.url = f"127.0.0.1:{ports[0]}"

@@ -5,7 +5,7 @@ Every stage that reads a model starts from a ModelFile instead of loading the gr
 metadata and checking its input size itself: export (folding the normalization), calib (the FP32
 source, a converted candidate), runtime (runners, the serving interface, engine builds, verify).
 `open_onnx` opens an ONNX file here; engines (whose sidecar format is the runtime's) are opened
-by `ffx.runtime.runner.open_model`, which gives back the same record for any model file.
+by `ffx.runtime.backends.runner.open_model`, which gives back the same record for any model file.
 
 What is read when: opening reads the graph (and its external weights when asked) and parses the
 metadata JSON (FfxError for a file that is no model, external data outside its folder, metadata
@@ -30,7 +30,7 @@ class ModelFile:
         graph: the ONNX ModelProto (ONNX only; its external weights in memory when opened with
             `weights=True`), else None.
         recorded: the ffx metadata JSON object as read (ONNX: None when the graph carries none).
-        sidecar: an engine's EngineSidecar (ffx.runtime.sidecar), None when it has none.
+        sidecar: an engine's EngineSidecar (ffx.runtime.engines.sidecar), None when it has none.
         external_weights: True when `weights=True` brought external weights into memory.
     """
 

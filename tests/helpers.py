@@ -47,7 +47,7 @@ needs_rtx = pytest.mark.skipif(TENSORRT_RTX_MISSING is not None, reason=TENSORRT
 def needs_gpu_reason():
     """None when engines can run here, else why not (a skip reason)."""
     from ffx.errors import BackendUnavailable
-    from ffx.runtime.cuda import open_cuda
+    from ffx.runtime.backends.cuda import open_cuda
     from ffx.tensorrt import available_backend
 
     try:

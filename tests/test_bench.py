@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ffx.cli import cli
-from ffx.runtime.bench import latency_stats
+from ffx.runtime.tasks.bench import latency_stats
 from helpers import needs_gpu_reason, needs_rtx, qdq_model
 
 JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}

@@ -61,7 +61,7 @@ def _checkpoint(folder):
 
 def test_other_settings_or_a_changed_manifest_are_not_reused(built, images):
     from ffx.calib import CalibrationOptions
-    from ffx.runtime.conversion_reuse import conversion_mismatch
+    from ffx.runtime.engines.conversion_reuse import conversion_mismatch
 
     folder, _ = built
     onnx, qdq = folder / "f.onnx", folder / "f.int8.onnx"

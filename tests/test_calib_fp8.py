@@ -20,7 +20,7 @@ from ffx.cli import cli
 from ffx.errors import FfxError, InvalidOption
 from ffx.gpu_precisions import GPU_PRECISIONS, gpu_precisions, supports_fp8
 from ffx.metadata import Preprocess, onnx_metadata
-from ffx.runtime.onnx_model import graph_precision
+from ffx.runtime.engines.onnx_model import graph_precision
 from helpers import needs_rtx
 from test_calib import SMALL_CONFIG, _export, _photos, _small_checkpoint
 
@@ -284,8 +284,8 @@ def test_the_precision_guide_table(small_model, photos, workdir, cli_runner):
 def test_full_tensorrt_builds_fp8_only_on_a_gpu_with_fp8():
     """The decision write_engine takes before calibrating, for the GPU full TensorRT would build on
     (none here: the GpuInfo values are what cuda-python reports on those GPUs)."""
-    from ffx.runtime.cuda import GpuInfo
-    from ffx.runtime.engine_file import _fp8_targets
+    from ffx.runtime.backends.cuda import GpuInfo
+    from ffx.runtime.engines.engine_file import _fp8_targets
     from ffx.tensorrt import Backend, BuildOptions
 
     full = Backend("tensorrt", module=None, version="10.3.0")

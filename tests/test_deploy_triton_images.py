@@ -21,7 +21,7 @@ from PIL import Image
 from ffx.cli import cli
 from ffx.images import find_images, load_image
 from ffx.metadata import Preprocess, read_onnx_metadata
-from ffx.runtime.serving import free_loopback_ports
+from ffx.runtime.deploy.serving import free_loopback_ports
 from helpers import FASHION, fashion_onnx
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",

@@ -11,7 +11,7 @@ from ffx.errors import InvalidOption
 
 from ffx.cli import cli
 from ffx.compute_capability import rtx_plan_targets
-from ffx.runtime.sidecar import SIDECAR_VERSION, read_sidecar, sidecar_path
+from ffx.runtime.engines.sidecar import SIDECAR_VERSION, read_sidecar, sidecar_path
 from helpers import FASHION, fashion_onnx, labelled_images, needs_rtx, qdq_model
 
 pytestmark = needs_rtx

@@ -105,7 +105,7 @@ def test_serve_answers_with_the_fp8_graphs_logits(fp8, tmp_path):
     httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install 'ffx[serve]')")
     if not tritonserver_runs():
         pytest.skip("PyTriton's tritonserver binary cannot run on this machine")
-    from ffx.runtime.serving import free_loopback_ports, processes_started_from
+    from ffx.runtime.deploy.serving import free_loopback_ports, processes_started_from
 
     ports = free_loopback_ports(3)
     stderr_path = tmp_path / "stderr.txt"

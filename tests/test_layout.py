@@ -119,3 +119,22 @@ def test_tests_import_scripts_as_a_package_not_by_file_path():
     offending = [path.name for path in (ROOT / "tests").glob("*.py")
                  if path.name != Path(__file__).name and "spec_from_file_location(" in path.read_text()]
     assert not offending, offending
+
+
+def test_module_paths_the_readme_named_before_runtime_had_subpackages_still_import():
+    """`from ffx.runtime.verify import verify` and `ffx.runtime.engine_file.write_engine` (the
+    README's Python API before runtime/ was split into subpackages) give the moved modules
+    themselves, not second copies, and leave those modules their own names."""
+    import importlib
+
+    for old, new in [("ffx.runtime.verify", "ffx.runtime.tasks.verify"),
+                     ("ffx.runtime.engine_file", "ffx.runtime.engines.engine_file")]:
+        module = importlib.import_module(old)
+        assert module is importlib.import_module(new)
+        assert module.__name__ == module.__spec__.name == new
+    from ffx.runtime.engine_file import write_engine
+    from ffx.runtime.engines.engine_file import write_engine as moved_write_engine
+    from ffx.runtime.tasks.verify import verify as moved_verify
+    from ffx.runtime.verify import verify
+
+    assert verify is moved_verify and write_engine is moved_write_engine

@@ -52,7 +52,7 @@ def _params(flag):
 
 
 def test_every_command_takes_the_runner_flags_alike():
-    from ffx.runtime.runner import ONNX_PROVIDERS
+    from ffx.runtime.backends.runner import ONNX_PROVIDERS
 
     providers = _params("--provider")
     assert {name for name, _ in providers} == {"bench", "predict", "serve", "verify"}

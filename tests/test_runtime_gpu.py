@@ -29,7 +29,7 @@ def _require_gpu():
 def cuda_python_gpu():
     """A CUDA GPU with cuda-python (no TensorRT needed): for the CUDA graph code on its own."""
     from ffx.errors import BackendUnavailable
-    from ffx.runtime.cuda import open_cuda
+    from ffx.runtime.backends.cuda import open_cuda
 
     try:
         open_cuda("cuda-python").close()
@@ -43,7 +43,7 @@ def cuda_python_gpu():
 @pytest.fixture(scope="module")
 def gpu():
     _require_gpu()
-    from ffx.runtime.cuda import current_gpu
+    from ffx.runtime.backends.cuda import current_gpu
 
     return current_gpu()
 
@@ -55,7 +55,7 @@ def _build(cli_runner, onnx_path, engine, *flags):
 
 
 def _reference(onnx_path, images):
-    from ffx.runtime.onnxrt import OnnxRuntimeRunner
+    from ffx.runtime.backends.onnxrt import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(onnx_path) as runner:
         return runner.infer(images)
@@ -80,7 +80,7 @@ def test_fp32_engine_matches_onnxruntime(gpu, cli_runner, mini, tmp_path):
 
 @pytest.mark.parametrize("library", ["pycuda", "cuda-python"])
 def test_each_cuda_library(gpu, cli_runner, mini, tmp_path, library):
-    from ffx.runtime.engine import EngineRunner
+    from ffx.runtime.backends.engine import EngineRunner
 
     _open_library_or_skip(library)
     engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
@@ -91,7 +91,7 @@ def test_each_cuda_library(gpu, cli_runner, mini, tmp_path, library):
 
 
 def test_cuda_library_roundtrip(gpu):
-    from ffx.runtime.cuda import open_cuda
+    from ffx.runtime.backends.cuda import open_cuda
 
     cuda = open_cuda()
     try:
@@ -113,7 +113,7 @@ def test_cuda_library_roundtrip(gpu):
 
 def _open_library_or_skip(library):
     from ffx.errors import BackendUnavailable
-    from ffx.runtime.cuda import open_cuda
+    from ffx.runtime.backends.cuda import open_cuda
 
     try:
         open_cuda(library).close()
@@ -126,7 +126,7 @@ def test_cuda_graph_replays_batch_a_then_b_then_a(gpu, cli_runner, mini, tmp_pat
     """One graph per input shape, a plain enqueue after each shape change: batches 4, 4, 2, 2, 4, 4
     (capture 4, capture 2, replay 4) give the plain run's logits. Full TensorRT captures through
     cuda-python only; with pycuda it refuses in one sentence. TensorRT-RTX captures itself."""
-    from ffx.runtime.engine import EngineRunner
+    from ffx.runtime.backends.engine import EngineRunner
 
     _open_library_or_skip(library)
     engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
@@ -151,7 +151,7 @@ def test_cuda_python_graph_capture_and_failed_capture(cuda_python_gpu):
     """The cuda-python graph path on its own (needs no TensorRT): a captured copy replays with
     the host data of launch time; a capture whose enqueue fails or raises is ended, its error
     cleared, and the stream keeps working."""
-    from ffx.runtime.cuda import open_cuda
+    from ffx.runtime.backends.cuda import open_cuda
 
     cuda = open_cuda("cuda-python", graphs=True)
     stream = cuda.create_stream()
@@ -205,7 +205,7 @@ def test_int8_and_fp16_engines_track_fp32(gpu, cli_runner, mini, tmp_path, tmp_p
 
 def test_sidecar_mismatch_is_one_sentence_before_loading(gpu, cli_runner, mini, tmp_path):
     from ffx.runtime import open_runner
-    from ffx.runtime.sidecar import sidecar_path
+    from ffx.runtime.engines.sidecar import sidecar_path
 
     engine = _build(cli_runner, mini.onnx, tmp_path / "mini.engine")
     path = sidecar_path(engine)

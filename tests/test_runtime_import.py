@@ -11,9 +11,9 @@ BLOCKED = ("torch", "tensorrt", "tensorrt_rtx_bindings", "pycuda", "cuda")
 
 IMPORT_EVERYTHING = """
 import importlib, sys
-for name in ["ffx.runtime", "ffx.runtime.runner", "ffx.runtime.onnxrt", "ffx.runtime.engine", "ffx.runtime.cuda",
-             "ffx.runtime.sidecar", "ffx.runtime.engine_file", "ffx.runtime.verify", "ffx.runtime.bench",
-             "ffx.runtime.predict", "ffx.runtime.inspection", "ffx.runtime.onnx_model", "ffx.runtime.pytorch",
+for name in ["ffx.runtime", "ffx.runtime.backends.runner", "ffx.runtime.backends.onnxrt", "ffx.runtime.backends.engine", "ffx.runtime.backends.cuda",
+             "ffx.runtime.engines.sidecar", "ffx.runtime.engines.engine_file", "ffx.runtime.tasks.verify", "ffx.runtime.tasks.bench",
+             "ffx.runtime.tasks.predict", "ffx.runtime.tasks.inspection", "ffx.runtime.engines.onnx_model", "ffx.runtime.backends.pytorch",
              "ffx.commands.build_engine", "ffx.commands.verify", "ffx.commands.bench",
              "ffx.commands.predict", "ffx.commands.inspect", "ffx.tensorrt"]:
     importlib.import_module(name)
@@ -87,9 +87,9 @@ def test_install_hints_name_what_to_run_in_ffx_folder(tmp_path, tmp_path_factory
         "Error: serving needs NVIDIA PyTriton: `pip install '.[serve]'` in ffx's folder"], served.stderr
 
     from ffx.errors import BackendUnavailable
-    from ffx.runtime.cuda import open_cuda
+    from ffx.runtime.backends.cuda import open_cuda
 
-    engine = _run(["-c", "from ffx.runtime.cuda import open_cuda\nopen_cuda()"], env)
+    engine = _run(["-c", "from ffx.runtime.backends.cuda import open_cuda\nopen_cuda()"], env)
     assert "neither library is installed: `pip install '.[cuda12]'` in ffx's folder" in engine.stderr, engine.stderr
     try:  # here, with whatever is installed: a CUDA library without a GPU names the GPU, not an install
         open_cuda().close()

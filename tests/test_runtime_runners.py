@@ -6,8 +6,8 @@ import pytest
 
 from ffx.errors import BackendUnavailable, FfxError
 from ffx.runtime import open_runner, runner_kind
-from ffx.runtime.cuda import GpuInfo
-from ffx.runtime.sidecar import EngineSidecar, compatibility_problem, describe_build
+from ffx.runtime.backends.cuda import GpuInfo
+from ffx.runtime.engines.sidecar import EngineSidecar, compatibility_problem, describe_build
 from helpers import needs_gpu_reason, needs_rtx, sidecar_dict
 
 
@@ -89,7 +89,7 @@ def test_missing_gpu_provider_is_backend_unavailable(mini):
 def test_engine_without_gpu_says_so(mini, tmp_path):
     if needs_gpu_reason() is None:
         pytest.skip("a GPU is present: tests/test_runtime_gpu.py covers engines")
-    from ffx.runtime.engine_file import write_engine
+    from ffx.runtime.engines.engine_file import write_engine
     from ffx.tensorrt import BuildOptions
 
     engine = tmp_path / "mini.engine"
@@ -178,7 +178,7 @@ def test_sidecar_round_trips_through_its_dict():
 def test_every_sidecar_field_is_validated(tmp_path, change, field, problem):
     import json
 
-    from ffx.runtime.sidecar import read_sidecar, sidecar_path
+    from ffx.runtime.engines.sidecar import read_sidecar, sidecar_path
 
     engine = tmp_path / "model.engine"
     sidecar_path(engine).write_text(json.dumps(sidecar_dict(**change)))

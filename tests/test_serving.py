@@ -24,7 +24,7 @@ import pytest
 
 from ffx.images import find_images, load_image
 from ffx.metadata import Preprocess, read_onnx_metadata
-from ffx.runtime.serving import free_loopback_ports, processes_started_from
+from ffx.runtime.deploy.serving import free_loopback_ports, processes_started_from
 import hostile_corpus
 from helpers import FASHION, FASHION_CLASSES, fashion_onnx, stop_with_sigterm, tritonserver_runs
 
@@ -174,7 +174,7 @@ def test_http_and_grpc_logits_match_onnxruntime(server, reference):
 
 @pytest.mark.slow
 def test_encoded_images_are_preprocessed_like_ffx_predict(server, reference, model_path):
-    from ffx.runtime.predict import predict
+    from ffx.runtime.tasks.predict import predict
 
     images, files, expected = reference
     encoded = np.array([[Path(f).read_bytes()] for f in files[:6]], dtype=object)

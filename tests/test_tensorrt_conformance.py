@@ -195,7 +195,7 @@ def test_the_tensorrt_files_are_found():
     package = {path.relative_to(ROOT).as_posix() for path in TENSORRT_PACKAGE.glob("*.py")}
     assert {"ffx/tensorrt/__init__.py", "ffx/tensorrt/backend.py", "ffx/tensorrt/build.py",
             "ffx/tensorrt/options.py"} <= package
-    assert package | {"runtime/engine.py"} <= names
+    assert package | {"runtime/backends/engine.py"} <= names
 
 
 def test_every_tensorrt_name_ffx_uses_exists(flavours):
@@ -253,7 +253,7 @@ def test_a_misspelling_in_the_backend_module_fails(flavours, tmp_path):
 def test_a_one_flavour_name_outside_its_guard_fails(flavours, tmp_path):
     # The runtime config's CUDA-graph strategy is TensorRT-RTX's: allowed in _create_context_rtx, not in a plain
     # function; create_runtime_config itself came in 10.11, after JetPack 6's 10.3.
-    uses = _copy_with(tmp_path, "runtime/engine.py", "def _create_context_rtx(self):", "def _create_context_any(self):")
+    uses = _copy_with(tmp_path, "runtime/backends/engine.py", "def _create_context_rtx(self):", "def _create_context_any(self):")
     found = problems(uses, flavours)
     assert any("ICudaEngine.create_runtime_config is missing from TensorRT 10.3; "
                "only TensorRT 10.16, TensorRT 11.1, TensorRT 11.4, TensorRT-RTX has it" in problem for problem in found), found

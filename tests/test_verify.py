@@ -8,7 +8,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.errors import FfxError
-from ffx.runtime.verify import compare_predictions, paired_difference_ci
+from ffx.runtime.tasks.verify import compare_predictions, paired_difference_ci
 from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx, needs_fashion_model
 
 JSON_KEYS = ("reference", "candidate", "top1_drop", "agreement", "passed")
@@ -279,14 +279,14 @@ def test_fixture_with_a_scrambled_head_fails(cli_runner, scrambled_checkpoint):
 
 @pytest.mark.slow
 def test_verify_without_reference_reads_the_candidate_once(mini, images, tmp_path, monkeypatch):
-    """The candidate ONNX is opened once (ffx.runtime.runner.open_model) for following its records
+    """The candidate ONNX is opened once (ffx.runtime.backends.runner.open_model) for following its records
     to the FP32 source, its runner and its calibration manifest; each was a parse of its own."""
     import shutil
 
     import onnx
 
     from ffx.calib import CalibrationOptions, calibrate_int8
-    from ffx.runtime.verify import verify
+    from ffx.runtime.tasks.verify import verify
 
     source = tmp_path / "mini.onnx"  # the manifest names its source beside the graph
     shutil.copyfile(mini.onnx, source)

@@ -8,7 +8,7 @@ from ffx.cli import Count, FiniteFloat, InputPath, print_json, warn
 from ffx.commands.output_options import json_option
 from ffx.commands.runner_options import RunnerOptionGroup, parse_batches
 from ffx.progress import Progress, stderr_is_terminal
-from ffx.runtime.bench import UNSTABLE_CV
+from ffx.runtime.tasks.bench import UNSTABLE_CV
 
 RUNNER = RunnerOptionGroup(models=".onnx targets", threads=True)
 
@@ -34,7 +34,7 @@ def command(targets, batch_text, iterations, warmup, max_seconds, provider, thre
       ffx bench model.pth model.onnx model.int8.onnx --batch 1,8
       ffx bench model.engine --batch 1,8,32 --cuda-graph --json
     """
-    from ffx.runtime.bench import bench
+    from ffx.runtime.tasks.bench import bench
 
     batches = parse_batches(batch_text)
     started = time.perf_counter()

@@ -8,7 +8,7 @@ from ffx.commands.calibration_options import CalibrationOptionGroup
 from ffx.commands.output_options import json_option, output_file_option
 from ffx.compute_capability import RTX_DEFAULT_TARGETS, RTX_SUPPORTED
 from ffx.errors import FfxError, InvalidOption
-from ffx.runtime.runner import CHECKPOINT_SUFFIXES
+from ffx.runtime.backends.runner import CHECKPOINT_SUFFIXES
 from ffx.tensorrt import HARDWARE_COMPATIBILITY, backend_label
 
 
@@ -149,11 +149,11 @@ def _build(model, output, arguments, as_json):
     """(the checkpoint pipeline or None, the engine's BuildReport, its notes): a checkpoint is
     exported (and calibrated) on the way, an ONNX model built as it is (or calibrated first)."""
     if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
-        from ffx.runtime.checkpoint_engine import build_engine_from_checkpoint
+        from ffx.runtime.engines.checkpoint_engine import build_engine_from_checkpoint
 
         pipeline = build_engine_from_checkpoint(model, output, announce=None if as_json else _announce, **arguments)
         return pipeline, pipeline.engine, pipeline.notes
-    from ffx.runtime.engine_file import write_engine
+    from ffx.runtime.engines.engine_file import write_engine
 
     report = write_engine(model, output, **arguments)
     return None, report, report.notes

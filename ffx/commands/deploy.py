@@ -5,7 +5,7 @@ import click
 from ffx.cli import QUEUE_DELAY_US, Count, InputPath, print_json, warn
 from ffx.commands.output_options import json_option, output_folder_option
 from ffx.metadata import MAX_BATCH
-from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
+from ffx.runtime.deploy.triton_repository import DEFAULT_QUEUE_DELAY_US
 
 
 @click.group("deploy")
@@ -49,7 +49,7 @@ def triton(model, repository, name, max_batch, instances, max_queue_delay_us, im
       ffx deploy triton model.engine -o model_repository --name classifier --image-input
       tritonserver --model-repository=model_repository
     """
-    from ffx.runtime.triton_repository import write_triton_repository
+    from ffx.runtime.deploy.triton_repository import write_triton_repository
 
     report = write_triton_repository(model, repository, name=name, max_batch=max_batch, instances=instances,
                                      queue_delay_us=max_queue_delay_us, image_input=image_input)
@@ -90,7 +90,7 @@ def deepstream(model, output_dir, approximate_normalization, data, num_images, a
       ffx deploy deepstream model.engine -o ds/ --approximate-normalization --data val/
     """
     from ffx.errors import FfxError
-    from ffx.runtime.deepstream import PerChannelNormalization, write_deepstream_config
+    from ffx.runtime.deploy.deepstream import PerChannelNormalization, write_deepstream_config
 
     if data and not approximate_normalization:
         raise click.UsageError("--data is only used with --approximate-normalization")

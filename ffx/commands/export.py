@@ -7,7 +7,7 @@ from ffx.commands.output_options import json_option, output_file_option
 from ffx.errors import FfxError
 from ffx.export.limits import MAX_OPSET, MIN_OPSET
 from ffx.metadata import MAX_CLASSES
-from ffx.runtime.checkpoint_engine import missing_export_packages_message
+from ffx.runtime.engines.checkpoint_engine import missing_export_packages_message
 
 
 def require_export_packages():

@@ -28,8 +28,8 @@ def command(path, no_load, layers, gpus, as_json):
       ffx inspect model.fp8.onnx --gpu 8.7 --gpu 9.0   # FP8 on Jetson Orin? on H100?
     """
     from ffx.compute_capability import parse_compute_capability
-    from ffx.runtime.inspection import guide_capabilities, inspect_file, inspect_sidecar, precision_guide
-    from ffx.runtime.sidecar import ENGINE_SUFFIXES
+    from ffx.runtime.tasks.inspection import guide_capabilities, inspect_file, inspect_sidecar, precision_guide
+    from ffx.runtime.engines.sidecar import ENGINE_SUFFIXES
 
     for gpu in gpus:
         parse_compute_capability(gpu)  # an unreadable --gpu fails before the file is read
@@ -75,7 +75,7 @@ def _print_onnx(info, _layers):
 
 
 def _print_engine(info, layers):
-    from ffx.runtime.sidecar import EngineSidecar, describe_build
+    from ffx.runtime.engines.sidecar import EngineSidecar, describe_build
 
     if info["engine_present"]:
         click.echo(f"{info['path']}: TensorRT plan, {info['bytes'] / (1 << 20):.1f} MiB, sha256 {info['sha256'][:16]}...")

@@ -29,7 +29,7 @@ def command(model, images, topk, provider, preprocess_text, as_json):
       ffx predict model.onnx photos/ --topk 3 --json
       ffx predict other_tool.onnx cat.jpg --preprocess preprocess.json
     """
-    from ffx.runtime.predict import predict
+    from ffx.runtime.tasks.predict import predict
 
     with naming_the_flag():
         predictions = predict(model, images, topk=topk, provider=provider, on_skip=warn,

@@ -1,7 +1,7 @@
 """The runner option group: how a command runs its models, declared once.
 
 `ffx verify`, `ffx bench`, `ffx predict` and `ffx serve` run models through the runners of
-runtime/runner.py. The flags that say how are declared here: ONNX Runtime's execution provider for
+runtime/backends/runner.py. The flags that say how are declared here: ONNX Runtime's execution provider for
 .onnx models (--provider), the CPU threads of ONNX Runtime and PyTorch (--threads), and the
 batches the runners are called with (verify's --batch-size; bench's --batch 1,8,32, with
 `parse_batches`). Each command declares a `RunnerOptionGroup` with the flags it takes and
@@ -18,7 +18,7 @@ import click
 
 from ffx.cli import THREADS, Count
 from ffx.errors import FfxError
-from ffx.runtime.runner import ONNX_PROVIDERS
+from ffx.runtime.backends.runner import ONNX_PROVIDERS
 
 # Larger batches only measure the machine's memory; 4096 ViT inputs at 224x224 are 2.3 GiB.
 MAX_BATCH = 4096

@@ -7,8 +7,8 @@ from ffx.commands.output_options import json_option
 from ffx.commands.runner_options import RunnerOptionGroup
 from ffx.errors import FfxError
 from ffx.metadata import MAX_BATCH
-from ffx.runtime.serving import DEFAULT_PORT
-from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
+from ffx.runtime.deploy.serving import DEFAULT_PORT
+from ffx.runtime.deploy.triton_repository import DEFAULT_QUEUE_DELAY_US
 
 RUNNER = RunnerOptionGroup()
 
@@ -39,7 +39,7 @@ def command(model, host, port, grpc_port, metrics_port, name, max_batch, max_que
       ffx serve model.onnx --port 9000 --max-batch 16 --max-queue-delay-us 500
       curl -s localhost:8000/v2/health/ready && curl -s localhost:8002/metrics | head
     """
-    from ffx.runtime.serving import PortInUse, ServeSettings, serve_until_stopped
+    from ffx.runtime.deploy.serving import PortInUse, ServeSettings, serve_until_stopped
 
     settings = ServeSettings(host=host, http_port=port, grpc_port=grpc_port, metrics_port=metrics_port,
                              max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, name=name, provider=provider,

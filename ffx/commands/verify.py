@@ -5,7 +5,7 @@ from ffx.commands.output_options import json_option
 from ffx.commands.preprocess_option import naming_the_flag, parse_preprocess, preprocess_option
 from ffx.commands.runner_options import RunnerOptionGroup
 from ffx.errors import GateFailed
-from ffx.runtime.verify import DEFAULT_MAX_TOP1_DROP
+from ffx.runtime.tasks.verify import DEFAULT_MAX_TOP1_DROP
 
 RUNNER = RunnerOptionGroup(threads=True, batch_size=32)
 
@@ -38,7 +38,7 @@ def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size
       ffx verify model.engine --reference model.pth --data val/
       ffx verify model.int8.onnx --reference model.onnx --data val/ --limit 500 --json
     """
-    from ffx.runtime.verify import verify
+    from ffx.runtime.tasks.verify import verify
 
     with naming_the_flag():
         report = verify(candidate, reference, data, limit=limit, max_top1_drop=max_top1_drop,

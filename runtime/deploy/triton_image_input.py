@@ -167,7 +167,7 @@ def write_ensemble(folder, interface, name, max_batch_size, labels_text, reposit
 
 
 def _dtype(dtype):
-    from ffx.runtime.triton_repository import _triton_dtype
+    from ffx.runtime.deploy.triton_repository import _triton_dtype
 
     return _triton_dtype(dtype)
 

@@ -18,7 +18,7 @@ import numpy as np
 from ffx.errors import FfxError, MissingPreprocess
 from ffx.metadata import ModelMetadata
 from ffx.model_file import ModelFile, open_onnx
-from ffx.runtime.sidecar import ENGINE_SUFFIXES, read_sidecar
+from ffx.runtime.engines.sidecar import ENGINE_SUFFIXES, read_sidecar
 
 ONNX_SUFFIXES = (".onnx",)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
@@ -227,13 +227,13 @@ def open_runner(path: str | Path | ModelFile, provider: str = "cpu", cuda_graph:
         path = Path(path)
         kind = existing_model_kind(path)
     if kind == "engine":
-        from ffx.runtime.engine import EngineRunner
+        from ffx.runtime.backends.engine import EngineRunner
 
         return EngineRunner(path, cuda_graph=cuda_graph, cuda_library=cuda_library)
     if kind == "onnx":
-        from ffx.runtime.onnxrt import OnnxRuntimeRunner
+        from ffx.runtime.backends.onnxrt import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, provider=provider, threads=threads, int8_kernels=int8_kernels)
-    from ffx.runtime.pytorch import CheckpointRunner
+    from ffx.runtime.backends.pytorch import CheckpointRunner
 
     return CheckpointRunner(path, arch=arch, ema=ema, device=device, threads=threads)

@@ -1,17 +1,17 @@
 """TensorRT / TensorRT-RTX engine runner: IO tensor API, execute_async_v3, pinned host buffers,
 one stream and optional CUDA graphs (one per input shape; captured through cuda-python for full
 TensorRT, by TensorRT-RTX itself for its engines). Needs a CUDA GPU; pycuda or cuda-python
-provide the memory (runtime/cuda.py).
+provide the memory (runtime/backends/cuda.py).
 
 The sidecar beside the engine is checked against the installed TensorRT and the GPU before the
 engine is deserialized, so a wrong-machine engine fails with one sentence, not a C++ error.
 """
 
 from ffx.errors import FfxError
-from ffx.runtime.cuda import GRAPHS_NEED_CUDA_PYTHON
+from ffx.runtime.backends.cuda import GRAPHS_NEED_CUDA_PYTHON
 from ffx.model_file import ModelFile
-from ffx.runtime.runner import Runner
-from ffx.runtime.sidecar import compatibility_problem, read_sidecar
+from ffx.runtime.backends.runner import Runner
+from ffx.runtime.engines.sidecar import compatibility_problem, read_sidecar
 
 
 class EngineRunner(Runner):
@@ -64,14 +64,14 @@ class EngineRunner(Runner):
         return self.backend if self.sidecar else "auto"
 
     def check_available(self):
-        from ffx.runtime.cuda import open_cuda
+        from ffx.runtime.backends.cuda import open_cuda
         from ffx.tensorrt import available_backend
 
         backend = available_backend(self._backend_name())
         open_cuda(self.cuda_library, graphs=self.cuda_graph and not backend.is_rtx).close()
 
     def _activate(self):
-        from ffx.runtime.cuda import open_cuda
+        from ffx.runtime.backends.cuda import open_cuda
         from ffx.tensorrt import available_backend, make_logger
 
         backend = available_backend(self._backend_name())

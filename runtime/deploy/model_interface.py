@@ -13,8 +13,8 @@ import onnx
 
 from ffx.errors import FfxError
 from ffx.metadata import ModelMetadata
-from ffx.runtime.runner import open_model
-from ffx.runtime.sidecar import EngineSidecar, missing_sidecar
+from ffx.runtime.backends.runner import open_model
+from ffx.runtime.engines.sidecar import EngineSidecar, missing_sidecar
 
 # ONNX element types ffx graphs use at their inputs and outputs -> numpy dtype names.
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
@@ -58,7 +58,7 @@ def read_model_interface(path):
 
 
 def _onnx_interface(model_file):
-    from ffx.runtime.onnx_model import graph_precision
+    from ffx.runtime.engines.onnx_model import graph_precision
 
     path, model = model_file.path, model_file.graph
     if model_file.recorded is None:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ffx.errors import BackendUnavailable
-from ffx.runtime.runner import open_runner
+from ffx.runtime.backends.runner import open_runner
 
 UNSTABLE_CV = 0.10  # coefficient of variation above which timings are flagged as unstable
 

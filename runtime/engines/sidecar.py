@@ -293,7 +293,7 @@ def describe_build(sidecar):
 
 def compatibility_problem(sidecar, backend_name, backend_version, gpu):
     """None when the engine `sidecar` describes should load with the installed backend on `gpu`
-    (a runtime.cuda.GpuInfo or None), else one sentence saying why not and what to do."""
+    (a runtime.backends.cuda.GpuInfo or None), else one sentence saying why not and what to do."""
     from ffx.tensorrt import backend_label
 
     built = describe_build(sidecar)

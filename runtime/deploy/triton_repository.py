@@ -21,7 +21,7 @@ from ffx.artifacts import partial_folder
 from ffx.errors import FfxError
 from ffx.metadata import escape_text
 from ffx.onnx_file import external_data_files
-from ffx.runtime.model_interface import read_model_interface
+from ffx.runtime.deploy.model_interface import read_model_interface
 
 DEFAULT_ONNX_MAX_BATCH = 32
 DEFAULT_QUEUE_DELAY_US = 100
@@ -145,9 +145,9 @@ def _triton_dtype(dtype):
 def write_triton_repository(model_path, repository, name=None, max_batch=None, instances=1,
                             queue_delay_us=DEFAULT_QUEUE_DELAY_US, image_input=False):
     """Write REPO/NAME for `model_path` (engine with sidecar, or ffx ONNX), and with `image_input`
-    REPO/NAME_preprocess and the ensemble REPO/NAME_image in front of it (runtime/triton_image_input.py);
+    REPO/NAME_preprocess and the ensemble REPO/NAME_image in front of it (runtime/deploy/triton_image_input.py);
     the directories appear complete or not at all, and an existing one is never overwritten."""
-    from ffx.runtime.triton_image_input import ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX
+    from ffx.runtime.deploy.triton_image_input import ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX
 
     interface = read_model_interface(model_path)
     name = check_model_name(name or default_model_name(model_path))
@@ -202,7 +202,7 @@ def write_triton_repository(model_path, repository, name=None, max_batch=None, i
 
 def _write_image_input(staged, interface, name, repository, max_batch_size, queue_delay_us, instances, labels):
     """Write NAME_preprocess and the ensemble NAME_image into their staging folders (`staged`)."""
-    from ffx.runtime.triton_image_input import (ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, write_ensemble,
+    from ffx.runtime.deploy.triton_image_input import (ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, write_ensemble,
                                                 write_preprocess_model)
 
     write_preprocess_model(staged[name + PREPROCESS_SUFFIX], interface, name, max_batch_size, queue_delay_us, instances)

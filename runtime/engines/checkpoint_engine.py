@@ -8,7 +8,7 @@ the same as this run's is reused (so a second run only rebuilds the engine):
   matches this checkpoint and the ONNX still has the recorded sha256.
 - `OUT.int8.onnx` and `OUT.int8.json` (or `.fp16`): calibration and its manifest, reused when the
   manifest's hashes say it was made from this ONNX with the same settings and images
-  (runtime/conversion_reuse.py); see `ffx.runtime.engine_file.write_engine`.
+  (runtime/engines/conversion_reuse.py); see `ffx.runtime.engines.engine_file.write_engine`.
 - `OUT.engine` and `OUT.engine.json`: the engine and its sidecar, always built.
 
 A file at an intermediate name that is not such a record of this checkpoint (the user's own
@@ -26,7 +26,7 @@ from pathlib import Path
 from ffx import __version__
 from ffx.artifacts import atomic_output, refuse_overwriting_inputs, sha256_file, written_together
 from ffx.errors import TORCH_CPU_INSTALL, FfxError, InvalidOption, install_hint
-from ffx.runtime.sidecar import ENGINE_SUFFIXES
+from ffx.runtime.engines.sidecar import ENGINE_SUFFIXES
 
 EXPORT_RECORD_FORMAT = "ffx-export-record"
 EXPORT_RECORD_VERSION = 1
@@ -57,7 +57,7 @@ class ExportStep:
 @dataclasses.dataclass
 class PipelineReport:
     export: ExportStep
-    engine: object  # ffx.runtime.engine_file.BuildReport
+    engine: object  # ffx.runtime.engines.engine_file.BuildReport
     notes: list
 
 
@@ -66,7 +66,7 @@ def build_engine_from_checkpoint(checkpoint, output, options=None, precision=Non
     """Export `checkpoint` beside `output` (or reuse that export), then build the engine from it as
     `write_engine` does (calibrating or reusing the calibrated graph). `announce(text)` is
     called before each long step. Returns a PipelineReport."""
-    from ffx.runtime.engine_file import write_engine
+    from ffx.runtime.engines.engine_file import write_engine
     from ffx.tensorrt import BuildOptions, available_backend, check_backend_options
 
     checkpoint, output = Path(checkpoint), Path(output)

@@ -7,8 +7,8 @@ import onnx
 from ffx.errors import BackendUnavailable, FfxError, from_onnxruntime, reraise_onnxruntime
 from ffx.model_file import ModelFile, open_onnx
 from ffx.onnx_file import exact_quantized_arithmetic
-from ffx.runtime.onnx_model import graph_precision
-from ffx.runtime.runner import ONNX_PROVIDERS, Runner
+from ffx.runtime.engines.onnx_model import graph_precision
+from ffx.runtime.backends.runner import ONNX_PROVIDERS, Runner
 
 _PROVIDER_NAMES = {
     "cpu": ["CPUExecutionProvider"],

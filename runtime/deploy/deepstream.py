@@ -26,7 +26,7 @@ from ffx.metadata import escape_text
 from ffx.model_file import recorded_file
 from ffx.onnx_file import external_data_files
 from ffx.reporting import iterate_with_warnings_to, silenced
-from ffx.runtime.model_interface import read_model_interface
+from ffx.runtime.deploy.model_interface import read_model_interface
 
 # nvinfer's network-mode values. It has none for FP8 (its config parser takes 0 FP32, 1 INT8, 2 FP16):
 # an FP8 graph or engine gets 2, which matters only when nvinfer builds an engine itself (see _warnings).
@@ -221,7 +221,7 @@ def _config_text(interface, scaling, model_files, batch_size, has_labels, approx
 def measure_approximation(interface, scaling, data, num_images=500, progress=None):
     """Top-1 of the model on labelled images with its exact preprocessing and with `scaling`."""
     from ffx.datasets import load_batches, open_dataset, select_images
-    from ffx.runtime.runner import open_runner
+    from ffx.runtime.backends.runner import open_runner
 
     measured = interface.path
     if interface.kind == "engine":

@@ -28,7 +28,7 @@ def conversion_mismatch(path, source_path, precision, data, options):
     from ffx.calib.selection import choose_calibration_images
     from ffx.metadata import ModelMetadata, onnx_metadata
     from ffx.calibration_manifest import calibration_manifest_path
-    from ffx.runtime.onnx_model import load_onnx
+    from ffx.runtime.engines.onnx_model import load_onnx
 
     path = Path(path)
     try:

@@ -7,7 +7,7 @@ then sent to the float model `NAME` with Business Logic Scripting, so they share
 batching and its runner. An image that does not decode fails its own request with INVALID_ARG:
 HTTP 400 (gRPC INVALID_ARGUMENT) and one line, "image 0: ...", never a traceback or a path.
 
-Its config (written by `ffx.runtime.serving`) passes, as string parameters: `ffx_path` (the folder
+Its config (written by `ffx.runtime.deploy.serving`) passes, as string parameters: `ffx_path` (the folder
 holding the `ffx` package the server runs), `preprocess` (JSON), `target_model`, `target_input`,
 `target_input_dtype` and `target_output`.
 """

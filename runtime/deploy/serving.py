@@ -9,7 +9,7 @@ Two models are served:
                    requests from many clients are batched together (dynamic batching).
     NAME_image     encoded image files (PNG, JPEG, ...) as BYTES [batch, 1]; decoded and preprocessed
                    with the model's own metadata, exactly as `ffx predict` does, by a Triton
-                   Python-backend model of ffx's own (runtime/triton_image_model.py), which sends
+                   Python-backend model of ffx's own (runtime/deploy/triton_image_model.py), which sends
                    the images on to NAME. One undecodable image fails only its own request, with
                    HTTP 400 and one line.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ffx.errors import TERMINATING_SIGNALS, BackendUnavailable, FfxError, install_hint
-from ffx.runtime.triton_repository import DEFAULT_QUEUE_DELAY_US
+from ffx.runtime.deploy.triton_repository import DEFAULT_QUEUE_DELAY_US
 
 DEFAULT_PORT = 8000
 SHUTDOWN_GRACE_SECONDS = 5  # Triton waits this long for in-flight requests and open connections
@@ -175,8 +175,8 @@ class ModelServer:
     """Start with `start()`, stop with `stop()` (or use `with`); `info` describes the endpoints."""
 
     def __init__(self, model_path, settings=None):
-        from ffx.runtime.model_interface import read_model_interface
-        from ffx.runtime.triton_repository import batch_settings, check_model_name, default_model_name
+        from ffx.runtime.deploy.model_interface import read_model_interface
+        from ffx.runtime.deploy.triton_repository import batch_settings, check_model_name, default_model_name
 
         self.settings = settings or ServeSettings()
         self.interface = read_model_interface(model_path)
@@ -194,7 +194,7 @@ class ModelServer:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self):
-        from ffx.runtime.runner import open_runner
+        from ffx.runtime.backends.runner import open_runner
 
         pytriton = _pytriton()
         self.settings.check()
@@ -293,7 +293,7 @@ class ModelServer:
                 preferred_batch_size=self.preferred)),
             strict=True,
         )
-        from ffx.runtime.triton_repository import labels_text
+        from ffx.runtime.deploy.triton_repository import labels_text
 
         labels = labels_text(self.interface)
         if labels is not None:  # PyTriton writes no label file: add one to the config it wrote
@@ -371,7 +371,7 @@ def _attach_labels(model_folder, labels):
 
 
 def _write_image_model(model_folder, interface, target_model, max_batch_size, labels):
-    """The NAME_image model folder: ffx's Python-backend model (runtime/triton_image_model.py) and
+    """The NAME_image model folder: ffx's Python-backend model (runtime/deploy/triton_image_model.py) and
     its config, which tells it where ffx is and how to preprocess."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2

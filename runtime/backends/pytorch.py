@@ -6,7 +6,7 @@ export stage's `resolve_model`, exactly as `ffx export` builds it.
 
 from ffx.errors import TORCH_CPU_INSTALL, BackendUnavailable, install_hint
 from ffx.metadata import ModelMetadata
-from ffx.runtime.runner import Runner
+from ffx.runtime.backends.runner import Runner
 
 
 class CheckpointRunner(Runner):

@@ -21,8 +21,8 @@ from ffx.compute_capability import RTX_DEFAULT_TARGETS
 from ffx.errors import FfxError, InvalidOption
 from ffx.gpu_precisions import fp8_refusal, gpu_precisions, supports_fp8
 from ffx.calibration_manifest import calibration_manifest_path
-from ffx.runtime.onnx_model import graph_precision
-from ffx.runtime.sidecar import (
+from ffx.runtime.engines.onnx_model import graph_precision
+from ffx.runtime.engines.sidecar import (
     ENGINE_SUFFIXES,
     BuilderRecord,
     EngineFileRecord,
@@ -68,7 +68,7 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
             FP8 engine (asked for, or from an FP8 graph) is refused for targets without FP8.
         backend: "auto", "tensorrt" or "tensorrt-rtx".
     """
-    from ffx.runtime.cuda import current_gpu
+    from ffx.runtime.backends.cuda import current_gpu
     from ffx.tensorrt import BuildOptions, available_backend, build_serialized_engine, check_backend_options
 
     onnx_path, output = Path(onnx_path), Path(output)
@@ -252,9 +252,9 @@ def _primary_derived_path(output, precision):
 
 def _conversion_path(output, precision, source, data, options, notes):
     """(path, reused): a graph at either name `_derived_path` uses that is exactly what converting
-    `source` would write now (runtime/conversion_reuse.py: same input sha256, settings, images and
+    `source` would write now (runtime/engines/conversion_reuse.py: same input sha256, settings, images and
     ffx version) is reused; otherwise `_derived_path`'s choice, to be written."""
-    from ffx.runtime.conversion_reuse import conversion_mismatch
+    from ffx.runtime.engines.conversion_reuse import conversion_mismatch
 
     for candidate in (_primary_derived_path(output, precision), output.with_name(f"{output.name}.{precision}.onnx")):
         if candidate.is_file() and candidate.resolve() != Path(source).resolve() \

@@ -20,7 +20,7 @@ from ffx.fidelity import paired_difference_ci, row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.model_file import ModelFile, open_onnx
 from ffx.reporting import collect_warnings, warn
-from ffx.runtime.runner import existing_model_kind, open_model, open_runner, runner_kind
+from ffx.runtime.backends.runner import existing_model_kind, open_model, open_runner, runner_kind
 
 DEFAULT_MAX_TOP1_DROP = 0.5  # percentage points
 
@@ -191,7 +191,7 @@ def verify(
 class _PairedRun:
     """What verify's "run" half hands its "judge" half: both models' logits on the same images."""
 
-    candidate: object  # the runners (ffx.runtime.runner), closed by now
+    candidate: object  # the runners (ffx.runtime.backends.runner), closed by now
     reference: object
     reference_logits: list  # one array per batch
     candidate_logits: list

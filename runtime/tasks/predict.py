@@ -8,7 +8,7 @@ import numpy as np
 from ffx.datasets import ImageItem, SkippedImage, describe_skipped
 from ffx.errors import FfxError
 from ffx.images import UnreadableImage, is_image_file, load_image
-from ffx.runtime.runner import open_runner
+from ffx.runtime.backends.runner import open_runner
 
 
 @dataclasses.dataclass

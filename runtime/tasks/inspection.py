@@ -10,9 +10,9 @@ from ffx.errors import BackendUnavailable, FfxError
 from ffx.metadata import ModelMetadata, metadata_problem, onnx_metadata
 from ffx.onnx_file import input_size_mismatch
 from ffx.calibration_manifest import calibration_manifest_path
-from ffx.runtime.onnx_model import QDQ_OPS, graph_precision, load_onnx, op_histogram
-from ffx.runtime.runner import existing_model_kind
-from ffx.runtime.sidecar import compatibility_problem, read_sidecar, sidecar_path
+from ffx.runtime.engines.onnx_model import QDQ_OPS, graph_precision, load_onnx, op_histogram
+from ffx.runtime.backends.runner import existing_model_kind
+from ffx.runtime.engines.sidecar import compatibility_problem, read_sidecar, sidecar_path
 
 
 def inspect_file(path, load_engine=True):
@@ -119,7 +119,7 @@ def inspect_engine(path, load_engine=True, not_loaded="--no-load"):
     if not load_engine:
         info["layers_unavailable"] = f"not loaded ({not_loaded})"
         return info
-    from ffx.runtime.engine import EngineRunner
+    from ffx.runtime.backends.engine import EngineRunner
 
     runner = EngineRunner(path)
     try:
@@ -145,7 +145,7 @@ def _engine_targets(path):
 
 
 def inspect_checkpoint(path):
-    from ffx.runtime.pytorch import CheckpointRunner
+    from ffx.runtime.backends.pytorch import CheckpointRunner
 
     runner = CheckpointRunner(path)
     model = runner.resolved.model
@@ -164,7 +164,7 @@ def inspect_checkpoint(path):
 
 def engine_compatibility_here(sidecar):
     """One sentence on whether the engine fits this machine, without loading it."""
-    from ffx.runtime.cuda import current_gpu
+    from ffx.runtime.backends.cuda import current_gpu
     from ffx.tensorrt import available_backend
 
     try:
