@@ -176,7 +176,7 @@ def run(args, log=print):
         with silenced():
             source, calibration, _, _ = calibration_statistics(load_source_model(fp32), fashion / "train", options)
         float_weights = {init.name: numpy_helper.to_array(init) for init in source.model.graph.initializer}
-        layers = network_layers(source.model, source.info)
+        layers = network_layers(source.model, source.metadata)
         tensor_names = {layer.activation: f"{layer.name} input" for layer in layers}
         tensor_names.update({layer.weight: f"{layer.name} weight" for layer in layers})
         results.append({"graph": name, **budget(onnx.load(output), float_weights, images, reference, tensor_names)})

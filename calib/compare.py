@@ -46,13 +46,13 @@ class LayerwiseComparison:
         return dataclasses.asdict(self)
 
 
-def residual_points(model, info):
+def residual_points(model, metadata):
     """[(point name, tensor)] of the residual stream in graph order: the embedded tokens, each
     residual Add, and the graph output."""
     produced = {out for node in model.graph.node if node.op_type != "Constant" for out in node.output}
     residual_adds = [node for node in model.graph.node
                      if node.op_type == "Add" and len(node.input) == 2 and all(name in produced for name in node.input)]
-    layers = network_layers(model, info)
+    layers = network_layers(model, metadata)
     depth = (len(layers) - 2) // 4 if layers and layers[0].name == "patch_embed" else None
     points = []
     if depth is not None and len(residual_adds) == 2 * depth:
@@ -77,7 +77,7 @@ def compare_layerwise(reference_path, candidate_path, data, num_images=DEFAULT_I
     candidate_file = open_onnx(candidate_path, weights=True)
     candidate, candidate_metadata = candidate_file.graph, candidate_file.metadata  # empty without
     candidate_file.check_graph()  # as every model ffx reads
-    points = residual_points(source.model, source.info)
+    points = residual_points(source.model, source.metadata)
     candidate_tensors = {out for node in candidate.graph.node for out in node.output}
     candidate_tensors.update(value.name for value in candidate.graph.output)
     missing = [tensor for _, tensor in points if tensor not in candidate_tensors]

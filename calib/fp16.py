@@ -90,7 +90,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path | None = None, data=N
     fp32_nodes = {
         i for i, node in enumerate(model.graph.node) if large & (set(node.input) | set(node.output))
     }
-    fp32_tensors = _describe_kept(model, large, absmax, source.info)
+    fp32_tensors = _describe_kept(model, large, absmax, source.metadata)
     if fp32_tensors:
         _warn_kept(fp32_tensors)
 
@@ -175,9 +175,9 @@ def _float_tensors(model):
     return names
 
 
-def _describe_kept(model, tensors, absmax, info):
+def _describe_kept(model, tensors, absmax, metadata):
     """The kept tensors in graph order, each with the layer (user name) it follows."""
-    layer_of_node = {layer.node: layer.name for layer in network_layers(model, info)}
+    layer_of_node = {layer.node: layer.name for layer in network_layers(model, metadata)}
     described, last_layer = [], "the input"
     for node in model.graph.node:
         last_layer = layer_of_node.get(node.name, last_layer)

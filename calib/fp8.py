@@ -218,7 +218,7 @@ def insert_fp8_qdq(source, thresholds, excluded_nodes):
     model = to_fp8_opset(source.model, source.path)
     graph = model.graph
     excluded = set(excluded_nodes)
-    layers = [layer for layer in network_layers(model, source.info)
+    layers = [layer for layer in network_layers(model, source.metadata)
               if layer.node not in excluded and layer.activation in thresholds]
     initializers = {init.name: init for init in graph.initializer}
     nodes = {node.name: node for node in graph.node}
@@ -396,7 +396,7 @@ def fake_quantize_e4m3(x, threshold):
 def fp8_bias_corrections(source, layers, thresholds, items, options):
     """{layer: mean FP8 output error} of the MatMul `layers` with a float bias, as calib/outliers.py
     computes INT8's, with the weights as this FP8 graph rounds them."""
-    others = [layer.node for layer in network_layers(source.model, source.info) if layer not in layers]
+    others = [layer.node for layer in network_layers(source.model, source.metadata) if layer not in layers]
     quantized = insert_fp8_qdq(source, thresholds, others)
     weights = {layer.name: dequantized_weight(quantized, layer) for layer in layers if layer.op_type == "MatMul"}
     biased = [layer for layer in layers if layer.name in weights and bias_of(source.model, layer)]

@@ -100,7 +100,7 @@ def outlier_handled_ranges(source, layers, stats, items, options):
     if options.gelu_range == "histogram" and not options.bias_correction:
         return thresholds, {}
     # The weights as quantized, from a graph with exactly these layers in INT8 (the others excluded).
-    others = [layer.node for layer in network_layers(source.model, source.info) if layer not in layers]
+    others = [layer.node for layer in network_layers(source.model, source.metadata) if layer not in layers]
     first = insert_qdq(source, thresholds, others)
     weights = {layer.name: dequantized_weight(first, layer) for layer in layers if layer.op_type == "MatMul"}
     if options.gelu_range == "output":

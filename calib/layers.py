@@ -11,6 +11,7 @@ Gemm (the head). Users name layers as the checkpoint does: ``patch_embed``, ``bl
 import dataclasses
 
 from ffx.errors import FfxError
+from ffx.metadata import ModelMetadata
 
 QUANTIZABLE_OP_TYPES = ("Conv", "MatMul", "Gemm")
 BLOCK_LINEARS = ("mlp1.fc1", "mlp1.fc2", "mlp2.fc1", "mlp2.fc2")
@@ -25,16 +26,19 @@ class Layer:
     weight: str  # the initializer holding the weight
 
 
-def network_layers(model, info):
-    """The Conv/MatMul/Gemm nodes with a weight initializer, in graph order, with user names.
+def network_layers(model, metadata):
+    """The Conv/MatMul/Gemm nodes with a weight initializer, in graph order, with user names,
+    the block count read from `metadata` (a ModelMetadata; a metadata dict still accepted).
     When the graph does not have the exported structure, layers are named by node."""
+    if not isinstance(metadata, ModelMetadata):
+        metadata = ModelMetadata.unchecked(metadata)
     initializers = {init.name for init in model.graph.initializer}
     nodes = [
         node for node in model.graph.node
         if node.op_type in QUANTIZABLE_OP_TYPES and len(node.input) > 1 and node.input[1] in initializers
         and node.input[0] not in initializers
     ]
-    depth = int((info.get("config") or {}).get("depth", -1))
+    depth = int(metadata.depth if metadata.depth is not None else -1)
     ops = [node.op_type for node in nodes]
     expected = ["Conv"] + ["MatMul"] * (4 * depth) + ["Gemm"]
     if ops == expected:

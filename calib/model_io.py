@@ -134,13 +134,10 @@ def data_path(data):
 
 def finish_model(model, source, precision, calibration):
     """Serialized `model` carrying the source's ffx metadata with `precision` and `calibration`."""
-    info = dict(source.info)
-    info["precision"] = precision
-    info["calibration"] = calibration
     kept = [prop for prop in model.metadata_props if prop.key != "onnx.infer"]  # onnxruntime's marker
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
-    set_onnx_metadata(model, info)
+    set_onnx_metadata(model, source.metadata.calibrated(precision, calibration).to_dict())
     model.producer_name = "ffx"
     from ffx import __version__
 

@@ -140,7 +140,7 @@ def keep_fp_selection(recipe, source, options):
     own, or the recipe's default when they name none."""
     if options.keep_fp is not None:
         return options.keep_fp
-    return tuple(recipe.default_keep_fp(network_layers(source.model, source.info)))
+    return tuple(recipe.default_keep_fp(network_layers(source.model, source.metadata)))
 
 
 def qdq_params(recipe, source, options, kept_names, smoothed=(), default_keep_fp=False):
@@ -179,15 +179,15 @@ def calibration_statistics(source, data, options, progress=None, images=None):
     images = images or choose_images(source, data, options)
     smoothed = []
     if options.smooth_gelu:  # every layer, kept in float or not: one cache entry serves every --keep-fp
-        source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), images.items,
+        source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.metadata), images.items,
                                             options.workers)
-    tensors = list(dict.fromkeys(layer.activation for layer in network_layers(source.model, source.info)))
+    tensors = list(dict.fromkeys(layer.activation for layer in network_layers(source.model, source.metadata)))
     return source, images, image_statistics("histogram", source, images, tensors, options, progress), smoothed
 
 
 def quantization_plan(source, keep_fp):
     """(every quantizable layer, the ones `keep_fp` keeps in float) of the source model."""
-    layers = network_layers(source.model, source.info)
+    layers = network_layers(source.model, source.metadata)
     if not layers:
         raise FfxError(f"{source.path}: no Conv, MatMul or Gemm with constant weights to quantize")
     kept = resolve_layer_selection(layers, keep_fp)

@@ -244,6 +244,11 @@ class ModelMetadata:
         """The JSON object, key for key as read (a copy)."""
         return copy.deepcopy(self.data)
 
+    def calibrated(self, precision, calibration):
+        """The metadata of this model converted to `precision`: the same object with ``precision``
+        and ``calibration`` (a JSON object, see CalibrationEntry) set."""
+        return ModelMetadata.unchecked({**self.to_dict(), "precision": precision, "calibration": calibration})
+
     @property
     def has_preprocess(self):
         """Whether the metadata has a ``preprocess`` entry at all (`checked_preprocess` reads it)."""

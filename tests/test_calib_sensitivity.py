@@ -346,7 +346,7 @@ def test_smooth_gelu_evens_out_the_outlier_channels_exactly(fashion, folder, cli
 
     source = load_source_model(fashion)
     calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"])
-    smoothed_source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.info), calibration.items)
+    smoothed_source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.metadata), calibration.items)
     # Block 0's feature-MLP GELU has the outlier channels; the token MLPs' GELUs do not.
     assert "blocks.0.mlp1.fc2" in [tensor.layer for tensor in smoothed]
     assert all(tensor.spread >= SMOOTHING_SPREAD and tensor.layer.endswith("mlp1.fc2") for tensor in smoothed)
@@ -384,7 +384,7 @@ def test_smooth_gelu_evens_out_the_outlier_channels_exactly(fashion, folder, cli
     kept, kept_manifest, _ = calibrate("s.kept.onnx", "--smooth-gelu", "--keep-fp", "blocks.0.mlp1.fc2")
     assert "blocks.0.mlp1.fc2" not in [t["layer"] for t in kept_manifest["params"]["smooth_gelu"]["tensors"]]
     assert len(onnx.load(kept).graph.node) == len(ops) - 3 - 2  # its Q, DQ and weight DQ, and the Add and Mul
-    fc2 = next(layer for layer in network_layers(source.model, source.info) if layer.name == "blocks.0.mlp1.fc2")
+    fc2 = next(layer for layer in network_layers(source.model, source.metadata) if layer.name == "blocks.0.mlp1.fc2")
     written = {init.name: init for init in onnx.load(kept).graph.initializer}
     original = {init.name: init for init in source.model.graph.initializer}
     assert written[fc2.weight] == original[fc2.weight]  # the source's own weight, not the smoothed one

@@ -59,6 +59,26 @@ def test_unchecked_metadata_holds_what_the_file_says():
     assert empty == ModelMetadata() and empty.to_dict() == {} and not empty.has_preprocess
 
 
+
+def test_calibrated_metadata_is_the_source_object_with_precision_and_calibration_set(mini):
+    info = _mini_metadata(mini)
+    calibration = {"method": "entropy", "manifest": "m.int8.json", "input_sha256": "ab"}
+    calibrated = ModelMetadata.from_dict(info, mini.onnx).calibrated("int8", calibration)
+    assert calibrated.to_dict() == {**info, "precision": "int8", "calibration": calibration}
+    assert calibrated.precision == "int8" and calibrated.calibration.manifest == "m.int8.json"
+    assert ModelMetadata.from_dict(info, mini.onnx).to_dict() == info  # the source record is unchanged
+
+
+def test_network_layers_reads_the_depth_from_typed_metadata_or_a_dict(mini):
+    from ffx.calib.layers import network_layers
+
+    model, info = onnx.load(str(mini.onnx)), _mini_metadata(mini)
+    typed = network_layers(model, ModelMetadata.from_dict(info, mini.onnx))
+    assert [layer.name for layer in typed][:2] == ["patch_embed", "blocks.0.mlp1.fc1"] and typed[-1].name == "head"
+    assert network_layers(model, info) == typed
+    unnamed = network_layers(model, ModelMetadata.unchecked({}))  # no depth: named by node
+    assert [layer.node for layer in unnamed] == [layer.name for layer in unnamed] == [layer.node for layer in typed]
+
 def _manifest_dict(**extra):
     return {"ffx_version": "0.1", "precision": "int8", "output": "m.int8.onnx",
             "input": {"file": "m.onnx", "sha256": "0" * 64}, "params": {"method": "entropy"},
