@@ -66,6 +66,26 @@ def test_engine_sidecar_without_a_gpu(cli_runner, mini, tmp_path):
     assert json.loads(_inspect(cli_runner, engine, "--json", "--no-load").stdout)["sidecar_matches_engine"] is False
 
 
+@needs_rtx
+def test_the_precision_guide_defaults_to_the_gpus_the_engine_is_for(cli_runner, mini, tmp_path):
+    """An engine's TensorRT-RTX targets; for a full TensorRT engine, the GPU that built it."""
+    engine = tmp_path / "mini.engine"
+    assert cli_runner.invoke(cli, ["build-engine", str(mini.onnx), "-o", str(engine), "--max-batch", "2",
+                                   "--backend", "tensorrt-rtx"]).exit_code == 0
+    info = json.loads(_inspect(cli_runner, engine, "--json", "--no-load").stdout)
+    assert [row["compute_capability"] for row in info["precision_guide"]] == ["8.0", "8.6", "8.9", "12.0", "12.1"]
+    assert all(row["model_precision_runs_here"] is None for row in info["precision_guide"])  # an FP32 engine
+    sidecar_file = tmp_path / "mini.engine.json"
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar.update(backend="tensorrt", backend_version="10.3.0", target_compute_capabilities=[], precision="fp16",
+                   gpu={"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+    sidecar_file.write_text(json.dumps(sidecar))
+    info = json.loads(_inspect(cli_runner, engine, "--json", "--no-load").stdout)
+    assert [(row["compute_capability"], row["model_precision_runs_here"]) for row in info["precision_guide"]] == [
+        ("9.0", True)]
+    assert "this FP16 model runs there" in _inspect(cli_runner, engine, "--no-load").stdout
+
+
 def test_checkpoint(cli_runner, mini):
     import torch
 

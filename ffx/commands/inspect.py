@@ -28,7 +28,9 @@ def command(path, no_load, layers, gpus, as_json):
       ffx inspect model.fp8.onnx --gpu 8.7 --gpu 9.0   # FP8 on Jetson Orin? on H100?
     """
     from ffx.compute_capability import parse_compute_capability
-    from ffx.runtime.tasks.inspection import guide_capabilities, inspect_file, inspect_sidecar, precision_guide
+    from ffx.runtime.tasks.inspection import (
+        guide_capabilities, inspect_file, inspect_sidecar, inspected_sidecar, precision_guide,
+    )
     from ffx.runtime.engines.sidecar import ENGINE_SUFFIXES
 
     for gpu in gpus:
@@ -38,8 +40,9 @@ def command(path, no_load, layers, gpus, as_json):
         info = inspect_sidecar(path)  # the engine from its sidecar alone, whether or not it is there
     else:
         info = inspect_file(path, load_engine=not no_load)
-    model_precision = info.get("precision") if info["kind"] == "onnx" else (info.get("sidecar") or {}).get("precision")
-    info["precision_guide"] = precision_guide(model_precision, list(gpus) or guide_capabilities(info))
+    sidecar = inspected_sidecar(info)
+    model_precision = info.get("precision") if info["kind"] == "onnx" else (sidecar.precision if sidecar else None)
+    info["precision_guide"] = precision_guide(model_precision, list(gpus) or guide_capabilities(sidecar))
     if as_json:
         print_json(info)
         return
@@ -75,7 +78,8 @@ def _print_onnx(info, _layers):
 
 
 def _print_engine(info, layers):
-    from ffx.runtime.engines.sidecar import EngineSidecar, describe_build
+    from ffx.runtime.engines.sidecar import describe_build
+    from ffx.runtime.tasks.inspection import inspected_sidecar
 
     if info["engine_present"]:
         click.echo(f"{info['path']}: TensorRT plan, {info['bytes'] / (1 << 20):.1f} MiB, sha256 {info['sha256'][:16]}...")
@@ -86,7 +90,7 @@ def _print_engine(info, layers):
         if info["engine_targets"]:
             click.echo(f"a TensorRT-RTX plan: its header lists compute capability {', '.join(info['engine_targets'])}")
     else:
-        sidecar = EngineSidecar.from_dict(info["sidecar"], source=info["sidecar_file"])
+        sidecar = inspected_sidecar(info)
         profile = sidecar.profile
         tf32 = {True: "TF32 allowed", False: "TF32 off", None: "TF32 not recorded"}[sidecar.builder.tf32]
         click.echo(f"built by {describe_build(sidecar)}, {sidecar.precision}, {tf32}, in {sidecar.build_seconds} s "

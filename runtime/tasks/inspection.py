@@ -12,7 +12,7 @@ from ffx.onnx_file import input_size_mismatch
 from ffx.calibration_manifest import calibration_manifest_path
 from ffx.runtime.engines.onnx_model import QDQ_OPS, graph_precision, load_onnx, op_histogram
 from ffx.runtime.backends.runner import existing_model_kind
-from ffx.runtime.engines.sidecar import compatibility_problem, read_sidecar, sidecar_path
+from ffx.runtime.engines.sidecar import EngineSidecar, compatibility_problem, read_sidecar, sidecar_path
 
 
 def inspect_file(path, load_engine=True):
@@ -196,12 +196,19 @@ def precision_guide(precision, capabilities):
     return rows
 
 
-def guide_capabilities(info):
-    """The GPUs an inspected file is for, when it says: an engine's TensorRT-RTX targets or building GPU."""
-    sidecar = info.get("sidecar") if info.get("kind") == "engine" else None
-    if not sidecar:
+def inspected_sidecar(info):
+    """The EngineSidecar of an inspected engine (`inspect_file`'s dict; its sidecar was validated
+    when it was read), or None: an ONNX model, a checkpoint, an engine without a sidecar."""
+    if info["kind"] != "engine" or not info["sidecar"]:
+        return None
+    return EngineSidecar.from_dict(info["sidecar"], source=info["sidecar_file"])
+
+
+def guide_capabilities(sidecar):
+    """The GPUs an inspected engine is for, when its sidecar (an EngineSidecar, or None) says:
+    its TensorRT-RTX targets or its building GPU."""
+    if sidecar is None:
         return []
-    if sidecar.get("target_compute_capabilities"):
-        return list(sidecar["target_compute_capabilities"])
-    gpu = sidecar.get("gpu")
-    return [gpu["compute_capability"]] if gpu else []
+    if sidecar.target_compute_capabilities:
+        return list(sidecar.target_compute_capabilities)
+    return [sidecar.gpu.compute_capability] if sidecar.gpu else []
