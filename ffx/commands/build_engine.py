@@ -1,4 +1,5 @@
 import dataclasses
+import sys
 from pathlib import Path
 
 import click
@@ -13,7 +14,7 @@ from ffx.tensorrt import HARDWARE_COMPATIBILITY, backend_label
 
 
 def _announce(text):
-    if click.get_text_stream("stderr").isatty():  # scripts get the summary lines only
+    if sys.stderr.isatty():  # scripts get the summary lines only
         click.echo(text, err=True)
 
 

@@ -1,4 +1,5 @@
 import dataclasses
+import sys
 
 import click
 
@@ -59,7 +60,7 @@ def command(arch, checkpoint, ema, num_classes, opset, check_images, fold_normal
     from ffx.export.checkpoint import resolve_model
     from ffx.export.onnx_export import export_onnx
 
-    if not as_json and click.get_text_stream("stderr").isatty():  # scripts get one line per outcome
+    if not as_json and sys.stderr.isatty():  # scripts get one line per outcome
         click.echo(f"exporting {checkpoint or arch}: load, trace, ONNX Runtime parity check ...", err=True)
     resolved = resolve_model(arch, checkpoint, use_ema=ema, num_classes=num_classes)
     # Warnings only once the arguments made a network: a usage error comes alone.

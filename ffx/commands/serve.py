@@ -1,4 +1,5 @@
 import dataclasses
+import sys
 
 import click
 
@@ -55,7 +56,7 @@ def command(model, host, port, grpc_port, metrics_port, name, max_batch, max_que
             click.echo(f"  and {info.image_model_name}: encoded images (BYTES 'image' [N, 1]), preprocessed here")
             click.echo(f"  HTTP {info.http_url}   gRPC {info.grpc_url}   metrics {info.metrics_url}")
             click.echo(f"  server log {info.log_file}{'' if log_file else ' (removed on a clean stop)'}; Ctrl-C stops")
-        click.get_text_stream("stdout").flush()
+        sys.stdout.flush()
 
     try:
         serve_until_stopped(model, settings, on_ready=ready)
