@@ -312,8 +312,7 @@ def search_scales(source, layers, thresholds, items, workers=0):
             matrix = matrices[layer.name]
             x = matrix.rows(values[layer.activation].astype(np.float32))
             for k, factor in enumerate(factors):
-                scale = np.float32(thresholds[layer.activation] * factor / E4M3_MAX)
-                error = (to_e4m3(x / scale) * scale - x) @ matrix.weight
+                error = (fake_quantize_e4m3(x, thresholds[layer.activation] * factor) - x) @ matrix.weight
                 errors[layer.name][k] += float(np.sum(np.square(error, dtype=np.float64)))
     chosen = dict(thresholds)
     for layer in searched:  # a tensor read by several layers keeps the first reader's choice
