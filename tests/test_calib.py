@@ -301,6 +301,16 @@ def _run(path, images):
     return session.run(None, {"images": images})[0]
 
 
+def test_fp16_refuses_calibration_flags_naming_the_precisions_they_apply_to(small_model, workdir, cli_runner):
+    out = workdir / "never.fp16.onnx"
+    for flags, applies in ((["--bias-correction", "channel"], "INT8 and FP8"), (["--method", "max"], "INT8 and FP8"),
+                           (["--gelu-range", "output"], "INT8")):
+        result = cli_runner.invoke(cli, ["calibrate", str(small_model), "--fp16", *flags, "-o", str(out)])
+        assert result.exit_code == 2, (flags, result.output)
+        assert f"Error: {flags[0]} applies to {applies} calibration, not --fp16" in result.stderr, result.stderr
+        assert not out.exists()
+
+
 def test_fp16_graph_is_float16_inside_with_float32_io(small_model, photos, workdir):
     report = _fp16(small_model, workdir / "small.fp16.onnx", data=photos, num_images=12)
     model = onnx.load(report.output)

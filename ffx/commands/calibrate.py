@@ -74,7 +74,8 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
                             ("--gelu-range", gelu_range != "histogram"), ("--bias-correction", bias_correction),
                             ("--smooth-gelu", smooth_gelu)):
             if value:
-                raise click.UsageError(f"{name} applies to INT8 calibration, not --fp16")
+                applies = "INT8" if name == "--gelu-range" else "INT8 and FP8"
+                raise click.UsageError(f"{name} applies to {applies} calibration, not --fp16")
     elif data is None:
         raise click.UsageError(f"{PRECISIONS[precision].label} calibration needs --data DIR (images like the ones the model will see)")
     options = CALIBRATION.options(
