@@ -2,12 +2,15 @@
 >= 99.7% agreement with FP32 on the 10,000 test images, measured by `ffx verify`).
 
     python -m bench.fp8_every_layer --fashion DIR [--checkpoint PATH] [--workdir DIR] [--out FILE]
+                                    [--modelopt-python PYTHON]
 
 Rows: `ffx calibrate --fp8 --keep-fp none` (max ranges; a plateau value such as the normalized
 black background put exactly on the E4M3 grid), and the same with `--bias-correction position`. Each is calibrated on the same 512 train images as bench.int8_accuracy's rows, scored
 in-process on every test image against the FP32 ONNX (the reference logits are cached in the work
 folder), checked by TensorRT-RTX, and the best row is then scored by `ffx verify` itself, whose
-figure is the bar's. Writes bench/fp8_every_layer.json (BENCHMARKS.md section 6e, after the table).
+figure is the bar's. With --modelopt-python, NVIDIA ModelOpt's fp8 mode is asked for the same
+thing (`--op_types_to_quantize Conv MatMul Gemm`, the same calibration images) and the layers it
+put in FP8 are counted. Writes bench/fp8_every_layer.json (BENCHMARKS.md section 6e, after the table).
 """
 
 import argparse
@@ -16,8 +19,9 @@ import sys
 from pathlib import Path
 
 from bench.fidelity import decode_images
-from bench.int8_accuracy import (FP8_AGREEMENT_BAR, _relative, calibrate, ffx, prepared_fixture, reference_logits,
-                                 score_rows, tensorrt_acceptance, without_work_paths)
+from bench.int8_accuracy import (FP8_AGREEMENT_BAR, _relative, calibrate, calibration_batch, ffx, float_layers,
+                                 modelopt_int8, prepared_fixture, reference_logits, score_rows, tensorrt_acceptance,
+                                 without_work_paths)
 
 DEEP_CHECKPOINT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "fashion_tiny197" / "model.pth"
 VARIANTS = {
@@ -44,8 +48,28 @@ def run(args, log=print):
     best["verify"] = {"exit_code": code, "agreement": verified["agreement"], "images": verified["images"],
                       "top1": verified["candidate"]["top1"], "reference_top1": verified["reference"]["top1"]}
     log(f"every layer: ffx verify {best['model']}: agreement {verified['agreement']:.2f}% on {verified['images']}")
-    return {"checkpoint": _relative(args.checkpoint), "test_images": int(len(labels)), "fp32_top1": round(fp32_top1, 4),
-            "rows": rows}
+    result = {"checkpoint": _relative(args.checkpoint), "test_images": int(len(labels)), "fp32_top1": round(fp32_top1, 4),
+              "rows": rows}
+    if args.modelopt_python:
+        result["modelopt"] = modelopt_every_layer(args.modelopt_python, fx, rows[0]["path"], log)
+    return result
+
+
+def modelopt_every_layer(python, fx, ffx_graph, log):
+    """ModelOpt's fp8 mode asked to quantize every Conv/MatMul/Gemm, calibrated on the images of
+    `ffx_graph`'s manifest: how many of the layers it put in FP8 (its graph is not scored here)."""
+    output = fx.workdir / "modelopt.fp8.every-layer.onnx"
+    images = calibration_batch(Path(ffx_graph).with_suffix(".json"), fx.train, fx.preprocess)
+    asked = ["--op_types_to_quantize", "Conv", "MatMul", "Gemm"]
+    error = modelopt_int8(python, fx.fp32, output, images, fx.input_name, "max", fx.workdir, mode="fp8", extra=asked)
+    record = {"command_options": "--quantize_mode fp8 --calibration_method max " + " ".join(asked), "error": error,
+              "calibration_images": int(len(images))}
+    if error is None:
+        quantized, left = float_layers(output)
+        record.update(quantized=quantized, layers=quantized + len(left), left_in_float=left)
+        log(f"every layer: ModelOpt fp8 asked for Conv MatMul Gemm: {quantized} of {quantized + len(left)} layers "
+            f"in FP8 (left in float: {', '.join(left) or 'none'})")
+    return record
 
 
 def section(result):
@@ -66,6 +90,16 @@ def section(result):
                          f"{verify['agreement']:.2f}% ({'meets' if verify['agreement'] >= FP8_AGREEMENT_BAR else 'does NOT meet'} "
                          f"issue 19's {FP8_AGREEMENT_BAR:g}% with every layer in FP8), top-1 {verify['top1']:.2f}% "
                          f"(FP32 {verify['reference_top1']:.2f}%), exit {verify['exit_code']}.")
+    modelopt = result.get("modelopt")
+    if modelopt and modelopt["error"] is None:
+        left = modelopt["left_in_float"]
+        lines.append(f"\nNVIDIA ModelOpt's fp8 mode asked for the same (`{modelopt['command_options']}`, the same "
+                     f"{modelopt['calibration_images']} calibration images) put {modelopt['quantized']} of the {modelopt['layers']} layers in FP8 and left "
+                     f"{len(left)} in float ({', '.join(left)}): it cannot write an every-layer FP8 graph of this model, "
+                     "so its fp8 row in the table above, with the same two layers in float as ffx's default, is the "
+                     "like-for-like comparison.")
+    elif modelopt:
+        lines.append(f"\nNVIDIA ModelOpt's fp8 mode asked for every layer: not measured ({modelopt['error']}).")
     return "\n".join(lines) + "\n\n"
 
 
@@ -75,6 +109,7 @@ def main(argv=None):
     parser.add_argument("--fashion", required=True, help="folder with the Fashion-MNIST train/ and val/ PNG folders")
     parser.add_argument("--workdir", default="fp8-every-layer-work")
     parser.add_argument("--out", default="bench/fp8_every_layer.json")
+    parser.add_argument("--modelopt-python", help="python of a virtual environment with nvidia-modelopt")
     args = parser.parse_args(argv)
     result = without_work_paths(run(args))
     result["command"] = "python -m bench.fp8_every_layer " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -130,14 +130,14 @@ def onnxruntime_int8(fp32, output, images, input_name, tensorrt_options):
     quantize_static(str(fp32), str(output), Reader(), **extra)
 
 
-def modelopt_int8(python, fp32, output, images, input_name, method, workdir, mode="int8"):
-    """NVIDIA ModelOpt's ONNX PTQ (CPU calibration) in its own environment, in `mode` "int8" or "fp8";
-    None or why it failed."""
+def modelopt_int8(python, fp32, output, images, input_name, method, workdir, mode="int8", extra=()):
+    """NVIDIA ModelOpt's ONNX PTQ (CPU calibration) in its own environment, in `mode` "int8" or "fp8"
+    (`extra`: more of its command-line options); None or why it failed."""
     data = Path(workdir) / "calibration.npz"
     np.savez(data, **{input_name: images})
     command = [python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(fp32), "--quantize_mode", mode,
                "--calibration_data_path", str(data), "--calibration_method", method, "--calibration_eps", "cpu",
-               "--high_precision_dtype", "fp32", "--output_path", str(output)]
+               "--high_precision_dtype", "fp32", "--output_path", str(output), *extra]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode != 0 or not Path(output).is_file():
         return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]

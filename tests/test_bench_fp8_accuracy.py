@@ -60,3 +60,19 @@ def test_the_every_layer_verdict_follows_ffx_verify():
     assert "| ffx FP8, every layer (--keep-fp none) | 99.71% | 88.40% | 34.0 dB | built |" in good
     assert "agreement 99.75% (meets issue 19's 99.7% with every layer in FP8)" in good
     assert "agreement 99.65% (does NOT meet" in section(result(99.65))
+
+
+def test_the_every_layer_section_says_what_modelopt_left_in_float():
+    from bench.fp8_every_layer import section
+
+    rows = [_row("ffx FP8, every layer (--keep-fp none)", 99.71, 34.0)]
+    result = {"command": "python -m bench.fp8_every_layer --fashion DIR", "test_images": 10000, "rows": rows}
+    asked = "--quantize_mode fp8 --calibration_method max --op_types_to_quantize Conv MatMul Gemm"
+    result["modelopt"] = {"command_options": asked, "error": None, "calibration_images": 512, "quantized": 48,
+                          "layers": 50, "left_in_float": ["Conv", "Gemm"]}
+    text = section(result)
+    assert f"(`{asked}`, the same 512 calibration images) put 48 of the 50 layers in FP8 and left 2 in float (Conv, Gemm)" in text
+    result["modelopt"] = {"command_options": asked, "error": "exit 1", "calibration_images": 512}
+    assert "asked for every layer: not measured (exit 1)" in section(result)
+    del result["modelopt"]
+    assert "ModelOpt" not in section(result)
