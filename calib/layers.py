@@ -11,7 +11,6 @@ Gemm (the head). Users name layers as the checkpoint does: ``patch_embed``, ``bl
 import dataclasses
 
 from ffx.errors import FfxError
-from ffx.metadata import ModelMetadata
 
 QUANTIZABLE_OP_TYPES = ("Conv", "MatMul", "Gemm")
 BLOCK_LINEARS = ("mlp1.fc1", "mlp1.fc2", "mlp2.fc1", "mlp2.fc2")
@@ -28,10 +27,8 @@ class Layer:
 
 def network_layers(model, metadata):
     """The Conv/MatMul/Gemm nodes with a weight initializer, in graph order, with user names,
-    the block count read from `metadata` (a ModelMetadata; a metadata dict still accepted).
-    When the graph does not have the exported structure, layers are named by node."""
-    if not isinstance(metadata, ModelMetadata):
-        metadata = ModelMetadata.unchecked(metadata)
+    the block count read from `metadata` (the model's ModelMetadata). When the graph does not
+    have the exported structure, layers are named by node."""
     initializers = {init.name for init in model.graph.initializer}
     nodes = [
         node for node in model.graph.node

@@ -16,15 +16,10 @@ from ffx.onnx_file import exact_quantized_arithmetic
 class SourceModel:
     path: Path
     model: onnx.ModelProto
-    info: dict  # its ffx metadata as read: what the converted model's metadata starts from
+    metadata: ModelMetadata  # its ffx metadata, validated when loaded: what the converted model's starts from
     sha256: str  # of the file: what manifests record as the input
     preprocess: Preprocess
     derived_sha256: str | None = None  # of `model` when calibration rewrote it in memory (--smooth-gelu)
-
-    @property
-    def metadata(self):
-        """Its ffx metadata (validated when the model was loaded) as a ModelMetadata."""
-        return ModelMetadata.unchecked(self.info)
 
     @property
     def model_sha256(self):
@@ -92,9 +87,9 @@ def load_source_model(path):
         raise FfxError(f"{path}: no such file")
     # Calibration runs sessions from the model in memory: bring the weights in with it.
     model_file = open_onnx(path, weights=True)
-    model, info = model_file.graph, model_file.recorded
+    model = model_file.graph
     digest = sha256_bytes(model.SerializeToString()) if model_file.external_weights else sha256_file(path)
-    if info is None:
+    if model_file.recorded is None:
         raise FfxError(f"{path}: has no ffx metadata; export it with `ffx export` first")
     metadata = model_file.metadata
     if metadata.precision not in (None, "fp32"):
@@ -109,7 +104,7 @@ def load_source_model(path):
     if len(model.graph.input) != 1:
         raise FfxError(f"{path}: expected one graph input, found {len(model.graph.input)}")
     model_file.check_graph()
-    return SourceModel(path, model, info, digest, metadata.checked_preprocess(path))
+    return SourceModel(path, model, metadata, digest, metadata.checked_preprocess(path))
 
 
 def output_paths(model_path, output, suffix, inputs=()):

@@ -300,3 +300,29 @@ def write_broken_images(folder):
         paths[name] = folder / name
         paths[name].write_bytes(data)
     return paths
+
+
+def runners_that_warn(monkeypatch, module):
+    """Make `module`'s open_runner (verify's, bench's) give ONNX Runtime runners that say, through
+    ffx.reporting, what an EngineRunner says on a GPU: one warning when made (an engine without a
+    sidecar), one on its first call (a CUDA graph capture that failed). They are the real
+    OnnxRuntimeRunner otherwise: real sessions, real logits; only the two warnings are added."""
+    from ffx.reporting import warn
+    from ffx.runtime.backends.onnxrt import OnnxRuntimeRunner
+
+    class WarningRunner(OnnxRuntimeRunner):
+        def __init__(self, path, **kwargs):
+            super().__init__(path, **kwargs)
+            self.called = False
+            warn(f"{self.path.name}: made")
+
+        def _infer(self, images):
+            if not self.called:
+                self.called = True
+                warn(f"{self.path.name}: first call")
+            return super()._infer(images)
+
+    def open_runner(path, provider="cpu", threads=None, int8_kernels=False, **ignored):
+        return WarningRunner(path, provider=provider, threads=threads, int8_kernels=int8_kernels)
+
+    monkeypatch.setattr(module, "open_runner", open_runner)

@@ -7,7 +7,7 @@ import pytest
 
 from ffx.cli import cli
 from ffx.runtime.tasks.bench import latency_stats
-from helpers import needs_gpu_reason, needs_rtx, qdq_model
+from helpers import needs_gpu_reason, needs_rtx, qdq_model, runners_that_warn
 
 JSON_FIELDS = {"target", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s"}
 
@@ -101,3 +101,23 @@ def test_engine_that_cannot_run_here_is_skipped_beside_other_targets(cli_runner,
     assert "mini.engine skipped" in result.stderr
     alone = cli_runner.invoke(cli, ["bench", str(engine), "--iterations", "5"])
     assert alone.exit_code == 2 and "Traceback" not in alone.stderr
+
+
+def test_each_runners_own_warnings_follow_its_measurements(mini, tmp_path, monkeypatch):
+    """What a runner warns of while it is made or runs (an engine without a sidecar, a CUDA graph
+    capture that failed: runners_that_warn says the same on the CPU) is reported after that
+    runner's results, through ffx.reporting, once each."""
+    import shutil
+
+    import ffx.runtime.tasks.bench as bench_task
+    from ffx.reporting import warnings_to
+
+    other = tmp_path / "other.onnx"
+    shutil.copyfile(mini.onnx, other)
+    runners_that_warn(monkeypatch, bench_task)
+    events = []
+    with warnings_to(lambda message: events.append(message)):
+        bench_task.bench([mini.onnx, other], batches=(1, 2), iterations=5, warmup=1,
+                         on_result=lambda result: events.append((result.target, result.batch)))
+    assert events == [(str(mini.onnx), 1), (str(mini.onnx), 2), "mini.onnx: made", "mini.onnx: first call",
+                      (str(other), 1), (str(other), 2), "other.onnx: made", "other.onnx: first call"]

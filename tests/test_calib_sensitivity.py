@@ -54,7 +54,7 @@ def test_held_out_images_are_never_calibration_images(fashion, folder):
     from ffx.calib.selection import choose_calibration_images
 
     source = load_source_model(fashion)
-    calibration = choose_calibration_images(FASHION / "train", 300, 0, source.info["class_names"])
+    calibration = choose_calibration_images(FASHION / "train", 300, 0, source.metadata.class_names)
     held_out = held_out_set(source, calibration, 5000, 0)
     assert len(held_out) == 700  # the 1000 train images minus the 300 calibration images
     assert held_out.labels is not None and held_out.reference_logits.shape == (700, 10)
@@ -132,7 +132,7 @@ def test_target_agreement_writes_the_search_into_the_manifest(fashion, folder, c
     from ffx.calib.selection import choose_calibration_images
 
     source = load_source_model(fashion)
-    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"])
+    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.metadata.class_names)
     held_out = held_out_set(source, calibration, 200, 0, held_out_data=FASHION / "val")
     assert held_out.fidelity(out.read_bytes()).agreement == search["measured"]["agreement"]
 
@@ -345,7 +345,7 @@ def test_smooth_gelu_evens_out_the_outlier_channels_exactly(fashion, folder, cli
     from ffx.calib.smoothing import SMOOTHING_SPREAD, smooth_post_gelu
 
     source = load_source_model(fashion)
-    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.info["class_names"])
+    calibration = choose_calibration_images(FASHION / "train", 100, 0, source.metadata.class_names)
     smoothed_source, smoothed = smooth_post_gelu(source, network_layers(source.model, source.metadata), calibration.items)
     # Block 0's feature-MLP GELU has the outlier channels; the token MLPs' GELUs do not.
     assert "blocks.0.mlp1.fc2" in [tensor.layer for tensor in smoothed]

@@ -69,13 +69,21 @@ def test_calibrated_metadata_is_the_source_object_with_precision_and_calibration
     assert ModelMetadata.from_dict(info, mini.onnx).to_dict() == info  # the source record is unchanged
 
 
-def test_network_layers_reads_the_depth_from_typed_metadata_or_a_dict(mini):
+def test_source_model_carries_the_metadata_validated_once_when_loaded(mini):
+    from ffx.calib.model_io import load_source_model
+
+    source = load_source_model(mini.onnx)
+    assert isinstance(source.metadata, ModelMetadata) and source.metadata is source.metadata
+    assert source.metadata.to_dict() == _mini_metadata(mini) and source.input_name == source.metadata.input_name
+    assert source.preprocess == source.metadata.preprocess
+
+
+def test_network_layers_reads_the_depth_from_typed_metadata(mini):
     from ffx.calib.layers import network_layers
 
     model, info = onnx.load(str(mini.onnx)), _mini_metadata(mini)
     typed = network_layers(model, ModelMetadata.from_dict(info, mini.onnx))
     assert [layer.name for layer in typed][:2] == ["patch_embed", "blocks.0.mlp1.fc1"] and typed[-1].name == "head"
-    assert network_layers(model, info) == typed
     unnamed = network_layers(model, ModelMetadata.unchecked({}))  # no depth: named by node
     assert [layer.node for layer in unnamed] == [layer.name for layer in unnamed] == [layer.node for layer in typed]
 

@@ -103,6 +103,40 @@ def test_engine_without_gpu_says_so(mini, tmp_path):
     assert not runner.active
 
 
+def test_an_engine_without_a_sidecar_warns_through_the_reporter_when_made(tmp_path):
+    from ffx.reporting import collect_warnings
+
+    engine = tmp_path / "bare.engine"
+    engine.write_bytes(b"a plan whose sidecar was lost")
+    with collect_warnings() as warnings:
+        runner = open_runner(engine)
+    assert warnings == ["bare.engine has no sidecar: its TensorRT version and GPU cannot be checked before loading"]
+    assert runner.backend == "tensorrt" and not runner.active
+
+
+def test_an_engine_without_a_sidecar_is_not_warned_of_where_no_run_reports_it(cli_runner, mini, images, tmp_path):
+    """The runner's warning is shown beside a run's results (verify, bench); predict and inspect
+    never showed it, and an engine that cannot run here is skipped or refused without it."""
+    if needs_gpu_reason() is None:
+        pytest.skip("a GPU is present: this engine would be loaded")
+    from ffx.cli import cli
+
+    engine = tmp_path / "bare.engine"
+    engine.write_bytes(b"a plan whose sidecar was lost")
+    image = next(next(images.iterdir()).iterdir())
+    runs = {
+        "predict": (["predict", engine, image], 2),
+        "inspect": (["inspect", engine], 0),
+        "bench": (["bench", engine, mini.onnx, "--iterations", "5", "--warmup", "0"], 0),
+        "verify": (["verify", engine, "--reference", mini.onnx, "--data", images], 2),
+    }
+    results = {name: cli_runner.invoke(cli, [str(arg) for arg in args]) for name, (args, _) in runs.items()}
+    for name, result in results.items():
+        assert result.exit_code == runs[name][1], (name, result.output)
+        assert "no sidecar" not in result.stderr and "Traceback" not in result.output, (name, result.output)
+    assert "Warning: bare.engine skipped: " in results["bench"].stderr
+
+
 def test_short_chunks_are_padded_up_to_the_minimum_batch(mini):
     # An engine built with --min-batch 4 (or a fixed batch) must not abort on the last short
     # chunk of verify/bench data: Runner.infer pads it. Checked on the real ONNX Runtime runner
@@ -123,7 +157,7 @@ def test_short_chunks_are_padded_up_to_the_minimum_batch(mini):
 
 def test_runner_base_declares_what_callers_read(mini):
     runner = open_runner(mini.onnx)
-    assert runner.notes == [] and runner.phase_timing is False and runner.last_phases_ms is None
+    assert runner.phase_timing is False and runner.last_phases_ms is None
     assert runner.supports_phase_timing is False and runner.min_batch == 1
 
 

@@ -9,7 +9,7 @@ import pytest
 from ffx.cli import cli
 from ffx.errors import FfxError
 from ffx.runtime.tasks.verify import compare_predictions, paired_difference_ci
-from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx, needs_fashion_model
+from helpers import FASHION, FASHION_CHECKPOINT, fashion_onnx, needs_fashion_model, runners_that_warn
 
 JSON_KEYS = ("reference", "candidate", "top1_drop", "agreement", "passed")
 
@@ -178,6 +178,33 @@ def test_an_unreadable_image_is_one_warning_in_the_report_and_on_stderr(cli_runn
     assert result.exit_code == 0, result.output
     skipped = [w for w in json.loads(result.stdout)["warnings"] if w.startswith("skipped 1 unreadable image: broken.png")]
     assert len(skipped) == 1 and result.stderr.count("Warning: skipped 1 unreadable image: broken.png") == 1
+
+
+def test_each_runners_own_warnings_are_reported_after_the_run_candidates_first(cli_runner, mini, images, tmp_path,
+                                                                               monkeypatch):
+    """What a runner warns of while it is made or runs (an engine without a sidecar, a CUDA graph
+    capture that failed: runners_that_warn says the same on the CPU) comes after the run's own
+    warnings (an unreadable image) and before the judge's, the candidate's before the reference's,
+    once each."""
+    import shutil
+
+    import ffx.runtime.tasks.verify as verify_task
+
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    (next(data.iterdir()) / "broken.png").write_bytes(b"not a png")
+    reference = tmp_path / "reference.onnx"
+    shutil.copyfile(mini.onnx, reference)
+    runners_that_warn(monkeypatch, verify_task)
+    result = _verify(cli_runner, mini.onnx, "--reference", reference, "--data", data, "--batch-size", "4", "--json")
+    assert result.exit_code == 0, result.output
+    warnings = json.loads(result.stdout)["warnings"]
+    assert warnings[0].startswith("skipped 1 unreadable image: broken.png")
+    assert warnings[1:5] == ["mini.onnx: made", "mini.onnx: first call", "reference.onnx: made",
+                             "reference.onnx: first call"]
+    assert len(warnings) == 6 and warnings[5].startswith("only 30 images: ")  # the judge's, after the run
+    assert [line for line in result.stderr.splitlines() if line.startswith("Warning: ")] == [
+        f"Warning: {message}" for message in warnings]
 
 
 @pytest.mark.slow

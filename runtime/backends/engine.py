@@ -10,6 +10,7 @@ engine is deserialized, so a wrong-machine engine fails with one sentence, not a
 from ffx.errors import FfxError
 from ffx.runtime.backends.cuda import GRAPHS_NEED_CUDA_PYTHON
 from ffx.model_file import ModelFile
+from ffx.reporting import warn
 from ffx.runtime.backends.runner import Runner
 from ffx.runtime.engines.sidecar import compatibility_problem, read_sidecar
 
@@ -37,7 +38,7 @@ class EngineRunner(Runner):
         self.cuda_library = cuda_library
         self.check_compatibility = check_compatibility
         if self.sidecar is None:
-            self.notes.append(f"{self.path.name} has no sidecar: its TensorRT version and GPU cannot be checked before loading")
+            warn(f"{self.path.name} has no sidecar: its TensorRT version and GPU cannot be checked before loading")
             self.backend = "tensorrt"
         else:
             self.backend = self.sidecar.backend
@@ -199,7 +200,7 @@ class EngineRunner(Runner):
             raise FfxError(f"{self.path}: execute_async_v3 failed: {self._last_error()}")
 
     def _capture(self):
-        """A CapturedGraph of one execute_async_v3, or None (with a note, graphs then off) when
+        """A CapturedGraph of one execute_async_v3, or None (with a warning, graphs then off) when
         this engine cannot be captured: TensorRT then runs without a graph, as trtexec does."""
         handle = self.cuda.stream_handle(self.stream)
         graph = None
@@ -208,7 +209,7 @@ class EngineRunner(Runner):
             graph = self.cuda.capture_graph(self.stream, lambda: self.context.execute_async_v3(handle))
         if graph is None:
             reason = self._last_error() if self.logger.errors() else "the stream cannot be captured"
-            self.notes.append(f"{self.path.name}: CUDA graph capture failed ({reason}); running without CUDA graphs")
+            warn(f"{self.path.name}: CUDA graph capture failed ({reason}); running without CUDA graphs")
             self.own_graphs = False
         return graph
 

@@ -36,6 +36,10 @@ class Runner:
     Subclasses set `backend`, `precision`, `metadata`, `input_shape` and the batch limits in
     __init__ (cheap, no heavy loading) and implement _activate/_infer/_deactivate. Every member
     callers read is declared here, so no caller needs hasattr.
+
+    What the user should know about a run (an engine without a sidecar, a CUDA graph capture that
+    failed) a runner says with ffx.reporting.warn when it happens, in __init__ or a call; a caller
+    that reports it beside the run's results holds it there (ffx.reporting.warnings_to).
     """
 
     backend = "?"
@@ -52,7 +56,6 @@ class Runner:
         self.min_batch = 1  # smallest batch one call can take; shorter batches are zero-padded
         self.max_batch = None  # largest batch one call can take; None = unlimited
         self.fixed_batch = None  # a graph with a fixed batch takes exactly this many images
-        self.notes = []  # things the user should know about this run (fallbacks, ...)
         self.phase_timing = False
         self.last_phases_ms = None  # {"h2d_ms", "compute_ms", "d2h_ms"} of the last call when phase_timing
         self.active = False

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from ffx.errors import BackendUnavailable
+from ffx.reporting import warn, warnings_to
 from ffx.runtime.backends.runner import open_runner
 
 UNSTABLE_CV = 0.10  # coefficient of variation above which timings are flagged as unstable
@@ -107,26 +108,32 @@ def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, prov
     loaded at a time; a checkpoint's weights, though, are read when it is opened, before the first
     measurement, so several checkpoints share memory). A batch beyond an engine's profile is skipped via `on_skip(message)`,
     and so is a target that cannot run on this machine (an engine without a GPU) when others can;
-    when none can, BackendUnavailable says why."""
-    # Speed is measured on the kernels a deployment runs: onnxruntime's fused int8 ones.
-    runners = [open_runner(t, provider=provider, cuda_graph=cuda_graph, threads=threads, int8_kernels=True)
-               for t in targets]
+    when none can, BackendUnavailable says why. What a runner warns of while it is made or runs
+    is reported (ffx.reporting) after its results."""
+    # Each runner's own warnings (an engine without a sidecar, a CUDA graph capture that failed) are
+    # held while it opens and runs, and reported after its measurements.
+    opened = []  # (runner, its warnings held)
+    for target in targets:
+        held = []
+        with warnings_to(held.append):
+            # Speed is measured on the kernels a deployment runs: onnxruntime's fused int8 ones.
+            runner = open_runner(target, provider=provider, cuda_graph=cuda_graph, threads=threads, int8_kernels=True)
+        opened.append((runner, held))
     available = []
-    for runner in runners:  # checked before measuring anything
+    for runner, held in opened:  # checked before measuring anything
         try:
             runner.check_available()
         except BackendUnavailable as e:
-            if len(runners) == 1:
+            if len(opened) == 1:
                 raise
             if on_skip:
                 on_skip(f"{runner.name} skipped: {e}")
             continue
-        available.append(runner)
+        available.append((runner, held))
     if not available:
         raise BackendUnavailable("none of the targets can run on this machine (see the warnings above)")
-    runners = available
     results = []
-    for runner in runners:
+    for runner, held in available:
         with runner:
             for batch in batches:
                 if runner.max_batch is not None and runner.fixed_batch is None and batch > runner.max_batch:
@@ -141,11 +148,11 @@ def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, prov
                     if on_skip:
                         on_skip(f"{runner.name}: batch {batch} is below its profile (min {runner.min_batch}); skipped")
                     continue
-                result = bench_runner(runner, batch, iterations=iterations, warmup=warmup, max_seconds=max_seconds)
+                with warnings_to(held.append):
+                    result = bench_runner(runner, batch, iterations=iterations, warmup=warmup, max_seconds=max_seconds)
                 results.append(result)
                 if on_result:
                     on_result(result)
-            for note in runner.notes:
-                if on_skip:
-                    on_skip(note)
+            for message in held:
+                warn(message)
     return results

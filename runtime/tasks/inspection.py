@@ -9,6 +9,7 @@ from ffx.artifacts import sha256_file
 from ffx.errors import BackendUnavailable, FfxError
 from ffx.metadata import ModelMetadata, metadata_problem, onnx_metadata
 from ffx.onnx_file import input_size_mismatch
+from ffx.reporting import silenced
 from ffx.calibration_manifest import calibration_manifest_path
 from ffx.runtime.engines.onnx_model import QDQ_OPS, graph_precision, load_onnx, op_histogram
 from ffx.runtime.backends.runner import existing_model_kind
@@ -121,7 +122,8 @@ def inspect_engine(path, load_engine=True, not_loaded="--no-load"):
         return info
     from ffx.runtime.backends.engine import EngineRunner
 
-    runner = EngineRunner(path)
+    with silenced():  # a missing sidecar is reported in `info` already
+        runner = EngineRunner(path)
     try:
         with runner:
             info["loadable_here"] = True

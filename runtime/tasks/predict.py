@@ -8,6 +8,7 @@ import numpy as np
 from ffx.datasets import ImageItem, SkippedImage, describe_skipped
 from ffx.errors import FfxError
 from ffx.images import UnreadableImage, is_image_file, load_image
+from ffx.reporting import silenced
 from ffx.runtime.backends.runner import open_runner
 
 
@@ -45,7 +46,8 @@ def predict(model, images, topk=5, batch_size=32, provider="cpu", on_skip=None, 
     files = expand_images(images)
     if not files:
         raise FfxError("no images given")
-    runner = open_runner(model, provider=provider)
+    with silenced():  # predict has never shown what a runner warns of (an engine without a sidecar)
+        runner = open_runner(model, provider=provider)
     if preprocess is None:
         preprocess = runner.preprocess
     elif runner.input_shape and tuple(runner.input_shape) != tuple(preprocess.input_size):

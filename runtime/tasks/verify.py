@@ -19,7 +19,7 @@ from ffx.errors import BackendUnavailable, FfxError, InvalidOption, MissingPrepr
 from ffx.fidelity import paired_difference_ci, row_cosines
 from ffx.metadata import Preprocess, lineage_mismatch
 from ffx.model_file import ModelFile, open_onnx
-from ffx.reporting import collect_warnings, warn
+from ffx.reporting import collect_warnings, warn, warnings_to
 from ffx.runtime.backends.runner import existing_model_kind, open_model, open_runner, runner_kind
 
 DEFAULT_MAX_TOP1_DROP = 0.5  # percentage points
@@ -217,8 +217,11 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
         existing_model_kind(_path_of(path))
     if data is not None and not Path(data).exists():
         raise FfxError(f"{data}: no such directory")
+    # Each runner's own warnings (an engine without a sidecar, a CUDA graph capture that failed) are
+    # held while it opens and runs, and reported once both have run: the candidate's, then the reference's.
+    candidate_held, reference_held = [], []
     candidate_runner, reference_runner, reference_sha256 = _open_runners(
-        candidate, reference, found, provider, cuda_graph, threads)
+        candidate, reference, found, provider, cuda_graph, threads, (candidate_held, reference_held))
     candidate = candidate_runner.path
     if data is None:
         raise FfxError(f"--data is needed: labelled images to compare {Path(candidate).name} and {Path(reference).name} on")
@@ -237,13 +240,15 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
         for batch in loaded:
             reference_images = (batch.images if reference_preprocess is None
                                 else normalize_pixels(batch.pixels, reference_preprocess))
-            reference_logits.append(reference_runner.infer(reference_images))
-            candidate_logits.append(candidate_runner.infer(batch.images))
+            with warnings_to(reference_held.append):
+                reference_logits.append(reference_runner.infer(reference_images))
+            with warnings_to(candidate_held.append):
+                candidate_logits.append(candidate_runner.infer(batch.images))
             labels.append(np.asarray(batch.labels))
             if calibration:
                 overlap += _count_overlap(calibration, batch)
-    for note in candidate_runner.notes + reference_runner.notes:
-        warn(note)
+    for message in candidate_held + reference_held:
+        warn(message)
     if not labels:
         raise FfxError(f"{data}: no readable images")
     if overlap:
@@ -255,17 +260,20 @@ def _run_pair(candidate, reference, data, limit, batch_size, provider, cuda_grap
                       loaded.num_skipped, overlap if calibration else None)
 
 
-def _open_runners(candidate, reference, found, provider, cuda_graph, threads):
+def _open_runners(candidate, reference, found, provider, cuda_graph, threads, held):
     """(candidate runner, reference runner, the checkpoint reference's sha256 or None), both
-    checked to run here before any image is read: an engine on a machine without a GPU is one line."""
-    candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
+    checked to run here before any image is read: an engine on a machine without a GPU is one line.
+    What each runner warns while it is made goes to its list in `held` (candidate's, reference's)."""
+    with warnings_to(held[0].append):
+        candidate_runner = open_runner(candidate, provider=provider, cuda_graph=cuda_graph, threads=threads)
     # A checkpoint reference is hashed once: for the lineage check, and to run the EMA weights
     # when the candidate was exported from this checkpoint's model_ema (as `ffx export --ema` does).
     reference_sha256 = (sha256_file(reference) if runner_kind(reference) == "checkpoint"
                         and candidate_runner.metadata.source_sha256 else None)
     ema = (reference_sha256 is not None and candidate_runner.metadata.weights == "model_ema"
            and candidate_runner.metadata.source_sha256 == reference_sha256)
-    reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads, ema=ema)
+    with warnings_to(held[1].append):
+        reference_runner = open_runner(reference, provider=provider, cuda_graph=cuda_graph, threads=threads, ema=ema)
     if ema:
         warn(f"{Path(reference).name}: running its model_ema weights, which {candidate_runner.name} was "
              "exported from")
