@@ -96,6 +96,18 @@ def test_onnx_export_passes_against_its_checkpoint(cli_runner, mini, images):
     assert report["calibration_overlap"] is None  # a plain export has no calibration images
 
 
+def test_json_output_keeps_progress_lines_on_stderr(cli_runner, mini, images, monkeypatch):
+    """--json is for the script reading stdout; a CI log (stderr, not a terminal) still shows the
+    run is alive, as without --json."""
+    import ffx.progress
+
+    monkeypatch.setattr(ffx.progress, "DELAY", 0.0)  # the first line without waiting 2 s on a fast machine
+    result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 30
+    assert "verify: 30/30 img (100%)" in result.stderr, result.stderr
+
+
 def test_human_report_and_limit(cli_runner, mini, images):
     result = _verify(cli_runner, mini.onnx, "--reference", mini.checkpoint, "--data", images, "--limit", "12")
     assert result.exit_code == 0, result.output

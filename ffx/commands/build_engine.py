@@ -120,7 +120,7 @@ def command(model, output, fp16, int8, fp8, calib_data, num_images, method, perc
             calib_data=calib_data,
             calib_options={"num_images": num_images, "method": method, "percentile": percentile,
                            "keep_fp": tuple(keep_fp) or None, "seed": seed},
-            backend=backend, progress=None if not as_json else False, verbose=verbose,
+            backend=backend, progress=None, verbose=verbose,
         )
         pipeline, report, notes = _build(model, output, arguments, as_json)
     except InvalidOption as e:

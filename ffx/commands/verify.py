@@ -42,7 +42,7 @@ def command(candidate, reference, data, limit, max_top1_drop, strict, batch_size
 
     with naming_the_flag():
         report = verify(candidate, reference, data, limit=limit, max_top1_drop=max_top1_drop,
-                        batch_size=batch_size, provider=provider, progress=None if not as_json else False, strict=strict,
+                        batch_size=batch_size, provider=provider, progress=None, strict=strict,
                         threads=threads, preprocess=parse_preprocess(preprocess_text))
     for message in report.warnings:
         warn(message)
