@@ -65,7 +65,7 @@ def test_held_out_images_are_never_calibration_images(fashion, folder):
 def _sensitivity(cli_runner, fashion, folder, *extra):
     return cli_runner.invoke(cli, [
         "sensitivity", str(fashion), "--data", str(FASHION / "train"), "--held-out", str(FASHION / "val"),
-        "--num-images", "100", "--calib-images", "100", "--workers", "0", "--cache-dir", str(folder / "cache"), *extra])
+        "--held-out-images", "100", "--calib-images", "100", "--workers", "0", "--cache-dir", str(folder / "cache"), *extra])
 
 
 @pytest.mark.slow

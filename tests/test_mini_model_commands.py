@@ -34,7 +34,7 @@ def test_compare_follows_the_error_block_by_block(cli_runner, mini, qdq, images)
 def test_sensitivity_with_the_outlier_options_ranks_every_layer_and_plots(cli_runner, mini, images, tmp_path):
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib (pip install -e '.[bench]')")
     plot = tmp_path / "ranking.png"
-    report = json.loads(_ffx(cli_runner, "sensitivity", mini.onnx, "--data", images, "--num-images", "10",
+    report = json.loads(_ffx(cli_runner, "sensitivity", mini.onnx, "--data", images, "--held-out-images", "10",
                              "--calib-images", "12", *CALIBRATION, "--smooth-gelu", "--bias-correction", "channel",
                              "--gelu-range", "output", "--plot", plot, "--json").stdout)
     assert sorted(layer["name"] for layer in report["layers"]) == sorted(MINI_LAYERS)
@@ -53,3 +53,17 @@ def test_target_agreement_keeps_layers_in_float_until_the_target_holds(cli_runne
     assert search["measured"]["agreement"] >= 99
     assert sorted(search["keep_fp"]) == sorted(report["kept_fp_layers"]) != []
     assert sorted(report["kept_fp_layers"] + report["quantized_layers"]) == sorted(MINI_LAYERS)
+
+
+def test_sensitivity_takes_its_old_num_images_flag_with_a_warning(cli_runner, mini, images):
+    """--num-images counted held-out images on sensitivity but calibration images on calibrate; the
+    old spelling still works for scripts, says what it now is, and cannot contradict the new one."""
+    result = cli_runner.invoke(cli, ["sensitivity", str(mini.onnx), "--data", str(images), "--num-images", "10",
+                                     "--calib-images", "12", *CALIBRATION, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["held_out_images"] == 10
+    assert "Warning: --num-images on `ffx sensitivity` counts held-out images: it is now --held-out-images" in result.stderr
+    clash = cli_runner.invoke(cli, ["sensitivity", str(mini.onnx), "--data", str(images), "--num-images", "10",
+                                    "--held-out-images", "20", *CALIBRATION])
+    assert clash.exit_code == 2 and "--num-images is the old name of --held-out-images" in clash.stderr
+    assert "--num-images" not in cli_runner.invoke(cli, ["sensitivity", "--help"]).output

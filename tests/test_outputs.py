@@ -68,7 +68,7 @@ def test_a_user_file_at_every_scratch_name_survives_every_command_that_writes(mi
                                     "--no-tensorrt-check", "-o", work / "smooth.int8.onnx"],
         "calibrate --fp16": ["calibrate", model, "--fp16", "--data", images, "--workers", "0", "--no-cache",
                              "-o", work / "m.fp16.onnx"],
-        "sensitivity --plot": ["sensitivity", model, "--data", images, "--calib-images", "10", "--num-images", "10",
+        "sensitivity --plot": ["sensitivity", model, "--data", images, "--calib-images", "10", "--held-out-images", "10",
                                "--workers", "0", "--no-cache", "--plot", work / "sensitivity.png"],
         "build-engine --int8": ["build-engine", model, "--int8", "--calib-data", images, "--calib-images", "10", *rtx,
                                 "-o", work / "q.engine"],

@@ -1,30 +1,32 @@
 import click
 
 from ffx.cli import InputPath, print_json
+from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES
 from ffx.commands.calibration_options import CalibrationOptionGroup
 from ffx.commands.output_options import json_option
 from ffx.fidelity import error_power, snr_of
+from ffx.reporting import warn
 
 # Suggest --smooth-gelu when one post-GELU layer carries at least this share of the INT8 error.
 SMOOTHING_HINT_SHARE = 0.3
 
-DEFAULT_HELD_OUT = 500  # enough to rank layers by logit SNR in well under a minute on a small model
-
-# --num-images counts the held-out images here; the calibration images are --calib-images.
+# --held-out-images counts the held-out images, as on `ffx calibrate`; the calibration images are
+# --calib-images (calibrate's --num-images). --num-images, its old name here, still works and warns.
 CALIBRATION = CalibrationOptionGroup(images="calib-images", keep_fp=False, statistics=True, flags={"precision": "--fp8"})
 
 
 @click.command("sensitivity")
 @click.argument("model", type=InputPath(dir_okay=False))
 @click.option("--data", required=True, type=InputPath(), help="Calibration images, as for `ffx calibrate --data`; the held-out images are the others (or --held-out).")
-@click.option("--num-images", "held_out_images", type=click.IntRange(min=1), default=DEFAULT_HELD_OUT, show_default=True, help="Held-out images every variant is measured on.")
+@click.option("--held-out-images", type=click.IntRange(min=1), help=f"Held-out images every variant is measured on [default: {DEFAULT_HELD_OUT_IMAGES}].")
+@click.option("--num-images", "old_held_out_images", type=click.IntRange(min=1), hidden=True, help="The old name of --held-out-images.")
 @click.option("--held-out", type=InputPath(), help="Measure on these images instead of the rest of --data.")
 @CALIBRATION
 @click.option("--fp8", is_flag=True, help="Rank the layers by what FP8 (E4M3) costs instead of INT8, as `ffx calibrate --fp8` writes them.")
 @CALIBRATION.statistics_options
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the ranking into this image file (.png, .svg, .pdf; needs matplotlib).")
 @json_option()
-def command(model, data, held_out_images, held_out, num_images, method, fp8, percentile, seed, gelu_range, bias_correction,
+def command(model, data, held_out_images, old_held_out_images, held_out, num_images, method, fp8, percentile, seed, gelu_range, bias_correction,
             smooth_gelu, cache_dir, no_cache, workers, plot, as_json):
     """Which layers cost INT8 accuracy: every quantizable layer quantized alone and kept in
     float alone, against FP32 on held-out images.
@@ -38,12 +40,20 @@ def command(model, data, held_out_images, held_out, num_images, method, fp8, per
     \b
     Examples:
       ffx sensitivity model.onnx --data train/
-      ffx sensitivity model.onnx --data calib/ --held-out val/ --num-images 1000 --plot sens.png
+      ffx sensitivity model.onnx --data calib/ --held-out val/ --held-out-images 1000 --plot sens.png
       ffx sensitivity model.onnx --data train/ --json > sensitivity.json
       ffx sensitivity model.onnx --data train/ --fp8
     """
     from ffx.calib.sensitivity import layer_sensitivity
 
+    if old_held_out_images is not None:
+        if held_out_images is not None and held_out_images != old_held_out_images:
+            raise click.UsageError("--num-images is the old name of --held-out-images: give one of them")
+        warn("--num-images on `ffx sensitivity` counts held-out images: it is now --held-out-images "
+             "(the calibration images are --calib-images, calibrate's --num-images)")
+        held_out_images = old_held_out_images
+    if held_out_images is None:
+        held_out_images = DEFAULT_HELD_OUT_IMAGES
     # Unlike calibrate, a --percentile without --method percentile is not refused: the method's own range stands.
     options = CALIBRATION.options("fp8" if fp8 else "int8", method=method, percentile=percentile, num_images=num_images,
                                   seed=seed, workers=workers, cache_dir=cache_dir, no_cache=no_cache,
