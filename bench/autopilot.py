@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bench.fidelity import DEEP_CHECKPOINT, REPO
 from bench.machine import OtherLoad, describe, load_average
+from bench.int8_accuracy import search_caveat
 
 TARGET = 99.9
 SPEED_BATCHES = (1, 8)
@@ -77,7 +78,7 @@ def autopilot(fp32, train, output, cache, log, *flags):
     log(f"autopilot {' '.join(flags)}: {seconds:.0f} s, keep {search['keep_fp']}")
     return {"flags": " ".join(flags), "seconds": seconds, "command_seconds": report["seconds"],
             "load_average_before": before, "load_average_after": load_average(), "other_cpus": other,
-            "statistics_cache": report["cache"], "keep_fp": search["keep_fp"],
+            "statistics_cache": report["cache"], "keep_fp": search["keep_fp"], "ranked_by": search.get("ranked_by"),
             "float_flops_share": search["float_flops_share"], "held_out_images": search["held_out_images"],
             "agreement": search["measured"]["agreement"], "agreement_ci95": search["agreement_ci95"],
             "disagreeing": search["disagreeing"], "disagreements_allowed": search["disagreements_allowed"],
@@ -200,6 +201,8 @@ def section(result, heading="### 6f. The autopilot on the deep fixture: minutes,
             f"({_met(run['verify']['agreement'] >= result['target'])}), at least {SPEED_BAR:.2f}x the all-INT8 CPU "
             f"speed at batch 1 and 8 ({_met(min(run['speed_vs_plain_int8'].values()) >= SPEED_BAR)}), TensorRT-RTX "
             f"builds it ({_met(run['tensorrt_rtx'] == 'built')}).\n")
+    if any(not run.get("ranked_by") for run in runs.values()):
+        lines.append(search_caveat(None).strip() + "\n")
     too_few = result["too_few_held_out"]
     lines.append(f"With the fixture's 300 val images as held-out images, the same command exits {too_few['exit_code']} "
                  f"after {too_few['seconds']:.0f} s, before searching: \"{too_few['message']}\"\n")

@@ -343,6 +343,16 @@ def section(result, heading="## 6. INT8 that agrees with FP32: outlier options, 
     return "\n".join(lines) + "\n"
 
 
+def search_caveat(search):
+    """A sentence for an autopilot row whose search predates how the search ranks layers now
+    (its manifest's keep_fp_search has no ranked_by: it ranked by logit error power on random images)."""
+    if (search or {}).get("ranked_by"):
+        return ""
+    return (" Its search ranked the layers by their logit error power on random held-out images, before the search "
+            "ranked them by their error in FP32's top-1 margin on the closest calls: re-run this script for the "
+            "current search.")
+
+
 def bar(row, test_images):
     """Issue 11's bar (the row's agreement target on the test images, CPU speed >= SPEED_BAR of all-INT8)."""
     if row["error"] is not None:
@@ -359,6 +369,7 @@ def bar(row, test_images):
         + ", ".join(f"{ratios[str(b)]:.2f}x at batch {b}" for b in SPEED_BATCHES)
         + f" ({'met' if min(ratios.values()) >= SPEED_BAR else 'NOT met'}, >= {SPEED_BAR:.2f}x)."
         + (" The bar is set on all 10,000 test images: this run scored fewer." if test_images < 10000 else "")
+        + search_caveat(row.get("search"))
         + "\n"
     )
 
@@ -522,7 +533,7 @@ def precision_section(result, heading="## 6d. FP8 (E4M3) against INT8 and FP16, 
             lines.append(f"`{row['model']}`: {len(row['keep_fp'])} layers kept in float ({', '.join(row['keep_fp']) or 'none'}); "
                          f"agreement on the {verify.get('images', result['test_images']):,} test images {agreement:.2f}% "
                          f"({'met' if agreement >= row['target'] else 'NOT met'}, >= {row['target']:g}%); the search took "
-                         f"{row['search_seconds']:.0f} s on the shared machine.\n")
+                         f"{row['search_seconds']:.0f} s on the shared machine.{search_caveat(row.get('search'))}\n")
     return "\n".join(lines) + "\n"
 
 

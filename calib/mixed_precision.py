@@ -11,10 +11,14 @@ The search, in the order it runs:
 1. The all-quantized graph is measured on the held-out images, closest calls first (FP32's
    top-1 logit minus its runner-up, smallest first: the images a quantized graph flips are
    almost all among the first), stopping as soon as it can no longer meet the target.
-2. Each layer's error: its logit error power with it alone quantized, on RANKING_IMAGES held-out
-   images. Rounding errors of different layers are nearly independent, so their powers add
-   (bench/int8_noise: 33.5 dB predicted from the parts, 33.7 dB measured), and the error of any
-   float set follows without measuring it.
+2. Each layer's error: with it alone quantized, the power of its error in FP32's top-1 margin
+   (the top-1 logit minus the runner-up's, the difference that decides agreement) on the
+   RANKING_IMAGES closest calls. Rounding errors of different layers are nearly independent, so
+   their powers add (bench/int8_noise: 33.5 dB predicted from the parts, 33.7 dB measured), and
+   the error of any float set follows without measuring it. The margin, not every logit: on the
+   deep fixture in FP8 the head's error is a large share of the all-FP8 graph's logit error power
+   but a small one of its margin error (it lands on classes that are not in contention), and
+   keeping the head in float removes almost none of the disagreements.
 3. Each layer's cost: its share of the matrix-product FLOPs (the CPU cost model that
    bench/int8_noise checked against `ffx bench`: within 0.02x).
 4. For every cost, the float set that removes the most error (a knapsack over the FLOPs shares),
@@ -47,10 +51,11 @@ from ffx.fidelity import (disagreements_allowed, images_to_resolve_agreement, im
 from ffx.progress import Progress
 
 DEFAULT_HELD_OUT_IMAGES = 10_000  # 99.9% on the lower bound: up to 3 of them may disagree
-RANKING_IMAGES = 32  # each layer alone: the 10 largest errors agree within 0.4 dB between two sets of 32 (deep fixture)
+RANKING_IMAGES = 64  # the closest calls each layer's margin error is measured on
 SCREENED_SHARE = 0.1  # the all-quantized graph is measured on at least this share of the closest calls
 MIN_SCREENED = 500
 PASS_PROBABILITY = 0.9  # the chance a set must have, by the prediction, to be measured
+RANKED_BY = "error in FP32's top-1 margin on the closest calls"  # the manifest's keep_fp_search.ranked_by
 COST_UNITS = 10_000  # the knapsack's resolution: 0.01% of the FLOPs
 
 
@@ -287,21 +292,33 @@ class Search:
         return measurement
 
     def layer_errors(self):
-        """{layer name: its logit error power alone quantized, relative to FP32's} on RANKING_IMAGES
-        held-out images (a seeded sample)."""
+        """{layer name: the power of its error in FP32's top-1 margins, alone quantized, relative to
+        the power of FP32's logits} on the RANKING_IMAGES closest calls."""
         held_out, layers = self.held_out, self.variants.layers
-        sample = np.sort(np.random.default_rng(0).permutation(len(held_out))[:RANKING_IMAGES])
-        reference = held_out.reference_logits[sample].astype(np.float64)
-        signal = float(np.sum(reference ** 2))
-        self.log(f"ranking the {len(layers)} layers: each alone quantized, on {len(sample)} held-out images")
+        sample = np.sort(self.order[:RANKING_IMAGES])
+        reference = held_out.reference_logits[sample]
+        signal = max(float(np.sum(np.asarray(reference, np.float64) ** 2)), 1e-30)
+        self.log(f"ranking the {len(layers)} layers: each alone quantized, by its error in FP32's top-1 margin on the "
+                 f"{len(sample)} closest calls")
         errors = {}
         with Progress(len(layers), "ranking layers", unit="layers", enabled=self.progress) as bar:
             for layer in layers:
                 bar.note(layer.name)
                 logits = run_model(self.variants.quantized_only(layer), held_out.images[sample])
-                errors[layer.name] = float(np.sum((logits - reference) ** 2)) / signal
+                errors[layer.name] = margin_error_power(reference, logits) / signal
                 bar.update(1)
         return errors
+
+
+def margin_error_power(reference, logits):
+    """The summed square of how far `logits` move each image's FP32 top-1 margin (its top-1 logit
+    minus its runner-up's, as `reference` ranks them): the part of a logit error that can flip
+    top-1. An error on a class not in contention, or the same on both, counts nothing."""
+    reference, logits = np.asarray(reference, np.float64), np.asarray(logits, np.float64)
+    contenders = np.argsort(reference, axis=1, kind="stable")[:, -2:]  # [runner-up, top-1] of each image
+    rows = np.arange(len(reference))[:, None]
+    error = logits[rows, contenders] - reference[rows, contenders]
+    return float(np.sum((error[:, 1] - error[:, 0]) ** 2))
 
 
 def search(variants, held_out, target, flops, progress=None, log=None):
@@ -399,6 +416,7 @@ def _record(run, chosen, errors):
         "images_needed": dataclasses.replace(target, point_estimate=False).images_needed(),  # on the 95% bound
         "disagreements_allowed": run.allowed,
         "ranking_images": min(RANKING_IMAGES, len(held_out)) if errors else 0,
+        "ranked_by": RANKED_BY,
         "layers": layers,  # most error per FLOP first: the order float layers pay off in
         "steps": run.steps,
     }

@@ -76,3 +76,10 @@ def test_the_every_layer_section_says_what_modelopt_left_in_float():
     assert "asked for every layer: not measured (exit 1)" in section(result)
     del result["modelopt"]
     assert "ModelOpt" not in section(result)
+
+
+def test_an_autopilot_row_from_before_the_margin_ranking_says_so():
+    from bench.int8_accuracy import search_caveat
+
+    assert "re-run this script" in search_caveat({"keep_fp": []}) and "re-run this script" in search_caveat(None)
+    assert search_caveat({"ranked_by": "error in FP32's top-1 margin on the closest calls"}) == ""

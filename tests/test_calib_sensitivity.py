@@ -115,6 +115,7 @@ def test_target_agreement_writes_the_search_into_the_manifest(fashion, folder, c
     search = manifest["keep_fp_search"]
     assert search["target"] == {"agreement": 99.5, "max_top1_drop": 0.5, "point_estimate": True}
     assert search["judged_on"] == "point estimate" and search["images_needed"] == 765  # 1.96^2 x 0.995 / 0.005
+    assert search["ranked_by"] == "error in FP32's top-1 margin on the closest calls"
     assert search["measured"]["agreement"] >= 99.5 and search["top1_drop"] <= 0.5
     assert search["top1_drop"] == pytest.approx(search["fp32_top1"] - search["measured"]["top1"], abs=1e-3)
     assert manifest["params"]["keep_fp"] == search["keep_fp"] and search["held_out_images"] == 200
@@ -222,6 +223,22 @@ def test_the_flip_prediction_counts_what_gaussian_errors_flip():
         assert abs(model.expected(scale) - flipped) < 4 * np.sqrt(flipped) + 3, (scale, model.expected(scale), flipped)
     assert model.expected(0.5) < model.expected(1.0) and model.expected(0) == 0
     assert poisson_at_most(3, 1.5) == pytest.approx(0.9344, abs=1e-4) and poisson_at_most(-1, 1) == 0
+
+
+def test_layers_are_ranked_by_their_error_in_the_top_1_margin():
+    from ffx.calib.mixed_precision import margin_error_power
+
+    reference = np.array([[5.0, 4.9, -3.0, 0.0], [1.0, 2.0, 0.0, 1.9]])  # contenders: 0 and 1; 1 and 3
+    off_contention = reference.copy()
+    off_contention[:, 2] += 10.0  # a large error, on a class not in contention
+    off_contention[0, 3] -= 7.0
+    assert margin_error_power(reference, off_contention) == 0
+    common = reference + 0.5  # the same error on every logit moves no margin
+    assert margin_error_power(reference, common) == pytest.approx(0)
+    moved = reference.copy()
+    moved[0, 0] -= 0.3  # image 0's margin shrinks by 0.3
+    moved[1, 3] += 0.2  # image 1's runner-up (class 3) gains 0.2
+    assert margin_error_power(reference, moved) == pytest.approx(0.3 ** 2 + 0.2 ** 2)
 
 
 def _tied_classes(state):
