@@ -266,7 +266,8 @@ def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_pat
     pins.pop("torch")
     assert set(pins) == {"onnxscript", "safetensors"}
     python = str(_venv_seeing_this_interpreter(tmp_path / "venv"))
-    _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *(f"{k}=={v}" for k, v in pins.items())])
+    _run([python, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check",
+          *(f"{k}=={v}" for k, v in pins.items())])
     versions = _run([python, "-c", "import onnxscript, safetensors; print(onnxscript.__version__, safetensors.__version__)"])
     assert [Version(v) for v in versions.stdout.split()] == [Version(pins["onnxscript"]), Version(pins["safetensors"])]
     weights = tmp_path / "fixture.safetensors"  # the safetensors loader is what its floor could break
