@@ -106,13 +106,14 @@ def wheel(tmp_path_factory):
 def _venv_with(python, wheel, folder, pip_options=()):
     """bin/ of a fresh venv of `python` (no system site packages) with `wheel` installed, no extras.
 
-    The venv gets no pip of its own: this interpreter's pip installs into it with `--python`, which
-    runs pip under the venv's interpreter (the same resolution, markers evaluated for its Python),
-    and without byte-compiling every dependency (the commands compile what they import). Both
-    would only cost time: about 7 s of CPU per venv, of the four made here."""
+    The venv gets no pip of its own (installing one costs about 4 s of CPU per venv, of the four
+    made here): this interpreter's pip installs into it with `--python`, which runs pip under the
+    venv's interpreter (the same resolution, markers evaluated for its Python). pip still
+    byte-compiles what it installs: under PYTHONDONTWRITEBYTECODE (set on the shared machine)
+    each command would otherwise compile its imports again."""
     _run([python, "-m", "venv", "--without-pip", str(folder / "venv")])
     bin_dir = folder / "venv" / "bin"
-    _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q", "--no-compile",
+    _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q",
           "--disable-pip-version-check", *pip_options, str(wheel)])
     return bin_dir
 
@@ -266,8 +267,7 @@ def test_export_runs_with_the_lowest_onnxscript_and_safetensors_declared(tmp_pat
     pins.pop("torch")
     assert set(pins) == {"onnxscript", "safetensors"}
     python = str(_venv_seeing_this_interpreter(tmp_path / "venv"))
-    _run([python, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check",
-          *(f"{k}=={v}" for k, v in pins.items())])
+    _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *(f"{k}=={v}" for k, v in pins.items())])
     versions = _run([python, "-c", "import onnxscript, safetensors; print(onnxscript.__version__, safetensors.__version__)"])
     assert [Version(v) for v in versions.stdout.split()] == [Version(pins["onnxscript"]), Version(pins["safetensors"])]
     weights = tmp_path / "fixture.safetensors"  # the safetensors loader is what its floor could break
