@@ -37,3 +37,8 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qdq(tmp_path_factory):
     return helpers.qdq_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def ff_tiny_random(tmp_path_factory):
+    return helpers.ff_tiny_random_export(tmp_path_factory)

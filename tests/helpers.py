@@ -102,6 +102,21 @@ def fashion_onnx(tmp_path_factory):
     return onnx_path
 
 
+def ff_tiny_random_export(tmp_path_factory):
+    """`ffx export --arch ff_tiny -o tiny.onnx` (random weights, 224x224, ImageNet's classes), run through
+    the CLI: SimpleNamespace(onnx, result) with the CliRunner's result. tests/conftest.py makes it once per
+    session: the export tests check what the command said and wrote, the calibration tests build it."""
+    from click.testing import CliRunner
+
+    from ffx.cli import cli
+
+    onnx_path = _session_dir(tmp_path_factory, "ff-tiny-random") / "tiny.onnx"
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    result = CliRunner().invoke(cli, ["export", "--arch", "ff_tiny", "-o", str(onnx_path)])
+    assert "Traceback" not in result.output
+    return SimpleNamespace(onnx=onnx_path, result=result)
+
+
 def fashion_folded_onnx(tmp_path_factory, input_scale=1):
     """The fixture's ONNX with its normalization folded (RGB in [0, input_scale]), made once per session."""
     from ffx.export.normalization import fold_onnx_file

@@ -17,7 +17,8 @@ from ffx.cli import cli
 from ffx.errors import FfxError
 from ffx.metadata import onnx_metadata
 from ffx.reporting import collect_warnings
-from helpers import FASHION, TENSORRT_RTX_MISSING, needs_fashion_model, needs_rtx, write_awkward_images, write_broken_images
+from helpers import (FASHION, TENSORRT_RTX_MISSING, fashion_onnx, needs_fashion_model, needs_rtx, write_awkward_images,
+                     write_broken_images)
 
 CLASS_NAMES = ["cat", "dog", "fox"]
 # A small network with the real graph structure (patch embedding, blocks with both MLPs, head):
@@ -360,10 +361,9 @@ def test_fp16_overflow_preflight_keeps_large_tensors_in_float32(workdir, photos)
 
 @pytest.mark.slow
 @needs_rtx
-def test_tensorrt_rtx_builds_the_int8_and_fp16_graphs_of_ff_tiny(workdir, photos, cli_runner):
-    tiny = workdir / "tiny.onnx"
-    result = cli_runner.invoke(cli, ["export", "--arch", "ff_tiny", "-o", str(tiny)])
-    assert result.exit_code == 0, result.output
+def test_tensorrt_rtx_builds_the_int8_and_fp16_graphs_of_ff_tiny(workdir, photos, ff_tiny_random):
+    tiny = ff_tiny_random.onnx  # `ffx export --arch ff_tiny`, shared with test_export's check of it
+    assert ff_tiny_random.result.exit_code == 0, ff_tiny_random.result.output
     int8 = _calibrate(tiny, photos, workdir / "tiny.int8.onnx", num_images=6, use_cache=False, tensorrt_check=True)
     assert int8.tensorrt["status"] == "built" and "TensorRT" in int8.tensorrt["backend"], int8.tensorrt
     assert len(int8.quantized_layers) == 50
@@ -411,7 +411,7 @@ def test_a_graph_tensorrt_rejects_is_reported_and_not_written(small_model, photo
 
 @pytest.mark.slow
 @needs_fashion_model
-def test_int8_and_fp16_keep_the_fashion_models_accuracy(workdir):
+def test_int8_and_fp16_keep_the_fashion_models_accuracy(workdir, tmp_path_factory):
     """Calibrate on the fixture's train/ images, measure on its val/ images (1000, 100 per class):
     the issue's bar is INT8 top-1 within 0.5 pt of FP32 PyTorch with >= 99% agreement, FP16
     agreement >= 99.9% (the full 10,000-image numbers come from `python -m bench.calibration`)."""
@@ -419,7 +419,7 @@ def test_int8_and_fp16_keep_the_fashion_models_accuracy(workdir):
     from ffx.export.checkpoint import resolve_model
     from ffx.metadata import Preprocess
 
-    fp32 = _export(FASHION / "model.pth", workdir / "fashion.onnx")
+    fp32 = fashion_onnx(tmp_path_factory)  # the session's export of the fixture
     int8 = calibrate_int8(fp32, FASHION / "train", workdir / "fashion.int8.onnx", CalibrationOptions(use_cache=False))
     fp16 = convert_fp16(fp32, workdir / "fashion.fp16.onnx", data=FASHION / "train",
                         options=CalibrationOptions(num_images=128, use_cache=False))

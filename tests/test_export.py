@@ -167,9 +167,8 @@ def test_patch32_checkpoint_folds_position_resize(tmp_path, cli_runner):
 
 
 @pytest.mark.slow
-def test_imagenet_models_carry_class_names(tmp_path, cli_runner):
-    out = tmp_path / "tiny.onnx"
-    result = run_export(cli_runner, "--arch", "ff_tiny", "-o", str(out))
+def test_imagenet_models_carry_class_names(ff_tiny_random):
+    out, result = ff_tiny_random.onnx, ff_tiny_random.result  # `ffx export --arch ff_tiny -o tiny.onnx`, once a session
     assert result.exit_code == 0
     assert "RANDOM weights" in result.stderr
     meta = onnx_metadata(onnx.load(str(out)))
