@@ -1,11 +1,10 @@
 import click
 
-from ffx.cli import InputPath, print_json
+from ffx.cli import InputPath, print_json, warn
 from ffx.calib.sensitivity import DEFAULT_HELD_OUT_IMAGES
 from ffx.commands.calibration_options import CalibrationOptionGroup
 from ffx.commands.output_options import json_option
 from ffx.fidelity import error_power, snr_of
-from ffx.reporting import warn
 
 # Suggest --smooth-gelu when one post-GELU layer carries at least this share of the INT8 error.
 SMOOTHING_HINT_SHARE = 0.3

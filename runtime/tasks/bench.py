@@ -110,9 +110,7 @@ def bench(targets, batches=(1,), iterations=50, warmup=5, max_seconds=10.0, prov
     and so is a target that cannot run on this machine (an engine without a GPU) when others can;
     when none can, BackendUnavailable says why. What a runner warns of while it is made or runs
     is reported (ffx.reporting) after its results."""
-    # Each runner's own warnings (an engine without a sidecar, a CUDA graph capture that failed) are
-    # held while it opens and runs, and reported after its measurements.
-    opened = []  # (runner, its warnings held)
+    opened = []  # (runner, its own warnings held: an engine without a sidecar, a failed CUDA graph capture)
     for target in targets:
         held = []
         with warnings_to(held.append):
