@@ -40,9 +40,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ffx.calib.layers import network_layers
+from ffx.calib.layers import network_layers, resolve_layer_selection
 from ffx.calib.options import CalibrationOptions
-from ffx.calib.outliers import bias_corrections, bias_of, dequantized_weight, sampled_activations
+from ffx.calib.outliers import bias_corrections, bias_of, dequantized_weight, fake_quantize, sampled_activations
 from ffx.calib.qdq import CalibrationReport, QdqRecipe, activation_thresholds, calibrate_qdq
 from ffx.calib.ranges import E4M3_MAX
 from ffx.errors import FfxError
@@ -55,25 +55,44 @@ PLATEAU_SHARE = 0.05  # a value making this share of a tensor's sampled values i
 
 
 class Fp8Recipe(QdqRecipe):
+    """E4M3 Q/DQ; with `int8_layers` (layer names), those layers in INT8 instead (see INT8 LAYERS above)."""
+
     precision = "fp8"
     label = "FP8"
     advice = "; try --keep-fp head,patch_embed (the first and last layers lose most to 3 mantissa bits)"
+
+    def __init__(self, int8_layers=()):
+        self.int8_layers = tuple(int8_layers)
+
+    def with_int8(self, names):
+        """This recipe with the layers named `names` in INT8."""
+        return Fp8Recipe(names)
+
+    def configured(self, source, options):
+        layers = network_layers(source.model, source.metadata)
+        return self.with_int8([layer.name for layer in resolve_layer_selection(layers, options.int8_layers,
+                                                                                "--int8-layers")])
 
     def check(self):
         check_fp8_support()
 
     def ranges(self, source, layers, stats, items, options):
-        thresholds = activation_thresholds(stats, layers, options)
+        fp8 = [layer for layer in layers if layer.name not in self.int8_layers]
+        int8 = [layer for layer in layers if layer.name in self.int8_layers]
+        thresholds = activation_thresholds(stats, fp8, options)
         if options.scale_search:
-            thresholds = search_scales(source, layers, thresholds, items, options.workers)
-        thresholds = exact_plateaus(source, layers, thresholds, items, options.workers)
+            thresholds = search_scales(source, fp8, thresholds, items, options.workers)
+        thresholds = exact_plateaus(source, fp8, thresholds, items, options.workers)
+        thresholds.update(activation_thresholds(stats, int8, int8_options(options)))
         corrections = {}
         if options.bias_correction:
-            corrections = fp8_bias_corrections(source, layers, thresholds, items, options)
+            corrections = fp8_bias_corrections(source, layers, thresholds, items, options, self.int8_layers)
         return thresholds, corrections
 
     def insert(self, source, thresholds, excluded_nodes):
-        return insert_fp8_qdq(source, thresholds, excluded_nodes)
+        int8_nodes = [layer.node for layer in network_layers(source.model, source.metadata)
+                      if layer.name in self.int8_layers]
+        return insert_fp8_qdq(source, thresholds, excluded_nodes, int8_nodes)
 
     def default_keep_fp(self, layers):
         # The layer that reads the image and the one that writes the logits (patch_embed and head):
@@ -91,10 +110,20 @@ class Fp8Recipe(QdqRecipe):
         if options.scale_search:
             params["scale_search"] = {"factors": f"2^(k/{SCALE_SEARCH_STEPS}), k = 0..{SCALE_SEARCH_STEPS - 1}",
                                       "criterion": "squared error of the layer's output", "images": SCALE_SEARCH_IMAGES}
+        if self.int8_layers:  # only then, so that the manifest of an FP8-only graph stays as it was
+            params["int8_layers"] = {"layers": list(self.int8_layers), "method": INT8_METHOD,
+                                     "activations": "per-tensor symmetric int8 (scale = threshold / 127)",
+                                     "weights": "per-channel symmetric int8 (scale = |w| max / 127)"}
         return params
 
 
 FP8 = Fp8Recipe()
+INT8_METHOD = "entropy"  # the range method of the INT8 layers of an FP8 graph: INT8's default
+
+
+def int8_options(options):
+    """The options the INT8 layers of an FP8 calibration take their ranges with: INT8's method."""
+    return options.replace(precision="int8", method=INT8_METHOD, scale_search=False, int8_layers=())
 
 
 def calibrate_fp8(onnx_path: str | Path, data, output: str | Path | None = None,
@@ -211,13 +240,25 @@ def quantize_weight(weight, axis):
     return to_e4m3(weight / scale.reshape(shape)), scale
 
 
-def insert_fp8_qdq(source, thresholds, excluded_nodes):
+def quantize_weight_int8(weight, axis):
+    """(int8 values, per-channel scale) of a float weight: scale = |w| max of the channel / 127, as
+    onnxruntime's symmetric per-channel quantizer writes INT8 graphs."""
+    reduced = tuple(i for i in range(weight.ndim) if i != axis)
+    amax = np.abs(weight).max(axis=reduced)
+    scale = np.where(amax > 0, amax / 127, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+
+
+def insert_fp8_qdq(source, thresholds, excluded_nodes, int8_nodes=()):
     """The source graph at opset 19+ with E4M3 Q/DQ on the inputs of its layers whose activations
-    `thresholds` names ({tensor: |x| threshold}), minus the nodes in `excluded_nodes`."""
+    `thresholds` names ({tensor: |x| threshold}), minus the nodes in `excluded_nodes`; the layers
+    whose nodes are in `int8_nodes` get symmetric INT8 Q/DQ instead."""
     check_fp8_support()
     model = to_fp8_opset(source.model, source.path)
     graph = model.graph
-    excluded = set(excluded_nodes)
+    excluded, int8_nodes = set(excluded_nodes), set(int8_nodes)
     layers = [layer for layer in network_layers(model, source.metadata)
               if layer.node not in excluded and layer.activation in thresholds]
     initializers = {init.name: init for init in graph.initializer}
@@ -227,11 +268,13 @@ def insert_fp8_qdq(source, thresholds, excluded_nodes):
     for layer in layers:
         node = nodes[layer.node]
         activation = layer.activation
+        int8 = layer.node in int8_nodes
         if activation not in quantized_activations:  # one Q/DQ pair however many layers read the tensor
-            scale = np.float32(thresholds[activation] / E4M3_MAX)
+            scale = np.float32(thresholds[activation] / (127 if int8 else E4M3_MAX))
             names = _qdq_names(activation)
             added += [numpy_helper.from_array(np.array(scale if scale > 0 else 1.0, np.float32), names["scale"]),
-                      _float8_tensor(0.0, names["zero_point"])]
+                      numpy_helper.from_array(np.array(0, np.int8), names["zero_point"]) if int8
+                      else _float8_tensor(0.0, names["zero_point"])]
             before.setdefault(layer.node, []).extend([
                 helper.make_node("QuantizeLinear", [activation, names["scale"], names["zero_point"]], [names["quantized"]],
                                  name=names["quantize"]),
@@ -243,10 +286,15 @@ def insert_fp8_qdq(source, thresholds, excluded_nodes):
 
         weight = numpy_helper.to_array(initializers[layer.weight]).astype(np.float32)
         axis = weight_axis(layer, node, weight)
-        values, scale = quantize_weight(weight, axis)
         names = _qdq_names(layer.weight)
-        added += [_float8_tensor(values, names["quantized"]), numpy_helper.from_array(scale, names["scale"]),
-                  _float8_tensor(np.zeros(scale.shape, np.float32), names["zero_point"])]
+        if int8:
+            values, scale = quantize_weight_int8(weight, axis)
+            added += [numpy_helper.from_array(values, names["quantized"]), numpy_helper.from_array(scale, names["scale"]),
+                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), names["zero_point"])]
+        else:
+            values, scale = quantize_weight(weight, axis)
+            added += [_float8_tensor(values, names["quantized"]), numpy_helper.from_array(scale, names["scale"]),
+                      _float8_tensor(np.zeros(scale.shape, np.float32), names["zero_point"])]
         before.setdefault(layer.node, []).append(helper.make_node(
             "DequantizeLinear", [names["quantized"], names["scale"], names["zero_point"]], [names["dequantized"]],
             name=names["dequantize"], axis=axis))
@@ -263,7 +311,7 @@ def insert_fp8_qdq(source, thresholds, excluded_nodes):
     remaining = [init for init in graph.initializer if init.name in used]  # float weights now read as FP8
     del graph.initializer[:]
     graph.initializer.extend(remaining)
-    _check_fp8_placement(model, len(quantized_activations))
+    _check_fp8_placement(model, len(quantized_activations), {layer.node for layer in layers if layer.node in int8_nodes})
     return model
 
 
@@ -275,17 +323,25 @@ def _qdq_names(tensor):
             "dequantized": f"{tensor}_DequantizeLinear_Output"}
 
 
-def _check_fp8_placement(model, expected_activations):
-    """One activation QuantizeLinear per quantized tensor, every zero point float8 (no INT8 left)."""
+def _check_fp8_placement(model, expected_activations, int8_nodes=()):
+    """One activation QuantizeLinear per quantized tensor; every zero point float8, but the two
+    Q/DQ inputs of each layer in `int8_nodes` int8 (no other INT8)."""
     initializers = {init.name: init for init in model.graph.initializer}
     quantize_nodes = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
     if len(quantize_nodes) != expected_activations:
         raise RuntimeError(f"placed {len(quantize_nodes)} QuantizeLinear nodes, expected {expected_activations}")
+    int8_inputs = {name for node in model.graph.node if node.name in int8_nodes for name in node.input[:2]}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    int8_qdq = {producers[name].name for name in int8_inputs if name in producers}
+    int8_qdq |= {producers[producers[name].input[0]].name for name in int8_inputs
+                 if name in producers and producers[name].input[0] in producers}
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
-            if zero_point is None or zero_point.data_type != TensorProto.FLOAT8E4M3FN:
-                raise RuntimeError(f"{node.name}: a Q/DQ node without a float8e4m3fn zero point")
+            wanted = TensorProto.INT8 if node.name in int8_qdq else TensorProto.FLOAT8E4M3FN
+            if zero_point is None or zero_point.data_type != wanted:
+                raise RuntimeError(f"{node.name}: a Q/DQ node without a {TensorProto.DataType.Name(wanted).lower()} "
+                                   "zero point")
 
 
 # -- the scale search -------------------------------------------------------------------------
@@ -392,12 +448,18 @@ def fake_quantize_e4m3(x, threshold):
     return to_e4m3(x / scale) * scale
 
 
-def fp8_bias_corrections(source, layers, thresholds, items, options):
+def fp8_bias_corrections(source, layers, thresholds, items, options, int8_layers=()):
     """{layer: mean FP8 output error} of the MatMul `layers` with a float bias, as calib/outliers.py
-    computes INT8's, with the weights as this FP8 graph rounds them."""
+    computes INT8's, with the weights as this FP8 graph rounds them (the layers named in
+    `int8_layers`: INT8's error)."""
     others = [layer.node for layer in network_layers(source.model, source.metadata) if layer not in layers]
-    quantized = insert_fp8_qdq(source, thresholds, others)
+    quantized = insert_fp8_qdq(source, thresholds, others, [layer.node for layer in layers if layer.name in int8_layers])
     weights = {layer.name: dequantized_weight(quantized, layer) for layer in layers if layer.op_type == "MatMul"}
     biased = [layer for layer in layers if layer.name in weights and bias_of(source.model, layer)]
-    return bias_corrections(source, weights, biased, thresholds, items, options.bias_correction, options.workers,
-                            quantize=fake_quantize_e4m3)
+    corrections = {}
+    for int8, quantize in ((False, fake_quantize_e4m3), (True, fake_quantize)):
+        chosen = [layer for layer in biased if (layer.name in int8_layers) == int8]
+        if chosen:
+            corrections.update(bias_corrections(source, weights, chosen, thresholds, items, options.bias_correction,
+                                                options.workers, quantize=quantize))
+    return corrections

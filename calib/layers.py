@@ -45,16 +45,17 @@ def network_layers(model, metadata):
     return [Layer(name, node.name, node.op_type, node.input[0], node.input[1]) for name, node in zip(names, nodes)]
 
 
-def resolve_layer_selection(layers, selection):
+def resolve_layer_selection(layers, selection, flag="--keep-fp"):
     """The layers that `selection` (user names such as ``head``, ``patch_embed``, ``blocks.3``,
-    ``blocks.3.mlp2``, or node names; comma-separated strings allowed) refers to."""
+    ``blocks.3.mlp2``, or node names; comma-separated strings allowed) refers to; `flag` names the
+    option in the error about a name that matches none."""
     tokens = [token.strip() for entry in selection for token in str(entry).split(",") if token.strip()]
     chosen = []
     for token in tokens:
         key = token.rstrip(".")
         matched = [layer for layer in layers if layer.name == key or layer.name.startswith(key + ".") or layer.node == key]
         if not matched:
-            raise FfxError(f"--keep-fp {token}: no such layer; {describe_layer_names(layers)}")
+            raise FfxError(f"{flag} {token}: no such layer; {describe_layer_names(layers)}")
         chosen.extend(layer for layer in matched if layer not in chosen)
     return [layer for layer in layers if layer in chosen]
 

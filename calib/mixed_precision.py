@@ -176,10 +176,12 @@ class Counts:
 
 
 def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_out_data=None,
-                   progress=None, log=None):
+                   progress=None, log=None, choose_int8=False):
     """The cheapest float set (by FLOPs) for the quantized graph (INT8 or FP8) to meet `target`, as a dict for the manifest:
     keep_fp, its FLOPs share, the fidelity measured on every held-out image with its intervals,
-    the held-out images, the layers' error shares and each graph measured.
+    the held-out images, the layers' error shares and each graph measured. With `choose_int8` (FP8
+    only), each layer is first written in INT8 or FP8, whichever errs less (`choose_int8_layers`),
+    and the record's int8_layers says which are INT8.
 
     Raises FfxError (before any image is decoded) when the held-out images are too few to
     resolve the target, or fewer than `held_out_images`; GateFailed when even every layer but the
@@ -195,10 +197,44 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_
     count = held_out_count(target, held_out_images, len(candidates), where, log)
     chosen = choose_held_out(candidates, count, options.seed)
     source, images, stats, _ = calibration_statistics(source, data, options, progress, images=images)
-    variants = quantized_variants(recipe, source, stats, images, options)
     held_out = decode_held_out(source, chosen, where, options.workers, progress, options.statistics_cache)
     check_resolution(target, len(held_out), where, f"only {len(held_out):,} of the {count:,} chosen could be read; ")
-    return search(variants, held_out, target, matmul_flops(source.model, variants.layers), progress, log)
+    errors, choice = None, None
+    if choose_int8:
+        options, errors, choice = choose_int8_layers(recipe, source, stats, images, options, held_out, progress, log)
+    variants = quantized_variants(recipe, source, stats, images, options)
+    record = search(variants, held_out, target, matmul_flops(source.model, variants.layers), progress, log, errors)
+    if choice is not None:
+        record["int8_layers"] = list(options.int8_layers)
+        for row in record["layers"]:
+            row.update(choice[row["name"]])
+    return record
+
+
+def choose_int8_layers(recipe, source, stats, images, options, held_out, progress=None, log=None):
+    """(options naming the layers to write in INT8, {layer: error} of each layer in its chosen
+    precision, {layer: {"precision", "fp8_error", "int8_error"}}) for an FP8 calibration: each
+    layer alone in FP8 and alone in INT8, measured as the search ranks layers (its error in FP32's
+    top-1 margin on the RANKING_IMAGES closest calls), in INT8 where that errs less. The errors of
+    different layers add (see the module's docstring), so this is the least error any graph without
+    float layers has; on GPUs with FP8 tensor cores INT8 runs at FP8's rate (README: "Precisions by
+    GPU"), so it costs nothing."""
+    log = log or (lambda message: None)
+    fp8 = quantized_variants(recipe, source, stats, images, options.replace(int8_layers=()))
+    names = [layer.name for layer in fp8.layers]
+    int8 = quantized_variants(recipe, source, stats, images, options.replace(int8_layers=tuple(names)))
+    order = held_out.closest_calls_first()
+    log(f"choosing FP8 or INT8 for each of the {len(names)} layers: each alone in each, by its error in FP32's top-1 "
+        f"margin on the {min(RANKING_IMAGES, len(order))} closest calls")
+    fp8_errors = layer_errors(fp8, held_out, order, progress, "FP8")
+    int8_errors = layer_errors(int8, held_out, order, progress, "INT8")
+    chosen = [name for name in names if int8_errors[name] < fp8_errors[name]]
+    choice = {name: {"precision": "int8" if name in chosen else "fp8", "fp8_error": round(fp8_errors[name], 9),
+                     "int8_error": round(int8_errors[name], 9)} for name in names}
+    log(f"{len(chosen)} of {len(names)} layers in INT8, where it errs less than FP8"
+        + (f": {', '.join(chosen)}" if chosen else ""))
+    errors = {name: min(fp8_errors[name], int8_errors[name]) for name in names}
+    return options.replace(int8_layers=tuple(chosen)), errors, choice
 
 
 def held_out_count(target, asked, available, where, log):
@@ -294,20 +330,26 @@ class Search:
     def layer_errors(self):
         """{layer name: the power of its error in FP32's top-1 margins, alone quantized, relative to
         the power of FP32's logits} on the RANKING_IMAGES closest calls."""
-        held_out, layers = self.held_out, self.variants.layers
-        sample = np.sort(self.order[:RANKING_IMAGES])
-        reference = held_out.reference_logits[sample]
-        signal = max(float(np.sum(np.asarray(reference, np.float64) ** 2)), 1e-30)
-        self.log(f"ranking the {len(layers)} layers: each alone quantized, by its error in FP32's top-1 margin on the "
-                 f"{len(sample)} closest calls")
-        errors = {}
-        with Progress(len(layers), "ranking layers", unit="layers", enabled=self.progress) as bar:
-            for layer in layers:
-                bar.note(layer.name)
-                logits = run_model(self.variants.quantized_only(layer), held_out.images[sample])
-                errors[layer.name] = margin_error_power(reference, logits) / signal
-                bar.update(1)
-        return errors
+        self.log(f"ranking the {len(self.variants.layers)} layers: each alone quantized, by its error in FP32's top-1 "
+                 f"margin on the {min(RANKING_IMAGES, len(self.order))} closest calls")
+        return layer_errors(self.variants, self.held_out, self.order, self.progress)
+
+
+def layer_errors(variants, held_out, order, progress=None, label="quantized"):
+    """{layer name: the power of its error in FP32's top-1 margins, alone quantized in `variants`,
+    relative to the power of FP32's logits} on the RANKING_IMAGES first images of `order` (the
+    closest calls)."""
+    sample = np.sort(order[:RANKING_IMAGES])
+    reference = held_out.reference_logits[sample]
+    signal = max(float(np.sum(np.asarray(reference, np.float64) ** 2)), 1e-30)
+    errors = {}
+    with Progress(len(variants.layers), f"ranking layers ({label})", unit="layers", enabled=progress) as bar:
+        for layer in variants.layers:
+            bar.note(layer.name)
+            logits = run_model(variants.quantized_only(layer), held_out.images[sample])
+            errors[layer.name] = margin_error_power(reference, logits) / signal
+            bar.update(1)
+    return errors
 
 
 def margin_error_power(reference, logits):
@@ -321,10 +363,11 @@ def margin_error_power(reference, logits):
     return float(np.sum((error[:, 1] - error[:, 0]) ** 2))
 
 
-def search(variants, held_out, target, flops, progress=None, log=None):
+def search(variants, held_out, target, flops, progress=None, log=None, errors=None):
     """The search of `search_keep_fp` on prepared `variants` (QuantizedVariants or any object
     with `.layers`, `.with_float(layers)` and `.quantized_only(layer)`), held-out images and
-    each layer's matrix-product FLOPs; the manifest's record of it."""
+    each layer's matrix-product FLOPs (and each layer's error when measured already, as
+    `layer_errors` measures it); the manifest's record of it."""
     log = log or (lambda message: None)
     run = Search(variants, held_out, target, flops, progress, log)
     bound = "on the point estimates" if target.point_estimate else "on the 95% bounds"
@@ -332,9 +375,9 @@ def search(variants, held_out, target, flops, progress=None, log=None):
         f"at most {run.allowed:,} may disagree with FP32")
     screened = min(len(held_out), max(MIN_SCREENED, math.ceil(SCREENED_SHARE * len(held_out))))
     first = run.measure([], at_least=screened)
-    errors, chosen = None, first
+    chosen = first
     if not (not first.stopped and target.met_by(first.counts)):
-        errors = run.layer_errors()
+        errors = errors or run.layer_errors()
         chosen = _cheapest_meeting(run, first, errors)
     return _record(run, chosen, errors)
 

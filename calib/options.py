@@ -43,6 +43,8 @@ class CalibrationOptions:
             before quantizing them, exactly compensated in fc2 (see calib/smoothing.py).
         scale_search: FP8 only: search each activation scale over one octave above its threshold by
             the layer's output error (see calib/fp8.py).
+        int8_layers: FP8 only: layers written in INT8 instead of FP8, named as for `keep_fp`
+            (``("none",)`` or empty: none; see calib/fp8.py).
     """
 
     method: str | None = None
@@ -58,6 +60,7 @@ class CalibrationOptions:
     smooth_gelu: bool = False
     precision: str = "int8"
     scale_search: bool = False
+    int8_layers: tuple = ()
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -88,6 +91,12 @@ class CalibrationOptions:
             raise InvalidOption("bias_correction", f"applies to INT8 and FP8 calibration, not {row.label}")
         if self.scale_search and self.precision != "fp8":
             raise InvalidOption("scale_search", f"applies to FP8 calibration, not {row.label}")
+        int8_layers = tuple(self.int8_layers or ())
+        if [str(name).strip().lower() for name in int8_layers] == ["none"]:
+            int8_layers = ()
+        object.__setattr__(self, "int8_layers", int8_layers)
+        if int8_layers and self.precision != "fp8":
+            raise InvalidOption("int8_layers", f"applies to FP8 calibration (INT8 layers in an FP8 graph), not {row.label}")
         if self.keep_fp is None and self.precision != "fp8":  # FP8's default depends on the graph (calib/fp8.py)
             object.__setattr__(self, "keep_fp", ())
         if self.keep_fp is not None:

@@ -37,6 +37,7 @@ class CalibrationReport(ConversionReport):
     quantized_layers: list
     kept_fp_layers: list
     keep_fp_search: dict | None  # how --target-agreement chose kept_fp_layers (None: given by the user)
+    int8_layers: list = dataclasses.field(default_factory=list)  # FP8: the layers written in INT8 instead
 
 
 class QdqRecipe:
@@ -66,6 +67,11 @@ class QdqRecipe:
         """The layers (names) kept in float when the options name none (`keep_fp` None)."""
         return []
 
+    def configured(self, source, options):
+        """The recipe that writes what `options` ask of `source` beyond the precision (FP8: the
+        layers it writes in INT8)."""
+        return self
+
 
 def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progress=None, tensorrt_check=True,
                   tensorrt_backend="auto", keep_fp_search=None):
@@ -80,6 +86,8 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
     output, manifest_path = output_paths(source.path, output, recipe.precision, [data])
     keep_fp = keep_fp_selection(recipe, source, options)
     quantization_plan(source, keep_fp)  # a bad --keep-fp fails before any image is read
+    recipe = recipe.configured(source, options)  # a bad --int8-layers too
+    check_int8_layers_quantized(recipe, source, keep_fp)
     source, images, stats, smoothed = calibration_statistics(source, data, options, progress)
     layers, kept = quantization_plan(source, keep_fp)
     quantized = [layer for layer in layers if layer not in kept]
@@ -112,7 +120,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
         images=images.manifest_entries(),
         images_used=stats.images_used,
         skipped=stats.skipped,
-        layers=[_layer_entry(layer, stats, thresholds, scales, recipe.precision) for layer in layers],
+        layers=[_layer_entry(layer, stats, thresholds, scales, layer_precision(recipe, layer)) for layer in layers],
         keep_fp_search=keep_fp_search,
     )
     calibration = {
@@ -132,6 +140,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
         quantized_layers=[layer.name for layer in quantized],
         kept_fp_layers=[layer.name for layer in kept],
         keep_fp_search=keep_fp_search,
+        int8_layers=list(getattr(recipe, "int8_layers", ())),
     )
 
 
@@ -141,6 +150,15 @@ def keep_fp_selection(recipe, source, options):
     if options.keep_fp is not None:
         return options.keep_fp
     return tuple(recipe.default_keep_fp(network_layers(source.model, source.metadata)))
+
+
+def check_int8_layers_quantized(recipe, source, keep_fp):
+    """FfxError when a layer to write in INT8 is also one kept in float."""
+    _, kept = quantization_plan(source, keep_fp)
+    both = [layer.name for layer in kept if layer.name in getattr(recipe, "int8_layers", ())]
+    if both:
+        raise FfxError(f"--int8-layers {','.join(both)}: kept in float by --keep-fp {','.join(layer.name for layer in kept)}"
+                       "; leave it out of one of them")
 
 
 def qdq_params(recipe, source, options, kept_names, smoothed=(), default_keep_fp=False):
@@ -207,6 +225,12 @@ def activation_thresholds(stats, layers, options):
             options.precision,
         )
     return thresholds
+
+
+def layer_precision(recipe, layer):
+    """The precision `recipe` writes `layer` in when it quantizes it: its own, or INT8 for the
+    layers an FP8 recipe writes in INT8."""
+    return "int8" if layer.name in getattr(recipe, "int8_layers", ()) else recipe.precision
 
 
 def _activation_scales(model):

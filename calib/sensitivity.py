@@ -255,6 +255,7 @@ def quantized_variants(recipe, source, stats, images, options):
     """QuantizedVariants of every quantizable layer of `source` in `recipe`'s precision, with the
     ranges its calibration on `images` (their statistics `stats`) would choose."""
     layers, _ = quantization_plan(source, ())
+    recipe = recipe.configured(source, options)
     return QuantizedVariants(source, layers, *recipe.ranges(source, layers, stats, images.items, options),
                              insert=recipe.insert)
 

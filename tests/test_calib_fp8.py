@@ -219,11 +219,74 @@ def test_cli_fp8_and_its_mistakes(small_model, photos, workdir, cli_runner):
         (["--fp8"], "FP8 calibration needs --data"),
         (["--fp8", "--data", str(photos), "--method", "entropy"], "--method: FP8 calibration takes"),
         (["--fp8", "--data", str(photos), "--gelu-range", "output"], "--gelu-range: applies to INT8"),
+        (["--data", str(photos), "--int8-layers", "blocks.0"], "--int8-layers applies to --fp8"),
+        (["--fp8", "--data", str(photos), "--int8-layers", "auto"], "--int8-layers auto applies to --target-agreement"),
+        (["--fp8", "--data", str(photos), "--int8-layers", "blocks.9"], "--int8-layers blocks.9: no such layer"),
+        (["--fp8", "--data", str(photos), "--int8-layers", "head"], "--int8-layers head: kept in float by --keep-fp"),
     ]:
         result = cli_runner.invoke(cli, ["calibrate", str(small_model), *args, "-o", str(never)])
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
         assert "Traceback" not in result.output and result.stderr.strip().splitlines()[-1].startswith("Error: ")
     assert not never.exists()
+
+
+def _int8_layer_qdq(model, layer_node):
+    """(activation scale, activation zero point, weight values, weight scale, weight zero point) of a layer's Q/DQ."""
+    initializers = _initializers(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    node = next(node for node in model.graph.node if node.name == layer_node)
+    activation, weight = producers[node.input[0]], producers[node.input[1]]
+    return [initializers[name] for name in (*activation.input[1:], *weight.input)]
+
+
+def test_int8_layers_in_an_fp8_graph_are_the_int8_graphs_own(small_model, photos, workdir):
+    """--int8-layers writes those layers exactly as `ffx calibrate` (INT8, entropy) writes them, the
+    others in E4M3; the graph stays an FP8 graph (it needs FP8 tensor cores) and says which is which."""
+    int8_names = ["blocks.0.mlp1.fc1", "blocks.1.mlp2.fc1", "blocks.1.mlp2.fc2"]
+    report = _fp8(small_model, photos, workdir / "mixed.onnx", int8_layers=["blocks.0.mlp1.fc1", "blocks.1.mlp2"],
+                  cache_dir=workdir / "cache")
+    reference = calibrate(small_model, photos, workdir / "reference.int8.onnx",
+                          CalibrationOptions(workers=0, num_images=12, cache_dir=workdir / "cache"), tensorrt_check=False)
+    assert report.int8_layers == int8_names and report.kept_fp_layers == ["patch_embed", "head"]
+    model, int8 = onnx.load(report.output), onnx.load(reference.output)
+    assert graph_precision(model) == "fp8"
+    manifest = json.loads(Path(report.manifest).read_text())
+    assert manifest["params"]["int8_layers"]["layers"] == int8_names and manifest["params"]["int8_layers"]["method"] == "entropy"
+    int8_manifest = {layer["name"]: layer for layer in json.loads(Path(reference.manifest).read_text())["layers"]}
+    for layer in manifest["layers"]:
+        expected = "int8" if layer["name"] in int8_names else "fp32" if layer["name"] in ("patch_embed", "head") else "fp8"
+        assert layer["precision"] == expected, layer
+        if expected == "int8":  # INT8's entropy threshold, INT8's scale
+            assert layer["threshold"] == pytest.approx(int8_manifest[layer["name"]]["threshold"], rel=1e-6)
+            assert layer["scale"] == pytest.approx(int8_manifest[layer["name"]]["scale"], rel=1e-6)
+        ours = _int8_layer_qdq(model, layer["node"]) if expected != "fp32" else None
+        if expected == "int8":  # the same int8 weights and scales as onnxruntime's quantizer writes
+            theirs = _int8_layer_qdq(int8, layer["node"])
+            for mine, other in zip(ours, theirs):
+                assert mine.data_type == other.data_type
+                np.testing.assert_allclose(onnx.numpy_helper.to_array(mine).astype(np.float64),
+                                           onnx.numpy_helper.to_array(other).astype(np.float64), rtol=1e-6)
+            assert ours[1].data_type == ours[4].data_type == onnx.TensorProto.INT8
+        elif expected == "fp8":
+            assert ours[1].data_type == ours[2].data_type == ours[4].data_type == FLOAT8
+    session = onnxruntime.InferenceSession(report.output, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"images": np.zeros((2, 3, 32, 32), np.float32)})[0]
+    assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
+    # The INT8 layers' rounding is INT8's: only they differ from the all-FP8 graph
+    plain = _fp8(small_model, photos, workdir / "plain.onnx", cache_dir=workdir / "cache")
+    fp8_manifest = {layer["name"]: layer for layer in json.loads(Path(plain.manifest).read_text())["layers"]}
+    for layer in manifest["layers"]:
+        if layer["precision"] == "fp8":
+            assert layer["threshold"] == fp8_manifest[layer["name"]]["threshold"]
+    assert "int8_layers" not in json.loads(Path(plain.manifest).read_text())["params"]
+
+
+@needs_rtx
+def test_tensorrt_rtx_builds_an_fp8_graph_with_int8_layers(small_model, photos, workdir):
+    report = _fp8(small_model, photos, workdir / "rtx.mixed.onnx", int8_layers=["blocks.0"], tensorrt_check=True,
+                  cache_dir=workdir / "cache")
+    assert report.tensorrt["status"] == "built" and report.int8_layers == [f"blocks.0.mlp{m}.fc{f}" for m in (1, 2)
+                                                                            for f in (1, 2)]
 
 
 @needs_rtx

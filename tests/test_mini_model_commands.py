@@ -55,6 +55,16 @@ def test_target_agreement_keeps_layers_in_float_until_the_target_holds(cli_runne
     assert sorted(report["kept_fp_layers"] + report["quantized_layers"]) == sorted(MINI_LAYERS)
 
 
+def test_fp8_target_search_with_int8_layers_none_stays_fp8(cli_runner, mini, images, tmp_path):
+    output = tmp_path / "mini.fp8.onnx"
+    result = _ffx(cli_runner, "calibrate", mini.onnx, "--fp8", "--data", images, "--num-images", "12", *CALIBRATION,
+                  "--no-tensorrt-check", "--target-agreement", "99", "--point-estimate", "--int8-layers", "none",
+                  "-o", output)
+    manifest = json.loads(output.with_suffix(".json").read_text())
+    assert "choosing FP8 or INT8" not in result.stderr and "int8_layers" not in manifest["keep_fp_search"]
+    assert {layer["precision"] for layer in manifest["layers"]} <= {"fp8", "fp32"}
+
+
 def test_sensitivity_takes_its_old_num_images_flag_with_a_warning(cli_runner, mini, images):
     """--num-images counted held-out images on sensitivity but calibration images on calibrate; the
     old spelling still works for scripts, says what it now is, and cannot contradict the new one."""

@@ -12,7 +12,8 @@ from ffx.commands.calibration_options import CalibrationOptionGroup
 from ffx.commands.output_options import json_option, output_file_option
 from ffx.errors import InvalidOption
 
-CALIBRATION = CalibrationOptionGroup(statistics=True, flags={"precision": "--fp8/--fp16", "scale_search": "--scale-search"})
+CALIBRATION = CalibrationOptionGroup(statistics=True, flags={"precision": "--fp8/--fp16", "scale_search": "--scale-search",
+                                                             "int8_layers": "--int8-layers"})
 
 
 @click.command("calibrate")
@@ -27,13 +28,14 @@ CALIBRATION = CalibrationOptionGroup(statistics=True, flags={"precision": "--fp8
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("--fp8", is_flag=True, help="Write FP8 (E4M3) Q/DQ instead of INT8, for GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell, Thor); opset 19.")
 @click.option("--scale-search", is_flag=True, help="FP8: search each activation scale over one octave above its range by the layer's output error (helps when patch_embed is FP8 too: --keep-fp none).")
+@click.option("--int8-layers", "int8_layers", multiple=True, metavar="LAYERS", help="FP8: layers to write in INT8 instead, named as for --keep-fp; `none` for none (the default). With --target-agreement/--max-top1-drop the default is `auto`: each layer in whichever of FP8 and INT8 errs less on the closest held-out calls (on Ada, Hopper and Blackwell B200/RTX INT8 tensor cores run at FP8's rate; give `none` for a GPU where INT8 is slower).")
 @output_file_option("Output ONNX (default MODEL.int8.onnx, MODEL.fp8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.", required=False)
 @CALIBRATION.statistics_options
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
 @click.option("--no-tensorrt-check", is_flag=True, help="Skip the TensorRT parse-and-build check (and write the result even if TensorRT would reject it).")
 @json_option()
 def command(model, data, num_images, method, percentile, seed, keep_fp, target_agreement, max_top1_drop, held_out,
-            held_out_images, point_estimate, fp16, fp8, scale_search, output, gelu_range, bias_correction, smooth_gelu, cache_dir, no_cache, workers,
+            held_out_images, point_estimate, fp16, fp8, scale_search, int8_layers, output, gelu_range, bias_correction, smooth_gelu, cache_dir, no_cache, workers,
             backend, no_tensorrt_check, as_json):
     """Turn an FP32 ffx ONNX model into a TensorRT-ready INT8 or FP8 (Q/DQ) or FP16 ONNX.
 
@@ -67,6 +69,11 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
             raise click.UsageError(f"{name} applies to --target-agreement/--max-top1-drop")
     if fp16 and fp8:
         raise click.UsageError("choose one of --fp16 and --fp8")
+    if int8_layers and not fp8:
+        raise click.UsageError("--int8-layers applies to --fp8 (INT8 layers in an FP8 graph)")
+    auto_int8 = fp8 and searching and [name.strip().lower() for name in int8_layers] in ([], ["auto"])
+    if not auto_int8 and "auto" in [name.strip().lower() for name in int8_layers]:
+        raise click.UsageError("--int8-layers auto applies to --target-agreement/--max-top1-drop: give the layers, or none")
     precision = "fp16" if fp16 else "fp8" if fp8 else "int8"
     if fp16:
         for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp),
@@ -82,6 +89,7 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         precision, method=CALIBRATION.range_method(method, percentile), percentile=percentile, num_images=num_images,
         seed=seed, keep_fp=keep_fp, workers=workers, cache_dir=cache_dir, no_cache=no_cache, gelu_range=gelu_range,
         bias_correction=bias_correction, smooth_gelu=smooth_gelu, scale_search=scale_search,
+        int8_layers=() if auto_int8 else tuple(int8_layers),
     )
     from ffx.calib.model_io import output_paths
 
@@ -95,8 +103,9 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
     with warnings_to(_once(warn) if searching else warn):
         if searching:
             search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point_estimate, held_out,
-                                     held_out_images, quiet=as_json)
-            options = options.replace(keep_fp=tuple(search["keep_fp"]))
+                                     held_out_images, quiet=as_json, choose_int8=auto_int8)
+            options = options.replace(keep_fp=tuple(search["keep_fp"]),
+                                      int8_layers=tuple(search.get("int8_layers", options.int8_layers)))
         report = calibrate(model, data, output, options, keep_fp_search=search, **checks)
     # The whole command's time (the search's too), not only the final calibration's.
     report = dataclasses.replace(report, seconds=round(time.perf_counter() - started, 2))
@@ -118,13 +127,13 @@ def _once(warn):
 
 
 def _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point_estimate, held_out, held_out_images,
-                    quiet):
+                    quiet, choose_int8=False):
     from ffx.calib.mixed_precision import Target, search_keep_fp
 
     target = Target(agreement=target_agreement, max_top1_drop=max_top1_drop, point_estimate=point_estimate)
     log = None if quiet else (lambda message: click.echo(f"search: {message}", err=True))
     try:
-        return search_keep_fp(model, data, options, target, held_out_images, held_out, log=log)
+        return search_keep_fp(model, data, options, target, held_out_images, held_out, log=log, choose_int8=choose_int8)
     except InvalidOption as e:
         raise CALIBRATION.error(e, held_out_images="--held-out-images") from None
 
@@ -151,12 +160,16 @@ def _search_summary(search):
 
 
 def _print_summary(report):
+    from ffx.calib.fp8 import INT8_METHOD
+
     if report.precision in ("int8", "fp8"):
         method = report.method + (f" {report.percentile}" if report.percentile is not None else "")
         kept = f", {len(report.kept_fp_layers)} kept in float ({', '.join(report.kept_fp_layers)})" if report.kept_fp_layers else ""
+        int8 = (f" ({len(report.int8_layers)} of them in INT8, {INT8_METHOD} ranges: {', '.join(report.int8_layers)})"
+                if report.int8_layers else "")
         click.echo(
             f"{report.output}: {'INT8' if report.precision == 'int8' else 'FP8 (E4M3)'} Q/DQ, {method} ranges from {report.num_images} images "
-            f"({report.skipped_images} skipped), {len(report.quantized_layers)} layers quantized{kept}"
+            f"({report.skipped_images} skipped), {len(report.quantized_layers)} layers quantized{int8}{kept}"
         )
     else:
         source = f"overflow preflight on {report.num_images} images ({report.skipped_images} skipped)" if report.num_images else "no overflow preflight"
