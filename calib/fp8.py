@@ -31,6 +31,15 @@ That matters where many values are the same in every image (a blank background: 
 black pixel, the tokens of empty patches), whose rounding error is then the same everywhere instead
 of averaging out: that is the image, read by patch_embed, which stays in float by default; for the
 other layers the search bought nothing measurable (BENCHMARKS.md 6d/6e), so it is off by default.
+
+INT8 layers: E4M3 keeps 3 mantissa bits at every magnitude, INT8 about 7 near its range. A tensor
+that fills its range evenly (a LayerNorm's output, which every fc1 reads) loses less in INT8; a
+heavy-tailed one (the post-GELU tensor each fc2 reads) less in E4M3. `Fp8Recipe(int8_layers)`
+(``--int8-layers``) writes the named layers as `ffx calibrate` writes INT8 (INT8_METHOD ranges,
+scale threshold / 127; per-channel int8 weights, scale |w| max / 127, as onnxruntime's quantizer)
+and the rest in E4M3. The graph stays an FP8 graph: it needs FP8 tensor cores, and on the GPUs that
+have them INT8 runs at FP8's rate, except Blackwell Ultra (ffx/gpu_precisions.py). The target search
+chooses the layers itself (calib/mixed_precision.py: `choose_int8_layers`).
 """
 
 import dataclasses
@@ -55,7 +64,7 @@ PLATEAU_SHARE = 0.05  # a value making this share of a tensor's sampled values i
 
 
 class Fp8Recipe(QdqRecipe):
-    """E4M3 Q/DQ; with `int8_layers` (layer names), those layers in INT8 instead (see INT8 LAYERS above)."""
+    """E4M3 Q/DQ; with `int8_layers` (layer names), those layers in INT8 instead (the module's docstring)."""
 
     precision = "fp8"
     label = "FP8"

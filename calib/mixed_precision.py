@@ -7,7 +7,8 @@ verify` computes it). Before anything runs, the held-out images are counted: whe
 that agrees on every one of them could not show the target (99.9% takes 3,838 images), the
 search stops there with that number, unless the target is to be judged on the point estimates.
 
-The search, in the order it runs:
+The search, in the order it runs (FP8 with `choose_int8`: first `choose_int8_layers` writes each
+layer in whichever of FP8 and INT8 errs less alone, by the error of step 2; the rest runs on that graph):
 1. The all-quantized graph is measured on the held-out images, closest calls first (FP32's
    top-1 logit minus its runner-up, smallest first: the images a quantized graph flips are
    almost all among the first), stopping as soon as it can no longer meet the target.

@@ -26,6 +26,7 @@ class GpuPrecisions:
     recommended: str  # "int8" or "fp8"
     blackwell_formats: str = ""  # the 4-bit and block-scaled formats ffx does not write (NVFP4, MXFP8)
     note: str = ""
+    slow_int8: bool = False  # INT8 tensor cores far slower than FP8's: an FP8 graph's INT8 layers cost there
 
     def supported(self):
         return [name for name, has in (("int8", self.int8), ("fp8", self.fp8), ("fp16", self.fp16)) if has]
@@ -38,6 +39,10 @@ class GpuPrecisions:
                 f"{', '.join(p.upper() for p in self.supported())}{extra}; ffx recommends {self.recommended.upper()}{note}")
 
 
+# Blackwell Ultra's datasheet: INT8 0.15 POPS dense against FP8's 4.5 PFLOPS (B200: 4.5 and 4.5).
+SLOW_INT8_NOTE = ("its INT8 tensor cores run at 1/30 of FP8's rate: FP8 graphs without INT8 layers "
+                  "(`ffx calibrate --fp8 --int8-layers none`)")
+
 GPU_PRECISIONS = {row.capability: row for row in (
     GpuPrecisions("7.5", "Turing", "T4, RTX 20", True, False, True, "int8",
                   note="TensorRT-RTX has no INT8 GEMMs there: FP16 with --backend tensorrt-rtx"),
@@ -48,7 +53,8 @@ GPU_PRECISIONS = {row.capability: row for row in (
     GpuPrecisions("8.9", "Ada Lovelace", "L4, L40S, RTX 40", True, True, True, "fp8"),
     GpuPrecisions("9.0", "Hopper", "H100, H200, GH200", True, True, True, "fp8"),
     GpuPrecisions("10.0", "Blackwell", "B200, GB200", True, True, True, "fp8", "NVFP4, MXFP8"),
-    GpuPrecisions("10.3", "Blackwell Ultra", "B300, GB300", True, True, True, "fp8", "NVFP4, MXFP8"),
+    GpuPrecisions("10.3", "Blackwell Ultra", "B300, GB300", True, True, True, "fp8", "NVFP4, MXFP8",
+                  note=SLOW_INT8_NOTE, slow_int8=True),
     GpuPrecisions("11.0", "Blackwell, Jetson", "Jetson AGX Thor (10.1 before CUDA 13)", True, True, True, "fp8"),
     GpuPrecisions("12.0", "Blackwell", "RTX 50, RTX PRO 6000", True, True, True, "fp8", "NVFP4"),
     GpuPrecisions("12.1", "Blackwell", "DGX Spark (GB10)", True, True, True, "fp8", "NVFP4"),

@@ -20,7 +20,8 @@ from ffx.cli import cli
 from ffx.errors import FfxError, InvalidOption
 from ffx.gpu_precisions import GPU_PRECISIONS, gpu_precisions, supports_fp8
 from ffx.metadata import Preprocess, onnx_metadata
-from ffx.runtime.engines.onnx_model import graph_precision
+from ffx.runtime.engines.engine_file import slow_int8_notes
+from ffx.runtime.engines.onnx_model import graph_precision, int8_layer_count
 from helpers import needs_rtx
 from test_calib import SMALL_CONFIG, _export, _photos, _small_checkpoint
 
@@ -239,7 +240,7 @@ def _int8_layer_qdq(model, layer_node):
     return [initializers[name] for name in (*activation.input[1:], *weight.input)]
 
 
-def test_int8_layers_in_an_fp8_graph_are_the_int8_graphs_own(small_model, photos, workdir):
+def test_int8_layers_in_an_fp8_graph_are_the_int8_graphs_own(small_model, photos, workdir, cli_runner):
     """--int8-layers writes those layers exactly as `ffx calibrate` (INT8, entropy) writes them, the
     others in E4M3; the graph stays an FP8 graph (it needs FP8 tensor cores) and says which is which."""
     int8_names = ["blocks.0.mlp1.fc1", "blocks.1.mlp2.fc1", "blocks.1.mlp2.fc2"]
@@ -279,6 +280,14 @@ def test_int8_layers_in_an_fp8_graph_are_the_int8_graphs_own(small_model, photos
         if layer["precision"] == "fp8":
             assert layer["threshold"] == fp8_manifest[layer["name"]]["threshold"]
     assert "int8_layers" not in json.loads(Path(plain.manifest).read_text())["params"]
+
+    # inspect says how many layers are INT8; building for Blackwell Ultra (INT8 at 1/30 of FP8) warns, not for Hopper
+    assert int8_layer_count(model) == 3 and int8_layer_count(onnx.load(plain.output)) == 0
+    inspected = cli_runner.invoke(cli, ["inspect", report.output])
+    assert inspected.exit_code == 0 and "fp8 (3 layers INT8)" in inspected.stdout.splitlines()[0], inspected.output
+    slow = slow_int8_notes(model, ["9.0", "10.3"])
+    assert len(slow) == 1 and "compute capability 10.3" in slow[0] and "--int8-layers none" in slow[0]
+    assert slow_int8_notes(onnx.load(plain.output), ["10.3"]) == [] and slow_int8_notes(model, ["8.9", "9.0"]) == []
 
 
 @needs_rtx

@@ -46,9 +46,10 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
     onnxruntime (top-1 agreement with FP32) and built with TensorRT or TensorRT-RTX when
     installed; a graph TensorRT rejects is not written (exit 1).
 
-    --target-agreement / --max-top1-drop: measures each layer's error alone in INT8, predicts from
-    those errors and the layers' FLOPs the cheapest set to keep in float, and measures it on the
-    held-out images (default 10,000). The target is judged on the 95% bound of the measurement:
+    --target-agreement / --max-top1-drop: measures each layer's error alone in INT8 (FP8: alone in
+    FP8 and alone in INT8, and writes it in whichever errs less; --int8-layers none: FP8 only),
+    predicts from those errors and the layers' FLOPs the cheapest set to keep in float, and measures
+    it on the held-out images (default 10,000). The target is judged on the 95% bound of the measurement:
     99.9% takes at least 3,838 held-out images, and at 10,000 up to 3 may disagree.
 
     \b

@@ -21,7 +21,7 @@ from ffx.compute_capability import RTX_DEFAULT_TARGETS
 from ffx.errors import FfxError, InvalidOption
 from ffx.gpu_precisions import fp8_refusal, gpu_precisions, supports_fp8
 from ffx.calibration_manifest import calibration_manifest_path
-from ffx.runtime.engines.onnx_model import graph_precision
+from ffx.runtime.engines.onnx_model import graph_precision, int8_layer_count
 from ffx.runtime.engines.sidecar import (
     ENGINE_SUFFIXES,
     BuilderRecord,
@@ -85,6 +85,9 @@ def write_engine(onnx_path, output, options=None, precision=None, calib_data=Non
     notes = []
     if "fp8" in (precision, graph):  # before any calibration: a target without FP8 cannot take the engine
         options = _fp8_targets(backend, options, gpu, notes)
+    if graph == "fp8":
+        notes.extend(slow_int8_notes(model_file.graph, options.compute_capabilities or
+                                     ([gpu.compute_capability] if gpu else [])))
     calibrated = None
     calibration_reused = False
     if precision is not None and graph != precision:
@@ -160,6 +163,16 @@ def _build_report(output, source, calibrated, calibration_reused, graph, engine_
         precision_guide=[gpu_precisions(target).describe() for target in
                          (build.compute_capabilities or ([gpu.compute_capability] if gpu else []))],
     )
+
+
+def slow_int8_notes(model, targets):
+    """A note for each target (compute capability) whose INT8 tensor cores are far slower than its
+    FP8 ones, when this FP8 graph has INT8 layers (`ffx calibrate --int8-layers`, or its search's)."""
+    count = int8_layer_count(model)
+    return [f"{count} layer{'s' if count != 1 else ''} of this FP8 graph are INT8, and compute capability {row.capability} "
+            f"({row.architecture}: {row.examples}) runs INT8 at 1/30 of FP8's rate: for it, calibrate with "
+            "`ffx calibrate --fp8 --int8-layers none`"
+            for row in map(gpu_precisions, targets) if count and row.slow_int8]
 
 
 def _fp8_targets(backend, options, gpu, notes):

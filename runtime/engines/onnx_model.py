@@ -34,6 +34,16 @@ def graph_precision(model):
     return "fp32"
 
 
+def int8_layer_count(model):
+    """How many Conv/MatMul/Gemm read an INT8 DequantizeLinear (an int8 zero point): in an FP8
+    graph, the layers `ffx calibrate --int8-layers` wrote in INT8."""
+    int8 = {init.name for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8}
+    dequantized = {node.output[0] for node in model.graph.node
+                   if node.op_type == "DequantizeLinear" and len(node.input) > 2 and node.input[2] in int8}
+    return sum(1 for node in model.graph.node
+               if node.op_type in ("Conv", "MatMul", "Gemm") and node.input and node.input[0] in dequantized)
+
+
 def _has_float8_qdq(model):
     float8 = {init.name for init in model.graph.initializer if init.data_type in FLOAT8_TYPES}
     for node in model.graph.node:  # zero points written as Constant nodes count too

@@ -11,7 +11,7 @@ from ffx.metadata import ModelMetadata, metadata_problem, onnx_metadata
 from ffx.onnx_file import input_size_mismatch
 from ffx.reporting import silenced
 from ffx.calibration_manifest import calibration_manifest_path
-from ffx.runtime.engines.onnx_model import QDQ_OPS, graph_precision, load_onnx, op_histogram
+from ffx.runtime.engines.onnx_model import QDQ_OPS, graph_precision, int8_layer_count, load_onnx, op_histogram
 from ffx.runtime.backends.runner import existing_model_kind
 from ffx.runtime.engines.sidecar import EngineSidecar, compatibility_problem, read_sidecar, sidecar_path
 
@@ -68,6 +68,7 @@ def inspect_onnx(path):
         "qdq_nodes": sum(ops.get(op, 0) for op in QDQ_OPS),
         "quantized_inputs_of": _quantized_consumers(model),
         "precision": graph_precision(model),
+        "int8_layers_in_fp8": int8_layer_count(model) if graph_precision(model) == "fp8" else 0,
         "initializer_dtypes": dict(dtypes),
         "parameters": parameters,
         "calibration_manifest": str(manifest) if manifest else None,
