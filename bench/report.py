@@ -1,7 +1,7 @@
 """BENCHMARKS.md from one run's results (bench/results.json): every number comes from there (section 6
 from bench/int8_accuracy.json and bench/int8_noise.json, which `python -m bench.int8_accuracy` and
 `python -m bench.int8_noise` write, 6d/6e from bench/fp8_accuracy.json and bench/fp8_accuracy_deep.json,
-which `python -m bench.int8_accuracy --precisions` writes, and bench/fp8_every_layer.json (`python -m bench.fp8_every_layer`), 6f from bench/autopilot.json (`python -m bench.autopilot`),
+which `python -m bench.int8_accuracy --precisions` writes, and bench/fp8_every_layer.json (`python -m bench.fp8_every_layer`), 6f from bench/autopilot.json (`python -m bench.autopilot`), 6g from bench/fp8_target.json (`python -m bench.fp8_target`),
 section 7 from
 bench/serving_results.json, which `python -m bench.serving` writes)."""
 
@@ -16,6 +16,7 @@ FP8_ACCURACY = Path(__file__).resolve().parent / "fp8_accuracy.json"
 FP8_ACCURACY_DEEP = Path(__file__).resolve().parent / "fp8_accuracy_deep.json"
 FP8_EVERY_LAYER = Path(__file__).resolve().parent / "fp8_every_layer.json"
 AUTOPILOT = Path(__file__).resolve().parent / "autopilot.json"
+FP8_TARGET = Path(__file__).resolve().parent / "fp8_target.json"
 
 
 def render(results, plot_path=None, json_path="bench/results.json", serving=None,
@@ -78,6 +79,10 @@ def render(results, plot_path=None, json_path="bench/results.json", serving=None
         from bench.autopilot import section as autopilot_section
 
         add(autopilot_section(json.loads(AUTOPILOT.read_text())))
+    if FP8_TARGET.is_file():  # python -m bench.fp8_target --fashion DIR
+        from bench.fp8_target import section as fp8_target_section
+
+        add(fp8_target_section(json.loads(FP8_TARGET.read_text())))
     if serving:
         add(_serving(serving, serving_path))
     add(_reproduce(results))
