@@ -108,14 +108,23 @@ def _venv_with(python, wheel, folder, pip_options=()):
 
     The venv gets no pip of its own (installing one costs about 4 s of CPU per venv, of the four
     made here): this interpreter's pip installs into it with `--python`, which runs pip under the
-    venv's interpreter (the same resolution, markers evaluated for its Python). pip still
-    byte-compiles what it installs: under PYTHONDONTWRITEBYTECODE (set on the shared machine)
-    each command would otherwise compile its imports again."""
+    venv's interpreter (the same resolution, markers evaluated for its Python). pip does not
+    byte-compile what it installs (--no-compile): compiling every file, sympy's 1,500 (an
+    onnxruntime dependency) among them, was half of each venv's set-up. The commands run in the
+    venv with _venv_env(), which lets Python write the bytecode of what they import, once."""
     _run([python, "-m", "venv", "--without-pip", str(folder / "venv")])
     bin_dir = folder / "venv" / "bin"
-    _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q",
+    _run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q", "--no-compile",
           "--disable-pip-version-check", *pip_options, str(wheel)])
     return bin_dir
+
+
+def _venv_env():
+    """The environment for commands run in the fresh venvs: this one without PYTHONDONTWRITEBYTECODE
+    (set on the shared machine), so that the first command to import a module writes its bytecode in
+    the venv and the later ones read it, as in a user's shell. Only for the fresh venvs: elsewhere
+    it would write bytecode into the folders of the interpreter running the tests."""
+    return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 
 
 @pytest.fixture(scope="module", params=["newest", "lowest declared"])
@@ -189,7 +198,8 @@ def _run(command, **kwargs):
 
 @pytest.mark.slow
 def test_plain_install_has_no_torch(plain_install):
-    result = subprocess.run([str(plain_install / "python"), "-c", "import torch"], capture_output=True, text=True)
+    result = subprocess.run([str(plain_install / "python"), "-c", "import torch"], capture_output=True, text=True,
+                            env=_venv_env())
     assert "No module named 'torch'" in result.stderr
 
 
@@ -199,13 +209,13 @@ def test_plain_install_runs_calibrate_verify_and_predict(plain_install, tmp_path
     ffx = str(plain_install / "ffx")
     int8 = tmp_path / "fashion.int8.onnx"
     calibrated = _run([ffx, "calibrate", str(model), "--data", str(FASHION / "train"), "--num-images", "50",
-                       "--workers", "0", "--no-cache", "-o", str(int8)], cwd=tmp_path)
+                       "--workers", "0", "--no-cache", "-o", str(int8)], cwd=tmp_path, env=_venv_env())
     assert "INT8 Q/DQ, entropy ranges from 50 images" in calibrated.stdout
     verified = _run([ffx, "verify", str(int8), "--reference", str(model), "--data", str(FASHION / "val"), "--json"],
-                    cwd=tmp_path)
+                    cwd=tmp_path, env=_venv_env())
     assert '"passed": true' in verified.stdout
     bag = sorted((FASHION / "val" / "8_bag").glob("*.png"))[0]
-    predicted = _run([ffx, "predict", str(int8), str(bag), "--topk", "1"], cwd=tmp_path)
+    predicted = _run([ffx, "predict", str(int8), str(bag), "--topk", "1"], cwd=tmp_path, env=_venv_env())
     assert predicted.stdout.startswith(f"{bag}: Bag ")
 
 
@@ -228,27 +238,30 @@ def test_python_310_runs_the_deployment_commands_and_refuses_int8_calibration(py
     python, ffx = str(py310_install.bin / "python"), str(py310_install.bin / "ffx")
     model, int8 = fashion_onnx(tmp_path_factory), fashion_int8_from_this_python
     version = _run([python, "-c", "import sys, onnxruntime; print(sys.version_info[:2], "
-                    "onnxruntime.__version__)"]).stdout
+                    "onnxruntime.__version__)"], env=_venv_env()).stdout
     assert version.startswith("(3, 10)"), version
     installed = _run([python, "-c", "import importlib.metadata as m; "
-                      "print('\\n'.join(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))"]).stdout.lower()
+                      "print('\\n'.join(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))"],
+                     env=_venv_env()).stdout.lower()
     if py310_install.pins:
         assert all(pin.lower() in installed for pin in lowest_declared("3.10")), installed
     verified = _run([ffx, "verify", str(int8), "--reference", str(model), "--data", str(FASHION / "val"), "--json"],
-                    cwd=tmp_path)
+                    cwd=tmp_path, env=_venv_env())
     assert '"passed": true' in verified.stdout
     bag = sorted((FASHION / "val" / "8_bag").glob("*.png"))[0]
-    assert _run([ffx, "predict", str(int8), str(bag), "--topk", "1"], cwd=tmp_path).stdout.startswith(f"{bag}: Bag ")
-    _run([ffx, "calibrate", str(model), "--fp16", "-o", str(tmp_path / "fashion.fp16.onnx")], cwd=tmp_path)
-    _run([ffx, "deploy", "triton", str(int8), "-o", str(tmp_path / "repository")], cwd=tmp_path)
+    assert _run([ffx, "predict", str(int8), str(bag), "--topk", "1"], cwd=tmp_path,
+                env=_venv_env()).stdout.startswith(f"{bag}: Bag ")
+    _run([ffx, "calibrate", str(model), "--fp16", "-o", str(tmp_path / "fashion.fp16.onnx")], cwd=tmp_path,
+         env=_venv_env())
+    _run([ffx, "deploy", "triton", str(int8), "-o", str(tmp_path / "repository")], cwd=tmp_path, env=_venv_env())
     onnxruntime_version = tuple(int(part) for part in version.split()[-1].split(".")[:2])
     if onnxruntime_version >= (1, 27):  # pip found a newer onnxruntime for 3.10 than exists today
         _run([ffx, "calibrate", str(model), "--data", str(FASHION / "train"), "--num-images", "50", "--workers", "0",
-              "-o", str(tmp_path / "py310.int8.onnx")], cwd=tmp_path)
+              "-o", str(tmp_path / "py310.int8.onnx")], cwd=tmp_path, env=_venv_env())
         return
     for command in (["calibrate", str(model), "-o", str(tmp_path / "py310.int8.onnx")], ["sensitivity", str(model)]):
         result = subprocess.run([ffx, *command, "--data", str(FASHION / "train")], capture_output=True, text=True,
-                                cwd=tmp_path)
+                                cwd=tmp_path, env=_venv_env())
         assert result.returncode == 2 and result.stderr.startswith("Error: INT8 calibration needs onnxruntime 1.27")
         assert result.stderr.count("\n") == 1 and not (tmp_path / "py310.int8.onnx").exists()
 
@@ -300,7 +313,7 @@ def _venv_seeing_this_interpreter(folder):
 @pytest.mark.slow
 def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
     result = subprocess.run([str(plain_install / "ffx"), "export", "--arch", "ff_tiny", "-o", "x.onnx"],
-                            capture_output=True, text=True, cwd=tmp_path)
+                            capture_output=True, text=True, cwd=tmp_path, env=_venv_env())
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ffx export needs torch")
     assert "pip install '.[export]'" in result.stderr and "download.pytorch.org/whl/cpu" in result.stderr
@@ -308,7 +321,7 @@ def test_plain_install_export_says_what_to_install(plain_install, tmp_path):
     # build-engine from a checkpoint exports first: the same line, before anything else.
     (tmp_path / "m.pth").write_bytes(b"not read")
     result = subprocess.run([str(plain_install / "ffx"), "build-engine", "m.pth", "--int8", "--calib-data", ".",
-                             "-o", "m.engine"], capture_output=True, text=True, cwd=tmp_path)
+                             "-o", "m.engine"], capture_output=True, text=True, cwd=tmp_path, env=_venv_env())
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("Error: build-engine from a checkpoint (m.pth) needs torch")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
@@ -320,7 +333,7 @@ def test_plain_install_folds_an_existing_onnx_without_torch(plain_install, tmp_p
     bytes the same fold writes where torch is installed."""
     folded = tmp_path / "fashion.folded.onnx"
     _run([str(plain_install / "ffx"), "export", "--from-onnx", str(fashion_onnx(tmp_path_factory)),
-          "--fold-normalization", "-o", str(folded)], cwd=tmp_path)
+          "--fold-normalization", "-o", str(folded)], cwd=tmp_path, env=_venv_env())
     assert folded.read_bytes() == fashion_folded_onnx(tmp_path_factory).read_bytes()
 
 
