@@ -63,6 +63,12 @@ def test_fp8_target_search_with_int8_layers_none_stays_fp8(cli_runner, mini, ima
     manifest = json.loads(output.with_suffix(".json").read_text())
     assert "choosing FP8 or INT8" not in result.stderr and "int8_layers" not in manifest["keep_fp_search"]
     assert {layer["precision"] for layer in manifest["layers"]} <= {"fp8", "fp32"}
+    # After a set meets the target, FP8's search measures cheaper ones and keeps the cheapest that meets it
+    steps = manifest["keep_fp_search"]["steps"]
+    met = [step for step in steps if step["met"]]
+    assert len(met) >= 2 and steps.index(met[1]) > steps.index(met[0]) and met[-1]["float_flops_share"] < met[0]["float_flops_share"]
+    assert manifest["keep_fp_search"]["float_flops_share"] == min(step["float_flops_share"] for step in met)
+    assert "trying a cheaper set" in result.stderr
 
 
 def test_sensitivity_takes_its_old_num_images_flag_with_a_warning(cli_runner, mini, images):
