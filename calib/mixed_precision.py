@@ -223,8 +223,8 @@ def choose_int8_layers(recipe, source, stats, images, options, held_out, progres
     layer alone in FP8 and alone in INT8, measured as the search ranks layers (its error in FP32's
     top-1 margin on the RANKING_IMAGES closest calls), in INT8 where that errs less. The errors of
     different layers add (see the module's docstring), so this is the least error any graph without
-    float layers has; on GPUs with FP8 tensor cores INT8 runs at FP8's rate (README: "Precisions by
-    GPU"), so it costs nothing."""
+    float layers has; on GPUs with FP8 tensor cores INT8 runs at FP8's rate, so it costs nothing,
+    except on Blackwell Ultra (ffx/gpu_precisions.py; README, "Which precision for which GPU")."""
     log = log or (lambda message: None)
     fp8 = quantized_variants(recipe, source, stats, images, options.replace(int8_layers=()))
     names = [layer.name for layer in fp8.layers]
@@ -341,7 +341,7 @@ class Search:
         return layer_errors(self.variants, self.held_out, self.order, self.progress)
 
 
-def layer_errors(variants, held_out, order, progress=None, label="quantized"):
+def layer_errors(variants, held_out, order, progress=None, label=None):
     """{layer name: the power of its error in FP32's top-1 margins, alone quantized in `variants`,
     relative to the power of FP32's logits} on the RANKING_IMAGES first images of `order` (the
     closest calls)."""
@@ -349,7 +349,8 @@ def layer_errors(variants, held_out, order, progress=None, label="quantized"):
     reference = held_out.reference_logits[sample]
     signal = max(float(np.sum(np.asarray(reference, np.float64) ** 2)), 1e-30)
     errors = {}
-    with Progress(len(variants.layers), f"ranking layers ({label})", unit="layers", enabled=progress) as bar:
+    with Progress(len(variants.layers), f"ranking layers ({label})" if label else "ranking layers", unit="layers",
+                  enabled=progress) as bar:
         for layer in variants.layers:
             bar.note(layer.name)
             logits = run_model(variants.quantized_only(layer), held_out.images[sample])
