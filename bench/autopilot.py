@@ -210,7 +210,8 @@ def section(result, heading="### 6f. The autopilot on the deep fixture: minutes,
 
 
 def _minutes(seconds):
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    seconds = round(seconds)  # 899.6 s is 15 min 0 s, not 14 min 60 s
+    return f"{seconds // 60} min {seconds % 60} s"
 
 
 def _met(condition):
