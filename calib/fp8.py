@@ -73,14 +73,9 @@ class Fp8Recipe(QdqRecipe):
     def __init__(self, int8_layers=()):
         self.int8_layers = tuple(int8_layers)
 
-    def with_int8(self, names):
-        """This recipe with the layers named `names` in INT8."""
-        return Fp8Recipe(names)
-
     def configured(self, source, options):
         layers = network_layers(source.model, source.metadata)
-        return self.with_int8([layer.name for layer in resolve_layer_selection(layers, options.int8_layers,
-                                                                                "--int8-layers")])
+        return Fp8Recipe(layer.name for layer in resolve_layer_selection(layers, options.int8_layers, "--int8-layers"))
 
     def check(self):
         check_fp8_support()
@@ -239,25 +234,28 @@ def weight_axis(layer, node, weight):
     return weight.ndim - 1
 
 
-def quantize_weight(weight, axis):
-    """(E4M3 values, per-channel scale) of a float weight: scale = |w| max of the channel / 448."""
+def _per_channel(weight, axis, largest):
+    """(the weight in units of its per-channel scale, the scale): scale = |w| max of the channel /
+    `largest`, the format's largest value (1 for an all-zero channel)."""
     reduced = tuple(i for i in range(weight.ndim) if i != axis)
     amax = np.abs(weight).max(axis=reduced)
-    scale = np.where(amax > 0, amax / E4M3_MAX, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / largest, 1.0).astype(np.float32)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    return to_e4m3(weight / scale.reshape(shape)), scale
+    return weight / scale.reshape(shape), scale
+
+
+def quantize_weight(weight, axis):
+    """(E4M3 values, per-channel scale) of a float weight: scale = |w| max of the channel / 448."""
+    scaled, scale = _per_channel(weight, axis, E4M3_MAX)
+    return to_e4m3(scaled), scale
 
 
 def quantize_weight_int8(weight, axis):
     """(int8 values, per-channel scale) of a float weight: scale = |w| max of the channel / 127, as
     onnxruntime's symmetric per-channel quantizer writes INT8 graphs."""
-    reduced = tuple(i for i in range(weight.ndim) if i != axis)
-    amax = np.abs(weight).max(axis=reduced)
-    scale = np.where(amax > 0, amax / 127, 1.0).astype(np.float32)
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    return np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+    scaled, scale = _per_channel(weight, axis, 127)
+    return np.clip(np.rint(scaled), -127, 127).astype(np.int8), scale
 
 
 def insert_fp8_qdq(source, thresholds, excluded_nodes, int8_nodes=()):
@@ -273,7 +271,7 @@ def insert_fp8_qdq(source, thresholds, excluded_nodes, int8_nodes=()):
     initializers = {init.name: init for init in graph.initializer}
     nodes = {node.name: node for node in graph.node}
     before = {}  # node name -> Q/DQ nodes to insert before it
-    added, quantized_activations = [], {}
+    added, quantized_activations, int8_qdq = [], {}, set()  # int8_qdq: names of the INT8 layers' Q/DQ nodes
     for layer in layers:
         node = nodes[layer.node]
         activation = layer.activation
@@ -291,12 +289,15 @@ def insert_fp8_qdq(source, thresholds, excluded_nodes, int8_nodes=()):
                                  [names["dequantized"]], name=names["dequantize"]),
             ])
             quantized_activations[activation] = names["dequantized"]
+            if int8:
+                int8_qdq.update((names["quantize"], names["dequantize"]))
         node.input[0] = quantized_activations[activation]
 
         weight = numpy_helper.to_array(initializers[layer.weight]).astype(np.float32)
         axis = weight_axis(layer, node, weight)
         names = _qdq_names(layer.weight)
         if int8:
+            int8_qdq.add(names["dequantize"])
             values, scale = quantize_weight_int8(weight, axis)
             added += [numpy_helper.from_array(values, names["quantized"]), numpy_helper.from_array(scale, names["scale"]),
                       numpy_helper.from_array(np.zeros(scale.shape, np.int8), names["zero_point"])]
@@ -320,7 +321,7 @@ def insert_fp8_qdq(source, thresholds, excluded_nodes, int8_nodes=()):
     remaining = [init for init in graph.initializer if init.name in used]  # float weights now read as FP8
     del graph.initializer[:]
     graph.initializer.extend(remaining)
-    _check_fp8_placement(model, len(quantized_activations), {layer.node for layer in layers if layer.node in int8_nodes})
+    _check_fp8_placement(model, len(quantized_activations), int8_qdq)
     return model
 
 
@@ -332,18 +333,13 @@ def _qdq_names(tensor):
             "dequantized": f"{tensor}_DequantizeLinear_Output"}
 
 
-def _check_fp8_placement(model, expected_activations, int8_nodes=()):
-    """One activation QuantizeLinear per quantized tensor; every zero point float8, but the two
-    Q/DQ inputs of each layer in `int8_nodes` int8 (no other INT8)."""
+def _check_fp8_placement(model, expected_activations, int8_qdq=()):
+    """One activation QuantizeLinear per quantized tensor; every zero point float8 but those of the
+    Q/DQ nodes named in `int8_qdq` (the INT8 layers'), which are int8 (no other INT8)."""
     initializers = {init.name: init for init in model.graph.initializer}
     quantize_nodes = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
     if len(quantize_nodes) != expected_activations:
         raise RuntimeError(f"placed {len(quantize_nodes)} QuantizeLinear nodes, expected {expected_activations}")
-    int8_inputs = {name for node in model.graph.node if node.name in int8_nodes for name in node.input[:2]}
-    producers = {output: node for node in model.graph.node for output in node.output}
-    int8_qdq = {producers[name].name for name in int8_inputs if name in producers}
-    int8_qdq |= {producers[producers[name].input[0]].name for name in int8_inputs
-                 if name in producers and producers[name].input[0] in producers}
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
@@ -465,10 +461,5 @@ def fp8_bias_corrections(source, layers, thresholds, items, options, int8_layers
     quantized = insert_fp8_qdq(source, thresholds, others, [layer.node for layer in layers if layer.name in int8_layers])
     weights = {layer.name: dequantized_weight(quantized, layer) for layer in layers if layer.op_type == "MatMul"}
     biased = [layer for layer in layers if layer.name in weights and bias_of(source.model, layer)]
-    corrections = {}
-    for int8, quantize in ((False, fake_quantize_e4m3), (True, fake_quantize)):
-        chosen = [layer for layer in biased if (layer.name in int8_layers) == int8]
-        if chosen:
-            corrections.update(bias_corrections(source, weights, chosen, thresholds, items, options.bias_correction,
-                                                options.workers, quantize=quantize))
-    return corrections
+    return bias_corrections(source, weights, biased, thresholds, items, options.bias_correction, options.workers,
+                            quantize_of=lambda layer: fake_quantize if layer.name in int8_layers else fake_quantize_e4m3)

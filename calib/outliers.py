@@ -93,16 +93,17 @@ def output_aware_thresholds(source, weights, layers, absmax, items, workers=0):
     return {layer.activation: float(candidates[layer.name][int(np.argmin(errors[layer.name]))]) for layer in layers}
 
 
-def bias_corrections(source, weights, layers, thresholds, items, mode, workers=0, quantize=fake_quantize):
+def bias_corrections(source, weights, layers, thresholds, items, mode, workers=0, quantize_of=lambda layer: fake_quantize):
     """{layer: the mean of Q(x) Wq - x W over the sample}, per output channel ([H]) or per output
-    position ([positions..., H]), for MatMul `layers` with a float bias. `quantize(x, threshold)`
-    is the activation's Q/DQ (INT8's by default; FP8 passes its own)."""
+    position ([positions..., H]), for MatMul `layers` with a float bias. `quantize_of(layer)(x,
+    threshold)` is the layer's activation Q/DQ (INT8's by default; FP8 passes E4M3's, and INT8's
+    for its INT8 layers)."""
     sums, count = {}, 0
     float_weights = {init.name: numpy_helper.to_array(init).astype(np.float64) for init in source.model.graph.initializer}
     for values in sampled_activations(source, items, [layer.activation for layer in layers], workers):
         for layer in layers:
             x = values[layer.activation].astype(np.float64)
-            error = quantize(x, thresholds[layer.activation]) @ weights[layer.name] - x @ float_weights[layer.weight]
+            error = quantize_of(layer)(x, thresholds[layer.activation]) @ weights[layer.name] - x @ float_weights[layer.weight]
             sums[layer] = sums.get(layer, 0) + error.sum(axis=0)
         count += len(next(iter(values.values())))
     means = {layer: total / count for layer, total in sums.items()}

@@ -46,6 +46,7 @@ class QdqRecipe:
     precision = ""  # "int8", "fp8": manifests, metadata, the default output name MODEL.<precision>.onnx
     label = ""  # "INT8", "FP8" in messages
     advice = ""  # appended to the warning about a low agreement with FP32
+    int8_layers = ()  # names of the layers written in INT8 instead (an FP8 recipe's `--int8-layers`)
 
     def check(self):
         """FfxError when this Python cannot write the precision; called before any image is read."""
@@ -85,9 +86,9 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
     original = source = load_source_model(onnx_path)
     output, manifest_path = output_paths(source.path, output, recipe.precision, [data])
     keep_fp = keep_fp_selection(recipe, source, options)
-    quantization_plan(source, keep_fp)  # a bad --keep-fp fails before any image is read
+    _, kept = quantization_plan(source, keep_fp)  # a bad --keep-fp fails before any image is read
     recipe = recipe.configured(source, options)  # a bad --int8-layers too
-    check_int8_layers_quantized(recipe, source, keep_fp)
+    check_int8_layers_quantized(recipe, kept)
     source, images, stats, smoothed = calibration_statistics(source, data, options, progress)
     layers, kept = quantization_plan(source, keep_fp)
     quantized = [layer for layer in layers if layer not in kept]
@@ -140,7 +141,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
         quantized_layers=[layer.name for layer in quantized],
         kept_fp_layers=[layer.name for layer in kept],
         keep_fp_search=keep_fp_search,
-        int8_layers=list(getattr(recipe, "int8_layers", ())),
+        int8_layers=list(recipe.int8_layers),
     )
 
 
@@ -152,10 +153,9 @@ def keep_fp_selection(recipe, source, options):
     return tuple(recipe.default_keep_fp(network_layers(source.model, source.metadata)))
 
 
-def check_int8_layers_quantized(recipe, source, keep_fp):
-    """FfxError when a layer to write in INT8 is also one kept in float."""
-    _, kept = quantization_plan(source, keep_fp)
-    both = [layer.name for layer in kept if layer.name in getattr(recipe, "int8_layers", ())]
+def check_int8_layers_quantized(recipe, kept):
+    """FfxError when a layer to write in INT8 is also one of the `kept` in float."""
+    both = [layer.name for layer in kept if layer.name in recipe.int8_layers]
     if both:
         raise FfxError(f"--int8-layers {','.join(both)}: kept in float by --keep-fp {','.join(layer.name for layer in kept)}"
                        "; leave it out of one of them")
@@ -230,7 +230,7 @@ def activation_thresholds(stats, layers, options):
 def layer_precision(recipe, layer):
     """The precision `recipe` writes `layer` in when it quantizes it: its own, or INT8 for the
     layers an FP8 recipe writes in INT8."""
-    return "int8" if layer.name in getattr(recipe, "int8_layers", ()) else recipe.precision
+    return "int8" if layer.name in recipe.int8_layers else recipe.precision
 
 
 def _activation_scales(model):

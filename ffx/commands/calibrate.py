@@ -72,8 +72,9 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         raise click.UsageError("choose one of --fp16 and --fp8")
     if int8_layers and not fp8:
         raise click.UsageError("--int8-layers applies to --fp8 (INT8 layers in an FP8 graph)")
-    auto_int8 = fp8 and searching and [name.strip().lower() for name in int8_layers] in ([], ["auto"])
-    if not auto_int8 and "auto" in [name.strip().lower() for name in int8_layers]:
+    named = [name.strip().lower() for name in int8_layers]
+    auto_int8 = fp8 and searching and named in ([], ["auto"])
+    if not auto_int8 and "auto" in named:
         raise click.UsageError("--int8-layers auto applies to --target-agreement/--max-top1-drop: give the layers, or none")
     precision = "fp16" if fp16 else "fp8" if fp8 else "int8"
     if fp16:

@@ -59,7 +59,7 @@ def command(path, no_load, layers, gpus, as_json):
 
 def _print_onnx(info, _layers):
     opsets = ", ".join(f"{domain} {version}" for domain, version in info["opset"].items())
-    precision = info["precision"] + (f" ({info['int8_layers_in_fp8']} layers INT8)" if info.get("int8_layers_in_fp8") else "")
+    precision = info["precision"] + (f" ({info['int8_layers_in_fp8']} layers INT8)" if info["int8_layers_in_fp8"] else "")
     click.echo(f"{info['path']}: ONNX, {info['bytes'] / (1 << 20):.1f} MiB, {precision}, "
                f"{info['parameters']:,} weights, opset {opsets}, producer {escape_text(info['producer'] or '?')}")
     for label, tensors in (("input ", info["inputs"]), ("output", info["outputs"])):

@@ -53,6 +53,7 @@ def inspect_onnx(path):
     if recorded and not metadata_problem(recorded, path) and metadata.preprocess and model.graph.input:
         input_mismatch = input_size_mismatch(model, metadata.preprocess.input_size)
     manifest = calibration_manifest_path(path, metadata)
+    precision = graph_precision(model)
     return {
         "kind": "onnx",
         "path": str(path),
@@ -67,8 +68,8 @@ def inspect_onnx(path):
         "ops": ops,
         "qdq_nodes": sum(ops.get(op, 0) for op in QDQ_OPS),
         "quantized_inputs_of": _quantized_consumers(model),
-        "precision": graph_precision(model),
-        "int8_layers_in_fp8": int8_layer_count(model) if graph_precision(model) == "fp8" else 0,
+        "precision": precision,
+        "int8_layers_in_fp8": int8_layer_count(model) if precision == "fp8" else 0,
         "initializer_dtypes": dict(dtypes),
         "parameters": parameters,
         "calibration_manifest": str(manifest) if manifest else None,
