@@ -19,12 +19,13 @@ from ffx.calib.precisions import PRECISIONS
 def calibrate(onnx_path, data=None, output=None, options=CalibrationOptions(), **checks):
     """Convert an FP32 ffx model to `options.precision` ("int8", "fp8", "fp16"); returns that
     precision's report. `checks`: progress, tensorrt_check, tensorrt_backend, and for the Q/DQ
-    precisions keep_fp_search (see `calibrate_int8`). FfxError for bad input, GateFailed (exit 1)
+    precisions keep_fp_search (see `calibrate_int8`), for FP8 int8_choice. FfxError for bad input, GateFailed (exit 1)
     when TensorRT rejects the result; nothing is written then."""
     row = PRECISIONS[options.precision]
     convert = getattr(importlib.import_module(row.module), row.function)
-    if checks.get("keep_fp_search") is None:
-        checks.pop("keep_fp_search", None)
+    for record in ("keep_fp_search", "int8_choice"):  # records only the Q/DQ precisions take
+        if checks.get(record) is None:
+            checks.pop(record, None)
     return convert(onnx_path, data=data, output=output, options=options, **checks)
 
 

@@ -133,15 +133,16 @@ def int8_options(options):
 def calibrate_fp8(onnx_path: str | Path, data, output: str | Path | None = None,
                   options: CalibrationOptions | None = None, *, progress=None, tensorrt_check: bool = True,
                   tensorrt_backend: str = "auto",
-                  keep_fp_search: dict | None = None) -> CalibrationReport:
+                  keep_fp_search: dict | None = None, int8_choice: dict | None = None) -> CalibrationReport:
     """Calibrate an FP32 ffx model to an FP8 E4M3 Q/DQ ONNX (opset 19 or the model's, if newer).
 
     Arguments, result and errors as for `calibrate_int8`; `options` must be made with
     CalibrationOptions(precision="fp8") (the default), whose range methods are max, percentile, mse.
-    The output defaults to MODEL.fp8.onnx.
+    `int8_choice`: the record of `mixed_precision.int8_choice` that chose `options.int8_layers`,
+    kept in the manifest. The output defaults to MODEL.fp8.onnx.
     """
     return calibrate_qdq(FP8, onnx_path, data, output, options, progress=progress, tensorrt_check=tensorrt_check,
-                         tensorrt_backend=tensorrt_backend, keep_fp_search=keep_fp_search)
+                         tensorrt_backend=tensorrt_backend, keep_fp_search=keep_fp_search, int8_choice=int8_choice)
 
 
 def check_fp8_support():

@@ -8,7 +8,8 @@ that agrees on every one of them could not show the target (99.9% takes 3,838 im
 search stops there with that number, unless the target is to be judged on the point estimates.
 
 The search, in the order it runs (FP8 with `choose_int8`: first `choose_int8_layers` writes each
-layer in whichever of FP8 and INT8 errs less alone, by the error of step 2; the rest runs on that graph):
+layer in whichever of FP8 and INT8 errs less alone, by the error of step 2; the rest runs on that graph;
+`int8_choice`, FP8's `--int8-layers auto` without a target, makes only that choice):
 1. The all-quantized graph is measured on the held-out images, closest calls first (FP32's
    top-1 logit minus its runner-up, smallest first: the images a quantized graph flips are
    almost all among the first), stopping as soon as it can no longer meet the target.
@@ -42,6 +43,7 @@ import numpy as np
 
 from ffx.calib.conversion import choose_images
 from ffx.calib.int8 import calibration_statistics
+from ffx.calib.qdq import keep_fp_selection, quantization_plan
 from ffx.calib.precisions import qdq_recipe
 from ffx.calib.model_io import cpu_session, load_source_model
 from ffx.calib.sensitivity import (EVAL_BATCH, choose_held_out, decode_held_out, fidelity_of,
@@ -194,16 +196,8 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_
     log = log or (lambda message: None)
     recipe = qdq_recipe(options.precision)  # INT8 or FP8, as `ffx calibrate` writes it
     recipe.check()  # before any image is read
-    source = load_source_model(onnx_path)
-    images = choose_images(source, data, options)
-    candidates, where = held_out_candidates(source, images, held_out_data)
-    if target.max_top1_drop is not None and any(item.label is None for item in candidates):
-        raise FfxError(f"{where}: the held-out images have no labels, so a top-1 drop cannot be measured")
-    count = held_out_count(target, held_out_images, len(candidates), where, log)
-    chosen = choose_held_out(candidates, count, options.seed)
-    source, images, stats, _ = calibration_statistics(source, data, options, progress, images=images)
-    held_out = decode_held_out(source, chosen, where, options.workers, progress, options.statistics_cache)
-    check_resolution(target, len(held_out), where, f"only {len(held_out):,} of the {count:,} chosen could be read; ")
+    source, images, stats, held_out = _held_out(load_source_model(onnx_path), data, options, target,
+                                                held_out_images, held_out_data, progress, log)
     errors, choice = None, None
     if choose_int8:
         options, errors, choice = choose_int8_layers(recipe, source, stats, images, options, held_out, progress, log)
@@ -215,6 +209,23 @@ def search_keep_fp(onnx_path, data, options, target, held_out_images=None, held_
         for row in record["layers"]:
             row.update(choice[row["name"]])
     return record
+
+
+def _held_out(source, data, options, target, held_out_images, held_out_data, progress, log):
+    """(source, calibration images, their statistics, HeldOutSet) for a search for `target` (None:
+    for `int8_choice`). Refused before any image is decoded when the held-out images are fewer than
+    asked or cannot resolve the target, or have no labels for a top-1 drop."""
+    images = choose_images(source, data, options)
+    candidates, where = held_out_candidates(source, images, held_out_data)
+    if target is not None and target.max_top1_drop is not None and any(item.label is None for item in candidates):
+        raise FfxError(f"{where}: the held-out images have no labels, so a top-1 drop cannot be measured")
+    count = held_out_count(target, held_out_images, len(candidates), where, log)
+    chosen = choose_held_out(candidates, count, options.seed)
+    source, images, stats, _ = calibration_statistics(source, data, options, progress, images=images)
+    held_out = decode_held_out(source, chosen, where, options.workers, progress, options.statistics_cache)
+    if target is not None:
+        check_resolution(target, len(held_out), where, f"only {len(held_out):,} of the {count:,} chosen could be read; ")
+    return source, images, stats, held_out
 
 
 def choose_int8_layers(recipe, source, stats, images, options, held_out, progress=None, log=None):
@@ -245,15 +256,41 @@ def choose_int8_layers(recipe, source, stats, images, options, held_out, progres
 
 def held_out_count(target, asked, available, where, log):
     """How many held-out images the search measures on: `asked` (None: the default, or all there
-    are when fewer), refused when there are not that many or when they cannot resolve the target."""
+    are when fewer), refused when there are not that many or when they cannot resolve the target
+    (None: no target, as for `int8_choice`)."""
     if asked is not None and asked > available:
         raise InvalidOption("held_out_images", f"{asked:,} held-out images asked for, but {where} has only "
                                                f"{available:,}")
     count = asked or min(DEFAULT_HELD_OUT_IMAGES, available)
     if asked is None and available < DEFAULT_HELD_OUT_IMAGES:
         log(f"measuring on all {available:,} held-out images of {where} (the default is {DEFAULT_HELD_OUT_IMAGES:,})")
-    check_resolution(target, count, where)
+    if target is not None:
+        check_resolution(target, count, where)
     return count
+
+
+def int8_choice(onnx_path, data, options, held_out_images=None, held_out_data=None, progress=None, log=None):
+    """FP8 without a target (`--int8-layers auto`): (options naming the layers to write in INT8, the
+    manifest's int8_choice). Each layer is measured alone in FP8 and alone in INT8 on the closest
+    calls of the held-out images, exactly as the target search chooses (`choose_int8_layers`: the
+    same held-out images give the same choice), and written in whichever errs less; the layers kept
+    in float (--keep-fp, or FP8's default patch_embed and head) stay float."""
+    log = log or (lambda message: None)
+    recipe = qdq_recipe(options.precision)
+    recipe.check()  # before any image is read
+    source = load_source_model(onnx_path)
+    _, kept = quantization_plan(source, keep_fp_selection(recipe, source, options))  # a bad --keep-fp fails first
+    source, images, stats, held_out = _held_out(source, data, options, None, held_out_images, held_out_data,
+                                                progress, log)
+    options, _, choice = choose_int8_layers(recipe, source, stats, images, options, held_out, progress, log)
+    kept_names = {layer.name for layer in kept}
+    int8 = [name for name in options.int8_layers if name not in kept_names]
+    layers = [{"name": name, **row, **({"precision": "float"} if name in kept_names else {})}
+              for name, row in choice.items()]
+    record = {"ranked_by": RANKED_BY, "ranking_images": min(RANKING_IMAGES, len(held_out)),
+              "held_out_images": len(held_out), "held_out_source": held_out.source, "layers": layers,
+              "int8_layers": int8}
+    return options.replace(int8_layers=tuple(int8)), record
 
 
 def check_resolution(target, images, where, reason=""):

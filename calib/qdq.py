@@ -38,6 +38,7 @@ class CalibrationReport(ConversionReport):
     kept_fp_layers: list
     keep_fp_search: dict | None  # how --target-agreement chose kept_fp_layers (None: given by the user)
     int8_layers: list = dataclasses.field(default_factory=list)  # FP8: the layers written in INT8 instead
+    int8_choice: dict | None = None  # FP8: how --int8-layers auto chose int8_layers without a target
 
 
 class QdqRecipe:
@@ -75,7 +76,7 @@ class QdqRecipe:
 
 
 def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progress=None, tensorrt_check=True,
-                  tensorrt_backend="auto", keep_fp_search=None):
+                  tensorrt_backend="auto", keep_fp_search=None, int8_choice=None):
     """Calibrate an FP32 ffx model to a Q/DQ ONNX of `recipe`'s precision (see `calibrate_int8`)."""
     started = time.perf_counter()
     options = options if options is not None else CalibrationOptions(precision=recipe.precision)
@@ -123,6 +124,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
         skipped=stats.skipped,
         layers=[_layer_entry(layer, stats, thresholds, scales, layer_precision(recipe, layer)) for layer in layers],
         keep_fp_search=keep_fp_search,
+        int8_choice=int8_choice,
     )
     calibration = {
         "method": method,
@@ -142,6 +144,7 @@ def calibrate_qdq(recipe, onnx_path, data, output=None, options=None, *, progres
         kept_fp_layers=[layer.name for layer in kept],
         keep_fp_search=keep_fp_search,
         int8_layers=list(recipe.int8_layers),
+        int8_choice=int8_choice,
     )
 
 

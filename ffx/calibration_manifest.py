@@ -5,7 +5,8 @@ beside the graph they make (`model.int8.onnx` -> `model.int8.json`), and that `f
 It records what the graph was made from and how: ffx's version, the precision, the input ONNX
 (file name and sha256), the parameters, the preprocessing, the data folder and every chosen image
 (path relative to `data.path`, sha256), how many were used or skipped, and what the precision
-adds (Q/DQ: `layers` and, after a search, `keep_fp_search`; FP16: `fp32_tensors`, `fp32_nodes`).
+adds (Q/DQ: `layers` and, after a search, `keep_fp_search`; FP8 after `--int8-layers auto` without
+a target: `int8_choice`; FP16: `fp32_tensors`, `fp32_nodes`).
 
 `CalibrationManifest.to_bytes` writes exactly what ffx has always written (sorted keys, indent 2);
 `from_dict` reads any JSON object, tolerating what older or other writers left out (absent fields
@@ -47,12 +48,13 @@ class CalibrationManifest:
     # What a precision adds; None: absent from the file (and not written).
     layers: object = None  # Q/DQ
     keep_fp_search: object = None  # Q/DQ after a --target-agreement search
+    int8_choice: object = None  # FP8 after --int8-layers auto without a target
     fp32_tensors: object = None  # FP16
     fp32_nodes: object = None  # FP16
 
     _ALWAYS = ("ffx_version", "precision", "output", "input", "params", "preprocess", "data", "image_list_sha256",
                "images", "images_used", "skipped")
-    _OPTIONAL = ("layers", "keep_fp_search", "fp32_tensors", "fp32_nodes")
+    _OPTIONAL = ("layers", "keep_fp_search", "int8_choice", "fp32_tensors", "fp32_nodes")
 
     def to_dict(self):
         """The JSON object: the fields every manifest has, then those of its precision."""

@@ -221,7 +221,9 @@ def test_cli_fp8_and_its_mistakes(small_model, photos, workdir, cli_runner):
         (["--fp8", "--data", str(photos), "--method", "entropy"], "--method: FP8 calibration takes"),
         (["--fp8", "--data", str(photos), "--gelu-range", "output"], "--gelu-range: applies to INT8"),
         (["--data", str(photos), "--int8-layers", "blocks.0"], "--int8-layers applies to --fp8"),
-        (["--fp8", "--data", str(photos), "--int8-layers", "auto"], "--int8-layers auto applies to --target-agreement"),
+        (["--fp8", "--data", str(photos), "--int8-layers", "auto", "--int8-layers", "head"], "--int8-layers auto chooses every layer"),
+        (["--fp8", "--data", str(photos), "--held-out-images", "30"], "--held-out-images applies to --target-agreement/--max-top1-drop or --fp8 --int8-layers auto"),
+        (["--fp8", "--data", str(photos), "--int8-layers", "auto", "--point-estimate"], "--point-estimate applies to --target-agreement/--max-top1-drop"),
         (["--fp8", "--data", str(photos), "--int8-layers", "blocks.9"], "--int8-layers blocks.9: no such layer"),
         (["--fp8", "--data", str(photos), "--int8-layers", "head"], "--int8-layers head: kept in float by --keep-fp"),
     ]:

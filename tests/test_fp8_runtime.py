@@ -169,3 +169,20 @@ def test_sensitivity_and_the_target_search_measure_fp8(cli_runner, fp32, tmp_pat
     assert search["float_flops_share"] == min(step["float_flops_share"] for step in met)
     assert "target met at the point estimate on 300 held-out images" in result.stdout
     assert "of them in INT8, entropy ranges" in result.stdout and "search: choosing FP8 or INT8" in result.stderr
+
+    # Without a target, --int8-layers auto makes the same choice on the same held-out images, and
+    # keeps FP8's default float layers (patch_embed, head) in float
+    chose = tmp_path / "chose.fp8.onnx"
+    result = _run(cli_runner, "calibrate", fp32, "--fp8", "--data", FASHION / "train", "--num-images", "128",
+                  "--int8-layers", "auto", "--held-out-images", "300", "-o", chose, "--no-tensorrt-check", *common)
+    manifest = json.loads(chose.with_suffix(".json").read_text())
+    choice = manifest["int8_choice"]
+    assert "keep_fp_search" not in manifest and choice["held_out_images"] == 300 and choice["ranking_images"] == 64
+    assert {row["name"]: (row["fp8_error"], row["int8_error"]) for row in choice["layers"]} == {
+        name: (row["fp8_error"], row["int8_error"]) for name, row in rows.items()}
+    assert sorted(choice["int8_layers"]) == sorted(set(chosen) - {"patch_embed", "head"})
+    assert manifest["params"]["int8_layers"]["layers"] == choice["int8_layers"]
+    assert [layer["name"] for layer in manifest["layers"] if layer["precision"] == "fp32"] == ["patch_embed", "head"]
+    assert all(row["precision"] == "float" for row in choice["layers"] if row["name"] in ("patch_embed", "head"))
+    assert f"{len(choice['int8_layers'])} of them in INT8" in result.stdout
+    assert "int8-layers auto: choosing FP8 or INT8" in result.stderr

@@ -22,13 +22,13 @@ CALIBRATION = CalibrationOptionGroup(statistics=True, flags={"precision": "--fp8
 @CALIBRATION
 @click.option("--target-agreement", type=FiniteFloat(min=0, max=100), metavar="PCT", help="Keep in float the layers that buy the most accuracy per FLOP, as few FLOPs as it takes for the quantized graph to agree with FP32's top-1 on at least PCT % of held-out images, judged on the 95% lower bound (Wilson); exit 1 if it cannot, exit 2 if the held-out images are too few to tell.")
 @click.option("--max-top1-drop", type=FiniteFloat(min=0, max=100), metavar="PT", help="Like --target-agreement, for the top-1 accuracy drop in points, judged on the upper end of its paired 95% interval (needs labelled images); both may be given.")
-@click.option("--held-out", "held_out", type=InputPath(), help="Images the target is measured on (default: the images of --data not used for calibration).")
-@click.option("--held-out-images", type=click.IntRange(min=1), help=f"How many held-out images the target is measured on [default: {DEFAULT_HELD_OUT_IMAGES:,}, or all there are when fewer]; more than there are is an error.")
+@click.option("--held-out", "held_out", type=InputPath(), help="Images the target (or --int8-layers auto) is measured on (default: the images of --data not used for calibration).")
+@click.option("--held-out-images", type=click.IntRange(min=1), help=f"How many held-out images the target (or --int8-layers auto) is measured on [default: {DEFAULT_HELD_OUT_IMAGES:,}, or all there are when fewer]; more than there are is an error.")
 @click.option("--point-estimate", is_flag=True, help="Judge the target on the measured agreement and drop themselves, not their 95% bounds: the only way to search on fewer held-out images than the target needs (say 300 for 99.9%); the summary still shows the bounds.")
 @click.option("--fp16", is_flag=True, help="Write a float16 graph (float32 inputs/outputs) instead of INT8; with --data, tensors near the float16 limit stay float32.")
 @click.option("--fp8", is_flag=True, help="Write FP8 (E4M3) Q/DQ instead of INT8, for GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell, Thor); opset 19.")
 @click.option("--scale-search", is_flag=True, help="FP8: search each activation scale over one octave above its range by the layer's output error (helps when patch_embed is FP8 too: --keep-fp none).")
-@click.option("--int8-layers", "int8_layers", multiple=True, metavar="LAYERS", help="FP8: layers to write in INT8 instead, named as for --keep-fp; `none` for none (the default). With --target-agreement/--max-top1-drop the default is `auto`: each layer in whichever of FP8 and INT8 errs less on the closest held-out calls (on Ada, Hopper and Blackwell B200/RTX INT8 tensor cores run at FP8's rate; give `none` for a GPU where INT8 is slower).")
+@click.option("--int8-layers", "int8_layers", multiple=True, metavar="LAYERS", help="FP8: layers to write in INT8 instead, named as for --keep-fp; `none` for none (the default); `auto`: each layer in whichever of FP8 and INT8 errs less alone on the closest calls of the held-out images (FP32 runs on them once, then its logits are cached). With --target-agreement/--max-top1-drop the default is `auto`. On Ada, Hopper and Blackwell B200/RTX INT8 tensor cores run at FP8's rate; give `none` for a GPU where INT8 is slower.")
 @output_file_option("Output ONNX (default MODEL.int8.onnx, MODEL.fp8.onnx or MODEL.fp16.onnx); the manifest OUT.json is written beside it.", required=False)
 @CALIBRATION.statistics_options
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True, help="TensorRT flavour for the build check.")
@@ -52,6 +52,10 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
     it on the held-out images (default 10,000). The target is judged on the 95% bound of the measurement:
     99.9% takes at least 3,838 held-out images, and at 10,000 up to 3 may disagree.
 
+    --fp8 --int8-layers auto without a target: each layer in whichever of FP8 and INT8 errs less
+    alone on the closest calls of the held-out images (the graph the FP8 search starts from), the
+    layers of --keep-fp (default: patch_embed and head) in float.
+
     \b
     Examples:
       ffx calibrate tiny.onnx --data imagenet/train -o tiny.int8.onnx
@@ -60,22 +64,25 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
       ffx calibrate tiny.onnx --data calib/ --held-out val/ --target-agreement 99 --max-top1-drop 0.5
       ffx calibrate tiny.onnx --fp16 --data calib/ -o tiny.fp16.onnx
       ffx calibrate tiny.onnx --fp8 --data imagenet/train -o tiny.fp8.onnx
+      ffx calibrate tiny.onnx --fp8 --data imagenet/train --int8-layers auto --keep-fp none
     """
     started = time.perf_counter()
     searching = target_agreement is not None or max_top1_drop is not None
     if searching and keep_fp:
         raise click.UsageError("--keep-fp and --target-agreement/--max-top1-drop exclude each other: the search chooses the float layers")
-    for name, value in (("--held-out", held_out), ("--held-out-images", held_out_images), ("--point-estimate", point_estimate)):
-        if value and not searching:
-            raise click.UsageError(f"{name} applies to --target-agreement/--max-top1-drop")
     if fp16 and fp8:
         raise click.UsageError("choose one of --fp16 and --fp8")
     if int8_layers and not fp8:
         raise click.UsageError("--int8-layers applies to --fp8 (INT8 layers in an FP8 graph)")
     named = [name.strip().lower() for name in int8_layers]
-    auto_int8 = fp8 and searching and named in ([], ["auto"])
-    if not auto_int8 and "auto" in named:
-        raise click.UsageError("--int8-layers auto applies to --target-agreement/--max-top1-drop: give the layers, or none")
+    if "auto" in named and named != ["auto"]:
+        raise click.UsageError("--int8-layers auto chooses every layer: give it alone, or name the layers")
+    auto_int8 = fp8 and (named == ["auto"] or (searching and not named))
+    choosing = auto_int8 and not searching  # --int8-layers auto without a target: measured on held-out images
+    for name, value in (("--held-out", held_out), ("--held-out-images", held_out_images), ("--point-estimate", point_estimate)):
+        if value and not searching and not (choosing and name != "--point-estimate"):
+            raise click.UsageError(f"{name} applies to --target-agreement/--max-top1-drop"
+                                   + (" or --fp8 --int8-layers auto" if name != "--point-estimate" else ""))
     precision = "fp16" if fp16 else "fp8" if fp8 else "int8"
     if fp16:
         for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp),
@@ -100,15 +107,17 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
     from ffx.calib import calibrate
     from ffx.reporting import warnings_to
 
-    search = None
+    search = choice = None
     # The search and the calibration after it read the same images: say each warning once.
-    with warnings_to(_once(warn) if searching else warn):
+    with warnings_to(_once(warn) if searching or choosing else warn):
         if searching:
             search = _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point_estimate, held_out,
                                      held_out_images, quiet=as_json, choose_int8=auto_int8)
             options = options.replace(keep_fp=tuple(search["keep_fp"]),
                                       int8_layers=tuple(search.get("int8_layers", options.int8_layers)))
-        report = calibrate(model, data, output, options, keep_fp_search=search, **checks)
+        elif choosing:
+            options, choice = _choose_int8(model, data, options, held_out, held_out_images, quiet=as_json)
+        report = calibrate(model, data, output, options, keep_fp_search=search, int8_choice=choice, **checks)
     # The whole command's time (the search's too), not only the final calibration's.
     report = dataclasses.replace(report, seconds=round(time.perf_counter() - started, 2))
     if as_json:
@@ -136,6 +145,16 @@ def _search_keep_fp(model, data, options, target_agreement, max_top1_drop, point
     log = None if quiet else (lambda message: click.echo(f"search: {message}", err=True))
     try:
         return search_keep_fp(model, data, options, target, held_out_images, held_out, log=log, choose_int8=choose_int8)
+    except InvalidOption as e:
+        raise CALIBRATION.error(e, held_out_images="--held-out-images") from None
+
+
+def _choose_int8(model, data, options, held_out, held_out_images, quiet):
+    from ffx.calib.mixed_precision import int8_choice
+
+    log = None if quiet else (lambda message: click.echo(f"int8-layers auto: {message}", err=True))
+    try:
+        return int8_choice(model, data, options, held_out_images, held_out, log=log)
     except InvalidOption as e:
         raise CALIBRATION.error(e, held_out_images="--held-out-images") from None
 
