@@ -285,6 +285,9 @@ def int8_choice(onnx_path, data, options, held_out_images=None, held_out_data=No
     options, _, choice = choose_int8_layers(recipe, source, stats, images, options, held_out, progress, log)
     kept_names = {layer.name for layer in kept}
     int8 = [name for name in options.int8_layers if name not in kept_names]
+    if kept:
+        log(f"kept in float by --keep-fp{' (FP8 default; --keep-fp none quantizes them)' if options.keep_fp is None else ''}: "
+            + ", ".join(layer.name for layer in kept))
     layers = [{"name": name, **row, **({"precision": "float"} if name in kept_names else {})}
               for name, row in choice.items()]
     record = {"ranked_by": RANKED_BY, "ranking_images": min(RANKING_IMAGES, len(held_out)),

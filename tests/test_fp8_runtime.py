@@ -186,3 +186,4 @@ def test_sensitivity_and_the_target_search_measure_fp8(cli_runner, fp32, tmp_pat
     assert all(row["precision"] == "float" for row in choice["layers"] if row["name"] in ("patch_embed", "head"))
     assert f"{len(choice['int8_layers'])} of them in INT8" in result.stdout
     assert "int8-layers auto: choosing FP8 or INT8" in result.stderr
+    assert "int8-layers auto: kept in float by --keep-fp (FP8 default; --keep-fp none quantizes them): patch_embed, head" in result.stderr
