@@ -46,30 +46,44 @@ CLOSEST = 1_000
 def calibrate(fp32, train, output, log, reuse, *flags):
     """(manifest, timing, stdout, stderr) of the command (with `flags` added): run, or (`reuse`) as
     it ran before (its timing kept beside it; None from a run before timings were kept)."""
-    manifest_path, stderr_path = output.with_suffix(".json"), output.with_suffix(".stderr.txt")
-    stdout_path, timing_path = output.with_suffix(".stdout.txt"), output.with_suffix(".timing.json")
-    command = ["calibrate", fp32, "--fp8", "--data", train, "--target-agreement", TARGET, *flags, "-o", output]
-    if reuse and output.is_file() and manifest_path.is_file() and stderr_path.is_file() and stdout_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+    kept = _kept_calibration(output) if reuse else None
+    if kept:
         from ffx.artifacts import sha256_file
 
         judged_on = "point estimate" if "--point-estimate" in flags else "95% bound"
-        search = manifest["keep_fp_search"]
-        if (manifest["input"]["sha256"] != sha256_file(fp32) or search["target"]["agreement"] != TARGET
+        search = kept[0]["keep_fp_search"]
+        if (kept[0]["input"]["sha256"] != sha256_file(fp32) or search["target"]["agreement"] != TARGET
                 or search["judged_on"] != judged_on):
             raise RuntimeError(f"{output}: not calibrated from {fp32} with --target-agreement {TARGET} "
                                f"{' '.join(flags)}; run without --reuse")
         log(f"reusing {output} (calibrated before with this command)")
-        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
-        return manifest, timing, stdout_path.read_text(), stderr_path.read_text()
+        return kept
+    return _calibration(output, "calibrate", log, fp32, "--fp8", "--data", train, "--target-agreement", TARGET, *flags)
+
+
+def _calibration(output, what, log, *args):
+    """(manifest, timing, stdout, stderr) of `ffx calibrate ARGS -o OUTPUT`, timed; its stdout,
+    stderr and timing are kept beside OUTPUT for `_kept_calibration`."""
     before = load_average()
-    _, stdout, stderr, seconds, other = checked(ffx(*command, stderr_path=stderr_path), "ffx calibrate --fp8")
-    stdout_path.write_text(stdout)
-    log(f"calibrate: {seconds:.0f} s")
+    _, stdout, stderr, seconds, other = checked(
+        ffx("calibrate", *args, "-o", output, stderr_path=output.with_suffix(".stderr.txt")), f"ffx {what}")
+    output.with_suffix(".stdout.txt").write_text(stdout)
+    log(f"{what}: {seconds:.0f} s")
     timing = {"seconds": seconds, "load_average_before": before, "load_average_after": load_average(),
               "other_cpus": other}
-    timing_path.write_text(json.dumps(timing, indent=2, sort_keys=True) + "\n")
-    return json.loads(manifest_path.read_text()), timing, stdout, stderr
+    output.with_suffix(".timing.json").write_text(json.dumps(timing, indent=2, sort_keys=True) + "\n")
+    return json.loads(output.with_suffix(".json").read_text()), timing, stdout, stderr
+
+
+def _kept_calibration(output):
+    """(manifest, timing or None, stdout, stderr) of an earlier `_calibration` of OUTPUT, or None
+    when the graph, its manifest, stdout or stderr is missing."""
+    manifest, stdout, stderr, timing = (output.with_suffix(suffix) for suffix in
+                                        (".json", ".stdout.txt", ".stderr.txt", ".timing.json"))
+    if not all(path.is_file() for path in (output, manifest, stdout, stderr)):
+        return None
+    return (json.loads(manifest.read_text()), json.loads(timing.read_text()) if timing.is_file() else None,
+            stdout.read_text(), stderr.read_text())
 
 
 def verify(candidate, fp32, test, log, reuse=False):
@@ -118,26 +132,22 @@ def search_start(fp32, fashion, workdir, search, log, reuse=False):
     from ffx.artifacts import sha256_file
 
     output = workdir / "start.fp8.onnx"
-    manifest_path, stdout_path = output.with_suffix(".json"), output.with_suffix(".stdout.txt")
-    manifest = json.loads(manifest_path.read_text()) if reuse and manifest_path.is_file() else {}
-    if (output.is_file() and stdout_path.is_file() and manifest.get("int8_choice")
-            and manifest["input"]["sha256"] == sha256_file(fp32) and manifest["params"]["keep_fp"] == []):
+    kept = _kept_calibration(output) if reuse else None
+    if (kept and kept[0].get("int8_choice") and kept[0]["input"]["sha256"] == sha256_file(fp32)
+            and kept[0]["params"]["keep_fp"] == []):
         log(f"reusing {output} (calibrated before with --int8-layers auto --keep-fp none)")
-        stdout, seconds = stdout_path.read_text(), None
     else:
-        _, stdout, _, seconds, _ = checked(
-            ffx("calibrate", fp32, "--fp8", "--data", fashion / "train", "--int8-layers", "auto", "--keep-fp", "none",
-                "-o", output, stderr_path=output.with_suffix(".stderr.txt")), "ffx calibrate --fp8 --int8-layers auto")
-        stdout_path.write_text(stdout)
-        manifest = json.loads(manifest_path.read_text())
-        log(f"calibrate --int8-layers auto --keep-fp none: {seconds:.0f} s")
+        kept = _calibration(output, "calibrate --int8-layers auto --keep-fp none", log, fp32, "--fp8", "--data",
+                            fashion / "train", "--int8-layers", "auto", "--keep-fp", "none")
+    manifest, timing, stdout, _ = kept
     choice = manifest["int8_choice"]
     errors = {row["name"]: (row["fp8_error"], row["int8_error"]) for row in choice["layers"]}
     same = errors == {row["name"]: (row["fp8_error"], row["int8_error"]) for row in search["layers"]} and sorted(
         choice["int8_layers"]) == sorted(row["name"] for row in search["layers"] if row["precision"] == "int8")
     return {"int8_layers": choice["int8_layers"],
             "fp8_layers": [row["name"] for row in choice["layers"] if row["name"] not in choice["int8_layers"]],
-            "keep_fp": [], "same_choice": same, "tensorrt_rtx": _rtx(stdout), "calibrate_seconds": seconds,
+            "keep_fp": [], "same_choice": same, "tensorrt_rtx": _rtx(stdout),
+            "calibrate_seconds": timing["seconds"] if timing else None,
             "test": verify(output, fp32, fashion / "val", log, reuse)}
 
 

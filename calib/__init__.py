@@ -18,9 +18,9 @@ from ffx.calib.precisions import PRECISIONS
 
 def calibrate(onnx_path, data=None, output=None, options=CalibrationOptions(), **checks):
     """Convert an FP32 ffx model to `options.precision` ("int8", "fp8", "fp16"); returns that
-    precision's report. `checks`: progress, tensorrt_check, tensorrt_backend, and for the Q/DQ
-    precisions keep_fp_search (see `calibrate_int8`), for FP8 int8_choice. FfxError for bad input, GateFailed (exit 1)
-    when TensorRT rejects the result; nothing is written then."""
+    precision's report. `checks`: progress, tensorrt_check, tensorrt_backend, for the Q/DQ
+    precisions keep_fp_search (see `calibrate_int8`), for FP8 int8_choice. FfxError for bad input,
+    GateFailed (exit 1) when TensorRT rejects the result; nothing is written then."""
     row = PRECISIONS[options.precision]
     convert = getattr(importlib.import_module(row.module), row.function)
     for record in ("keep_fp_search", "int8_choice"):  # records only the Q/DQ precisions take

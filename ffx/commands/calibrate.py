@@ -79,10 +79,11 @@ def command(model, data, num_images, method, percentile, seed, keep_fp, target_a
         raise click.UsageError("--int8-layers auto chooses every layer: give it alone, or name the layers")
     auto_int8 = fp8 and (named == ["auto"] or (searching and not named))
     choosing = auto_int8 and not searching  # --int8-layers auto without a target: measured on held-out images
-    for name, value in (("--held-out", held_out), ("--held-out-images", held_out_images), ("--point-estimate", point_estimate)):
-        if value and not searching and not (choosing and name != "--point-estimate"):
-            raise click.UsageError(f"{name} applies to --target-agreement/--max-top1-drop"
-                                   + (" or --fp8 --int8-layers auto" if name != "--point-estimate" else ""))
+    for name, value in (("--held-out", held_out), ("--held-out-images", held_out_images)):
+        if value and not (searching or choosing):
+            raise click.UsageError(f"{name} applies to --target-agreement/--max-top1-drop or --fp8 --int8-layers auto")
+    if point_estimate and not searching:
+        raise click.UsageError("--point-estimate applies to --target-agreement/--max-top1-drop")
     precision = "fp16" if fp16 else "fp8" if fp8 else "int8"
     if fp16:
         for name, value in (("--method", method), ("--percentile", percentile), ("--keep-fp", keep_fp),
